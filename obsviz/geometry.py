@@ -1,0 +1,400 @@
+"""Sparsity geometry: a view of W, a block shape (pruned together) and a scope shape (compete).
+
+Vocabulary (DESIGN.md section 1):
+
+- ``W`` is ``(M, K)``, row-major: element ``(r, c)`` sits at flat offset ``r*K + c``.
+- The **view** ``(shape, stride)`` maps a view index ``(i0, ..., id)`` to the flat offset
+  ``sum(i_k * stride_k)``. It must reach every element of W exactly once.
+- The **block** shape ``b`` tiles the view; the block grid is ``g = view.shape / b``.
+- The **scope** shape ``s`` (counted in blocks) tiles the grid; blocks of one scope compete and
+  ``nnz`` of them are kept.
+
+Blocks are numbered in row-major order of the block grid, scopes in row-major order of the scope
+grid; inside a scope, blocks are numbered row-major over the scope shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+PRESETS = ("2:4", "4:8", "coupled-2:4", "block16")
+
+#: Subset counts above this are not enumerated; selection falls back to greedy.
+MAX_SUBSETS = 10_000
+
+
+def _as_shape(name: str, value: Sequence[int], allow_whole: bool) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be a sequence of integers") from None
+    if any(int(v) != v for v in value):
+        raise ValueError(f"{name}={value!r} must contain integers only")
+    if not shape:
+        raise ValueError(f"{name}={value!r} must have at least one dimension")
+    for v in shape:
+        if v == -1 and allow_whole:
+            continue
+        if v <= 0:
+            valid = "positive integers or -1 (whole dimension)" if allow_whole else "positive"
+            raise ValueError(f"{name}={shape} has size {v}; sizes must be {valid}")
+    return shape
+
+
+def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
+def _linear_index(shape: Sequence[int], coeff: Sequence[int], steps: Sequence[int] | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Row-major enumeration of ``sum_k (i_k * steps_k) * coeff_k`` over ``i`` in ``shape``.
+
+    Returns a flat ``(prod(shape),)`` long tensor, built by broadcasting (no Python loop over
+    elements).
+    """
+    steps = steps or [1] * len(shape)
+    total = torch.zeros((), dtype=torch.long, device=device)
+    for k, (n, c, s) in enumerate(zip(shape, coeff, steps, strict=True)):
+        axis = torch.arange(n, dtype=torch.long, device=device) * (s * c)
+        view = [1] * len(shape)
+        view[k] = n
+        total = total + axis.view(view)
+    return total.reshape(-1)
+
+
+@dataclass(frozen=True)
+class GeometryFacts:
+    """Counts a person reads off a geometry."""
+
+    blocks: int
+    scopes: int
+    block_numel: int
+    blocks_per_scope: int
+    rows_per_scope: int
+    is_row_coupled: bool
+
+
+class Geometry:
+    """A sparsity geometry over a weight of shape ``(M, K)``.
+
+    Args:
+        weight_shape: ``(M, K)``.
+        block: block shape in view dims; ``-1`` is the whole dimension.
+        scope: scope shape in blocks; ``-1`` is the whole grid dimension; missing trailing dims
+            are ``-1``.
+        view_shape, view_stride: the view; ``None`` means W itself. A shape without a stride is a
+            row-major reshape.
+        name: a label (presets set it).
+        nnz: the preset's default number of blocks kept per scope (``None`` for free-form).
+
+    Raises:
+        ValueError: naming the argument, its value and what would be valid.
+    """
+
+    def __init__(
+        self,
+        weight_shape: Sequence[int],
+        block: Sequence[int],
+        scope: Sequence[int],
+        view_shape: Sequence[int] | None = None,
+        view_stride: Sequence[int] | None = None,
+        *,
+        name: str | None = None,
+        nnz: int | None = None,
+    ) -> None:
+        weight_shape = _as_shape("weight_shape", weight_shape, allow_whole=False)
+        if len(weight_shape) != 2:
+            raise ValueError(f"weight_shape={weight_shape} must be 2-D (M, K)")
+        M, K = weight_shape
+        if view_shape is None:
+            if view_stride is not None:
+                raise ValueError("view_stride given without view_shape; give both or neither")
+            view_shape, view_stride = (M, K), (K, 1)
+        view_shape = _as_shape("view_shape", view_shape, allow_whole=False)
+        if view_stride is None:
+            view_stride = _row_major_strides(view_shape)
+        try:
+            view_stride = tuple(int(s) for s in view_stride)
+        except (TypeError, ValueError):
+            raise ValueError(f"view_stride={view_stride!r} must be integers") from None
+        if len(view_stride) != len(view_shape):
+            raise ValueError(
+                f"view_stride={view_stride} has rank {len(view_stride)} but "
+                f"view_shape={view_shape} has rank {len(view_shape)}; they must match")
+        if any(s < 0 for s in view_stride):
+            raise ValueError(f"view_stride={view_stride} has a negative stride; strides must be >= 0")
+
+        block = _as_shape("block", block, allow_whole=True)
+        if len(block) != len(view_shape):
+            raise ValueError(
+                f"block={block} has rank {len(block)} but the view {view_shape} has rank "
+                f"{len(view_shape)}; give one block size per view dimension")
+        block = tuple(v if b == -1 else b for b, v in zip(block, view_shape, strict=True))
+        for k, (b, v) in enumerate(zip(block, view_shape, strict=True)):
+            if v % b:
+                divisors = [d for d in range(1, v + 1) if v % d == 0]
+                raise ValueError(
+                    f"block={block}: size {b} in dim {k} does not divide view size {v}; "
+                    f"valid sizes: {_short(divisors)} or -1")
+        grid = tuple(v // b for v, b in zip(view_shape, block, strict=True))
+
+        scope = _as_shape("scope", scope, allow_whole=True)
+        if len(scope) > len(grid):
+            raise ValueError(
+                f"scope={scope} has rank {len(scope)} but the block grid {grid} has rank "
+                f"{len(grid)}; give at most one size per grid dimension")
+        scope = scope + (-1,) * (len(grid) - len(scope))
+        scope = tuple(g if s == -1 else s for s, g in zip(scope, grid, strict=True))
+        for k, (s, g) in enumerate(zip(scope, grid, strict=True)):
+            if g % s:
+                divisors = [d for d in range(1, g + 1) if g % d == 0]
+                raise ValueError(
+                    f"scope={scope}: size {s} in dim {k} does not divide block-grid size {g}; "
+                    f"valid sizes: {_short(divisors)} or -1")
+
+        self.weight_shape: tuple[int, int] = (M, K)
+        self.view_shape: tuple[int, ...] = view_shape
+        self.view_stride: tuple[int, ...] = view_stride
+        self.block: tuple[int, ...] = block
+        self.scope: tuple[int, ...] = scope
+        self.grid: tuple[int, ...] = grid
+        self.scope_grid: tuple[int, ...] = tuple(g // s for g, s in zip(grid, scope, strict=True))
+        self.name = name
+        self.nnz = nnz
+        self._check_view_is_bijection()
+        if nnz is not None:
+            self.check_nnz(nnz)
+
+    # ---- construction helpers -------------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, weight_shape: Sequence[int]) -> Geometry:
+        """One of the reference patterns of DESIGN.md: ``2:4``, ``4:8``, ``coupled-2:4``,
+        ``block16``; also any ``N:M`` string."""
+        shape = _as_shape("weight_shape", weight_shape, allow_whole=False)
+        if len(shape) != 2:
+            raise ValueError(f"weight_shape={shape} must be 2-D (M, K)")
+        M, K = shape
+        if name == "2:4":
+            return cls.nm(2, 4, shape)
+        if name == "4:8":
+            return cls(shape, block=(1, 2), scope=(1, 4), name=name, nnz=2)
+        if name == "coupled-2:4":
+            if K % 16:
+                raise ValueError(f"preset 'coupled-2:4' needs K divisible by 16; got K={K}")
+            return cls(shape, block=(1, 1, 1, 2), scope=(1, 1, 4, 1),
+                       view_shape=(M, K // 16, 8, 2), view_stride=(K, 16, 1, 8),
+                       name=name, nnz=2)
+        if name == "block16":
+            if M % 16 or K % 16:
+                raise ValueError(f"preset 'block16' needs M and K divisible by 16; got {shape}")
+            return cls(shape, block=(1, 1, 1, 16), scope=(1, 1, 2, 1),
+                       view_shape=(M // 16, 8, 2, K), view_stride=(16 * K, K, 8 * K, 1),
+                       name=name, nnz=1)
+        if ":" in name:
+            n, _, m = name.partition(":")
+            if n.isdigit() and m.isdigit():
+                return cls.nm(int(n), int(m), shape)
+        raise ValueError(
+            f"preset={name!r} is unknown; valid: {', '.join(PRESETS)} or any 'N:M' such as '1:4'")
+
+    @classmethod
+    def nm(cls, n: int, m: int, weight_shape: Sequence[int]) -> Geometry:
+        """General N:M: keep ``n`` of every ``m`` contiguous weights of a row."""
+        if not (isinstance(m, int) and m > 0):
+            raise ValueError(f"m={m!r} must be a positive integer")
+        if not (isinstance(n, int) and 0 <= n <= m):
+            raise ValueError(f"n={n!r} must be an integer in [0, m={m}]")
+        return cls(weight_shape, block=(1, 1), scope=(1, m), name=f"{n}:{m}", nnz=n)
+
+    # ---- counts ---------------------------------------------------------------------------
+
+    @property
+    def block_numel(self) -> int:
+        """Elements per block (``bk``)."""
+        return math.prod(self.block)
+
+    @property
+    def blocks_per_scope(self) -> int:
+        """Blocks competing in one scope (``gs``)."""
+        return math.prod(self.scope)
+
+    @property
+    def n_blocks(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def n_scopes(self) -> int:
+        return math.prod(self.scope_grid)
+
+    def check_nnz(self, nnz: int) -> int:
+        """Validate ``nnz`` (blocks kept per scope) and return it."""
+        gs = self.blocks_per_scope
+        if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= gs:
+            raise ValueError(f"nnz={nnz!r} must be an integer in [0, {gs}] (blocks per scope)")
+        return nnz
+
+    def pruned_per_scope(self, nnz: int) -> int:
+        """``np = gs - nnz``."""
+        return self.blocks_per_scope - self.check_nnz(nnz)
+
+    def n_subsets(self, nnz: int) -> int:
+        """Candidate pruning subsets per scope: ``C(gs, np)``."""
+        return math.comb(self.blocks_per_scope, self.pruned_per_scope(nnz))
+
+    def sparsity(self, nnz: int) -> float:
+        """Fraction of weights pruned."""
+        return self.pruned_per_scope(nnz) / self.blocks_per_scope
+
+    @cached_property
+    def rows_per_scope(self) -> int:
+        """Most distinct W rows one scope touches."""
+        return int(self.row_coupling().shape[1])
+
+    @property
+    def is_row_coupled(self) -> bool:
+        """True when some scope spans several W rows (their decisions are made together)."""
+        return self.rows_per_scope > 1
+
+    def facts(self) -> GeometryFacts:
+        return GeometryFacts(self.n_blocks, self.n_scopes, self.block_numel,
+                             self.blocks_per_scope, self.rows_per_scope, self.is_row_coupled)
+
+    # ---- induced maps ---------------------------------------------------------------------
+
+    def block_elements(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Flat offsets of every block's elements, ``(n_blocks, bk)``, blocks in grid order."""
+        base = _linear_index(self.grid, self.view_stride, self.block, device)
+        within = _linear_index(self.block, self.view_stride, None, device)
+        return base[:, None] + within[None, :]
+
+    def scope_blocks(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Block ids of every scope, ``(n_scopes, gs)``, scopes in scope-grid order."""
+        grid_strides = _row_major_strides(self.grid)
+        base = _linear_index(self.scope_grid, grid_strides, self.scope, device)
+        within = _linear_index(self.scope, grid_strides, None, device)
+        return base[:, None] + within[None, :]
+
+    def scope_elements(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Flat offsets of every element, ``(n_scopes, gs, bk)``."""
+        return self.block_elements(device)[self.scope_blocks(device)]
+
+    def block_map(self) -> torch.Tensor:
+        """``(M, K)`` long: the block id of every weight."""
+        return self._id_map(self.block_elements(), torch.arange(self.n_blocks)[:, None])
+
+    def scope_map(self) -> torch.Tensor:
+        """``(M, K)`` long: the scope id of every weight."""
+        elements = self.scope_elements().reshape(self.n_scopes, -1)
+        return self._id_map(elements, torch.arange(self.n_scopes)[:, None])
+
+    def block_in_scope_map(self) -> torch.Tensor:
+        """``(M, K)`` long: the position of every weight's block inside its scope."""
+        elements = self.scope_elements()
+        ids = torch.arange(self.blocks_per_scope)[None, :, None]
+        return self._id_map(elements, ids)
+
+    def column_map(self) -> torch.Tensor:
+        """``(n_blocks, bk)`` long: the W column of every element of every block."""
+        return self.block_elements() % self.weight_shape[1]
+
+    def row_coupling(self) -> torch.Tensor:
+        """``(n_scopes, R)`` long: the distinct W rows each scope touches, ascending, padded with
+        ``-1`` when scopes touch different numbers of rows."""
+        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
+        return _distinct_sorted(rows)
+
+    def _id_map(self, elements: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        M, K = self.weight_shape
+        out = torch.empty(M * K, dtype=torch.long)
+        out[elements.reshape(-1)] = ids.expand_as(elements).reshape(-1)
+        return out.view(M, K)
+
+    # ---- validation -----------------------------------------------------------------------
+
+    def _check_view_is_bijection(self) -> None:
+        M, K = self.weight_shape
+        numel = M * K
+        reach = sum((n - 1) * s for n, s in zip(self.view_shape, self.view_stride, strict=True))
+        if reach >= numel:
+            raise ValueError(
+                f"view (shape={self.view_shape}, stride={self.view_stride}) reaches flat offset "
+                f"{reach}, outside W of shape {self.weight_shape} (offsets 0..{numel - 1})")
+        view_numel = math.prod(self.view_shape)
+        if view_numel != numel:
+            raise ValueError(
+                f"view_shape={self.view_shape} has {view_numel} elements but W "
+                f"{self.weight_shape} has {numel}; a view must reach every element exactly once")
+        offsets = _linear_index(self.view_shape, self.view_stride)
+        hits = torch.bincount(offsets, minlength=numel)
+        missed = torch.nonzero(hits == 0).flatten()
+        if missed.numel():
+            twice = torch.nonzero(hits > 1).flatten()
+            raise ValueError(
+                f"view (shape={self.view_shape}, stride={self.view_stride}) is not a bijection "
+                f"onto W {self.weight_shape}: {missed.numel()} offsets missed "
+                f"(first {_short(missed.tolist())}), {twice.numel()} hit more than once "
+                f"(first {_short(twice.tolist())})")
+
+    # ---- presentation ---------------------------------------------------------------------
+
+    def describe(self) -> str:
+        view = ("W" if self.is_plain_view
+                else f"{self.view_shape} : {self.view_stride}")
+        return f"view {view}, block {self.block}, scope {self.scope}"
+
+    @property
+    def is_plain_view(self) -> bool:
+        M, K = self.weight_shape
+        return self.view_shape == (M, K) and self.view_stride == (K, 1)
+
+    def to_dict(self) -> dict:
+        """Plain data; ``Geometry.from_dict`` rebuilds it."""
+        return {"weight_shape": list(self.weight_shape), "view_shape": list(self.view_shape),
+                "view_stride": list(self.view_stride), "block": list(self.block),
+                "scope": list(self.scope), "name": self.name, "nnz": self.nnz}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(d["weight_shape"], d["block"], d["scope"], d.get("view_shape"),
+                   d.get("view_stride"), name=d.get("name"), nnz=d.get("nnz"))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        keys = ("weight_shape", "view_shape", "view_stride", "block", "scope")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+    def __hash__(self) -> int:
+        return hash((self.weight_shape, self.view_shape, self.view_stride, self.block, self.scope))
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        return f"Geometry({label}{self.weight_shape}, {self.describe()})"
+
+
+def _distinct_sorted(values: torch.Tensor) -> torch.Tensor:
+    """Distinct values of each row of ``(n, m)``, ascending, left-aligned, padded with -1."""
+    s, _ = torch.sort(values, dim=1)
+    dup = torch.zeros_like(s, dtype=torch.bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    width = int((~dup).sum(1).max())
+    big = torch.iinfo(torch.long).max
+    s = torch.where(dup, torch.full_like(s, big), s)
+    s, _ = torch.sort(s, dim=1)
+    s = s[:, :width]
+    return torch.where(s == big, torch.full_like(s, -1), s)
+
+
+def _short(items: list, n: int = 8) -> str:
+    head = ", ".join(str(i) for i in items[:n])
+    return f"[{head}{', ...' if len(items) > n else ''}]"
