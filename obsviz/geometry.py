@@ -131,7 +131,8 @@ class Geometry:
                 f"view_stride={view_stride} has rank {len(view_stride)} but "
                 f"view_shape={view_shape} has rank {len(view_shape)}; they must match")
         if any(s < 0 for s in view_stride):
-            raise ValueError(f"view_stride={view_stride} has a negative stride; strides must be >= 0")
+            raise ValueError(
+                f"view_stride={view_stride} has a negative stride; strides must be >= 0")
 
         block = _as_shape("block", block, allow_whole=True)
         if len(block) != len(view_shape):

@@ -1,0 +1,64 @@
+"""Memory estimates before running: what each method needs on a layer of a given geometry."""
+
+from __future__ import annotations
+
+import torch
+
+from obsviz.geometry import Geometry
+
+OBS_MODES = ("local", "full", "split", "interleaved", "true_obs")
+BASELINES = ("magnitude", "wanda", "obd", "sparsegpt")
+METHODS = OBS_MODES + BASELINES
+
+
+def default_c_dtype(device: str | torch.device) -> torch.dtype:
+    """Per-row C dtype of ``true_obs``: fp16 on CUDA (tensor-core Schur updates), fp32 on CPU."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
+                    device: str | torch.device = "cpu", chunk_size: int = 16,
+                    c_dtype: torch.dtype | None = None) -> int:
+    """Peak working memory in bytes (an estimate within a small factor) to prune ``rows`` rows
+    (default all) of a layer with this geometry."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
+    M, K = geometry.weight_shape
+    rows = M if rows is None else rows
+    f32 = 4
+    weights = 4 * rows * K * f32               # W, its copy, the mask and the error map
+    layout = 2 * rows * K * 8                  # long index tensors of the row-step layout
+    shared_c = 2 * K * K * f32                 # H_d and C
+    if method in ("magnitude", "wanda"):
+        return weights
+    if method == "true_obs":
+        item = torch.empty((), dtype=c_dtype or default_c_dtype(device)).element_size()
+        coupled = min(rows, geometry.rows_per_scope)
+        chunk_rows = max(chunk_size, coupled)
+        return weights + layout + shared_c + 2 * chunk_rows * K * K * item
+    extra = {"split": K * K * f32, "interleaved": K * K * f32}.get(method, 0)
+    return weights + layout + shared_c + extra
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Free bytes on the device, or ``None`` when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,89 @@
+"""The layer Hessian ``H = XᵀX / N``, its damping and its inverse ``C = H_d⁻¹``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class HessianAccumulator:
+    """Accumulates ``H = XᵀX / N`` over batches of calibration inputs ``X`` ``(n, K)``, so N can be
+    far larger than memory (the way SparseGPT hooks a layer)."""
+
+    def __init__(self, K: int, dtype: torch.dtype = torch.float64, device: str = "cpu") -> None:
+        self.H = torch.zeros(K, K, dtype=dtype, device=device)
+        self.nsamples = 0
+
+    def add(self, X: torch.Tensor) -> None:
+        X = X.reshape(-1, X.shape[-1]).to(self.H)
+        if X.shape[1] != self.H.shape[0]:
+            raise ValueError(
+                f"inputs have {X.shape[1]} features but the Hessian is {tuple(self.H.shape)}")
+        n = X.shape[0]
+        if n == 0:
+            return
+        total = self.nsamples + n
+        # Running mean keeps the scale of H independent of N.
+        self.H.mul_(self.nsamples / total).addmm_(X.T, X, alpha=1.0 / total)
+        self.nsamples = total
+
+    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.H.to(dtype)
+
+
+def hessian_from_inputs(X: torch.Tensor | Iterable[torch.Tensor], batch: int = 4096) -> tuple[
+        torch.Tensor, int]:
+    """``H = XᵀX / N`` from ``(N, K)`` inputs (or an iterable of ``(n, K)`` batches).
+
+    Returns ``(H (K, K) float32, N)``.
+    """
+    chunks = [X[i:i + batch] for i in range(0, X.shape[0], batch)] if isinstance(
+        X, torch.Tensor) else X
+    acc = None
+    for chunk in chunks:
+        if acc is None:
+            acc = HessianAccumulator(chunk.shape[-1])
+        acc.add(chunk)
+    if acc is None:
+        raise ValueError("X is empty: no calibration inputs to build a Hessian from")
+    return acc.result(), acc.nsamples
+
+
+def dead_columns(H: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` bool: inputs that never fire (zero Hessian diagonal)."""
+    return torch.diagonal(H) == 0
+
+
+def damping(H: torch.Tensor, damp: float) -> float:
+    """``λ = damp * mean(diag H)`` when ``damp < 1``, else ``λ = damp`` (DESIGN.md section 2)."""
+    if damp < 1:
+        return float(damp * torch.diagonal(H).mean())
+    return float(damp)
+
+
+def damped(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """``H_d = H + λI`` with dead inputs given a unit diagonal (as SparseGPT does)."""
+    Hd = H.clone()
+    diag = torch.diagonal(Hd)
+    diag[dead_columns(H)] = 1.0
+    diag += damping(H, damp)
+    return Hd
+
+
+def spd_inverse(A: torch.Tensor) -> torch.Tensor:
+    """Inverse of a symmetric positive-definite matrix through its Cholesky factor.
+
+    Raises ``ValueError`` when ``A`` is not positive definite (e.g. zero damping on a singular H).
+    """
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info.max()) > 0:
+        raise ValueError(
+            "the damped Hessian is not positive definite (singular H with no damping?); "
+            "raise damp, e.g. damp=0.01")
+    return torch.cholesky_inverse(L)
+
+
+def inverse_hessian(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """``C = H_d⁻¹`` ``(K, K)``."""
+    return spd_inverse(damped(H, damp))
