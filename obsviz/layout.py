@@ -1,0 +1,134 @@
+"""The row-step layout: a geometry re-indexed the way the OBS math consumes it.
+
+The loss is a sum over W rows (``L = Σ_r ΔW_r H ΔW_rᵀ``), so every mode works row by row. For each
+row ``r`` we list the scopes that touch it in scope order (by their leftmost column); the ``t``-th
+of them is *step* ``t`` of that row. A step holds the scope's elements that lie in row ``r``,
+grouped by block:
+
+    cols[r, t, j, l]   W column of the l-th element of block j (of the scope) in row r, or -1
+    scope[r, t]        the scope's id, or -1 for padding
+
+A scope spanning several rows (row-coupled geometries, multi-row blocks) appears as one step in
+each of its rows; its cost is the sum of those steps' costs. When every scope sits at the same
+step index in all of its rows, the layout is *aligned* (true of every preset and of any geometry
+whose scopes tile W in a regular way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from obsviz.geometry import Geometry
+
+
+@dataclass(frozen=True)
+class RowSteps:
+    cols: torch.Tensor          # (M, T, gs, Lb) long, -1 = padding
+    scope: torch.Tensor         # (M, T) long, -1 = padding
+    scope_step: torch.Tensor    # (S,) step index of each scope (its first row's, if not aligned)
+    scope_start: torch.Tensor   # (S,) leftmost W column of each scope
+    scope_end: torch.Tensor     # (S,) rightmost W column of each scope
+    n_scopes: int
+    aligned: bool
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """``(M, T, gs, Lb)`` bool: real elements (not padding)."""
+        return self.cols >= 0
+
+    @property
+    def n_steps(self) -> int:
+        return self.cols.shape[1]
+
+    def to(self, device: torch.device | str) -> RowSteps:
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return RowSteps(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                           for k, v in fields.items()})
+
+
+@lru_cache(maxsize=8)
+def row_steps(geometry: Geometry) -> RowSteps:
+    """Build the row-step layout of ``geometry`` (cached; vectorised, no loop over elements)."""
+    M, K = geometry.weight_shape
+    S, gs, bk = geometry.n_scopes, geometry.blocks_per_scope, geometry.block_numel
+    offsets = geometry.scope_elements().reshape(-1)             # (S*gs*bk,)
+    rows, cols = offsets // K, offsets % K
+    scope = torch.arange(S).repeat_interleave(gs * bk)
+    block = torch.arange(gs).repeat_interleave(bk).repeat(S)
+
+    scope_start = torch.full((S,), K, dtype=torch.long).scatter_reduce(
+        0, scope, cols, "amin")
+    scope_end = torch.full((S,), -1, dtype=torch.long).scatter_reduce(
+        0, scope, cols, "amax")
+    # Scope order: leftmost column, then id. rank[s] is the scope's position in that order.
+    order = torch.argsort(scope_start * S + torch.arange(S))
+    rank = torch.empty(S, dtype=torch.long)
+    rank[order] = torch.arange(S)
+
+    # One (row, scope) pair per step; steps of a row are numbered in scope order.
+    pair_key = rows * S + rank[scope]
+    pair_keys, pair_of_elem = torch.unique(pair_key, return_inverse=True)
+    pair_row = pair_keys // S
+    row_first = torch.searchsorted(pair_keys, torch.arange(M) * S)
+    pair_step = torch.arange(pair_keys.numel()) - row_first[pair_row]
+    T = int(pair_step.max()) + 1
+
+    # Position of each element among its (row, scope, block) group, columns ascending.
+    group_key = (pair_of_elem * gs + block) * K + cols
+    sorted_key, perm = torch.sort(group_key)
+    group = sorted_key // K
+    first = torch.searchsorted(group, group, side="left")
+    pos_sorted = torch.arange(group.numel()) - first
+    pos = torch.empty_like(pos_sorted)
+    pos[perm] = pos_sorted
+    Lb = int(pos.max()) + 1
+
+    step = pair_step[pair_of_elem]
+    out_cols = torch.full((M, T, gs, Lb), -1, dtype=torch.long)
+    out_cols[rows, step, block, pos] = cols
+    out_scope = torch.full((M, T), -1, dtype=torch.long)
+    out_scope[rows, step] = scope
+
+    step_lo = torch.full((S,), T, dtype=torch.long).scatter_reduce(0, scope, step, "amin")
+    step_hi = torch.full((S,), -1, dtype=torch.long).scatter_reduce(0, scope, step, "amax")
+    return RowSteps(cols=out_cols, scope=out_scope, scope_step=step_lo,
+                    scope_start=scope_start, scope_end=scope_end, n_scopes=S,
+                    aligned=bool((step_lo == step_hi).all()))
+
+
+def row_groups(layout: RowSteps) -> torch.Tensor:
+    """``(M,)`` label of each row's coupling group: rows sharing a scope, transitively, get the
+    same label (the group's smallest row)."""
+    M = layout.scope.shape[0]
+    rows = torch.arange(M, device=layout.scope.device)[:, None].expand_as(layout.scope)
+    ok = layout.scope >= 0
+    r, s = rows[ok], layout.scope[ok]
+    label = torch.arange(M, device=rows.device)
+    while True:
+        per_scope = torch.full((layout.n_scopes,), M, dtype=torch.long, device=rows.device)
+        per_scope.scatter_reduce_(0, s, label[r], "amin")
+        new = label.scatter_reduce(0, r, per_scope[s], "amin")
+        new = new[new]  # pointer jumping: converge in O(log diameter) rounds
+        if torch.equal(new, label):
+            return label
+        label = new
+
+
+def row_chunks(layout: RowSteps, chunk_size: int) -> list[torch.Tensor]:
+    """Split the rows into chunks of about ``chunk_size`` rows that never cut a coupling group
+    (a group larger than ``chunk_size`` is a chunk of its own)."""
+    label = row_groups(layout)
+    M = label.numel()
+    order = torch.argsort(label * M + torch.arange(M, device=label.device))
+    _, sizes = torch.unique_consecutive(label[order], return_counts=True)
+    chunks, start, current = [], 0, 0
+    for size in sizes.tolist():
+        if current and current + size > chunk_size:
+            chunks.append(order[start:start + current])
+            start, current = start + current, 0
+        current += size
+    chunks.append(order[start:start + current])
+    return chunks

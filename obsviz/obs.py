@@ -1,0 +1,241 @@
+"""The OBS primitives every mode shares: principal submatrices of C, the removal cost
+``ε(P) = w_P (C_PP)⁻¹ w_Pᵀ``, the optimal update ``w ← w − w_P (C_PP)⁻¹ C_P,:``, the Schur downdate
+``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` and subset selection per scope.
+
+Index sets are padded with ``-1``; a padded position behaves as if absent (identity in C_PP, zero
+weight), so one batched call serves sets of different sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import torch
+
+#: Subset counts above this are not enumerated; selection falls back to greedy.
+MAX_SUBSETS = 10_000
+
+
+# ---- small SPD systems ------------------------------------------------------------------------
+
+def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve ``A x = b`` for a batch of small SPD ``A`` ``(..., q, q)``, ``b`` ``(..., q)``.
+
+    Closed forms for q = 1 and 2, a Cholesky solve otherwise (batched ``inv`` has failed inside
+    MKL on small CPUs; Cholesky has not).
+    """
+    q = A.shape[-1]
+    if q == 0:
+        return b.clone()
+    if q == 1:
+        return b / A[..., 0, :]
+    if q == 2:
+        a, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
+        det = a * d - c * c
+        x0 = (d * b[..., 0] - c * b[..., 1]) / det
+        x1 = (a * b[..., 1] - c * b[..., 0]) / det
+        return torch.stack((x0, x1), dim=-1)
+    L = _cholesky(A)
+    return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+
+
+def _cholesky(A: torch.Tensor) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info.max()) > 0:  # lost definiteness to rounding: retry with a tiny jitter
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        scale = torch.diagonal(A, dim1=-2, dim2=-1).abs().mean(-1, keepdim=True).unsqueeze(-1)
+        L, info = torch.linalg.cholesky_ex(A + 1e-7 * scale * eye)
+        if int(info.max()) > 0:
+            raise ValueError("a C_PP block is not positive definite; raise damp")
+    return L
+
+
+def cost(C_PP: torch.Tensor, w_P: torch.Tensor) -> torch.Tensor:
+    """``ε = w_P (C_PP)⁻¹ w_Pᵀ`` for a batch: ``(..., q, q)``, ``(..., q)`` → ``(...)``."""
+    return (spd_solve(C_PP, w_P) * w_P).sum(-1)
+
+
+# ---- gathering from C -------------------------------------------------------------------------
+
+def principal(C: torch.Tensor, idx: torch.Tensor, batch: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """``C_PP`` for index sets ``idx`` ``(..., q)`` (``-1`` = padding → identity row/column).
+
+    ``C`` is shared ``(K, K)``, or per row ``(B, K, K)`` with ``batch`` ``(...)`` naming the row of
+    each set. Returns ``(..., q, q)`` in float32 or wider.
+    """
+    ok = idx >= 0
+    i = idx.clamp(min=0)
+    if batch is None:
+        sub = C[i.unsqueeze(-1), i.unsqueeze(-2)]
+    else:
+        sub = C[batch[..., None, None], i.unsqueeze(-1), i.unsqueeze(-2)]
+    sub = sub.to(torch.promote_types(sub.dtype, torch.float32))
+    both = ok.unsqueeze(-1) & ok.unsqueeze(-2)
+    eye = torch.eye(idx.shape[-1], dtype=sub.dtype, device=sub.device)
+    return torch.where(both, sub, eye)
+
+
+def gather_masked(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[row, idx]`` for ``x`` ``(R, K)`` and ``idx`` ``(R, ...)``; zero where ``idx`` is -1."""
+    flat = idx.reshape(idx.shape[0], -1)
+    out = x.gather(1, flat.clamp(min=0)) * (flat >= 0)
+    return out.view(idx.shape)
+
+
+def compact(idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Move the entries of ``idx`` ``(..., n)`` where ``keep`` is set to the front; pad with -1.
+    The width is the largest count over the batch."""
+    keep = keep & (idx >= 0)
+    width = int(keep.sum(-1).max()) if keep.numel() else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[..., :width]
+    out = idx.gather(-1, order)
+    return torch.where(keep.gather(-1, order), out, torch.full_like(out, -1))
+
+
+# ---- updates ----------------------------------------------------------------------------------
+
+def obs_update_shared(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
+                      alive: torch.Tensor | None = None) -> None:
+    """Remove ``P`` ``(M, q)`` from each row of ``W`` ``(M, K)`` in place with the optimal update
+    under a shared ``C``: ``w ← w − w_P (C_PP)⁻¹ C_P,:``, then ``w_P = 0``.
+
+    ``alive`` ``(M, K)`` bool limits the update to columns not pruned yet (it is updated too).
+    """
+    if P.shape[-1] == 0:
+        return
+    w_P = gather_masked(W, P)
+    z = spd_solve(principal(C, P), w_P).to(W.dtype)               # (M, q)
+    delta = torch.zeros_like(W)
+    for q in range(P.shape[1]):  # q is small; each term is an (M, K) row gather of C
+        delta.addcmul_(z[:, q:q + 1], C[P[:, q].clamp(min=0)].to(W.dtype))
+    if alive is not None:
+        delta.mul_(alive)
+    W.sub_(delta)
+    zero_at(W, P)
+    if alive is not None:
+        zero_at(alive, P)
+
+
+def obs_update_per_row(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor) -> None:
+    """Remove ``P`` ``(B, q)`` from rows ``W`` ``(B, K)`` whose inverses ``C`` ``(B, K, K)`` are
+    their own, in place: the optimal update, then the Schur downdate
+    ``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` (so later choices see the pruned weights as fixed at 0)."""
+    if P.shape[-1] == 0:
+        return
+    B, K = W.shape
+    rows = torch.arange(B, device=W.device)
+    C_PP = principal(C, P, rows)                                    # (B, q, q)
+    ok = P >= 0
+    C_xP = C.gather(2, P.clamp(min=0).unsqueeze(1).expand(B, K, -1))  # (B, K, q)
+    C_xP = C_xP.to(C_PP.dtype) * ok.unsqueeze(1)
+    w_P = gather_masked(W, P).to(C_PP.dtype)
+    L = _cholesky(C_PP)
+    z = torch.cholesky_solve(w_P.unsqueeze(-1), L)                  # (B, q, 1)
+    W.sub_(torch.bmm(C_xP, z).squeeze(-1).to(W.dtype))
+    zero_at(W, P)
+    schur_downdate(C, C_xP, L)
+
+
+def schur_downdate(C: torch.Tensor, C_xP: torch.Tensor, L: torch.Tensor) -> None:
+    """``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` in place, with ``C_PP = L Lᵀ``: ``F = C_:,P L⁻ᵀ``, then
+    ``C −= F Fᵀ`` (one symmetric rank-q update per row)."""
+    F = torch.linalg.solve_triangular(L, C_xP.transpose(1, 2), upper=False).transpose(1, 2)
+    F = F.to(C.dtype)
+    C.baddbmm_(F, F.transpose(1, 2), alpha=-1.0)
+
+
+def zero_at(x: torch.Tensor, idx: torch.Tensor) -> None:
+    """``x[r, idx[r]] = 0`` for the non-padding entries of ``idx`` ``(R, q)``, in place."""
+    ok = idx >= 0
+    if ok.any():
+        r = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)
+        x[r[ok], idx[ok]] = 0
+
+
+# ---- subsets and selection --------------------------------------------------------------------
+
+def prune_subsets(gs: int, n_prune: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """All ``C(gs, np)`` pruning subsets as block indices ``(n_sub, np)``, or ``None`` when there
+    are more than ``MAX_SUBSETS`` (then selection is greedy)."""
+    if math.comb(gs, n_prune) > MAX_SUBSETS:
+        return None
+    subsets = list(combinations(range(gs), n_prune))
+    return torch.tensor(subsets, dtype=torch.long, device=device).view(len(subsets), n_prune)
+
+
+def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: torch.Tensor,
+                 batch: torch.Tensor | None = None, max_elems: int = 1 << 24) -> torch.Tensor:
+    """OBS cost of pruning each subset of blocks, per step entry.
+
+    Args:
+        cols: ``(E, gs, Lb)`` W columns of each entry's blocks (-1 padding).
+        w: ``(E, gs, Lb)`` the weights there (anything at padding).
+        C: shared ``(K, K)`` or per-row ``(B, K, K)`` (then ``batch`` ``(E,)`` names the row).
+        subsets: ``(n_sub, np)`` block indices.
+
+    Returns ``(E, n_sub)``: ``ε = w_P (C_PP)⁻¹ w_Pᵀ`` with ``P`` the subset's elements in that row.
+    """
+    E = cols.shape[0]
+    n_sub, n_prune = subsets.shape
+    q = n_prune * cols.shape[2]
+    out = torch.empty(E, n_sub, dtype=torch.promote_types(C.dtype, torch.float32),
+                      device=cols.device)
+    step = max(1, max_elems // max(1, n_sub * q * q))
+    for e0 in range(0, E, step):
+        e1 = min(E, e0 + step)
+        P = cols[e0:e1][:, subsets].reshape(e1 - e0, n_sub, q)
+        w_P = (w[e0:e1] * (cols[e0:e1] >= 0))[:, subsets].reshape(e1 - e0, n_sub, q)
+        b = None if batch is None else batch[e0:e1, None].expand(-1, n_sub)
+        out[e0:e1] = cost(principal(C, P, b), w_P.to(out.dtype))
+    return out
+
+
+def block_scores(cols: torch.Tensor, element_score: torch.Tensor,
+                 rows: torch.Tensor) -> torch.Tensor:
+    """Sum of a per-element score over each block's elements: ``(E, gs)`` for entries at
+    ``rows`` ``(E,)`` with columns ``cols`` ``(E, gs, Lb)``; ``element_score`` is ``(M, K)``."""
+    vals = element_score[rows[:, None, None], cols.clamp(min=0)]
+    return (vals * (cols >= 0)).sum(-1)
+
+
+def choose_subsets(costs: torch.Tensor, scope: torch.Tensor, subsets: torch.Tensor,
+                   gs: int) -> torch.Tensor:
+    """Per scope, the subset of least total cost over the scope's entries.
+
+    ``costs`` ``(E, n_sub)``, ``scope`` ``(E,)`` → pruned-block mask per entry ``(E, gs)``."""
+    local, inverse = torch.unique(scope, return_inverse=True)
+    total = torch.zeros(local.numel(), costs.shape[1], dtype=costs.dtype, device=costs.device)
+    total.index_add_(0, inverse, costs)
+    best = total.argmin(1)
+    mask = torch.zeros(subsets.shape[0], gs, dtype=torch.bool, device=costs.device)
+    mask.scatter_(1, subsets, True)
+    return mask[best][inverse]
+
+
+def choose_blocks(scores: torch.Tensor, scope: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Per scope, the ``np`` blocks of least total score (scores add over the scope's entries).
+
+    ``scores`` ``(E, gs)``, ``scope`` ``(E,)`` → pruned-block mask per entry ``(E, gs)``."""
+    local, inverse = torch.unique(scope, return_inverse=True)
+    total = torch.zeros(local.numel(), scores.shape[1], dtype=scores.dtype, device=scores.device)
+    total.index_add_(0, inverse, scores)
+    idx = total.topk(n_prune, dim=1, largest=False).indices
+    mask = torch.zeros_like(total, dtype=torch.bool).scatter_(1, idx, True)
+    return mask[inverse]
+
+
+def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Tensor,
+           n_prune: int, batch: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """OBS mask selection for step entries: exhaustive over subsets when their number is at most
+    ``MAX_SUBSETS``, else greedy (the ``np`` blocks with the least cost each on their own).
+
+    Returns the pruned-block mask ``(E, gs)`` and whether the selection was greedy.
+    """
+    gs = cols.shape[1]
+    subsets = prune_subsets(gs, n_prune, cols.device)
+    if subsets is None:
+        singles = torch.arange(gs, device=cols.device)[:, None]
+        return choose_blocks(subset_costs(cols, w, C, singles, batch), scope, n_prune), True
+    return choose_subsets(subset_costs(cols, w, C, subsets, batch), scope, subsets, gs), False
