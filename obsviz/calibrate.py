@@ -64,14 +64,13 @@ def load_checkpoint(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI or the app's log
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(
-            model_dir, local_files_only=True, dtype=torch.float32)
+        model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"model_dir={str(model_dir)!r}: could not load checkpoint ({e})") from e
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    model.eval()
+    model.float().eval()  # H in float32 whatever the stored dtype; eval: no dropout
     return model, tokenizer
 
 
@@ -133,12 +132,12 @@ def calibration_sequences(tokenizer: object, text: str, max_tokens: int | None =
     return [head + list(ids[i:i + step]) + tail for i in range(0, len(ids), step)]
 
 
-def _model_name(model: nn.Module, model_dir: Path) -> str:
-    name = getattr(model.config, "_name_or_path", "") or ""
-    # a local path says nothing; the folder name of a packaged checkpoint neither
-    if not name or os.sep in name or name in {".", str(model_dir)}:
-        return model_dir.name
-    return name.rsplit("/", 1)[-1]
+def _model_name(model_dir: Path) -> str:
+    """A readable name for a checkpoint folder (its parent too when the folder is just "model")."""
+    model_dir = model_dir.resolve()
+    if model_dir.name.lower() in {"model", "checkpoint", "snapshot", "hf"}:
+        return f"{model_dir.parent.name}/{model_dir.name}"
+    return model_dir.name
 
 
 def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
@@ -161,7 +160,8 @@ def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
         some = ", ".join(list(modules)[:8])
         raise ValueError(
             f"layers={missing!r}: not Linear layers of {model_dir.name}; valid names look like "
-            f"{some}, … ({len(modules)} in all; list them with linear_layer_names)")
+            f"{some}, … ({len(modules)} in all: see linear_layer_names(), or "
+            "`obsviz hessian MODEL_DIR --list`)")
     if not names:
         raise ValueError("layers=[]: choose at least one Linear layer")
     if batch_size < 1:
@@ -173,11 +173,12 @@ def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
     accs = {n: HessianAccumulator(_weight_of(modules[n]).shape[1], device=device) for n in names}
 
     def hook(name: str):
-        def fn(mod: nn.Module, inputs: tuple, output: object) -> None:
-            accs[name].add(inputs[0].detach())
+        def fn(mod: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            X = args[0] if args else kwargs.get("input", kwargs.get("x"))
+            accs[name].add(X.detach())  # (B, T, K): every position is a row of X
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    handles = [modules[n].register_forward_hook(hook(n), with_kwargs=True) for n in names]
     try:
         with torch.no_grad():
             done = 0
@@ -194,7 +195,7 @@ def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
         for h in handles:
             h.remove()
 
-    model_name = _model_name(model, model_dir)
+    model_name = _model_name(model_dir)
     result = []
     for n in names:
         acc = accs[n]

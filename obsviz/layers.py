@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -53,9 +54,9 @@ ROLES = ("weight", "hessian", "inputs", "nsamples")
 MAX_BYTES_ENV = "OBSVIZ_MAX_UPLOAD_BYTES"
 _BUILTIN_MAX_BYTES = 512 * 2**20
 # safetensors metadata keys written by save_layers
-_META_ORDER = "obsviz.layers"
-_META_SOURCE = "obsviz.source."
-_META_NOTES = "obsviz.notes."
+# one metadata key holding JSON {"layers": [names in order], "source": {name: str},
+# "notes": {name: [str]}}: one key, because safetensors writes several in no fixed order
+_META_KEY = "obsviz"
 # rows of calibration inputs turned into H per step
 _INPUT_BATCH = 8192
 
@@ -287,6 +288,9 @@ def _safetensors_bytes_metadata(data: bytes) -> dict[str, str]:
 
 
 def _open_npz(src: bytes | Path, display: str) -> _Reader:
+    if not zipfile.is_zipfile(io.BytesIO(src) if isinstance(src, bytes) else src):
+        raise LayerFileError(f"{display}: not a readable .npz archive (not a zip file); save one "
+                             "with np.savez(path, **arrays)")
     try:
         with np.load(io.BytesIO(src) if isinstance(src, bytes) else src,
                      allow_pickle=False) as npz:
@@ -310,12 +314,19 @@ def _open_npz(src: bytes | Path, display: str) -> _Reader:
 
 def _open_torch(src: bytes | Path, display: str) -> _Reader:
     try:
-        obj = torch.load(io.BytesIO(src) if isinstance(src, bytes) else src,
-                         map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the refusal says enough
+            obj = torch.load(io.BytesIO(src) if isinstance(src, bytes) else src,
+                             map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
-        why = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln),
-                   first[0] if first else "")
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            op = re.search(r"Unsupported operand \d+", str(e))
+            raise LayerFileError(
+                f"{display}: not a readable torch file: torch.load(weights_only=True) cannot parse "
+                f"it ({op.group(0) if op else 'not a torch.save file'}); save a dict of tensors "
+                "with torch.save, or better, a .safetensors file") from e
+        why = f"it names {found.group(1)}"
         raise LayerFileError(
             f"{display}: torch.load(weights_only=True) refused it: the pickle holds objects other "
             f"than tensors and plain containers ({why}). obsviz never unpickles arbitrary objects; "
@@ -342,6 +353,19 @@ def _split_key(key: str) -> tuple[str, str | None]:
     if role in ROLES:
         return prefix, role
     return key, None
+
+
+def _obsviz_meta(reader: _Reader) -> dict:
+    """What save_layers recorded (order, sources, notes); {} for other files or bad JSON."""
+    raw = reader.metadata().get(_META_KEY)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    kinds = {"layers": list, "source": dict, "notes": dict}
+    return {k: meta[k] for k, kind in kinds.items() if isinstance(meta.get(k), kind)}
 
 
 def _layer_keys(reader: _Reader, display: str, stem: str) -> dict[str, dict[str, str]]:
@@ -372,12 +396,9 @@ def _layer_keys(reader: _Reader, display: str, stem: str) -> dict[str, dict[str,
             f"{display}: no layer found. A layer is '<name>.weight' (M, K) plus "
             f"'<name>.hessian' (K, K) or '<name>.inputs' (N, K) (bare 'weight' + 'hessian' for a "
             f"single layer); found: {found or 'nothing'}{more}")
-    order = reader.metadata().get(_META_ORDER)
-    if order:
-        try:
-            wanted = [n for n in json.loads(order) if n in layers]
-        except (ValueError, TypeError):
-            wanted = []
+    order = _obsviz_meta(reader).get("layers")
+    if isinstance(order, list):
+        wanted = [n for n in order if n in layers]
         rest = [n for n in layers if n not in wanted]
         layers = {n: layers[n] for n in wanted + rest}
     return layers
@@ -502,9 +523,11 @@ def _load(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> La
                          "rows of the inputs")
         nsamples = acc.nsamples
         notes.append(f"H = XᵀX / N built from inputs ({nsamples}, {K})")
-    meta = reader.metadata()
-    notes.extend(json.loads(meta[_META_NOTES + name]) if _META_NOTES + name in meta else [])
-    described = meta.get(_META_SOURCE + name)
+    meta = _obsviz_meta(reader)
+    extra = meta.get("notes", {}).get(name, [])
+    notes.extend(str(n) for n in (extra if isinstance(extra, list) else [extra]))
+    described = meta.get("source", {}).get(name)
+    described = str(described) if described else None
     source = f"{display} ({described})" if described else display
     return Layer(name=name, weight=W.contiguous(), hessian=H.contiguous(), nsamples=nsamples,
                  source=source, notes=notes)
@@ -552,7 +575,7 @@ def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"path={str(path)!r}: save_layers writes .safetensors files")
     tensors: dict[str, torch.Tensor] = {}
-    meta = {_META_ORDER: json.dumps([layer.name for layer in layers])}
+    meta: dict = {"layers": [layer.name for layer in layers], "source": {}, "notes": {}}
     for layer in layers:
         W, H = layer.weight, layer.hessian
         if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
@@ -566,11 +589,11 @@ def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
         tensors[f"{layer.name}.hessian"] = H.detach().to(torch.float32).cpu().contiguous().clone()
         tensors[f"{layer.name}.nsamples"] = torch.tensor([int(layer.nsamples)], dtype=torch.int64)
         if layer.source:
-            meta[_META_SOURCE + layer.name] = layer.source
+            meta["source"][layer.name] = layer.source
         if layer.notes:
-            meta[_META_NOTES + layer.name] = json.dumps(list(layer.notes))
+            meta["notes"][layer.name] = list(layer.notes)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta, ensure_ascii=False)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,6 +624,6 @@ def load_sample_layer(name: str) -> Layer:
         raise ValueError(f"name={name!r} is not a sample layer; valid: {', '.join(index)}")
     reader, display, stem = _open(index[name], None, 2**40)
     layer = _load(reader, display, name, _layer_keys(reader, display, stem)[name])
-    described = reader.metadata().get(_META_SOURCE + name)
+    described = _obsviz_meta(reader).get("source", {}).get(name)
     layer.source = f"sample: {described or index[name].name}"
     return layer

@@ -132,3 +132,37 @@ def row_chunks(layout: RowSteps, chunk_size: int) -> list[torch.Tensor]:
         current += size
     chunks.append(order[start:start + current])
     return chunks
+
+
+def restrict_rows(layout: RowSteps, rows: torch.Tensor) -> RowSteps:
+    """The layout of a subset of rows (closed under coupling, see :func:`coupled_closure`);
+    scope ids stay global."""
+    return RowSteps(layout.cols[rows], layout.scope[rows], layout.scope_step, layout.scope_start,
+                    layout.scope_end, layout.n_scopes, layout.aligned)
+
+
+def coupled_closure(layout: RowSteps, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` plus every row coupled to them (sorted): the smallest row set on which the
+    geometry's scopes are whole."""
+    label = row_groups(layout)
+    return torch.nonzero(torch.isin(label, label[rows])).flatten()
+
+
+def row_sample(geometry: Geometry, first: int | None = None, every: int | None = None
+               ) -> torch.Tensor:
+    """Rows for a quick what-if run: the ``first`` N rows, or every ``every``-th row, widened to
+    whole coupling groups so the geometry stays valid on them."""
+    M = geometry.weight_shape[0]
+    if first is not None and every is not None:
+        raise ValueError("give first or every, not both")
+    if first is not None:
+        if not 1 <= first <= M:
+            raise ValueError(f"first={first} must be in [1, M={M}]")
+        rows = torch.arange(first)
+    elif every is not None:
+        if not 1 <= every <= M:
+            raise ValueError(f"every={every} must be in [1, M={M}]")
+        rows = torch.arange(0, M, every)
+    else:
+        return torch.arange(M)
+    return coupled_closure(row_steps(geometry), rows)

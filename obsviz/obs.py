@@ -106,10 +106,18 @@ def obs_update_shared(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
     if P.shape[-1] == 0:
         return
     w_P = gather_masked(W, P)
-    z = spd_solve(principal(C, P), w_P).to(W.dtype)               # (M, q)
-    delta = torch.zeros_like(W)
-    for q in range(P.shape[1]):  # q is small; each term is an (M, K) row gather of C
-        delta.addcmul_(z[:, q:q + 1], C[P[:, q].clamp(min=0)].to(W.dtype))
+    z = spd_solve(principal(C, P), w_P).to(W.dtype) * (P >= 0)    # (M, q)
+    # δ = Z C[U, :] with U the columns pruned in any row: one GEMM when U is small (a step of a
+    # regular geometry touches the same few columns in every row).
+    U = torch.unique(P[P >= 0])
+    if U.numel() <= 4 * P.shape[1]:
+        Z = torch.zeros(W.shape[0], U.numel(), dtype=W.dtype, device=W.device)
+        Z.scatter_add_(1, torch.searchsorted(U, P.clamp(min=0)), z)
+        delta = Z @ C[U].to(W.dtype)
+    else:
+        delta = torch.zeros_like(W)
+        for q in range(P.shape[1]):  # q is small; each term is an (M, K) row gather of C
+            delta.addcmul_(z[:, q:q + 1], C[P[:, q].clamp(min=0)].to(W.dtype))
     if alive is not None:
         delta.mul_(alive)
     W.sub_(delta)

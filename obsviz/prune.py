@@ -13,7 +13,7 @@ from obsviz import baselines, modes
 from obsviz.estimate import BASELINES, METHODS, OBS_MODES, default_c_dtype
 from obsviz.geometry import Geometry
 from obsviz.hessian import damped, dead_columns, spd_inverse
-from obsviz.layout import row_steps
+from obsviz.layout import coupled_closure, restrict_rows, row_steps
 from obsviz.metrics import rel_error
 
 __all__ = ["PruneResult", "prune", "METHODS", "OBS_MODES", "BASELINES", "resolve_device"]
@@ -34,6 +34,7 @@ class PruneResult:
     seconds: float
     method: str
     options: dict = field(default_factory=dict)
+    rows: torch.Tensor | None = None   # the rows pruned, when a row sample was asked for
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -105,16 +106,21 @@ def prune(
     scoring: str = "independent",
     c_dtype: torch.dtype | str | None = None,
     progress: Callable[[float, str], None] | None = None,
+    rows: torch.Tensor | None = None,
     **unknown,
 ) -> PruneResult:
     """Prune ``W`` ``(M, K)`` to ``nnz`` kept blocks per scope of ``geometry``.
 
     ``H`` ``(K, K)`` is the layer Hessian ``XᵀX/N``. ``W`` is never modified. Options that a
     method does not use are ignored. Raises ``ValueError`` naming the offending argument.
+
+    ``rows`` (optional, long indices) prunes only those rows — widened to whole coupling groups —
+    for a quick what-if run; other rows are returned unchanged and the error covers the sampled
+    rows only (``result.rows``).
     """
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: damp, device, n_splits, "
-                         "ng, chunk_size, order, scoring, c_dtype, progress")
+                         "ng, chunk_size, order, scoring, c_dtype, progress, rows")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
     check_inputs(W, H, geometry)
@@ -155,21 +161,45 @@ def prune(
     if method == "true_obs":
         options.update(ng=ng, chunk_size=chunk_size, order=order, scoring=scoring,
                        c_dtype=str(c_dt).removeprefix("torch."))
+    report(0.0, "laying out blocks and scopes")
+    layout = row_steps(geometry)
+    if rows is not None:
+        rows = _check_rows(rows, geometry.weight_shape[0])
+        rows = coupled_closure(layout, rows)
+        options["rows"] = rows.numel()
+        layout = restrict_rows(layout, rows)
+        rows = rows.to(dev)
+        W0, Wp = W0[rows], Wp[rows]
+    kept = torch.ones_like(Wp, dtype=torch.bool)
     if n_prune == 0:
-        kept = torch.ones_like(Wp, dtype=torch.bool)
         Wp = W0.clone()
     else:
-        report(0.0, "laying out blocks and scopes")
-        layout = row_steps(geometry).to(dev)
-        problem = modes.Problem(Wp, Hu, Hd, C, layout, n_prune, report)
+        problem = modes.Problem(Wp, Hu, Hd, C, layout.to(dev), n_prune, report)
         kept = _run(problem, method, n_splits, ng, chunk_size, order, scoring, c_dt)
         options.update(problem.notes)
+    error = rel_error(W0, Wp, H0)
+    if rows is not None:  # put the sampled rows back into the whole layer
+        Wp_all = W.detach().to(dev, dtype).clone()
+        Wp_all[rows] = Wp
+        kept_all = torch.ones_like(Wp_all, dtype=torch.bool)
+        kept_all[rows] = kept
+        Wp, kept = Wp_all, kept_all
     report(1.0, "done")
     seconds = time.perf_counter() - t_start
-    weight = Wp.to(W.device, W.dtype)
-    return PruneResult(weight=weight, mask=kept.to(W.device),
-                       rel_error=rel_error(W0, Wp, H0), seconds=seconds, method=method,
-                       options=options)
+    return PruneResult(weight=Wp.to(W.device, W.dtype), mask=kept.to(W.device),
+                       rel_error=error, seconds=seconds, method=method, options=options,
+                       rows=None if rows is None else rows.cpu())
+
+
+def _check_rows(rows, M: int) -> torch.Tensor:
+    try:
+        rows = torch.as_tensor(rows, dtype=torch.long).flatten().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"rows={rows!r} must be integer row indices") from None
+    if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= M:
+        raise ValueError(f"rows must be a non-empty set of indices in [0, {M}); got "
+                         f"{rows.numel()} indices")
+    return torch.unique(rows)
 
 
 def _run(p: modes.Problem, method: str, n_splits: int, ng: int, chunk_size: int, order: str,
