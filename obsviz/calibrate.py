@@ -154,18 +154,22 @@ def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
     model_dir = Path(model_dir)
     model, tokenizer = load_checkpoint(model_dir)
     modules = _linear_modules(model)
-    names = list(modules) if layers is None else list(layers)
+    names = list(modules) if layers is None else list(dict.fromkeys(layers))
     missing = [n for n in names if n not in modules]
     if missing:
         some = ", ".join(list(modules)[:8])
         raise ValueError(
-            f"layers={missing!r}: not Linear layers of {model_dir.name}; valid names look like "
+            f"layers={missing!r}: not Linear layers of {_model_name(model_dir)}; valid names are "
             f"{some}, … ({len(modules)} in all: see linear_layer_names(), or "
             "`obsviz hessian MODEL_DIR --list`)")
     if not names:
         raise ValueError("layers=[]: choose at least one Linear layer")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(max_pos, int) and seq_len > max_pos:
+        raise ValueError(
+            f"seq_len={seq_len}: {_model_name(model_dir)} takes at most {max_pos} positions")
     seqs = calibration_sequences(tokenizer, text, max_tokens, seq_len)
     n_text = sum(len(s) for s in seqs) - len(seqs) * sum(map(len, _special_tokens(tokenizer)))
 

@@ -272,7 +272,11 @@ class Geometry:
     @cached_property
     def rows_per_scope(self) -> int:
         """Most distinct W rows one scope touches."""
-        return int(self.row_coupling().shape[1])
+        if not self.is_row_coupled:
+            return 1
+        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
+        s, _ = torch.sort(rows, dim=1)
+        return int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
 
     @cached_property
     def is_row_coupled(self) -> bool:
@@ -300,8 +304,12 @@ class Geometry:
         return base[:, None] + within[None, :]
 
     def scope_elements(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Flat offsets of every element, ``(n_scopes, gs, bk)``."""
-        return self.block_elements(device)[self.scope_blocks(device)]
+        """Flat offsets of every element, ``(n_scopes, gs, bk)`` (computed once, then cached)."""
+        return self._scope_elements.to(device)
+
+    @cached_property
+    def _scope_elements(self) -> torch.Tensor:
+        return self.block_elements()[self.scope_blocks()]
 
     def block_map(self) -> torch.Tensor:
         """``(M, K)`` long: the block id of every weight."""
@@ -325,7 +333,13 @@ class Geometry:
     def row_coupling(self) -> torch.Tensor:
         """``(n_scopes, R)`` long: the distinct W rows each scope touches, ascending, padded with
         ``-1`` when scopes touch different numbers of rows."""
+        return self._row_coupling.clone()
+
+    @cached_property
+    def _row_coupling(self) -> torch.Tensor:
         rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
+        if not self.is_row_coupled:
+            return rows[:, :1].clone()
         return _distinct_sorted(rows)
 
     def _id_map(self, elements: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

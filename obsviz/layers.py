@@ -230,13 +230,13 @@ def _open(path_or_bytes: str | os.PathLike | bytes, filename: str | None,
           max_bytes: int) -> tuple[_Reader, str, str]:
     """Size check, then the reader for the file's format. Returns ``(reader, display, stem)``."""
     if isinstance(path_or_bytes, bytes | bytearray | memoryview):
-        data = bytes(path_or_bytes)
         if filename is None:
             raise LayerFileError(
                 "raw bytes need filename=... so the format can be told from its extension "
                 f"(one of {', '.join(FORMATS)})")
         display = filename
-        nbytes = len(data)
+        nbytes = memoryview(path_or_bytes).nbytes
+        data = path_or_bytes
         path = None
     else:
         path = Path(path_or_bytes)
@@ -252,7 +252,7 @@ def _open(path_or_bytes: str | os.PathLike | bytes, filename: str | None,
             f"{display}: unknown format {ext or '(no extension)'!r}; layer files are "
             f"{', '.join(FORMATS)} (.safetensors preferred)")
     _check_size(nbytes, max_bytes, display)  # before anything is read or parsed
-    src = data if data is not None else path
+    src = bytes(data) if data is not None else path
 
     if ext == ".safetensors":
         return _open_safetensors(src, display), display, stem

@@ -48,13 +48,56 @@ class Validity:
         return self.blocks_whole and self.scopes_exact
 
 
-def validity(mask: torch.Tensor, geometry: Geometry, nnz: int) -> Validity:
-    """Check a kept-mask ``(M, K)`` against the geometry and its budget."""
+def validity(mask: torch.Tensor, geometry: Geometry, nnz: int,
+             rows: torch.Tensor | None = None) -> Validity:
+    """Check a kept-mask ``(M, K)`` against the geometry and its budget (only the scopes inside
+    ``rows`` when a row sample was pruned)."""
     flat = mask.reshape(-1).cpu()
-    kept_elems = flat[geometry.block_elements()].sum(1)
+    elements = geometry.block_elements()
+    kept_elems = flat[elements].sum(1)
     bk = geometry.block_numel
     whole = (kept_elems == 0) | (kept_elems == bk)
-    kept_blocks = (kept_elems == bk)[geometry.scope_blocks()].sum(1)
+    scope_blocks = geometry.scope_blocks()
+    if rows is not None:
+        inside = torch.zeros(geometry.weight_shape[0], dtype=torch.bool)
+        inside[rows.cpu()] = True
+        block_inside = inside[elements // geometry.weight_shape[1]].all(1)
+        scope_blocks = scope_blocks[block_inside[scope_blocks].all(1)]
+        whole = whole | ~block_inside
+    kept_blocks = (kept_elems == bk)[scope_blocks].sum(1)
     exact = kept_blocks == nnz
     return Validity(bool(whole.all()), bool(exact.all()), int((~whole).sum()),
                     int((~exact).sum()))
+
+
+def summarize(W0: torch.Tensor, H: torch.Tensor, geometry: Geometry, result) -> dict:
+    """A result's report as plain data (the metrics table, the CLI's JSON, the CSV download).
+
+    ``result`` is a :class:`obsviz.PruneResult`; when it covers a row sample, the row metrics are
+    over the sampled rows only.
+    """
+    rows = result.rows
+    W0r, Wr, mask = W0, result.weight, result.mask
+    if rows is not None:
+        W0r, Wr, mask = W0[rows], result.weight[rows], result.mask[rows]
+    per_row = row_error(W0r, Wr, H)
+    ref = row_error(torch.zeros_like(W0r), W0r, H).clamp(min=1e-30)
+    rel_row = torch.sqrt(per_row.clamp(min=0) / ref)
+    q = torch.quantile(rel_row, torch.tensor([0.5, 0.9, 0.99], dtype=rel_row.dtype))
+    valid = validity(result.mask, geometry, result.options.get("nnz", 0), rows=rows)
+    return {
+        "method": result.method,
+        "rel_error": result.rel_error,
+        "row_rel_error_p50": float(q[0]),
+        "row_rel_error_p90": float(q[1]),
+        "row_rel_error_p99": float(q[2]),
+        "row_rel_error_max": float(rel_row.max()),
+        "sparsity": sparsity(mask),
+        "valid": valid.ok,
+        "bad_blocks": valid.bad_blocks,
+        "bad_scopes": valid.bad_scopes,
+        "seconds": result.seconds,
+        "rows": int(W0r.shape[0]),
+        "geometry": geometry.to_dict(),
+        "options": dict(result.options),
+    }

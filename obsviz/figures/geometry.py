@@ -68,35 +68,13 @@ class GeometryMaps:
 
 
 def compute_maps(geometry: Geometry) -> GeometryMaps:
-    """Label every element of W with its block, scope and position in scope (``O(M*K)``)."""
+    """Label every element of W with its block, scope and position in scope (``O(M*K)``),
+    stored as int32 when W is small enough (the app keeps these cached)."""
     M, K = geometry.weight_shape
     dtype = torch.int32 if M * K < 2**31 else torch.long
-    se = geometry.scope_elements()                        # (S, gs, bk) flat offsets
-    S, gs, bk = se.shape
-    flat = se.reshape(-1)
-
-    def scatter(ids: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(M * K, dtype=dtype)
-        out[flat] = ids.to(dtype).expand(S, gs, bk).reshape(-1)
-        return out.view(M, K)
-
-    block = scatter(geometry.scope_blocks()[:, :, None])
-    scope = scatter(torch.arange(S)[:, None, None])
-    position = scatter(torch.arange(gs)[None, :, None])
-    rows_per_scope = _rows_per_scope(se.reshape(S, -1) // K)
-    # Geometry.rows_per_scope is a cached property; it was just measured, so prime it (the
-    # engine would otherwise walk every scope again when a memory estimate asks for it).
-    vars(geometry)["rows_per_scope"] = rows_per_scope
-    facts = GeometryFacts(geometry.n_blocks, S, bk, gs, rows_per_scope, rows_per_scope > 1)
-    return GeometryMaps(geometry, block, scope, position, se.to(dtype), facts)
-
-
-def _rows_per_scope(rows: torch.Tensor) -> int:
-    """Most distinct values in one row of ``(S, n)``."""
-    if bool((rows.amin(1) == rows.amax(1)).all()):
-        return 1
-    s, _ = torch.sort(rows, dim=1)
-    return int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+    return GeometryMaps(geometry, geometry.block_map().to(dtype), geometry.scope_map().to(dtype),
+                        geometry.block_in_scope_map().to(dtype),
+                        geometry.scope_elements().to(dtype), geometry.facts())
 
 
 # ---- the window -------------------------------------------------------------------------------
@@ -443,6 +421,7 @@ def layout_png(window: LayoutWindow, nnz: int | None = None, title: str | None =
     from matplotlib.collections import LineCollection
     from matplotlib.colors import to_rgb
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MultipleLocator
 
     n, m = window.shape
     colours = list(BLOCK_PALETTE) + [fade(c, 0.62) for c in BLOCK_PALETTE]
@@ -463,6 +442,8 @@ def layout_png(window: LayoutWindow, nnz: int | None = None, title: str | None =
     ax.add_collection(LineCollection(segs, colors=SCOPE_LINE, linewidths=1.1))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
+    ax.xaxis.set_major_locator(MultipleLocator(_ticks(m)["dtick"]))
+    ax.yaxis.set_major_locator(MultipleLocator(_ticks(n)["dtick"]))
     ax.xaxis.tick_top()
     ax.xaxis.set_label_position("top")
     ax.set_xlabel("W column")

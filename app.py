@@ -1,0 +1,73 @@
+"""obsviz: the app's entry point (``streamlit run app.py``) and its home page.
+
+The pages are listed here (``st.navigation``); each page is a short script under ``pages/``.
+"""
+
+import streamlit as st
+
+from obsviz import Geometry
+from obsviz.figures import geometry as gfig
+from ui import state
+
+PAGES = {
+    "geometry": ("pages/1_Geometry.py", "Geometry", ":material/grid_view:",
+                 "Pick a preset or write your own view, block and scope; see blocks, scopes, the "
+                 "column map and the row coupling."),
+    "prune": ("pages/2_Prune.py", "Prune", ":material/content_cut:",
+              "Run every OBS mode and the baselines on a real layer, with a memory estimate "
+              "first."),
+    "compare": ("pages/3_Compare.py", "Compare", ":material/compare_arrows:",
+                "Error and sparsity side by side; where each method puts its error."),
+    "learn": ("pages/4_Learn.py", "Learn", ":material/school:",
+              "The math behind the modes, on a layer small enough to follow by hand."),
+}
+
+
+def home() -> None:
+    """What obsviz is, a geometry drawn, the path through the app, the device and layer."""
+    state.sidebar()
+    st.title("obsviz")
+    st.markdown(
+        "#### A workbench for structured Optimal Brain Surgeon pruning\n"
+        "Describe a sparsity **geometry** (a view of the weight, the **block** removed as one "
+        "unit, the **scope** whose blocks compete) and see exactly which weights it groups and "
+        "which rows it couples. Prune real layers with every OBS compensation mode and the usual "
+        "baselines, on CPU or GPU. Then compare error and sparsity side by side, and learn why "
+        "the modes differ.")
+
+    left, right = st.columns([1.5, 1], gap="large")
+    with left:
+        st.subheader("A geometry, drawn")
+        example = Geometry.preset("coupled-2:4", (8, 32))
+        window = gfig.layout_window(gfig.compute_maps(example))
+        st.plotly_chart(gfig.layout_figure(window, nnz=2, width=620),
+                        config={"displayModeBar": False})
+        st.caption("`coupled-2:4` on an 8 × 32 weight. Each colour is a block: two weights 8 "
+                   "columns apart. Dark outlines are scopes of 4 blocks, which keep 2; the faded, "
+                   "hatched blocks are one mask the pruner could choose.")
+
+    with right:
+        st.subheader("The path through the app")
+        for i, (key, (_, title, _, text)) in enumerate(PAGES.items(), start=1):
+            st.page_link(NAV[key], label=f"{i} · {title}")
+            st.caption(text)
+
+        st.subheader("Running on")
+        layer = state.loaded_layer()
+        device = st.session_state["device"]
+        c1, c2 = st.columns(2)
+        c1.metric("Device", device.upper())
+        if layer is not None:
+            M, K = layer.weight.shape
+            c2.metric("Loaded layer", f"{M} × {K}")
+            st.caption(f"**{layer.name}**: {getattr(layer, 'source', '')}")
+        else:
+            c2.metric("Loaded layer", "none")
+            st.caption("No sample layer is available; the pages work on a shape you choose.")
+
+
+NAV = {key: st.Page(path, title=title, icon=icon, url_path=key)
+       for key, (path, title, icon, _) in PAGES.items()}
+st.set_page_config(page_title="obsviz", page_icon=":material/grid_view:", layout="wide")
+st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True),
+               *NAV.values()]).run()

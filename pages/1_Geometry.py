@@ -1,0 +1,191 @@
+"""Geometry explorer: choose a geometry, see the blocks and scopes it induces on W."""
+
+import streamlit as st
+
+from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
+from obsviz.figures import geometry as gfig
+from ui import state
+from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_shape
+
+st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_view:",
+                   layout="wide")
+state.init_state()
+form = state.geometry_form()
+ss = st.session_state
+
+
+def bind(field: str) -> str:
+    """The widget key of a form field, primed with the form's value (widgets forget their
+    state when the page is left; the form remembers)."""
+    key = f"_g_{field}"
+    ss[key] = form[field]
+    return key
+
+
+def changed(field: str) -> None:
+    form[field] = ss[f"_g_{field}"]
+    if field in ("pattern", "n", "m") or (field == "use_layer" and form["pattern"] != "free-form"):
+        form.update(fill_from_preset(form, shape_now()))
+
+
+def shape_now() -> tuple[int, int]:
+    layer = state.layer_shape()
+    if form["use_layer"] and layer is not None:
+        return layer
+    try:
+        M, K = parse_shape("weight_shape", form["weight"])
+    except ValueError:
+        return state.FALLBACK_SHAPE
+    return M, K
+
+
+def count(n: int) -> str:
+    """A count that fits a metric: 73,728, 2.82 M or ~10^301."""
+    if n < 1_000_000:
+        return f"{n:,}"
+    return f"{n / 1e6:.2f} M" if n < 10**9 else f"~10^{len(str(n)) - 1}"
+
+
+st.title("Geometry explorer")
+st.markdown(
+    "A **geometry** says which weights are removed together (a **block**) and which blocks "
+    "compete (a **scope**, which keeps **nnz** of its blocks). Pick one, then read off what "
+    "it does to W: the layout, the columns a block touches and the rows a scope couples.")
+
+# ---- choose -----------------------------------------------------------------------------------
+slots: dict = {}  # field -> the spot under its widget where its error goes
+c_pattern, c_weight, c_nnz = st.columns([1.3, 1.3, 1])
+with c_pattern:
+    st.selectbox("Pattern", PATTERNS, key=bind("pattern"), on_change=changed, args=("pattern",),
+                 help="The reference patterns of the paper, any N:M, or your own view/block/scope.")
+    if form["pattern"] == "N:M":
+        cn, cm = st.columns(2)
+        cn.number_input("N (kept)", min_value=0, step=1, key=bind("n"), on_change=changed,
+                        args=("n",))
+        cm.number_input("M (group)", min_value=1, step=1, key=bind("m"), on_change=changed,
+                        args=("m",))
+    slots["pattern"] = st.empty()
+with c_weight:
+    layer = state.loaded_layer()
+    if layer is not None:
+        M, K = layer.weight.shape
+        st.toggle(f"Shape of the loaded layer ({M} × {K})", key=bind("use_layer"),
+                  on_change=changed, args=("use_layer",))
+    if layer is None or not form["use_layer"]:
+        st.text_input("Weight shape (M, K)", key=bind("weight"), on_change=changed,
+                      args=("weight",), help="Rows (outputs) and columns (inputs) of W.")
+    slots["weight"] = st.empty()
+with c_nnz:
+    if form["pattern"] != "N:M":
+        st.number_input("nnz (blocks kept per scope)", min_value=0, step=1, key=bind("nnz"),
+                        on_change=changed, args=("nnz",))
+    slots["nnz"] = st.empty()
+
+if form["pattern"] == "free-form":
+    st.caption("Shapes are comma-separated integers; `M`, `K` and `+ - * /` work too, e.g. "
+               "view `M, K/16, 8, 2` with stride `K, 16, 1, 8`. Leave the view empty for W "
+               "itself; `-1` in a block or scope means the whole dimension.")
+    cols = st.columns(4)
+    labels = {"view": "View shape", "stride": "View stride", "block": "Block",
+              "scope": "Scope (in blocks)"}
+    for col, (field, label) in zip(cols, labels.items(), strict=True):
+        with col:
+            st.text_input(label, key=bind(field), on_change=changed, args=(field,))
+            slots[field] = st.empty()
+
+geom, nnz, errors = state.resolve_geometry()
+for field, message in errors.items():
+    slots.get(field, slots["pattern"]).error(message, icon="⚠️")
+state.form_to_query(form)
+state.sidebar()
+if geom is None:
+    st.info("Fix the highlighted field to see the geometry.")
+    st.stop()
+
+# ---- see --------------------------------------------------------------------------------------
+maps = state.maps_of(geom)
+facts = maps.facts
+M, K = geom.weight_shape
+st.caption(f"**{geom.name or 'free-form'}** on W {M} × {K}: {geom.describe()}, nnz = {nnz}")
+
+big = M > gfig.MAX_WINDOW[0] or K > gfig.MAX_WINDOW[1]   # else the whole layer is drawn
+left, right = st.columns([2.6, 1], gap="large")
+with left:
+    st.subheader("Layout on W")
+    rows, cols = WINDOWS[form["win"]] if big else gfig.MAX_WINDOW
+    r0, c0, rows, cols = gfig.clamp_window(geom.weight_shape, form["r0"], form["c0"], rows, cols)
+    form["r0"], form["c0"] = r0, c0
+    if big:
+        cw, cr, cc, cmini = st.columns([1, 1, 1, 1.3])
+        cw.selectbox("Window", list(WINDOWS), key=bind("win"), on_change=changed,
+                     args=("win",), help="Rows × columns drawn cell by cell.")
+        cr.number_input("First row", 0, M - rows, step=8, key=bind("r0"),
+                        on_change=changed, args=("r0",))
+        cc.number_input("First column", 0, K - cols, step=16, key=bind("c0"),
+                        on_change=changed, args=("c0",))
+        background = state.pooled_layer() if form["use_layer"] else None
+        cmini.plotly_chart(
+            gfig.overview_figure(geom.weight_shape, (r0, c0, rows, cols), background),
+            config={"displayModeBar": False})
+    show_mask = st.toggle("Show an example mask", value=True,
+                          help="Fade and hatch the last gs − nnz blocks of every scope: one of "
+                               "the candidate subsets the pruner chooses between.")
+    window = gfig.layout_window(maps, r0, c0, rows, cols)
+    rows, cols = window.shape
+    where = "the whole layer" if not big else f"rows {r0}–{r0 + rows - 1}, " \
+        f"columns {c0}–{c0 + cols - 1}"
+    st.caption(f"Showing {where}. Each cell is a weight, coloured by its block (same colour, "
+               "same block); dark lines outline scopes. Hover a cell for its block and scope.")
+    st.plotly_chart(gfig.layout_figure(window, nnz if show_mask else None),
+                    config={"displaylogo": False})
+    png_name = f"obsviz-{(geom.name or 'free-form').replace(':', '_')}-{M}x{K}-r{r0}-c{c0}.png"
+    st.download_button("Download this drawing (PNG)",
+                       state.layout_png_bytes(geom, r0, c0, rows, cols,
+                                              nnz if show_mask else None),
+                       file_name=png_name, mime="image/png")
+
+with right:
+    st.subheader("Facts")
+    gs = facts.blocks_per_scope
+    pruned = geom.pruned_per_scope(nnz)
+    subsets = geom.n_subsets(nnz)
+    f1, f2 = st.columns(2)
+    f1.metric("Blocks", count(facts.blocks),
+              help=f"{facts.blocks:,} blocks of {facts.block_numel} weights each")
+    f2.metric("Scopes", count(facts.scopes), help=f"{facts.scopes:,} scopes")
+    f1.metric("Blocks / scope", gs, help="gs: blocks that compete in one scope")
+    f2.metric("Pruned / scope", pruned, help=f"np = gs − nnz = {gs} − {nnz}")
+    f1.metric("Subsets / scope", count(subsets), help="C(gs, np): candidate masks enumerated "
+              "per scope"
+              + (" — above the enumeration limit, selection falls back to greedy"
+                 if subsets > 10_000 else ""))
+    f2.metric("Sparsity", f"{geom.sparsity(nnz):.1%}")
+    coupled = (f"Yes: {facts.rows_per_scope} rows per scope" if facts.is_row_coupled
+               else "No: every row decides alone")
+    st.markdown(f"**Row-coupled:** {coupled}")
+    st.markdown(f"**Memory on {ss['device']}** for all {M} rows")
+    free = available_memory(ss["device"])
+    table = {"method": [], "needs": [], "fits": []}
+    for method in METHODS:
+        need = memory_estimate(geom, method, device=ss["device"])
+        table["method"].append(method)
+        table["needs"].append(format_bytes(need))
+        table["fits"].append("" if free is None else "✓" if need < free else "too big")
+    st.dataframe(table, hide_index=True, width="stretch")
+    if free is not None:
+        st.caption(f"{format_bytes(free)} free now on {ss['device']}.")
+
+st.divider()
+c_cols, c_rows = st.columns(2, gap="large")
+with c_cols:
+    st.subheader("Column map")
+    st.caption("Which W columns each block touches, for the blocks met along the window's first "
+               "row. One line per block, a square on each of its columns; the colours are the "
+               "blocks' colours above.")
+    st.plotly_chart(gfig.column_map_figure(maps, r0, c0, 32), config={"displayModeBar": False})
+with c_rows:
+    st.subheader("Row coupling")
+    st.caption("Which W rows share a scope, for the scopes met along the window's first column. "
+               "One vertical line per scope, a square on each W row it spans: rows joined by a "
+               "line are pruned together.")
+    st.plotly_chart(gfig.row_coupling_figure(maps, c0, r0, 32), config={"displayModeBar": False})

@@ -1,0 +1,133 @@
+"""The home page and the Geometry explorer, driven through Streamlit's AppTest."""
+
+from pathlib import Path
+
+import pytest
+
+from obsviz import Geometry
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 180  # seconds per run; the first run imports torch and plotly
+
+
+def open_geometry(**params: str):
+    """The Geometry page, opened (as a link would) with ``params`` in the URL."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.switch_page("pages/1_Geometry.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_home_runs_and_links_the_path_through_the_app():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "obsviz"
+    links = [link.label for link in at.get("page_link")]
+    assert links == ["1 · Geometry", "2 · Prune", "3 · Compare", "4 · Learn"]
+    assert any(m.label == "Device" for m in at.metric)
+
+
+def test_placeholder_pages_run():
+    for page in ("pages/2_Prune.py", "pages/3_Compare.py", "pages/4_Learn.py"):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+
+
+def test_preset_switch_updates_the_facts():
+    at = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
+    facts = metrics(at)
+    assert facts["Blocks"] == f"{64 * 128:,}" and facts["Blocks / scope"] == "4"
+
+    at.selectbox(key="_g_pattern").set_value("block16").run()
+    assert not at.exception, at.exception
+    facts = metrics(at)
+    assert facts["Blocks"] == f"{64 * 128 // 16:,}"
+    assert facts["Blocks / scope"] == "2" and facts["Pruned / scope"] == "1"
+    assert at.session_state["nnz"] == 1                     # the preset's budget
+    assert "Row-coupled:** Yes" in " ".join(md.value for md in at.markdown)
+    assert at.session_state["geometry"] == {
+        **Geometry.preset("block16", (64, 128)).to_dict(), "nnz": 1}
+
+
+def test_free_form_edit_builds_the_geometry():
+    at = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
+    at.selectbox(key="_g_pattern").set_value("free-form").run()
+    # Going free-form starts from the preset's fields.
+    assert at.text_input(key="_g_block").value == "1, 1"
+    assert at.text_input(key="_g_scope").value == "1, 4"
+    at.text_input(key="_g_view").set_value("")
+    at.text_input(key="_g_stride").set_value("")
+    at.text_input(key="_g_block").set_value("2, 2")
+    at.text_input(key="_g_scope").set_value("(2, 2)")
+    at.number_input(key="_g_nnz").set_value(1).run()
+    assert not at.exception, at.exception
+    assert not at.error
+    facts = metrics(at)
+    assert facts["Blocks"] == f"{64 * 128 // 4:,}" and facts["Sparsity"] == "75.0%"
+    spec = at.session_state["geometry"]
+    assert spec["block"] == [2, 2] and spec["scope"] == [2, 2] and spec["nnz"] == 1
+
+
+def test_free_form_accepts_expressions_in_m_and_k():
+    at = open_geometry(pattern="free-form", weight="64, 128", nnz="2",
+                       view="M, K/16, 8, 2", stride="K, 16, 1, 8", block="1, 1, 1, 2",
+                       scope="1, 1, 4, 1")
+    assert not at.error
+    assert Geometry.from_dict(at.session_state["geometry"]) == \
+        Geometry.preset("coupled-2:4", (64, 128))
+
+
+@pytest.mark.parametrize(("field", "text", "argument"), [
+    ("_g_block", "1, 5", "block="),
+    ("_g_scope", "1, 3", "scope="),
+    ("_g_view", "64, 100", "view_shape="),
+    ("_g_weight", "64", "weight_shape="),
+])
+def test_invalid_input_shows_the_engine_message(field, text, argument):
+    at = open_geometry(pattern="free-form", weight="64, 128", nnz="2", view="", stride="",
+                       block="1, 1", scope="1, 4")
+    at.text_input(key=field).set_value(text).run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith(argument)
+    assert at.session_state["geometry"] is None
+    assert not at.metric                                     # nothing drawn from a bad geometry
+
+
+def test_invalid_nnz_and_preset_shape_show_messages():
+    at = open_geometry(pattern="4:8", weight="64, 128", nnz="2")
+    at.number_input(key="_g_nnz").set_value(9).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("nnz=9")
+    at = open_geometry(pattern="coupled-2:4", weight="64, 100", nnz="2")
+    assert at.error[0].value.startswith("preset 'coupled-2:4' needs K divisible by 16")
+
+
+def test_query_params_round_trip():
+    at = open_geometry(pattern="coupled-2:4", weight="64, 128", nnz="1", r0="0", c0="0")
+    assert at.selectbox(key="_g_pattern").value == "coupled-2:4"
+    assert at.session_state["nnz"] == 1
+    at.selectbox(key="_g_pattern").set_value("N:M").run()
+    at.number_input(key="_g_m").set_value(8).run()
+    params = {k: at.query_params[k] for k in at.query_params}
+    assert params["pattern"] == "N:M" and params["m"] == "8"
+    spec = at.session_state["geometry"]
+
+    again = open_geometry(**params)
+    assert again.session_state["geometry"] == spec
+    assert again.number_input(key="_g_m").value == 8
+
+
+def test_big_layer_stays_windowed():
+    at = open_geometry(pattern="block16", weight="4096, 11008", nnz="1", r0="1000", c0="5000")
+    assert metrics(at)["Blocks"] == "2.82 M"
+    charts = at.get("plotly_chart")
+    assert charts and all(len(c.proto.spec) < 2_000_000 for c in charts)

@@ -1,0 +1,271 @@
+"""The app's shared state: one place that says what lives in ``st.session_state`` and the URL.
+
+Session-state keys (every page may read them; only the pages named write them):
+
+- ``geometry``: ``dict`` from ``Geometry.to_dict()`` with ``nnz`` set to the chosen budget, or
+  ``None`` while the form is invalid. Written by the Geometry page; read with
+  ``current_geometry()``.
+- ``nnz``: ``int``, blocks kept per scope (same as ``geometry["nnz"]``).
+- ``layer_name``: ``str | None``, the sample layer in use (``None`` when none can be loaded).
+  Written by the sidebar; read with ``loaded_layer()``.
+- ``device``: ``"cuda"`` or ``"cpu"``, the device pruning runs on. Written by the sidebar.
+- ``geometry_form``: ``dict``, the Geometry page's inputs as typed (see ``ui.forms``), kept so
+  that leaving and re-opening the page restores them.
+
+The URL: the Geometry page mirrors ``geometry_form`` into ``st.query_params`` (``pattern``,
+``weight``, ``layer``, ``nnz``, free-form ``view``/``stride``/``block``/``scope``, ``n``/``m``
+for N:M, the window ``r0``/``c0``), so a copied link reproduces the geometry. A session that
+starts from such a link reads them once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import streamlit as st
+import torch
+
+from obsviz import Geometry
+from obsviz.figures.common import pool2d
+from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
+from ui.forms import PATTERNS, WINDOWS, build_geometry, default_form
+
+FALLBACK_SHAPE = (384, 384)
+
+#: Form fields that travel in the URL, and how each is read back.
+_QUERY_FIELDS: dict[str, type] = {
+    "pattern": str, "weight": str, "nnz": int, "n": int, "m": int, "view": str, "stride": str,
+    "block": str, "scope": str, "r0": int, "c0": int, "win": str,
+}
+
+
+# ---- device and layer -------------------------------------------------------------------------
+
+
+def device_options() -> list[str]:
+    """Devices pruning can run on here: ``cuda`` first when available, always ``cpu``."""
+    return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+
+
+def _layers_module() -> Any | None:
+    """``obsviz.layers`` when it is importable (the app works without it)."""
+    try:
+        from obsviz import layers
+    except ImportError:
+        return None
+    return layers
+
+
+def sample_layer_names() -> list[str]:
+    layers = _layers_module()
+    if layers is None:
+        return []
+    try:
+        return list(layers.sample_layer_names())
+    except Exception:  # a broken sample set must not take the app down
+        return []
+
+
+@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=2)
+def _load_layer(name: str) -> Any:
+    return _layers_module().load_sample_layer(name)
+
+
+def loaded_layer() -> Any | None:
+    """The sample layer in use (``.name``, ``.weight (M, K)``, ``.hessian (K, K)``, …) or
+    ``None`` when no layer can be loaded."""
+    name = st.session_state.get("layer_name")
+    if not name:
+        return None
+    try:
+        return _load_layer(name)
+    except Exception as err:  # shown once in the sidebar; pages fall back to a free shape
+        st.session_state["layer_error"] = f"{name}: {err}"
+        return None
+
+
+def layer_shape() -> tuple[int, int] | None:
+    layer = loaded_layer()
+    return None if layer is None else (int(layer.weight.shape[0]), int(layer.weight.shape[1]))
+
+
+def init_state() -> None:
+    """Defaults for the shared keys (idempotent; every page calls it first)."""
+    ss = st.session_state
+    if "device" not in ss or ss["device"] not in device_options():
+        ss["device"] = device_options()[0]
+    if "layer_name" not in ss:
+        names = sample_layer_names()
+        wanted = st.query_params.get("layer")
+        default = getattr(_layers_module(), "DEFAULT_SAMPLE", None)
+        ss["layer_name"] = (wanted if wanted in names
+                            else default if default in names
+                            else names[0] if names else None)
+
+
+def sidebar() -> None:
+    """The device and the loaded layer, shown (and chosen) on every page."""
+    init_state()
+    ss = st.session_state
+    with st.sidebar:
+        st.markdown("#### Running on")
+        options = device_options()
+        ss["_w_device"] = ss["device"]
+        st.selectbox("Device", options, key="_w_device", on_change=_copy,
+                     args=("_w_device", "device"),
+                     help="Pruning runs here. CUDA is offered when a GPU is visible.")
+        names = sample_layer_names()
+        if names:
+            ss["_w_layer"] = ss["layer_name"] if ss["layer_name"] in names else names[0]
+            st.selectbox("Layer", names, key="_w_layer", on_change=_copy,
+                         args=("_w_layer", "layer_name"),
+                         help="A real layer shipped with obsviz (weight and Hessian).")
+        layer = loaded_layer()
+        if layer is not None:
+            M, K = layer.weight.shape
+            st.caption(f"**{layer.name}** · W {M} × {K} · {getattr(layer, 'nsamples', '?')} "
+                       f"calibration samples")
+        else:
+            st.caption("No layer loaded: pages use a shape you choose.")
+            if ss.get("layer_error"):
+                st.caption(f"Could not load {ss['layer_error']}")
+        geom = current_geometry()
+        if geom is not None:
+            st.markdown("#### Geometry")
+            st.caption(f"**{geom.name or 'free-form'}**, nnz = {ss.get('nnz')} · "
+                       f"{geom.describe()}")
+
+
+def _copy(widget_key: str, target: str) -> None:
+    st.session_state[target] = st.session_state[widget_key]
+
+
+# ---- geometry ---------------------------------------------------------------------------------
+
+
+def form_from_query(base: dict) -> dict:
+    """``base`` with every form field the URL carries replaced by the URL's value."""
+    form = dict(base)
+    params = st.query_params
+    for key, kind in _QUERY_FIELDS.items():
+        if key in params:
+            try:
+                form[key] = kind(params[key])
+            except ValueError:
+                continue
+    if form["pattern"] not in PATTERNS:
+        form["pattern"] = base["pattern"]
+    if form["win"] not in WINDOWS:
+        form["win"] = base["win"]
+    if "weight" in params:
+        form["use_layer"] = "layer" in params
+    return form
+
+
+def form_to_query(form: dict) -> None:
+    """Mirror the form into the URL (only the fields the chosen pattern uses)."""
+    wanted: dict[str, str] = {"pattern": form["pattern"], "weight": form["weight"]}
+    if form["pattern"] == "N:M":
+        wanted |= {"n": str(form["n"]), "m": str(form["m"])}
+    else:
+        wanted["nnz"] = str(form["nnz"])
+    if form["pattern"] == "free-form":
+        wanted |= {k: form[k] for k in ("view", "stride", "block", "scope")}
+    if form.get("use_layer") and st.session_state.get("layer_name"):
+        wanted["layer"] = st.session_state["layer_name"]
+    if form.get("r0"):
+        wanted["r0"] = str(form["r0"])
+    if form.get("c0"):
+        wanted["c0"] = str(form["c0"])
+    if form.get("win") != default_form()["win"]:
+        wanted["win"] = form["win"]
+    if dict(st.query_params) != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def geometry_form() -> dict:
+    """The Geometry page's inputs: from this session, else from the URL, else the defaults."""
+    ss = st.session_state
+    if "geometry_form" not in ss:
+        shape = layer_shape() or FALLBACK_SHAPE
+        ss["geometry_form"] = form_from_query(default_form(shape))
+    return ss["geometry_form"]
+
+
+def store_geometry(geom: Geometry | None, nnz: int | None) -> None:
+    """Publish the page's geometry to the other pages (``None`` while the form is invalid)."""
+    ss = st.session_state
+    if geom is None:
+        ss["geometry"] = None
+        return
+    spec = geom.to_dict()
+    spec["nnz"] = nnz
+    ss["geometry"], ss["nnz"] = spec, nnz
+
+
+def resolve_geometry() -> tuple[Geometry | None, int | None, dict[str, str]]:
+    """The form -> ``(geometry, nnz, errors)`` (see ``ui.forms.build_geometry``), published under
+    ``geometry``/``nnz``. Built once per distinct form: building checks the view over all of W,
+    which takes a while on big layers."""
+    form = {k: v for k, v in geometry_form().items() if k not in ("r0", "c0", "win")}
+    shape = layer_shape()
+    geom, nnz, errors = _resolve(spec_key(form), shape)
+    store_geometry(geom, nnz)
+    return geom, nnz, errors
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _resolve(form_key: str, layer_shape: tuple[int, int] | None
+             ) -> tuple[Geometry | None, int | None, dict[str, str]]:
+    return build_geometry(json.loads(form_key), layer_shape)
+
+
+def current_geometry() -> Geometry | None:
+    """The geometry the user chose (on the Geometry page, or in the link they opened), with
+    ``.nnz`` the chosen budget; ``None`` while the form is invalid. Treat it as read-only: it is
+    shared by every page and cached."""
+    return resolve_geometry()[0]
+
+
+def spec_key(spec: dict) -> str:
+    """A canonical text form of a geometry spec (or form), for cache keys."""
+    return json.dumps(spec, sort_keys=True)
+
+
+# Maps hold (M, K) int tensors (hundreds of MB for a 4096 x 11008 layer): cache_resource keeps
+# them without the pickle round trip cache_data would make on every rerun; figures only read.
+# The key is the geometry's content; ``_geom`` (not hashed) is the object it describes.
+@st.cache_resource(max_entries=2, show_spinner="Labelling every weight with its block and scope…")
+def geometry_maps(key: str, _geom: Geometry) -> GeometryMaps:
+    """Block, scope and position maps of a geometry, computed once per geometry."""
+    return compute_maps(_geom)
+
+
+def maps_of(geom: Geometry) -> GeometryMaps:
+    """The cached maps of ``geom`` (the budget and the name do not change them)."""
+    spec = {k: v for k, v in geom.to_dict().items() if k not in ("nnz", "name")}
+    return geometry_maps(spec_key(spec), geom)
+
+
+@st.cache_data(max_entries=16, show_spinner="Drawing the PNG…")
+def _layout_png(key: str, window: tuple[int, int, int, int], nnz: int | None,
+                _geom: Geometry) -> bytes:
+    return layout_png(layout_window(maps_of(_geom), *window), nnz)
+
+
+def layout_png_bytes(geom: Geometry, r0: int, c0: int, rows: int, cols: int,
+                     nnz: int | None) -> bytes:
+    """The PNG of the layout window ``rows x cols`` at ``(r0, c0)``, drawn once per window."""
+    return _layout_png(spec_key(geom.to_dict()), (r0, c0, rows, cols), nnz, geom)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _pooled_layer(name: str) -> tuple:
+    return pool2d(_load_layer(name).weight.abs(), 12_000, reduce="max")
+
+
+def pooled_layer() -> tuple | None:
+    """``|W|`` of the loaded layer max-pooled to a few thousand cells (``pool2d``'s triple)."""
+    name = st.session_state.get("layer_name")
+    return None if not name or loaded_layer() is None else _pooled_layer(name)
