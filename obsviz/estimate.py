@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from functools import lru_cache
+
 import torch
 
 from obsviz.geometry import Geometry
@@ -62,3 +65,46 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def flop_estimate(geometry: Geometry, method: str, rows: int | None = None,
+                  n_splits: int = 4) -> float:
+    """Floating-point operations, to the leading order, to prune ``rows`` rows (default all)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
+    M, K = geometry.weight_shape
+    rows = M if rows is None else rows
+    sparsity = 1 - 1 / max(1, geometry.blocks_per_scope)  # the largest np, a safe bound
+    inverse = K ** 3 / 3
+    if method in ("magnitude", "wanda", "obd"):
+        return 10.0 * rows * K
+    if method == "local":
+        return inverse + 50.0 * rows * K * geometry.blocks_per_scope
+    if method == "true_obs":  # every pruned column of every row downdates a K × K inverse
+        return inverse + 2.0 * rows * K * K * K * sparsity
+    chunks = n_splits if method in ("split", "interleaved") else 1
+    return chunks * inverse + 2.0 * rows * K * K
+
+
+@lru_cache(maxsize=4)
+def _flops_per_second(device: str) -> float:
+    n = 512
+    a = torch.randn(n, n, device=device)
+    (a @ a).sum().item()
+    start = time.perf_counter()
+    for _ in range(4):
+        b = a @ a
+    b.sum().item()
+    return 4 * 2 * n ** 3 / max(time.perf_counter() - start, 1e-6)
+
+
+def time_estimate(geometry: Geometry, method: str, rows: int | None = None,
+                  device: str | torch.device = "cpu", n_splits: int = 4) -> float:
+    """Seconds, roughly (within a small factor): leading-order flops over this device's measured
+    matmul rate, at a fraction of peak that small batched kernels reach."""
+    rate = _flops_per_second(torch.device(device).type) * 0.25
+    K = geometry.weight_shape[1]
+    # Python-side cost of the sequential sweeps (per scope step or per column).
+    overhead = {"magnitude": 0.05, "wanda": 0.05, "obd": 0.05, "local": 0.2,
+                "sparsegpt": 0.1 + 5e-4 * K}.get(method, 0.2 + 1e-3 * K)
+    return overhead + flop_estimate(geometry, method, rows, n_splits) / rate
