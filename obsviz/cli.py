@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from obsviz.estimate import METHODS
+from obsviz.geometry import PRESETS
 from obsviz.layers import DEFAULT_MAX_BYTES, LayerFileError, list_layers, load_layer, save_layers
 
 
@@ -92,6 +94,100 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     return 0
 
 
+def _geometry_from_args(args: argparse.Namespace, shape: tuple[int, int]):
+    from obsviz.geometry import Geometry
+
+    if args.preset:
+        if args.block or args.scope:
+            raise ValueError("give --preset or --block/--scope, not both")
+        geom = Geometry.preset(args.preset, shape)
+    elif args.block and args.scope:
+        geom = Geometry(shape, args.block, args.scope, args.view_shape, args.view_stride)
+    else:
+        raise ValueError("choose a geometry: --preset NAME, or --block … --scope …")
+    nnz = args.nnz if args.nnz is not None else geom.nnz
+    if nnz is None:
+        raise ValueError("--nnz is required with a free-form geometry")
+    return geom, nnz
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune one layer of a layer file; write the pruned layer (+ mask) and a JSON report."""
+    import json
+
+    import torch
+
+    from obsviz.layout import row_sample
+    from obsviz.metrics import summarize
+    from obsviz.prune import prune
+
+    layer = load_layer(args.file, args.layer, max_bytes=args.max_bytes)
+    geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
+    rows = row_sample(geom, first=args.first_rows) if args.first_rows else None
+
+    def progress(frac: float, msg: str) -> None:
+        if not args.quiet:
+            print(f"\r{frac:6.1%}  {msg:60s}", end="", file=sys.stderr, flush=True)
+
+    res = prune(layer.weight, layer.hessian, geom, nnz, method=args.method, damp=args.damp,
+                device=args.device, n_splits=args.n_splits, ng=args.ng,
+                chunk_size=args.chunk_size, order=args.order, scoring=args.scoring,
+                c_dtype=args.c_dtype, progress=progress, rows=rows)
+    if not args.quiet:
+        print(file=sys.stderr)
+    report = summarize(layer.weight, layer.hessian, geom, res)
+    report["layer"] = {"name": layer.name, "shape": list(layer.weight.shape),
+                       "source": layer.source, "nsamples": layer.nsamples}
+    out = args.out or Path(f"{layer.name}.{args.method}.safetensors")
+    pruned = layer.__class__(name=layer.name, weight=res.weight, hessian=layer.hessian,
+                             nsamples=layer.nsamples, source=f"{layer.source}, pruned "
+                             f"({args.method}, {geom.name or geom.describe()}, nnz={nnz})",
+                             notes=list(layer.notes))
+    save_layers(out, [pruned])
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(out))
+    tensors[f"{layer.name}.mask"] = res.mask.to(torch.uint8).contiguous()
+    save_file(tensors, str(out), metadata=_metadata(out))
+    report_path = args.report or out.with_suffix(".json")
+    report_path.write_text(json.dumps(report, indent=2))
+    print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
+          f"valid {report['valid']}, {res.seconds:.2f} s")
+    print(f"wrote {out} and {report_path}")
+    return 0
+
+
+def _metadata(path: Path) -> dict[str, str] | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Relative error and seconds of presets × methods on layers; ratios against SparseGPT."""
+    import json
+
+    from obsviz.bench import bench_methods, markdown_table
+
+    report = bench_methods(args.layers, args.presets, args.methods, args.device,
+                           layer_file=str(args.file) if args.file else None)
+    print()
+    print(markdown_table(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         "integers") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obsviz", description="See, run and compare structured Optimal Brain Surgeon pruning.")
@@ -128,10 +224,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_hessian)
 
-    # ---- room for `prune` and `bench` --------------------------------------------------------
-    # Each is added here as `p = sub.add_parser("prune", …)` with its options and
-    # `p.set_defaults(func=cmd_prune)`, its `cmd_prune(args) -> int` defined above build_parser.
-    # ------------------------------------------------------------------------------------------
+    p = sub.add_parser(
+        "prune", help="prune a layer of a layer file",
+        description="Prune one layer of a layer file; write the pruned layer with its mask "
+                    "(.safetensors) and a JSON report.")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--layer", help="layer name (default: the first)")
+    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M")
+    p.add_argument("--block", type=_ints, help="block shape, e.g. 1,1 (free-form)")
+    p.add_argument("--scope", type=_ints, help="scope shape in blocks, e.g. 1,4 (free-form)")
+    p.add_argument("--view-shape", type=_ints, help="view shape (free-form; default W)")
+    p.add_argument("--view-stride", type=_ints, help="view stride (free-form)")
+    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    p.add_argument("--method", default="true_obs", choices=METHODS)
+    p.add_argument("--damp", type=float, default=0.01)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--n-splits", type=int, default=4)
+    p.add_argument("--ng", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--order", default="left_to_right", choices=["left_to_right", "largest_first"])
+    p.add_argument("--scoring", default="independent", choices=["independent", "joint"])
+    p.add_argument("--c-dtype", default=None, help="per-row C dtype of true_obs")
+    p.add_argument("--first-rows", type=int, help="prune only the first N rows (what-if)")
+    p.add_argument("--out", type=Path, help="pruned layer file (.safetensors)")
+    p.add_argument("--report", type=Path, help="JSON report (default: next to --out)")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("bench", help="error and time of every preset × method",
+                       description="Prune layers with presets × methods; print ratios against "
+                                   "SparseGPT measured in the same run.")
+    p.add_argument("--file", type=Path, help="layer file (default: the bundled sample layers)")
+    p.add_argument("--layers", nargs="+", default=["layer0.query"])
+    p.add_argument("--presets", nargs="+", default=list(PRESETS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, help="write the raw numbers as JSON")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

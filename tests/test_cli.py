@@ -116,3 +116,38 @@ def test_parser_has_one_function_per_subcommand() -> None:
     assert parser.parse_args(["layers", "f.safetensors"]).func.__name__ == "cmd_layers"
     args = parser.parse_args(["hessian", "m", "t.txt", "--layers", "a", "b,c", "--out", "o"])
     assert args.func.__name__ == "cmd_hessian" and args.layers == ["a", "b,c"]
+
+
+def test_prune_writes_the_pruned_layer_its_mask_and_a_report(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "toy.pruned.safetensors"
+    done = run_cli("prune", SAMPLE_DIR / "toy.safetensors", "--preset", "2:4", "--method",
+                   "true_obs", "--ng", "1", "--out", out, "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["valid"] and report["sparsity"] == 0.5 and report["method"] == "true_obs"
+    tensors = load_file(str(out))
+    mask = tensors["toy.mask"].bool()
+    assert torch.all(tensors["toy.weight"][~mask] == 0)
+    assert load_layer(out, "toy").weight.shape == (8, 16)
+
+
+def test_prune_free_form_geometry_and_a_clear_error_for_a_bad_one(tmp_path: Path) -> None:
+    ok = run_cli("prune", SAMPLE_DIR / "toy.safetensors", "--block", "2,2", "--scope", "1,2",
+                 "--nnz", "1", "--method", "full", "--out", tmp_path / "t.safetensors", "-q")
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("prune", SAMPLE_DIR / "toy.safetensors", "--block", "1,3", "--scope", "1,2",
+                  "--nnz", "1", "--out", tmp_path / "u.safetensors", "-q")
+    assert bad.returncode == 1
+    assert "block=(1, 3)" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_prints_ratios_against_sparsegpt(tmp_path: Path) -> None:
+    done = run_cli("bench", "--file", SAMPLE_DIR / "toy.safetensors", "--layers", "toy",
+                   "--presets", "2:4", "--methods", "local", "sparsegpt",
+                   "--out", tmp_path / "b.json")
+    assert done.returncode == 0, done.stderr
+    assert "| 2:4 | local |" in done.stdout and (tmp_path / "b.json").exists()
