@@ -199,30 +199,64 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         C = p.C.to(c_dtype).expand(rows.numel(), K, K).clone()
         kept_c = torch.ones_like(W, dtype=torch.bool)
         for ts in batches:
-            sub = RowSteps(layout.cols[rows][:, ts], layout.scope[rows][:, ts], layout.scope_step,
-                           layout.scope_start, layout.scope_end, layout.n_scopes, layout.aligned)
-            e = entries(sub)
-            if e.rows.numel() == 0:
+            cols = layout.cols[rows][:, ts]                                # (B, nt, gs, Lb)
+            scope = layout.scope[rows][:, ts]                              # (B, nt)
+            S = cols.reshape(rows.numel(), -1)                             # the batch's columns
+            if not bool((S >= 0).any()):
                 continue
-            if scoring == "independent":
-                d = torch.diagonal(C, dim1=-2, dim2=-1).to(W.dtype)
-                pruned = obs.choose_blocks(obs.block_scores(e.cols, W * W / d, e.rows),
-                                           e.scope, p.n_prune)
-            else:
-                pruned, greedy = obs.select(e.cols, weights_at(W, e), C, e.scope, p.n_prune,
-                                            batch=e.rows)
-                if greedy:
-                    p.notes["selection"] = "greedy"
-            before = kept_c.clone()
-            mark_pruned(kept_c, e, pruned)
-            idx = sub.cols.reshape(rows.numel(), -1)
-            newly = before & ~kept_c
-            P = obs.compact(idx, obs.gather_masked(newly, idx).bool() & (idx >= 0))
+            pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring)
+            P = obs.compact(S, pruned_S)
             obs.obs_update_per_row(W, C, P)
+            obs.zero_at(kept_c, P)
             W.mul_(kept_c)  # earlier pruned weights stay exactly zero
         p.W[rows] = W
         kept[rows] = kept_c
     return kept
+
+
+def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
+                 scope: torch.Tensor, block_shape: tuple[int, int], scoring: str) -> torch.Tensor:
+    """The masks of one batch of steps, decided one step after another.
+
+    The decisions only read C and w on the batch's own columns ``S`` ``(B, n)``, so they run on
+    the small system ``(C_SS, w_S)``, which the same OBS update + Schur downdate keeps exact after
+    each step; the ``K × K`` downdate is then applied once for the whole batch (OBS removals
+    compose). So every decision sees all earlier ones, whatever ``ng`` is.
+
+    Returns ``(B, n)`` bool: the positions of ``S`` pruned.
+    """
+    B, n = S.shape
+    gs, Lb = block_shape
+    rows = torch.arange(B, device=S.device)
+    C_SS = obs.principal(C, S, rows)                                    # (B, n, n)
+    w_S = obs.gather_masked(W, S).to(C_SS.dtype)                        # (B, n)
+    pruned_S = torch.zeros(B, n, dtype=torch.bool, device=S.device)
+    here = torch.arange(gs * Lb, device=S.device).view(gs, Lb)
+    for j in range(scope.shape[1]):
+        r = torch.nonzero(scope[:, j] >= 0).flatten()
+        if r.numel() == 0:
+            continue
+        pos = j * gs * Lb + here                                        # positions in S
+        pos = torch.where(S[r][:, pos] >= 0, pos, -1)                   # (E, gs, Lb)
+        e = Entries(r, torch.full_like(r, j), pos, scope[r, j])
+        if scoring == "independent":
+            d = torch.diagonal(C_SS, dim1=-2, dim2=-1)
+            pruned = obs.choose_blocks(obs.block_scores(pos, w_S * w_S / d, r), e.scope,
+                                       p.n_prune)
+        else:
+            pruned, greedy = obs.select(pos, weights_at(w_S, e), C_SS, e.scope, p.n_prune,
+                                        batch=r)
+            if greedy:
+                p.notes["selection"] = "greedy"
+        step_pruned = torch.zeros(B, gs * Lb, dtype=torch.bool, device=S.device)
+        step_pruned[r] = (pruned.unsqueeze(-1) & (pos >= 0)).reshape(r.numel(), -1)
+        # Later steps only read positions from this step on: update that trailing block alone.
+        a0 = j * gs * Lb
+        step_pos = here.reshape(-1).expand(B, -1)
+        obs.obs_update_per_row(w_S[:, a0:], C_SS[:, a0:, a0:],
+                               obs.compact(step_pos, step_pruned))
+        pruned_S[:, j * gs * Lb:(j + 1) * gs * Lb] |= step_pruned
+    return pruned_S
 
 
 def scope_step_order(p: Problem) -> torch.Tensor:
