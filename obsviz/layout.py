@@ -49,54 +49,73 @@ class RowSteps:
                            for k, v in fields.items()})
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def row_steps(geometry: Geometry) -> RowSteps:
-    """Build the row-step layout of ``geometry`` (cached; vectorised, no loop over elements)."""
+    """Build the row-step layout of ``geometry`` (cached; vectorised, no loop over elements).
+
+    Only two global sorts, over scopes and over (scope, row) pairs; everything else works inside
+    a scope or a block.
+    """
     M, K = geometry.weight_shape
-    S, gs, bk = geometry.n_scopes, geometry.blocks_per_scope, geometry.block_numel
-    offsets = geometry.scope_elements().reshape(-1)             # (S*gs*bk,)
-    rows, cols = offsets // K, offsets % K
-    scope = torch.arange(S).repeat_interleave(gs * bk)
-    block = torch.arange(gs).repeat_interleave(bk).repeat(S)
-
-    scope_start = torch.full((S,), K, dtype=torch.long).scatter_reduce(
-        0, scope, cols, "amin")
-    scope_end = torch.full((S,), -1, dtype=torch.long).scatter_reduce(
-        0, scope, cols, "amax")
-    # Scope order: leftmost column, then id. rank[s] is the scope's position in that order.
-    order = torch.argsort(scope_start * S + torch.arange(S))
+    elements = geometry.scope_elements()                          # (S, gs, bk)
+    S, gs, bk = elements.shape
+    rows, cols = elements // K, elements % K
+    scope_start = cols.reshape(S, -1).amin(1)
+    scope_end = cols.reshape(S, -1).amax(1)
+    # Scope order: leftmost column, then id; rank[s] is the scope's place in it.
     rank = torch.empty(S, dtype=torch.long)
-    rank[order] = torch.arange(S)
+    rank[torch.argsort(scope_start * S + torch.arange(S))] = torch.arange(S)
 
-    # One (row, scope) pair per step; steps of a row are numbered in scope order.
-    pair_key = rows * S + rank[scope]
-    pair_keys, pair_of_elem = torch.unique(pair_key, return_inverse=True)
-    pair_row = pair_keys // S
-    row_first = torch.searchsorted(pair_keys, torch.arange(M) * S)
-    pair_step = torch.arange(pair_keys.numel()) - row_first[pair_row]
+    # The rows of each scope, and the slot (index into them) of every element.
+    if geometry.is_row_coupled:
+        scope_rows = _distinct_rows(rows.reshape(S, -1))          # (S, R), -1 padded
+        slot = torch.searchsorted(torch.where(scope_rows < 0, M, scope_rows),
+                                  rows.reshape(S, -1))
+    else:
+        scope_rows = rows[:, 0, :1]
+        slot = torch.zeros(S, gs * bk, dtype=torch.long)
+
+    # One step per (scope, row) pair; the steps of a row are numbered in scope order.
+    ok = scope_rows >= 0
+    pair_row = scope_rows[ok]
+    pair_scope = torch.arange(S)[:, None].expand_as(scope_rows)[ok]
+    order = torch.argsort(pair_row * S + rank[pair_scope])
+    row_first = torch.searchsorted(pair_row[order], torch.arange(M))
+    pair_step = torch.empty_like(order)
+    pair_step[order] = torch.arange(order.numel()) - row_first[pair_row[order]]
     T = int(pair_step.max()) + 1
+    step_of = torch.full(scope_rows.shape, -1, dtype=torch.long)
+    step_of[ok] = pair_step
 
-    # Position of each element among its (row, scope, block) group, columns ascending.
-    group_key = (pair_of_elem * gs + block) * K + cols
-    sorted_key, perm = torch.sort(group_key)
-    group = sorted_key // K
-    first = torch.searchsorted(group, group, side="left")
-    pos_sorted = torch.arange(group.numel()) - first
-    pos = torch.empty_like(pos_sorted)
-    pos[perm] = pos_sorted
+    # Position of each element among its block's elements in the same row, columns ascending.
+    key, perm = torch.sort(rows * K + cols, dim=-1)
+    new_row = torch.ones_like(key, dtype=torch.bool)
+    new_row[..., 1:] = (key[..., 1:] // K) != (key[..., :-1] // K)
+    idx = torch.arange(bk).expand_as(key)
+    first = torch.where(new_row, idx, torch.zeros_like(idx)).cummax(-1).values
+    pos = torch.empty_like(perm).scatter_(-1, perm, idx - first)
     Lb = int(pos.max()) + 1
 
-    step = pair_step[pair_of_elem]
+    step = step_of.gather(1, slot).view(S, gs, bk)
+    block = torch.arange(gs)[None, :, None].expand(S, gs, bk)
     out_cols = torch.full((M, T, gs, Lb), -1, dtype=torch.long)
     out_cols[rows, step, block, pos] = cols
     out_scope = torch.full((M, T), -1, dtype=torch.long)
-    out_scope[rows, step] = scope
-
-    step_lo = torch.full((S,), T, dtype=torch.long).scatter_reduce(0, scope, step, "amin")
-    step_hi = torch.full((S,), -1, dtype=torch.long).scatter_reduce(0, scope, step, "amax")
+    out_scope[pair_row, pair_step] = pair_scope
+    step_lo = torch.where(ok, step_of, T).amin(1)
     return RowSteps(cols=out_cols, scope=out_scope, scope_step=step_lo,
                     scope_start=scope_start, scope_end=scope_end, n_scopes=S,
-                    aligned=bool((step_lo == step_hi).all()))
+                    aligned=bool((step_lo == step_of.amax(1)).all()))
+
+
+def _distinct_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Distinct values of each row of ``(n, m)``, ascending, padded with -1 on the right."""
+    s, _ = torch.sort(rows, dim=1)
+    dup = torch.zeros_like(s, dtype=torch.bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    width = int((~dup).sum(1).max())
+    s = torch.sort(torch.where(dup, torch.iinfo(torch.long).max, s), dim=1).values[:, :width]
+    return torch.where(s == torch.iinfo(torch.long).max, -1, s)
 
 
 def row_groups(layout: RowSteps) -> torch.Tensor:
