@@ -205,7 +205,7 @@ def block_scores(cols: torch.Tensor, element_score: torch.Tensor,
     """Sum of a per-element score over each block's elements: ``(E, gs)`` for entries at
     ``rows`` ``(E,)`` with columns ``cols`` ``(E, gs, Lb)``; ``element_score`` is ``(M, K)``."""
     vals = element_score[rows[:, None, None], cols.clamp(min=0)]
-    return (vals * (cols >= 0)).sum(-1)
+    return torch.where(cols >= 0, vals, torch.zeros_like(vals)).sum(-1)  # padding: 0, not NaN·0
 
 
 def choose_subsets(costs: torch.Tensor, scope: torch.Tensor, subsets: torch.Tensor,
