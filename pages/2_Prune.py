@@ -1,10 +1,223 @@
-"""Prune: a placeholder until the page lands."""
+"""Prune: run OBS modes and baselines on a layer, with a memory and time estimate first."""
 
 import streamlit as st
 
-from ui import state
+from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, Geometry
+from obsviz.estimate import format_bytes
+from obsviz.prune import C_DTYPES, ORDERS, SCORINGS
+
+from ui import layers, results, state
 
 st.set_page_config(page_title="Prune · obsviz", page_icon=":material/grid_view:", layout="wide")
-state.sidebar()
+state.init_state()
+ss = st.session_state
+form = ss.setdefault("prune_form", {
+    "geo_source": "page", "preset": "2:4", "nnz": 2, "damp": 0.01,
+    "methods": list(results.DEFAULT_METHODS), **results.DEFAULT_OPTIONS,
+    "sample": "all", "first": 64, "every": 8,
+})
+
+
+def bind(field: str) -> str:
+    """The widget key of a form field, primed with the form's value."""
+    key = f"_p_{field}"
+    ss[key] = form[field]
+    return key
+
+
+def changed(field: str) -> None:
+    form[field] = ss[f"_p_{field}"]
+    if field == "preset":
+        form["nnz"] = _preset_nnz(form["preset"])
+
+
+def _preset_nnz(name: str) -> int:
+    try:
+        return Geometry.preset(name, (16, 16)).nnz
+    except ValueError:
+        return 1
+
+
+results.note_stopped()
 st.title("Prune")
-st.info("Coming soon. Prune a real layer with every OBS mode and the usual baselines.")
+st.markdown("Prune a layer with every OBS compensation mode and the usual baselines. Each "
+            "finished result is kept for this session (asking for it again is instant) and "
+            "shows up on the **Compare** page.")
+
+# ---- layer and geometry -----------------------------------------------------------------------
+c_layer, c_geom = st.columns([1.15, 1], gap="large")
+with c_layer:
+    st.subheader("Layer")
+    active = layers.picker()
+    if active is not None:
+        M, K = active.layer.shape
+        notes = "; ".join(active.layer.notes[:1])
+        st.markdown(f"**{active.label}** · W {M} × {K} · "
+                    f"{active.layer.nsamples:,} calibration samples")
+        st.caption(f"Hessian: {notes or active.layer.source}")
+state.sidebar()
+
+geom, nnz, problem = None, None, None
+with c_geom:
+    st.subheader("Geometry")
+    if active is None:
+        st.info("Choose a layer first.")
+    else:
+        shape = active.layer.shape
+        page_geom = state.current_geometry()
+        page_fits = page_geom is not None and page_geom.weight_shape == shape
+        st.radio("Geometry from", ["page", "preset"], key=bind("geo_source"),
+                 on_change=changed, args=("geo_source",), horizontal=True,
+                 format_func={"page": "the Geometry page", "preset": "a preset here"}.get)
+        if form["geo_source"] == "page" and page_fits:
+            geom, nnz = page_geom, int(ss.get("nnz") or page_geom.nnz)
+            st.markdown(f"**{geom.name or 'free-form'}**, nnz = {nnz} · {geom.describe()}")
+            st.page_link("pages/1_Geometry.py", label="Change it on the Geometry page",
+                         icon=":material/grid_view:")
+        else:
+            if form["geo_source"] == "page":
+                st.caption("The Geometry page's geometry does not fit this layer "
+                           f"({M} × {K}); pick a preset here.")
+            cp, cn = st.columns([1.4, 1])
+            cp.selectbox("Preset", PRESETS, key=bind("preset"), on_change=changed,
+                         args=("preset",))
+            cn.number_input("nnz (kept per scope)", min_value=0, step=1, key=bind("nnz"),
+                            on_change=changed, args=("nnz",))
+            try:
+                geom = Geometry.preset(form["preset"], shape)
+                nnz = geom.check_nnz(int(form["nnz"]))
+            except ValueError as err:
+                geom, nnz = None, None
+                st.error(str(err), icon="⚠️")
+            if geom is not None:
+                st.caption(f"{geom.describe()}")
+        st.number_input("Damping", min_value=0.0, step=0.005, format="%.4f", key=bind("damp"),
+                        on_change=changed, args=("damp",),
+                        help="λ added to the Hessian's diagonal: damp × mean(diag H) when "
+                             "below 1, else λ = damp.")
+        if geom is not None:
+            st.caption(f"Sparsity {geom.sparsity(nnz):.1%} · {geom.n_scopes:,} scopes of "
+                       f"{geom.blocks_per_scope} blocks"
+                       + (" · row-coupled" if geom.is_row_coupled else ""))
+
+# ---- methods ----------------------------------------------------------------------------------
+st.subheader("Methods")
+c_methods, c_device = st.columns([3, 1])
+c_methods.multiselect(
+    "Methods", METHODS, key=bind("methods"), on_change=changed, args=("methods",),
+    help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}.",
+    placeholder="Choose one or more methods")
+options = state.device_options()
+ss["_p_device"] = ss["device"]
+c_device.selectbox("Device", options, key="_p_device",
+                   on_change=lambda: ss.__setitem__("device", ss["_p_device"]),
+                   help="CUDA is offered when a GPU is visible.")
+methods = [m for m in METHODS if m in form["methods"]]
+
+if {"split", "interleaved"} & set(methods) or "true_obs" in methods:
+    with st.container(border=True):
+        cols = st.columns(6)
+        if {"split", "interleaved"} & set(methods):
+            cols[0].number_input("n_splits", 1, 64, step=1, key=bind("n_splits"),
+                                 on_change=changed, args=("n_splits",),
+                                 help="split / interleaved: chunks of scopes; each chunk "
+                                      "recomputes C on the columns still free.")
+        if "true_obs" in methods:
+            cols[1].number_input("ng (true_obs)", 1, 4096, step=1, key=bind("ng"),
+                                 on_change=changed, args=("ng",),
+                                 help="Scopes decided per batch. Smaller is more sequential: "
+                                      "each decision sees more earlier ones (the API default "
+                                      "64 batches decisions coarsely; 8 here).")
+            cols[2].number_input("chunk_size", 1, 4096, step=1, key=bind("chunk_size"),
+                                 on_change=changed, args=("chunk_size",),
+                                 help="Rows processed together, each with its own K × K C: "
+                                      "memory grows with it.")
+            cols[3].selectbox("order", ORDERS, key=bind("order"), on_change=changed,
+                              args=("order",), help="Which scopes are decided first.")
+            cols[4].selectbox("scoring", SCORINGS, key=bind("scoring"), on_change=changed,
+                              args=("scoring",),
+                              help="joint: enumerate subsets; independent: Σ w²/C_cc per "
+                                   "block.")
+            dtypes = ["auto", "float16", "bfloat16", "float32", "float64"]
+            assert all(d in C_DTYPES for d in dtypes[1:])
+            cols[5].selectbox("C dtype", dtypes, key=bind("c_dtype"), on_change=changed,
+                              args=("c_dtype",),
+                              help="Per-row C precision; auto = fp16 on CUDA, fp32 on CPU.")
+
+c_sample, c_n = st.columns([2, 1])
+c_sample.radio("Rows", ["all", "first", "every"], key=bind("sample"), on_change=changed,
+               args=("sample",), horizontal=True,
+               format_func={"all": "All rows", "first": "First N rows",
+                            "every": "Every k-th row"}.get,
+               help="A row sample for a quick what-if run on a big layer (widened to whole "
+                    "groups of coupled rows); the error covers the sampled rows.")
+M_rows = active.layer.shape[0] if active is not None else 1_000_000
+form["first"], form["every"] = min(form["first"], M_rows), min(form["every"], M_rows)
+if form["sample"] == "first":
+    c_n.number_input("N", 1, M_rows, step=16, key=bind("first"), on_change=changed,
+                     args=("first",))
+elif form["sample"] == "every":
+    c_n.number_input("k", 1, M_rows, step=1, key=bind("every"), on_change=changed,
+                     args=("every",))
+
+if geom is None or active is None:
+    st.stop()
+
+sample = None if form["sample"] == "all" else (form["sample"], int(form[form["sample"]]))
+try:
+    job = results.Job(active, geom, nnz, float(form["damp"]), ss["device"],
+                      {k: form[k] for k in results.DEFAULT_OPTIONS}, sample)
+    n_rows = M if sample is None else int(job.rows().numel())
+except ValueError as err:
+    st.error(str(err), icon="⚠️")
+    st.stop()
+
+# ---- estimate and run -------------------------------------------------------------------------
+if methods:
+    table = results.estimate(job, methods)
+    cached = {m for m in methods if results.run_key(job, m) in results.store()}
+    st.dataframe(
+        {"method": [e["method"] for e in table],
+         "memory": [format_bytes(e["memory"]) for e in table],
+         "time": ["cached" if e["method"] in cached else f"~{e['seconds']:.1f} s"
+                  for e in table],
+         "fits": ["✓" if e["fits"] else "too big: use a row sample" for e in table]},
+        hide_index=True, width="stretch")
+    free = table[0]["free"]
+    st.caption(f"Estimates for {n_rows:,} of {M:,} rows on {job.device}"
+               + (f"; {format_bytes(free)} free now." if free is not None else "."))
+
+c_run, c_stop, _ = st.columns([1, 1, 5])
+run = c_run.button("Run", type="primary", disabled=not methods, icon=":material/play_arrow:",
+                   width="stretch")
+if run:
+    # Any click stops a running script; this button makes that visible while the run lasts.
+    stop = c_stop.empty()
+    stop.button("Stop", icon=":material/stop:", width="stretch")
+    results.run_methods(job, methods)
+    stop.empty()
+
+# ---- the latest run ---------------------------------------------------------------------------
+last = ss.get("last_run") or []
+if last and not run:
+    st.subheader("Latest run")
+    runs = results.store()
+    with st.container(border=True):
+        for entry in last:
+            if entry["status"] in ("done", "cached") and entry["key"] in runs:
+                r = runs[entry["key"]]
+                rep = r.report
+                valid = "valid" if rep["valid"] else f"**invalid** ({rep['bad_scopes']} scopes)"
+                st.markdown(
+                    f":green[:material/check_circle:] **{r.label}** · relative error "
+                    f"**{r.result.rel_error:.4f}** · sparsity {rep['sparsity']:.1%} · {valid} · "
+                    f"{r.result.seconds:.2f} s on {rep['device']}"
+                    + (" · cached" if entry["status"] == "cached" else ""))
+            else:
+                icon = (":orange[:material/pause_circle:]" if entry["status"] == "stopped"
+                        else ":red[:material/error:]")
+                st.markdown(f"{icon} **{entry['method']}** {entry['status']}: "
+                            f"{entry.get('message', '')}")
+if results.store():
+    st.page_link("pages/3_Compare.py", label="Compare the results side by side",
+                 icon=":material/compare_arrows:")

