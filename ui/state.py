@@ -11,6 +11,19 @@ Session-state keys (every page may read them; only the pages named write them):
 - ``device``: ``"cuda"`` or ``"cpu"``, the device pruning runs on. Written by the sidebar.
 - ``geometry_form``: ``dict``, the Geometry page's inputs as typed (see ``ui.forms``), kept so
   that leaving and re-opening the page restores them.
+- ``prune_form``: ``dict``, the Prune page's inputs (geometry source, preset, nnz, damping,
+  methods and their options, row sample), kept like ``geometry_form``. Written by the Prune page.
+- ``layer_source``, ``user_layer``: where the Prune page's layer comes from and the last
+  uploaded or checkpoint-built layer (see ``ui.layers``).
+- ``results``, ``last_run``, ``run_pending``: finished pruning results keyed by the content of
+  their inputs, the latest run's per-method outcome, the methods a stopped run left (see
+  ``ui.results``). ``compare_pick``: the results the Compare page shows.
+- ``learn_setup``: ``dict`` of the Learn page's choices: ``source`` (``"toy"`` or the sidebar's
+  layer name), ``k`` (first columns used), ``pattern`` (preset), ``row``, ``damp``. Written by
+  the Learn page.
+- ``learn_step``: ``int``, scopes of the lesson's row decided so far (0 … the row's scope
+  count); ``learn_weights``: ``list[float]``, that row's weights after those steps. Written by
+  the Learn page (its buttons "Step forward", "Step back", "Reset").
 
 The URL: the Geometry page mirrors ``geometry_form`` into ``st.query_params`` (``pattern``,
 ``weight``, ``layer``, ``nnz``, free-form ``view``/``stride``/``block``/``scope``, ``n``/``m``
@@ -29,6 +42,7 @@ import torch
 from obsviz import Geometry
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
+
 from ui.forms import PATTERNS, WINDOWS, build_geometry, default_form
 
 FALLBACK_SHAPE = (384, 384)

@@ -21,3 +21,35 @@ __all__ = [
     "compute_maps", "layout_figure", "layout_png", "layout_window", "overview_figure",
     "pool2d", "row_coupling_figure",
 ]
+
+# Results: side-by-side heatmaps, the difference view, error charts (the Compare page).
+from obsviz.figures.results import (  # noqa: E402
+    MAX_CELLS,
+    METHOD_COLOURS,
+    ResultMaps,
+    difference_figure,
+    error_bar_figure,
+    result_maps,
+    row_error_figure,
+    side_by_side,
+)
+
+__all__ += [
+    "MAX_CELLS", "METHOD_COLOURS", "ResultMaps", "difference_figure", "error_bar_figure",
+    "result_maps", "row_error_figure", "side_by_side",
+]
+
+# Lesson: the Learn page's step-through of one row (matrices, candidate costs, row updates).
+from obsviz.figures.lesson import (  # noqa: E402
+    candidates_figure,
+    downdate_figures,
+    error_figure,
+    matrix_heatmap,
+    modes_figure,
+    row_figure,
+)
+
+__all__ += [
+    "candidates_figure", "downdate_figures", "error_figure", "matrix_heatmap", "modes_figure",
+    "row_figure",
+]
