@@ -7,6 +7,7 @@ import streamlit as st
 
 from obsviz import Geometry
 from obsviz.figures import geometry as gfig
+
 from ui import state
 
 PAGES = {

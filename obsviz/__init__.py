@@ -1,5 +1,12 @@
 """obsviz: see, run and compare structured Optimal Brain Surgeon pruning."""
 
+import os
+
+# Spinning OpenMP workers starve each other when the machine is busy (a browser, a server and
+# torch on a few cores): sleeping workers were up to 10x faster there. Only applies when obsviz
+# is imported before torch; scripts/dev sets it for the app and the tests.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from obsviz.estimate import BASELINES, METHODS, OBS_MODES, memory_estimate
 from obsviz.geometry import PRESETS, Geometry
 from obsviz.layers import (

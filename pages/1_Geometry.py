@@ -4,6 +4,7 @@ import streamlit as st
 
 from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
 from obsviz.figures import geometry as gfig
+
 from ui import state
 from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_shape
 
