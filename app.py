@@ -11,15 +11,15 @@ from obsviz.figures import geometry as gfig
 from ui import state
 
 PAGES = {
-    "geometry": ("pages/1_Geometry.py", "Geometry", ":material/grid_view:",
+    "geometry": ("pages/geometry.py", "Geometry", ":material/grid_view:",
                  "Pick a preset or write your own view, block and scope; see blocks, scopes, the "
                  "column map and the row coupling."),
-    "prune": ("pages/2_Prune.py", "Prune", ":material/content_cut:",
+    "prune": ("pages/prune.py", "Prune", ":material/content_cut:",
               "Run every OBS mode and the baselines on a real layer, with a memory estimate "
               "first."),
-    "compare": ("pages/3_Compare.py", "Compare", ":material/compare_arrows:",
+    "compare": ("pages/compare.py", "Compare", ":material/compare_arrows:",
                 "Error and sparsity side by side; where each method puts its error."),
-    "learn": ("pages/4_Learn.py", "Learn", ":material/school:",
+    "learn": ("pages/learn.py", "Learn", ":material/school:",
               "The math behind the modes, on a layer small enough to follow by hand."),
 }
 

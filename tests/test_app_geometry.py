@@ -17,7 +17,7 @@ def open_geometry(**params: str):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     for key, value in params.items():
         at.query_params[key] = value
-    at.switch_page("pages/1_Geometry.py").run()
+    at.switch_page("pages/geometry.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -36,7 +36,7 @@ def test_home_runs_and_links_the_path_through_the_app():
 
 
 def test_placeholder_pages_run():
-    for page in ("pages/2_Prune.py", "pages/3_Compare.py", "pages/4_Learn.py"):
+    for page in ("pages/prune.py", "pages/compare.py", "pages/learn.py"):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)

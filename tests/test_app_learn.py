@@ -18,7 +18,7 @@ TIMEOUT = 300  # seconds per run: the first run imports torch and plotly on a sm
 
 def open_learn():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page("pages/4_Learn.py").run()
+    at.switch_page("pages/learn.py").run()
     assert not at.exception, at.exception
     return at
 

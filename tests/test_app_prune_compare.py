@@ -33,7 +33,7 @@ def texts(at) -> str:
 
 
 def test_prune_runs_two_methods_and_shows_each_error():
-    at = open_page("pages/2_Prune.py")
+    at = open_page("pages/prune.py")
     assert at.multiselect(key="_p_methods").value == ["full", "interleaved", "true_obs",
                                                       "sparsegpt"]
     run_methods(at, ["local", "sparsegpt"])
@@ -54,7 +54,7 @@ def test_prune_runs_two_methods_and_shows_each_error():
     assert [e["status"] for e in at.session_state["last_run"]] == ["cached", "cached"]
     assert len(at.session_state["results"]) == 2
 
-    at.switch_page("pages/3_Compare.py").run()
+    at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     assert at.multiselect[0].value == [r.label for r in runs]
     assert len(at.dataframe) == 1
@@ -70,7 +70,7 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
         raise ValueError("method='interleaved' is broken on purpose")
 
     monkeypatch.setattr(modes, "interleaved", broken)
-    at = run_methods(open_page("pages/2_Prune.py"), ["interleaved", "full"])
+    at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
     assert any("broken on purpose" in e.value for e in at.error)
     runs = list(at.session_state["results"].values())
     assert [r.method for r in runs] == ["full"]
@@ -80,7 +80,7 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
 def test_a_bad_upload_shows_the_loader_message():
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.session_state["layer_source"] = "upload"
-    at.switch_page("pages/2_Prune.py").run()
+    at.switch_page("pages/prune.py").run()
     assert not at.exception, at.exception
     at.file_uploader(key="_p_upload").set_value(
         ("broken.safetensors", b"this is not a safetensors file", "application/octet-stream"))
@@ -91,7 +91,7 @@ def test_a_bad_upload_shows_the_loader_message():
 
 
 def test_compare_first_visit_offers_the_fast_modes():
-    at = open_page("pages/3_Compare.py")
+    at = open_page("pages/compare.py")
     button = next(b for b in at.button if b.label == "Run the fast modes")
     button.click().run()
     assert not at.exception, at.exception

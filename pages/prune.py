@@ -72,7 +72,7 @@ with c_geom:
         if form["geo_source"] == "page" and page_fits:
             geom, nnz = page_geom, int(ss.get("nnz") or page_geom.nnz)
             st.markdown(f"**{geom.name or 'free-form'}**, nnz = {nnz} · {geom.describe()}")
-            st.page_link("pages/1_Geometry.py", label="Change it on the Geometry page",
+            st.page_link("pages/geometry.py", label="Change it on the Geometry page",
                          icon=":material/grid_view:")
         else:
             if form["geo_source"] == "page":
@@ -219,5 +219,5 @@ if last and not run:
                 st.markdown(f"{icon} **{entry['method']}** {entry['status']}: "
                             f"{entry.get('message', '')}")
 if results.store():
-    st.page_link("pages/3_Compare.py", label="Compare the results side by side",
+    st.page_link("pages/compare.py", label="Compare the results side by side",
                  icon=":material/compare_arrows:")
