@@ -1,0 +1,222 @@
+"""The app in a real browser: every page opens, and each page's main interaction works.
+
+Every step waits for the app to settle, then fails on any exception the page shows (Streamlit
+renders them as ``stException``) or the browser raised. Each scenario saves a screenshot.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from obsviz import METHODS as METHODS_ALL
+
+pytestmark = pytest.mark.e2e
+
+#: URL path (from app.py's url_path) -> what the browser tab's title and the page's h1 say.
+PAGES = {
+    "/": ("obsviz", "obsviz"),
+    "/geometry": ("Geometry", "Geometry"),
+    "/prune": ("Prune", "Prune"),
+    "/compare": ("Compare", "Compare"),
+    "/learn": ("Learn", "Learn"),
+}
+
+#: Two quick methods for the Prune scenario (an OBS mode and a baseline).
+METHODS = ("local", "sparsegpt")
+
+#: Records, for the whole life of the tab, every element type of a running script that showed.
+WATCH_PROGRESS = """() => {
+    window.__obsvizSeen = new Set();
+    const ids = ["stProgress", "stExpanderIconSpinner"];
+    const look = () => ids.forEach(id => {
+        if (document.querySelector(`[data-testid="${id}"]`)) window.__obsvizSeen.add(id);
+    });
+    new MutationObserver(look).observe(document.body, {childList: true, subtree: true});
+}"""
+
+
+def h1(app) -> str:
+    return app.page.locator('[data-testid="stMain"] h1').first.inner_text()
+
+
+def plot_titles(app) -> list[str]:
+    """The titles of every plotly figure on the page (SVG text)."""
+    return [t.strip() for t in app.page.locator(".js-plotly-plot .gtitle").all_text_contents()]
+
+
+def choose(app, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox (or multiselect) labelled ``label``."""
+    app.page.get_by_role("combobox", name=label, exact=True).click()
+    app.page.get_by_role("option", name=option, exact=True).click()
+    app.page.keyboard.press("Escape")
+    app.settle().check()
+
+
+def pick_methods(app, wanted: tuple[str, ...]) -> None:
+    """Make the Prune page's "Methods" multiselect hold exactly ``wanted``."""
+    box = app.page.locator('[data-testid="stMultiSelect"]').filter(
+        has=app.page.get_by_role("combobox", name="Methods", exact=True))
+
+    def chosen() -> list[str]:
+        return [t.get_attribute("aria-label") for t in box.locator("[data-tag]").all()]
+
+    for _ in range(12):                          # one change per rerun, read afresh each time
+        extra = [name for name in chosen() if name not in wanted]
+        missing = [name for name in wanted if name not in chosen()]
+        if extra:
+            box.get_by_role("button", name=f"Remove {extra[0]}", exact=True).click()
+            app.settle().check()
+        elif missing:
+            choose(app, "Methods", missing[0])
+        else:
+            break
+    assert sorted(chosen()) == sorted(wanted), chosen()
+
+
+def finished_statuses(app) -> list[str]:
+    """Labels of the finished ``st.status`` boxes (one per method run)."""
+    done = app.page.locator('[data-testid="stExpander"]').filter(
+        has=app.page.locator('[data-testid="stExpanderIconCheck"]'))
+    return [t.split("\n")[-1].strip() for t in done.locator("summary").all_inner_texts()]
+
+
+def assert_results(text: str, methods) -> None:
+    """Each method is named with a relative error next to it."""
+    for method in methods:
+        assert re.search(rf"{method}\b.*relative error\W*\d+\.\d+", text), (method, text)
+
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_page_opens(app, path):
+    tab_title, heading = PAGES[path]
+    app.open(path).check()
+    app.shot(f"open-{path.strip('/') or 'home'}")
+    assert tab_title.lower() in app.page.title().lower(), app.page.title()
+    assert heading.lower() in h1(app).lower(), h1(app)
+    # A wrong url_path makes Streamlit show this dialog and run the home page instead.
+    assert app.page.get_by_text("Page not found").count() == 0
+
+
+def test_geometry_presets_redraw_the_maps(app):
+    app.open("/geometry").check()
+    box = app.page.get_by_role("combobox", name="Pattern", exact=True)
+    assert box.input_value() == "2:4"
+    app.page.get_by_text("every block here touches a single column").wait_for()
+    before = plot_titles(app)
+    app.shot("geometry-2_4")
+
+    expected = {
+        "block16": ("touches 16 neighbouring columns", "touches rows r and r+8"),
+        "coupled-2:4": ("touches columns c and c+8", "every scope here touches a single row"),
+    }
+    for preset, texts in expected.items():
+        choose(app, "Pattern", preset)
+        assert box.input_value() == preset
+        for text in texts:
+            app.page.locator(".js-plotly-plot .gtitle", has_text=text).first.wait_for()
+        after = plot_titles(app)
+        assert after != before, f"switching to {preset} did not redraw the maps: {after}"
+        before = after
+        app.shot(f"geometry-{preset}")
+    main = app.main_text()
+    assert "coupled-2:4" in main and "Row-coupled" in main
+
+
+@pytest.fixture(scope="module")
+def session_tab(new_app):
+    """One tab shared by the Prune and Compare scenarios: results live in its session."""
+    return new_app()
+
+
+def test_prune_runs_two_methods(session_tab):
+    app = session_tab
+    app.open("/prune").check()
+    main = app.main_text()
+    assert "Sample layer" in main and "W 384 × 384" in main, "no sample layer is loaded"
+    pick_methods(app, METHODS)
+    app.shot("prune-ready")
+
+    app.page.evaluate(WATCH_PROGRESS)
+    app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
+    app.page.locator('[data-testid="stExpanderIconCheck"]').nth(len(METHODS) - 1).wait_for(
+        timeout=app.SETTLE_TIMEOUT)
+    app.settle().check()
+    seen = app.page.evaluate("() => [...window.__obsvizSeen]")
+    assert seen, "no progress (progress bar or running status) showed during the run"
+
+    labels = finished_statuses(app)
+    assert len(labels) == len(METHODS), labels
+    assert_results("\n".join(labels), METHODS)
+    app.shot("prune-results")
+    app.pruned = True
+
+
+def assert_heatmaps(app, methods) -> None:
+    """Compare shows its charts, and the error heatmaps have one panel per method."""
+    app.page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for()
+    assert app.page.get_by_role("tab", name="Error contribution", selected=True).count() == 1
+    error_maps = app.page.locator('[role="tabpanel"]:visible .js-plotly-plot').first
+    error_maps.wait_for()
+    panels = [p.strip() for p in error_maps.locator(".annotation-text").all_text_contents()]
+    for method in methods:
+        assert any(p.split(" ")[0] == method for p in panels), (method, panels)
+
+
+def test_compare_shows_heatmaps_for_both(session_tab):
+    """After the Prune scenario, in the same Streamlit session (reached through the sidebar:
+    a reload would start a new session, without the results)."""
+    app = session_tab
+    if not getattr(app, "pruned", False):
+        pytest.skip("needs the Prune scenario's results, and it did not finish in this run "
+                    "(a fresh session is covered by the fast-modes scenario)")
+    app.go("Compare").check()
+    if app.page.get_by_role("button", name=re.compile("Run the fast modes")).count():
+        pytest.fail("Compare offers to run the fast modes: the Prune results are not there")
+    assert_heatmaps(app, METHODS)
+    app.shot("compare-after-prune")
+
+
+def test_compare_from_nothing_runs_the_fast_modes(app):
+    """A fresh session has nothing to compare: Compare offers the fast modes and runs them."""
+    app.open("/compare").check()
+    run = app.page.get_by_role("button", name=re.compile("Run the fast modes"))
+    run.wait_for()
+    offer = app.page.locator('[data-testid="stCaptionContainer"]').filter(has_text=" with ")
+    fast = offer.first.inner_text().split(" on ")[0].split(", ")
+    assert fast and all(m in METHODS_ALL for m in fast), fast
+    app.shot("compare-empty")
+
+    app.page.evaluate(WATCH_PROGRESS)
+    run.click()
+    app.page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=app.SETTLE_TIMEOUT)
+    app.settle().check()
+    assert app.page.evaluate("() => [...window.__obsvizSeen]"), "no progress showed"
+    assert_heatmaps(app, fast)
+    app.shot("compare-fast-modes")
+
+
+def test_learn_steps_forward_and_back(app):
+    app.open("/learn").check()
+    counter = re.compile(r"Step (\d+) of (\d+)")
+
+    def step() -> tuple[int, int]:
+        found = counter.search(app.main_text())
+        assert found, "no step counter on the Learn page"
+        return int(found[1]), int(found[2])
+
+    n, total = step()
+    assert n == 0 and total >= 3, (n, total)
+    for expected in (1, 2, 3):
+        app.page.get_by_role("button", name=re.compile(r"Step forward$")).click()
+        app.settle().check()
+        assert step() == (expected, total)
+    app.shot("learn-step-3")
+    app.page.get_by_role("button", name=re.compile(r"Step back$")).click()
+    app.settle().check()
+    assert step() == (2, total)
+    app.shot("learn-step-back")
