@@ -83,7 +83,8 @@ def summarize(W0: torch.Tensor, H: torch.Tensor, geometry: Geometry, result) -> 
     per_row = row_error(W0r, Wr, H)
     ref = row_error(torch.zeros_like(W0r), W0r, H).clamp(min=1e-30)
     rel_row = torch.sqrt(per_row.clamp(min=0) / ref)
-    q = torch.quantile(rel_row, torch.tensor([0.5, 0.9, 0.99], dtype=rel_row.dtype))
+    q = torch.quantile(rel_row, torch.tensor([0.5, 0.9, 0.99], dtype=rel_row.dtype,
+                                             device=rel_row.device))
     valid = validity(result.mask, geometry, result.options.get("nnz", 0), rows=rows)
     return {
         "method": result.method,
