@@ -114,6 +114,9 @@ def prune(
     ``H`` ``(K, K)`` is the layer Hessian ``XᵀX/N``. ``W`` is never modified. Options that a
     method does not use are ignored. Raises ``ValueError`` naming the offending argument.
 
+    ``c_dtype`` is the dtype of ``true_obs``'s per-row C: by default fp16 on CUDA, fp32 on CPU,
+    and fp64 whenever W is fp64.
+
     ``rows`` (optional, long indices) prunes only those rows — widened to whole coupling groups —
     for a quick what-if run; other rows are returned unchanged and the error covers the sampled
     rows only (``result.rows``).
