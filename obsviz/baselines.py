@@ -48,7 +48,9 @@ def sparsegpt(p: Problem, lazy: int = 128) -> torch.Tensor:
     """
     W, layout = p.W, p.layout
     M, K = W.shape
-    U = torch.linalg.cholesky(p.C, upper=True)                   # C = Uᵀ U
+    U, info = torch.linalg.cholesky_ex(p.C, upper=True)          # C = Uᵀ U
+    if int(info) > 0:
+        raise ValueError("the damped inverse Hessian is not positive definite; raise damp")
     d = torch.diagonal(U)
     score_scale = 1.0 / (d * d)
     kept = torch.ones(M, K, dtype=torch.bool, device=W.device)

@@ -8,6 +8,7 @@ from functools import lru_cache
 import torch
 
 from obsviz.geometry import Geometry
+from obsviz.layout import layout_bytes, layout_shape
 
 OBS_MODES = ("local", "full", "split", "interleaved", "true_obs")
 BASELINES = ("magnitude", "wanda", "obd", "sparsegpt")
@@ -30,7 +31,7 @@ def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
     rows = M if rows is None else rows
     f32 = 4
     weights = 4 * rows * K * f32               # W, its copy, the mask and the error map
-    layout = 2 * rows * K * 8                  # long index tensors of the row-step layout
+    layout = layout_bytes(geometry)            # the row-step layout (all rows, then sampled)
     shared_c = 2 * K * K * f32                 # H_d and C
     if method in ("magnitude", "wanda"):
         return weights
@@ -46,9 +47,10 @@ def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Free bytes on the device, or ``None`` when unknown."""
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # free on the device plus what torch holds cached but unused
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -78,8 +80,9 @@ def flop_estimate(geometry: Geometry, method: str, rows: int | None = None,
     inverse = K ** 3 / 3
     if method in ("magnitude", "wanda", "obd"):
         return 10.0 * rows * K
-    if method == "local":
-        return inverse + 50.0 * rows * K * geometry.blocks_per_scope
+    if method == "local":  # one Cholesky of the scope's part of a row, per (row, step)
+        _, T, gs, Lb = layout_shape(geometry)
+        return inverse + rows * T * ((gs * Lb) ** 3 / 3 + 4 * (gs * Lb) ** 2)
     if method == "true_obs":  # every pruned column of every row downdates a K × K inverse
         return inverse + 2.0 * rows * K * K * K * sparsity
     chunks = n_splits if method in ("split", "interleaved") else 1

@@ -25,9 +25,6 @@ import torch
 
 PRESETS = ("2:4", "4:8", "coupled-2:4", "block16")
 
-#: Subset counts above this are not enumerated; selection falls back to greedy.
-MAX_SUBSETS = 10_000
-
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -340,7 +337,7 @@ class Geometry:
         rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
         if not self.is_row_coupled:
             return rows[:, :1].clone()
-        return _distinct_sorted(rows)
+        return distinct_sorted(rows)
 
     def _id_map(self, elements: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         M, K = self.weight_shape
@@ -411,7 +408,7 @@ class Geometry:
         return f"Geometry({label}{self.weight_shape}, {self.describe()})"
 
 
-def _distinct_sorted(values: torch.Tensor) -> torch.Tensor:
+def distinct_sorted(values: torch.Tensor) -> torch.Tensor:
     """Distinct values of each row of ``(n, m)``, ascending, left-aligned, padded with -1."""
     s, _ = torch.sort(values, dim=1)
     dup = torch.zeros_like(s, dtype=torch.bool)

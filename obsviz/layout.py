@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from obsviz.geometry import Geometry
+from obsviz.geometry import Geometry, distinct_sorted
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,30 @@ class RowSteps:
                            for k, v in fields.items()})
 
 
+@lru_cache(maxsize=16)
+def layout_shape(geometry: Geometry) -> tuple[int, int, int, int]:
+    """``(M, T, gs, Lb)`` of :func:`row_steps` without building it (to check memory first)."""
+    M, K = geometry.weight_shape
+    elements = geometry.scope_elements()
+    S, gs, bk = elements.shape
+    rows = elements // K
+    if geometry.is_row_coupled:
+        per_row = torch.bincount(geometry.row_coupling().reshape(-1) + 1, minlength=M + 1)[1:]
+    else:
+        per_row = torch.bincount(rows[:, 0, 0], minlength=M)
+    # Lb: most elements one block has in one row (rows sorted inside each block, then counted).
+    block_rows = torch.sort(rows.reshape(S * gs, bk), dim=1).values
+    key = torch.arange(S * gs)[:, None] * M + block_rows
+    _, counts = torch.unique_consecutive(key.reshape(-1), return_counts=True)
+    return M, int(per_row.max()), gs, int(counts.max())
+
+
+def layout_bytes(geometry: Geometry) -> int:
+    """Memory of the row-step layout of ``geometry``."""
+    M, T, gs, Lb = layout_shape(geometry)
+    return 8 * M * T * (gs * Lb + 1)
+
+
 @lru_cache(maxsize=4)
 def row_steps(geometry: Geometry) -> RowSteps:
     """Build the row-step layout of ``geometry`` (cached; vectorised, no loop over elements).
@@ -68,7 +92,7 @@ def row_steps(geometry: Geometry) -> RowSteps:
 
     # The rows of each scope, and the slot (index into them) of every element.
     if geometry.is_row_coupled:
-        scope_rows = _distinct_rows(rows.reshape(S, -1))          # (S, R), -1 padded
+        scope_rows = distinct_sorted(rows.reshape(S, -1))          # (S, R), -1 padded
         slot = torch.searchsorted(torch.where(scope_rows < 0, M, scope_rows),
                                   rows.reshape(S, -1))
     else:
@@ -106,16 +130,6 @@ def row_steps(geometry: Geometry) -> RowSteps:
     return RowSteps(cols=out_cols, scope=out_scope, scope_step=step_lo,
                     scope_start=scope_start, scope_end=scope_end, n_scopes=S,
                     aligned=bool((step_lo == step_of.amax(1)).all()))
-
-
-def _distinct_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Distinct values of each row of ``(n, m)``, ascending, padded with -1 on the right."""
-    s, _ = torch.sort(rows, dim=1)
-    dup = torch.zeros_like(s, dtype=torch.bool)
-    dup[:, 1:] = s[:, 1:] == s[:, :-1]
-    width = int((~dup).sum(1).max())
-    s = torch.sort(torch.where(dup, torch.iinfo(torch.long).max, s), dim=1).values[:, :width]
-    return torch.where(s == torch.iinfo(torch.long).max, -1, s)
 
 
 def row_groups(layout: RowSteps) -> torch.Tensor:

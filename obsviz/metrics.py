@@ -77,7 +77,8 @@ def summarize(W0: torch.Tensor, H: torch.Tensor, geometry: Geometry, result) -> 
     over the sampled rows only.
     """
     rows = result.rows
-    W0r, Wr, mask = W0, result.weight, result.mask
+    H = H.to(W0.device)
+    W0r, Wr, mask = W0, result.weight.to(W0.device), result.mask.to(W0.device)
     if rows is not None:
         W0r, Wr, mask = W0[rows], result.weight[rows], result.mask[rows]
     per_row = row_error(W0r, Wr, H)

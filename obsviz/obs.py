@@ -8,7 +8,6 @@ weight), so one batched call serves sets of different sizes.
 
 from __future__ import annotations
 
-import math
 from itertools import combinations
 
 import torch
@@ -164,10 +163,24 @@ def zero_at(x: torch.Tensor, idx: torch.Tensor) -> None:
 
 # ---- subsets and selection --------------------------------------------------------------------
 
+def count_subsets(gs: int, n_prune: int, cap: int = MAX_SUBSETS) -> int:
+    """``C(gs, np)`` when it is at most ``cap``, else ``cap + 1`` — without computing a huge
+    binomial (C(4·10⁶, 2·10⁶) would take minutes)."""
+    k = min(n_prune, gs - n_prune)
+    if k < 0:
+        return 0
+    count = 1
+    for i in range(k):  # C(gs, i+1) = C(gs, i) (gs - i) / (i + 1), exact at every step
+        count = count * (gs - i) // (i + 1)
+        if count > cap:
+            return cap + 1
+    return count
+
+
 def prune_subsets(gs: int, n_prune: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """All ``C(gs, np)`` pruning subsets as block indices ``(n_sub, np)``, or ``None`` when there
     are more than ``MAX_SUBSETS`` (then selection is greedy)."""
-    if math.comb(gs, n_prune) > MAX_SUBSETS:
+    if count_subsets(gs, n_prune) > MAX_SUBSETS:
         return None
     subsets = list(combinations(range(gs), n_prune))
     return torch.tensor(subsets, dtype=torch.long, device=device).view(len(subsets), n_prune)

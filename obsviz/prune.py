@@ -10,10 +10,23 @@ from dataclasses import dataclass, field
 import torch
 
 from obsviz import baselines, modes
-from obsviz.estimate import BASELINES, METHODS, OBS_MODES, default_c_dtype
+from obsviz.estimate import (
+    BASELINES,
+    METHODS,
+    OBS_MODES,
+    available_memory,
+    default_c_dtype,
+    format_bytes,
+)
 from obsviz.geometry import Geometry
 from obsviz.hessian import damped, dead_columns, spd_inverse
-from obsviz.layout import coupled_closure, restrict_rows, row_steps
+from obsviz.layout import (
+    coupled_closure,
+    layout_bytes,
+    layout_shape,
+    restrict_rows,
+    row_steps,
+)
 from obsviz.metrics import rel_error
 
 __all__ = ["PruneResult", "prune", "METHODS", "OBS_MODES", "BASELINES", "resolve_device"]
@@ -151,6 +164,10 @@ def prune(
     Hu = H0.clone()
     torch.diagonal(Hu)[dead] = 1.0
     Hd = damped(H0, damp)
+    # Work at unit scale (mean diagonal 1): every decision and update is invariant to H's scale,
+    # and a fp16 per-row C must not overflow because the inputs were large.
+    scale = float(torch.diagonal(Hd).mean())
+    Hu, Hd = Hu / scale, Hd / scale
     report(0.0, "inverting the damped Hessian")
     C = spd_inverse(Hd)
     Wp = W0.clone()
@@ -165,6 +182,7 @@ def prune(
         options.update(ng=ng, chunk_size=chunk_size, order=order, scoring=scoring,
                        c_dtype=str(c_dt).removeprefix("torch."))
     report(0.0, "laying out blocks and scopes")
+    _check_layout_fits(geometry)
     layout = row_steps(geometry)
     if rows is not None:
         rows = _check_rows(rows, geometry.weight_shape[0])
@@ -192,6 +210,17 @@ def prune(
     return PruneResult(weight=Wp.to(W.device, W.dtype), mask=kept.to(W.device),
                        rel_error=error, seconds=seconds, method=method, options=options,
                        rows=None if rows is None else rows.cpu())
+
+
+def _check_layout_fits(geometry: Geometry) -> None:
+    need, free = layout_bytes(geometry), available_memory("cpu")
+    if free is not None and need > free // 2:
+        M, T, gs, Lb = layout_shape(geometry)
+        raise ValueError(
+            f"geometry={geometry.describe()} on {geometry.weight_shape}: its row-step layout "
+            f"({M} rows × {T} steps × {gs} blocks × {Lb}) needs {format_bytes(need)}, more than "
+            f"half of the {format_bytes(free)} free; scopes that span many rows with one block "
+            "per row are the usual cause — use a smaller scope")
 
 
 def _check_rows(rows, M: int) -> torch.Tensor:

@@ -184,3 +184,32 @@ def test_bad_input_raises_value_error_naming_the_argument(change, name):
         obsviz.prune(**args)
     assert re.search(rf"\b{name}\b", str(info.value)), str(info.value)
     assert torch.equal(args["W"], W_before) or torch.isnan(W_before).any()
+
+
+@pytest.mark.parametrize("method", ["full", "true_obs", "sparsegpt", "obd"])
+def test_results_do_not_depend_on_the_scale_of_h(method):
+    W, H = ref.random_layer(16, 32, seed=71)
+    geom = obsviz.Geometry.preset("2:4", (16, 32))
+    runs = [obsviz.prune(W, H * s, geom, 2, method=method) for s in (1e-6, 1.0, 1e6)]
+    for other in runs[1:]:
+        assert torch.equal(other.mask, runs[0].mask)
+        torch.testing.assert_close(other.weight, runs[0].weight, rtol=1e-9, atol=1e-12)
+
+
+def test_a_layout_that_would_not_fit_in_memory_is_refused_with_its_size(monkeypatch):
+    import sys
+
+    prune_module = sys.modules["obsviz.prune"]  # the module; obsviz.prune is the function
+    W, H = ref.random_layer(16, 32, seed=72)
+    geom = obsviz.Geometry((16, 32), block=(1, 1), scope=(-1, 1))   # one scope per column
+    monkeypatch.setattr(prune_module, "available_memory", lambda device: 1 << 16)
+    with pytest.raises(ValueError, match=r"row-step layout \(16 rows × 32 steps × 16 blocks"):
+        obsviz.prune(W, H, geom, 8, method="local")
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=ALL_IDS)
+def test_layout_shape_is_known_before_building_the_layout(case):
+    from obsviz.layout import layout_shape, row_steps
+
+    geom = case.geometry()
+    assert layout_shape(geom) == tuple(row_steps(geom).cols.shape)
