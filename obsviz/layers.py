@@ -77,7 +77,8 @@ def _max_bytes_from_env() -> int:
 
 
 DEFAULT_MAX_BYTES: int = _max_bytes_from_env()
-"""Largest layer file accepted, in bytes: 512 MiB unless ``OBSVIZ_MAX_UPLOAD_BYTES`` says so."""
+"""Largest layer file accepted, in bytes: 512 MiB unless ``OBSVIZ_MAX_UPLOAD_BYTES`` says so.
+The same limit caps the ``(K, K)`` Hessian a file holds (float32) or has built (float64)."""
 
 SAMPLE_DIR: Path = Path(__file__).resolve().parent.parent / "sample_data"
 SAMPLE_FILE = "minilm_l6.safetensors"
@@ -198,23 +199,49 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB ({n} bytes)"
 
 
-def _flatten_container(obj: object, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """Nested dicts/lists of tensors and numbers -> ``{"a.b": tensor}``."""
-    if isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    elif isinstance(obj, np.ndarray):
-        out[prefix] = torch.from_numpy(obj)
-    elif isinstance(obj, bool):
-        return  # flags carry no layer data
-    elif isinstance(obj, int | float):
-        out[prefix] = torch.tensor(obj)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten_container(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            _flatten_container(v, f"{prefix}.{i}" if prefix else str(i), out)
-    # strings and None: not tensors, skipped
+#: How deep and how big a ``.pt`` container may be: a layer file is a flat or shallow dict of
+#: tensors, so anything past these is refused before it costs time or memory.
+MAX_CONTAINER_DEPTH = 16
+MAX_CONTAINER_ENTRIES = 10_000
+
+
+def _flatten_container(obj: object, display: str) -> dict[str, torch.Tensor]:
+    """Nested dicts/lists of tensors -> ``{"a.b": tensor}``, walked without recursion.
+
+    Keeps tensors (and numpy arrays) plus plain numbers under a ``nsamples`` key; other numbers,
+    strings and ``None`` are skipped. Refuses containers nested deeper than
+    ``MAX_CONTAINER_DEPTH`` or holding more than ``MAX_CONTAINER_ENTRIES`` entries in all.
+    """
+    out: dict[str, torch.Tensor] = {}
+    stack: list[tuple[str, object, int]] = [("", obj, 0)]
+    seen = 0
+    while stack:
+        prefix, item, depth = stack.pop()
+        if isinstance(item, torch.Tensor):
+            out[prefix] = item
+        elif isinstance(item, np.ndarray):
+            out[prefix] = torch.from_numpy(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            if prefix.rpartition(".")[2] == "nsamples":
+                out[prefix] = torch.tensor(item)
+        elif isinstance(item, dict | list | tuple):
+            if depth >= MAX_CONTAINER_DEPTH:
+                raise LayerFileError(
+                    f"{display}: containers nested more than {MAX_CONTAINER_DEPTH} deep (at "
+                    f"{prefix or 'the top'!r}); a layer file is a dict of tensors such as "
+                    "{'name.weight': W, 'name.hessian': H}")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            seen += len(item)
+            if seen > MAX_CONTAINER_ENTRIES:
+                raise LayerFileError(
+                    f"{display}: holds more than {MAX_CONTAINER_ENTRIES:,} container entries; a "
+                    "layer file is a dict of a few tensors per layer (store numbers as tensors, "
+                    "not Python lists)")
+            # reversed: the stack pops them in file order
+            children = [(f"{prefix}.{k}" if prefix else str(k), v, depth + 1) for k, v in pairs]
+            stack.extend(reversed(children))
+        # strings, None, flags and other numbers: not layer data, skipped
+    return out
 
 
 def _zip_uncompressed_size(data: bytes | Path) -> int | None:
@@ -334,8 +361,7 @@ def _open_torch(src: bytes | Path, display: str) -> _Reader:
             "better, a .safetensors file") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise LayerFileError(f"{display}: not a readable torch file ({e})") from e
-    tensors: dict[str, torch.Tensor] = {}
-    _flatten_container(obj, "", tensors)
+    tensors = _flatten_container(obj, display)
     if not tensors:
         raise LayerFileError(
             f"{display}: holds no tensors (found {type(obj).__name__}); save a dict of tensors "
@@ -430,7 +456,8 @@ def _input_shape(shape: tuple[int, ...], display: str, name: str, key: str, K: i
     return (math.prod(shape[:-1]), K)
 
 
-def _info(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> LayerInfo:
+def _info(reader: _Reader, display: str, name: str, roles: dict[str, str],
+          max_bytes: int = DEFAULT_MAX_BYTES) -> LayerInfo:
     (M, K), _ = _weight_shape(reader.shape(roles["weight"]), display, name, roles["weight"])
     if "hessian" in roles:
         hs = reader.shape(roles["hessian"])
@@ -438,9 +465,25 @@ def _info(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> La
             raise LayerFileError(
                 f"{display}, layer {name!r}: Hessian {roles['hessian']!r} has shape {hs} but the "
                 f"weight is {(M, K)}; the Hessian must be (K, K) = {(K, K)}")
+        _check_hessian_size(K, 4, max_bytes, display, name, f"Hessian {roles['hessian']!r}")
         return LayerInfo(name, (M, K), f"hessian ({K}, {K})")
     N, _ = _input_shape(reader.shape(roles["inputs"]), display, name, roles["inputs"], K)
+    _check_hessian_size(K, 8, max_bytes, display, name,
+                        f"the Hessian built from inputs {roles['inputs']!r}")
     return LayerInfo(name, (M, K), f"inputs ({N}, {K})")
+
+
+def _check_hessian_size(K: int, itemsize: int, max_bytes: int, display: str, name: str,
+                        what: str) -> None:
+    """Refuse, from the shape alone, a ``(K, K)`` Hessian bigger than ``max_bytes``: a small file
+    of inputs ``(N, K)`` would otherwise make the loader allocate ``K * K`` float64."""
+    nbytes = K * K * itemsize
+    if nbytes > max_bytes:
+        dtype = "float64" if itemsize == 8 else "float32"
+        raise LayerFileError(
+            f"{display}, layer {name!r}: {what} is (K, K) with K = {K}, {_fmt_bytes(nbytes)} "
+            f"as {dtype}, over the limit of {_fmt_bytes(max_bytes)}; use a layer with fewer "
+            f"input columns, pass a larger max_bytes or set {MAX_BYTES_ENV}")
 
 
 def _as_float32(t: torch.Tensor, display: str, name: str, key: str) -> torch.Tensor:
@@ -491,8 +534,10 @@ def _symmetric(H: torch.Tensor, display: str, name: str, key: str) -> torch.Tens
     return (H + H.T) / 2 if asym > 0 else H
 
 
-def _load(reader: _Reader, display: str, name: str, roles: dict[str, str]) -> Layer:
-    info = _info(reader, display, name, roles)  # shape checks first, before tensors are read
+def _load(reader: _Reader, display: str, name: str, roles: dict[str, str],
+          max_bytes: int = DEFAULT_MAX_BYTES) -> Layer:
+    # shape and size checks first, before tensors are read or H is allocated
+    info = _info(reader, display, name, roles, max_bytes)
     M, K = info.weight_shape
     notes: list[str] = []
     w_key = roles["weight"]
@@ -544,7 +589,7 @@ def list_layers(path_or_bytes: str | os.PathLike | bytes, max_bytes: int = DEFAU
     Checks shapes (not values); raises :class:`LayerFileError` for a bad file.
     """
     reader, display, stem = _open(path_or_bytes, filename, max_bytes)
-    return [_info(reader, display, name, roles)
+    return [_info(reader, display, name, roles, max_bytes)
             for name, roles in _layer_keys(reader, display, stem).items()]
 
 
@@ -562,7 +607,7 @@ def load_layer(path_or_bytes: str | os.PathLike | bytes, name: str | None = None
     if name not in layers:
         raise LayerFileError(
             f"{display}: no layer named {name!r}; its layers are: {', '.join(layers)}")
-    return _load(reader, display, name, layers[name])
+    return _load(reader, display, name, layers[name], max_bytes)
 
 
 def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
@@ -623,7 +668,7 @@ def load_sample_layer(name: str) -> Layer:
     if name not in index:
         raise ValueError(f"name={name!r} is not a sample layer; valid: {', '.join(index)}")
     reader, display, stem = _open(index[name], None, 2**40)
-    layer = _load(reader, display, name, _layer_keys(reader, display, stem)[name])
+    layer = _load(reader, display, name, _layer_keys(reader, display, stem)[name], 2**40)
     described = _obsviz_meta(reader).get("source", {}).get(name)
     layer.source = f"sample: {described or index[name].name}"
     return layer

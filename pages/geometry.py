@@ -1,12 +1,15 @@
 """Geometry explorer: choose a geometry, see the blocks and scopes it induces on W."""
 
+import math
+
 import streamlit as st
 
 from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
 from obsviz.figures import geometry as gfig
+from obsviz.obs import MAX_SUBSETS, count_subsets
 
 from ui import state
-from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_shape
+from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_weight_shape
 
 st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
@@ -34,7 +37,7 @@ def shape_now() -> tuple[int, int]:
     if form["use_layer"] and layer is not None:
         return layer
     try:
-        M, K = parse_shape("weight_shape", form["weight"])
+        M, K = parse_weight_shape(form["weight"])
     except ValueError:
         return state.FALLBACK_SHAPE
     return M, K
@@ -44,7 +47,7 @@ def count(n: int) -> str:
     """A count that fits a metric: 73,728, 2.82 M or ~10^301."""
     if n < 1_000_000:
         return f"{n:,}"
-    return f"{n / 1e6:.2f} M" if n < 10**9 else f"~10^{len(str(n)) - 1}"
+    return f"{n / 1e6:.2f} M" if n < 10**9 else f"~10^{math.floor(math.log10(n))}"
 
 
 st.title("Geometry explorer")
@@ -149,17 +152,20 @@ with right:
     st.subheader("Facts")
     gs = facts.blocks_per_scope
     pruned = geom.pruned_per_scope(nnz)
-    subsets = geom.n_subsets(nnz)
+    # C(gs, np) only up to the enumeration limit: the exact binomial can take minutes
+    subsets = count_subsets(gs, pruned, cap=MAX_SUBSETS)
+    greedy = subsets > MAX_SUBSETS
     f1, f2 = st.columns(2)
     f1.metric("Blocks", count(facts.blocks),
               help=f"{facts.blocks:,} blocks of {facts.block_numel} weights each")
     f2.metric("Scopes", count(facts.scopes), help=f"{facts.scopes:,} scopes")
     f1.metric("Blocks / scope", gs, help="gs: blocks that compete in one scope")
     f2.metric("Pruned / scope", pruned, help=f"np = gs − nnz = {gs} − {nnz}")
-    f1.metric("Subsets / scope", count(subsets), help="C(gs, np): candidate masks enumerated "
-              "per scope"
-              + (" — above the enumeration limit, selection falls back to greedy"
-                 if subsets > 10_000 else ""))
+    f1.metric("Subsets / scope",
+              f"more than {MAX_SUBSETS:,} → greedy" if greedy else count(subsets),
+              help="C(gs, np): candidate masks enumerated per scope"
+              + (f" — above the enumeration limit of {MAX_SUBSETS:,}, selection falls back to "
+                 "greedy" if greedy else ""))
     f2.metric("Sparsity", f"{geom.sparsity(nnz):.1%}")
     coupled = (f"Yes: {facts.rows_per_scope} rows per scope" if facts.is_row_coupled
                else "No: every row decides alone")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, Geometry
 from obsviz.estimate import format_bytes
-from obsviz.prune import C_DTYPES, ORDERS, SCORINGS
+from obsviz.prune import ORDERS, SCORINGS
 
 from ui import layers, results, state
 
@@ -113,6 +113,9 @@ c_device.selectbox("Device", options, key="_p_device",
                    on_change=lambda: ss.__setitem__("device", ss["_p_device"]),
                    help="CUDA is offered when a GPU is visible.")
 methods = [m for m in METHODS if m in form["methods"]]
+dtypes = results.c_dtype_options(ss["device"])
+if form["c_dtype"] not in dtypes:   # e.g. float16 chosen on CUDA, then the device set to CPU
+    form["c_dtype"] = "auto"
 
 if {"split", "interleaved"} & set(methods) or "true_obs" in methods:
     with st.container(border=True):
@@ -138,11 +141,11 @@ if {"split", "interleaved"} & set(methods) or "true_obs" in methods:
                               args=("scoring",),
                               help="joint: enumerate subsets; independent: Σ w²/C_cc per "
                                    "block.")
-            dtypes = ["auto", "float16", "bfloat16", "float32", "float64"]
-            assert all(d in C_DTYPES for d in dtypes[1:])
             cols[5].selectbox("C dtype", dtypes, key=bind("c_dtype"), on_change=changed,
                               args=("c_dtype",),
-                              help="Per-row C precision; auto = fp16 on CUDA, fp32 on CPU.")
+                              help="Per-row C precision; auto = fp16 on CUDA, fp32 on CPU. "
+                                   "Half precision is offered on CUDA only (the CPU emulates "
+                                   "it, many times slower).")
 
 c_sample, c_n = st.columns([2, 1])
 c_sample.radio("Rows", ["all", "first", "every"], key=bind("sample"), on_change=changed,

@@ -131,3 +131,46 @@ def test_big_layer_stays_windowed():
     assert metrics(at)["Blocks"] == "2.82 M"
     charts = at.get("plotly_chart")
     assert charts and all(len(c.proto.spec) < 2_000_000 for c in charts)
+
+
+def test_huge_weight_shape_in_the_url_is_a_field_error():
+    at = open_geometry(pattern="2:4", weight="1000000, 1000000", nnz="2")
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith("weight_shape=(1000000, 1000000)")
+    assert "at most 268,435,456" in at.error[0].value
+    assert at.session_state["geometry"] is None and not at.metric
+
+
+def test_overlong_field_in_the_url_is_a_field_error():
+    at = open_geometry(pattern="free-form", weight="64, 128", nnz="2", view="", stride="",
+                       block="+".join(["1"] * 1500), scope="1, 4")
+    assert len(at.error) == 1 and "characters long" in at.error[0].value
+    assert at.error[0].value.startswith("block=")
+
+
+def test_an_unforeseen_engine_error_is_shown_not_raised(monkeypatch):
+    from ui import state
+
+    def broken(form, layer_shape):
+        raise RuntimeError("cannot allocate 10 TB")
+
+    monkeypatch.setattr(state, "build_geometry", broken)
+    state._resolve.clear()
+    try:
+        at = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
+    finally:
+        state._resolve.clear()   # nothing cached from the broken builder
+    assert len(at.error) == 1
+    assert "RuntimeError: cannot allocate 10 TB" in at.error[0].value
+    assert at.session_state["geometry"] is None
+
+
+def test_huge_subset_count_is_capped_and_says_greedy():
+    # one scope of 384 * 384 blocks, half kept: C(147456, 73728) has ~44,000 digits
+    at = open_geometry(pattern="free-form", weight="384, 384", nnz=str(384 * 384 // 2),
+                       view="", stride="", block="1, 1", scope="-1, -1")
+    facts = metrics(at)
+    assert facts["Subsets / scope"] == "more than 10,000 → greedy"
+    assert facts["Blocks / scope"] == f"{384 * 384}"
+    at = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
+    assert metrics(at)["Subsets / scope"] == "6"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from obsviz import modes
 
@@ -98,3 +99,138 @@ def test_compare_first_visit_offers_the_fast_modes():
     methods = [r.method for r in at.session_state["results"].values()]
     assert {"full", "sparsegpt", "magnitude"} <= set(methods)
     assert len(at.get("plotly_chart")) >= 5
+
+
+# ---- failures of every kind stay on the page --------------------------------------------------
+
+
+def test_an_unforeseen_error_fails_only_its_method_and_clears_pending(monkeypatch):
+    def broken(p, n_splits):
+        raise KeyError("a bug, not a ValueError")
+
+    monkeypatch.setattr(modes, "interleaved", broken)
+    at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
+    assert any("KeyError" in e.value and "a bug" in e.value for e in at.error)
+    assert [r.method for r in at.session_state["results"].values()] == ["full"]
+    assert [e["status"] for e in at.session_state["last_run"]] == ["done", "failed"]
+    assert at.session_state["run_pending"] == []
+    at.run()
+    assert not at.exception, at.exception
+    assert not any(e["status"] == "stopped" for e in at.session_state["last_run"])
+
+
+def test_a_stop_passes_through_and_leaves_the_rest_pending(monkeypatch):
+    from streamlit.runtime.scriptrunner import StopException
+
+    def stopped(p):
+        raise StopException()   # what Streamlit raises into a script the user stopped
+
+    monkeypatch.setattr(modes, "full", stopped)
+    at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
+    assert not at.error
+    assert at.session_state["run_pending"] == ["full", "sparsegpt"]
+    monkeypatch.undo()
+    at.run()   # the next run reports both as stopped
+    assert [(e["method"], e["status"]) for e in at.session_state["last_run"]] == [
+        ("full", "stopped"), ("sparsegpt", "stopped")]
+
+
+def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch):
+    from ui import results
+
+    def oom(p):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    released = []
+    monkeypatch.setattr(modes, "full", oom)
+    monkeypatch.setattr(results, "release_device_memory", released.append)
+    at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
+    assert any("ran out of memory on cpu; try a row sample" in e.value for e in at.error)
+    assert [e["status"] for e in at.session_state["last_run"]] == ["failed", "done"]
+    assert released == ["cpu", "cpu"]   # after each method, whatever its outcome
+
+
+def test_release_device_memory_empties_the_cuda_cache_only_on_cuda(monkeypatch):
+    from ui import results
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    results.release_device_memory("cpu")
+    assert calls == []
+    results.release_device_memory("cuda")
+    results.release_device_memory("cuda:0")
+    assert calls == ["empty", "empty"]
+
+
+def test_c_dtype_offers_half_precision_on_cuda_only():
+    from ui import results
+
+    assert results.c_dtype_options("cpu") == ["auto", "float32", "float64"]
+    assert results.c_dtype_options("cuda") == ["auto", "float16", "bfloat16", "float32",
+                                               "float64"]
+    at = open_page("pages/prune.py")
+    at.session_state["device"] = "cpu"
+    at.multiselect(key="_p_methods").set_value(["true_obs"]).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="_p_c_dtype").options == ["auto", "float32", "float64"]
+
+
+def test_a_failing_checkpoint_build_shows_its_message(monkeypatch):
+    from obsviz import calibrate
+
+    if calibrate.minilm_checkpoint_dir() is None:
+        pytest.skip("no local checkpoint installed")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(calibrate, "hessians_from_checkpoint", broken)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["layer_source"] = "checkpoint"
+    at.switch_page("pages/prune.py").run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Compute the Hessian").click().run()
+    assert not at.exception, at.exception
+    assert any("RuntimeError: mat1 and mat2" in e.value for e in at.error)
+
+
+# ---- uploads --------------------------------------------------------------------------------
+
+
+def test_an_upload_is_hashed_and_parsed_once(monkeypatch, tmp_path):
+    from obsviz import layers as L
+
+    from ui import layers as ui_layers
+
+    path = tmp_path / "mine.safetensors"
+    L.save_layers(path, [L.load_sample_layer("toy")])
+    data = path.read_bytes()
+    parsed, hashed = [], []
+    list_layers, digest_bytes = L.list_layers, ui_layers.digest_bytes
+
+    def counting_list(*args, **kwargs):
+        parsed.append(1)
+        return list_layers(*args, **kwargs)
+
+    def counting_digest(*parts):
+        hashed.extend(p for p in parts if isinstance(p, bytes) and len(p) == len(data))
+        return digest_bytes(*parts)
+
+    monkeypatch.setattr(L, "list_layers", counting_list)
+    monkeypatch.setattr(ui_layers, "digest_bytes", counting_digest)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["layer_source"] = "upload"
+    at.switch_page("pages/prune.py").run()
+    at.file_uploader(key="_p_upload").set_value(
+        ("mine.safetensors", data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["user_layer"].label == "mine.safetensors · toy"
+    digest = at.session_state["user_layer"].digest
+    for _ in range(2):
+        at.run()
+        assert not at.exception, at.exception
+    assert len(parsed) == 1 and len(hashed) == 1
+    assert at.session_state["user_layer"].digest == digest
+    assert any(b.label == "Run" for b in at.button)

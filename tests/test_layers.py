@@ -364,3 +364,71 @@ def test_unknown_layer_name_lists_the_valid_ones(tmp_path: Path) -> None:
     save_layers(path, [Layer("only", _weight(2, 8), H.float(), 1, "", [])])
     with pytest.raises(LayerFileError, match="no layer named 'other'; its layers are: only"):
         load_layer(path, "other")
+
+
+# ---- size of what a small file makes the loader build ----------------------------------------
+
+
+def test_inputs_with_a_huge_k_are_refused_from_their_shape(tmp_path: Path, monkeypatch) -> None:
+    # ~2.4 MB on disk, but H = XᵀX / N would be 400k × 400k float64 (1.2 TB)
+    K = 400_000
+    path = tmp_path / "wide.safetensors"
+    save_file({"wide.weight": torch.zeros(1, K), "wide.inputs": torch.zeros(1, K).half()},
+              str(path))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the Hessian must be refused before it is allocated")
+
+    monkeypatch.setattr(layers_mod, "HessianAccumulator", never)
+    pattern = (r"wide.safetensors, layer 'wide': the Hessian built from inputs 'wide.inputs' is "
+               rf"\(K, K\) with K = {K}, .* over the limit of 512.0 MiB")
+    with pytest.raises(LayerFileError, match=pattern):
+        list_layers(path)
+    with pytest.raises(LayerFileError, match=pattern):
+        load_layer(path.read_bytes(), filename="wide.safetensors")
+
+
+def test_hessian_over_the_limit_is_refused_from_its_shape(tmp_path: Path) -> None:
+    _, H = _psd(64)
+    path = tmp_path / "h.safetensors"
+    save_file({"weight": _weight(2, 64), "hessian": H.half()}, str(path))  # 8 KiB of H on disk
+    assert path.stat().st_size < 12_000
+    with pytest.raises(LayerFileError, match=r"layer 'h': Hessian 'hessian' is \(K, K\) with "
+                                             r"K = 64, 16384 bytes as float32, over the limit "
+                                             r"of 12000 bytes"):
+        load_layer(path, max_bytes=12_000)
+    assert load_layer(path, max_bytes=20_000).hessian.shape == (64, 64)
+
+
+def test_deeply_nested_torch_file_is_refused(tmp_path: Path) -> None:
+    _, H = _psd(8)
+    deep: object = [1.0]
+    for _ in range(40):
+        deep = [deep]
+    path = tmp_path / "deep.pt"
+    torch.save({"l.weight": _weight(2, 8), "l.hessian": H.float(), "junk": deep}, path)
+    with pytest.raises(LayerFileError, match="deep.pt: containers nested more than 16 deep"):
+        list_layers(path)
+
+
+def test_flattening_never_recurses() -> None:
+    # far deeper than Python's recursion limit: refused, not a RecursionError
+    deep: object = [1.0]
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(LayerFileError, match="nested more than 16 deep"):
+        layers_mod._flatten_container({"junk": deep}, "x.pt")
+
+
+def test_torch_file_with_many_python_numbers_is_refused(tmp_path: Path) -> None:
+    _, H = _psd(8)
+    path = tmp_path / "ints.pt"
+    torch.save({"l.weight": _weight(2, 8), "l.hessian": H.float(), "ids": list(range(20_000))},
+               path)
+    with pytest.raises(LayerFileError, match="ints.pt: holds more than 10,000 container entries"):
+        list_layers(path)
+    # numbers other than nsamples are skipped, not turned into tensors
+    torch.save({"l.weight": _weight(2, 8), "l.hessian": H.float(), "l.nsamples": 64,
+                "ids": list(range(100))}, path)
+    assert list_layers(path) == [LayerInfo("l", (2, 8), "hessian (8, 8)")]
+    assert load_layer(path).nsamples == 64

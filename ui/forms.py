@@ -28,6 +28,12 @@ _ARG_FIELD = {
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
+#: Longest text a shape field takes (a real shape is a few numbers; the URL can carry anything).
+MAX_FIELD_CHARS = 200
+#: Most weights a typed shape may have: above 4096 × 11008 (45 M), below what the per-weight maps
+#: of the layout would need on a big machine. A loaded layer's own shape is never capped here.
+MAX_WEIGHTS = 2**28
+
 
 def default_form(weight_shape: tuple[int, int] = (384, 384)) -> dict:
     """A fresh form: ``2:4`` on ``weight_shape``, its free-form fields filled from the preset."""
@@ -65,17 +71,43 @@ def parse_shape(name: str, text: str, M: int | None = None, K: int | None = None
     Raises:
         ValueError: naming ``name``, the text and what went wrong.
     """
+    if len(text) > MAX_FIELD_CHARS:
+        raise ValueError(f"{name}={_short(text)} is {len(text):,} characters long; a shape is "
+                         f"at most {MAX_FIELD_CHARS}, like 1, 4 or M, K/16, 8, 2")
     body = text.strip().strip("()[]").strip()
     if not body:
         raise ValueError(f"{name}={text!r} is empty; give comma-separated integers like 1, 4")
     names = {k: v for k, v in (("M", M), ("K", K)) if v is not None}
     try:
         tree = ast.parse(f"({body},)", mode="eval").body
+        return tuple(_eval(name, text, node, names) for node in tree.elts)
     except SyntaxError:
         raise ValueError(
             f"{name}={text!r} is not a list of integers; write e.g. 1, 4 or M, K/16, 8, 2"
         ) from None
-    return tuple(_eval(name, text, node, names) for node in tree.elts)
+    except (RecursionError, MemoryError, OverflowError):
+        raise ValueError(
+            f"{name}={_short(text)} is too deeply nested or too large to evaluate; write plain "
+            "integers like 1, 4 or M, K/16, 8, 2") from None
+
+
+def _short(text: str, n: int = 24) -> str:
+    """``text`` quoted, cut to its first ``n`` characters (a message must stay readable)."""
+    return repr(text) if len(text) <= n else f"{text[:n]!r}…"
+
+
+def parse_weight_shape(text: str) -> tuple[int, int]:
+    """``"M, K"`` -> ``(M, K)``, refusing shapes of more than ``MAX_WEIGHTS`` weights.
+
+    Raises:
+        ValueError: starting ``weight_shape=``, saying what is wrong and the limit.
+    """
+    M, K = _two(parse_shape("weight_shape", text))
+    if M * K > MAX_WEIGHTS:
+        raise ValueError(
+            f"weight_shape={(M, K)} has {M * K:,} weights; a typed shape may have at most "
+            f"{MAX_WEIGHTS:,} (2**28, e.g. 16384 × 16384)")
+    return M, K
 
 
 def _eval(name: str, text: str, node: ast.AST, names: dict[str, int]) -> int:
@@ -125,7 +157,7 @@ def build_geometry(form: dict, layer_shape: tuple[int, int] | None
         if form.get("use_layer") and layer_shape is not None:
             M, K = layer_shape
         else:
-            M, K = _two(parse_shape("weight_shape", form["weight"]))
+            M, K = parse_weight_shape(form["weight"])
         geom, nnz = _geometry(form, M, K)
         geom.check_nnz(nnz)
         geom.nnz = nnz  # a fresh object: it carries the chosen budget from here on

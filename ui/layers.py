@@ -6,6 +6,9 @@ Session-state keys (see also ``ui.state``):
 - ``layer_source``: ``"sample" | "upload" | "checkpoint"``, the source the Prune page uses.
 - ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint.
   Sample layers stay under ``layer_name`` (``ui.state``), shared with the sidebar.
+- ``_p_upload_parsed``: ``dict`` for the file in the uploader: ``id`` (its file id, name and
+  size), ``digest`` (of its bytes), ``contents`` (``upload_contents``) or ``error``. Read once
+  per upload, so a rerun neither re-hashes nor re-parses a file of hundreds of MB.
 
 Every layer is identified by a content digest, so results are cached by what they ran on, not
 by a name that could mean two things.
@@ -66,7 +69,6 @@ def sample(name: str) -> ActiveLayer | None:
     return ActiveLayer(layer, _sample_digest(name), name, "sample")
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
 def upload_contents(data: bytes, filename: str) -> list[tuple[str, tuple[int, int], str]]:
     """``(name, weight shape, where H comes from)`` of every layer in an uploaded file.
 
@@ -77,10 +79,13 @@ def upload_contents(data: bytes, filename: str) -> list[tuple[str, tuple[int, in
             for i in L.list_layers(data, filename=filename)]
 
 
-def from_upload(data: bytes, filename: str, name: str) -> ActiveLayer:
-    """Layer ``name`` of an uploaded file. Raises ``LayerFileError``."""
+def from_upload(data: bytes, filename: str, name: str, file_digest: str | None = None
+                ) -> ActiveLayer:
+    """Layer ``name`` of an uploaded file (``file_digest``: ``digest_bytes(data)`` when already
+    known). Raises ``LayerFileError``."""
+    digest = digest_bytes(file_digest or digest_bytes(data), name)
     layer = L.load_layer(data, name, filename=filename)
-    return ActiveLayer(layer, digest_bytes(data, name), f"{filename} · {name}", "upload")
+    return ActiveLayer(layer, digest, f"{filename} · {name}", "upload")
 
 
 def active() -> ActiveLayer | None:
@@ -151,12 +156,11 @@ def _upload_widgets() -> None:
         st.caption("Keys like `fc1.weight` + `fc1.hessian` (or `fc1.inputs`); a file with one "
                    "layer may use plain `weight` and `hessian`.")
         return
-    data = upload.getvalue()
-    try:
-        contents = upload_contents(data, upload.name)
-    except L.LayerFileError as err:
-        st.error(str(err), icon="⚠️")
+    parsed = _parsed_upload(upload)
+    if parsed["error"] is not None:
+        st.error(parsed["error"], icon="⚠️")
         return
+    contents = parsed["contents"]
     names = [name for name, _, _ in contents]
     describe = {name: f"{name} · {M} × {K} · H from {src}" for name, (M, K), src in contents}
     if ss.get("_p_upload_layer") not in names:
@@ -164,14 +168,37 @@ def _upload_widgets() -> None:
     name = st.selectbox("Layer in the file", names, key="_p_upload_layer",
                         format_func=describe.get)
     user = ss.get("user_layer")
-    wanted = digest_bytes(data, name)
-    if user is None or user.digest != wanted:
+    if user is None or user.digest != digest_bytes(parsed["digest"], name):
         try:
             with st.spinner(f"Loading {name}…"):
-                ss["user_layer"] = from_upload(data, upload.name, name)
-        except L.LayerFileError as err:
-            st.error(str(err), icon="⚠️")
+                ss["user_layer"] = from_upload(upload.getvalue(), upload.name, name,
+                                               parsed["digest"])
+        except Exception as err:
+            st.error(_message(err), icon="⚠️")
             ss["user_layer"] = None
+
+
+def _parsed_upload(upload) -> dict:
+    """The uploaded file's digest and layer list, computed once per file (keyed on the
+    uploader's file id, name and size) and kept in ``_p_upload_parsed``."""
+    ss = st.session_state
+    ident = [upload.file_id, upload.name, upload.size]
+    parsed = ss.get("_p_upload_parsed")
+    if parsed is None or parsed["id"] != ident:
+        data = upload.getvalue()
+        parsed = {"id": ident, "digest": digest_bytes(data), "contents": None, "error": None}
+        try:
+            parsed["contents"] = upload_contents(data, upload.name)
+        except Exception as err:
+            parsed["error"] = _message(err)
+        ss["_p_upload_parsed"] = parsed
+    return parsed
+
+
+def _message(err: Exception) -> str:
+    """The error's own message; anything unforeseen also says what kind of error it was."""
+    expected = isinstance(err, ValueError | OSError | ImportError)   # LayerFileError included
+    return str(err) if expected else f"{type(err).__name__}: {err}"
 
 
 def _checkpoint_widgets() -> None:
@@ -187,8 +214,8 @@ def _checkpoint_widgets() -> None:
         return
     try:
         names = _linear_layers(str(model_dir))
-    except (ImportError, ValueError) as err:
-        st.info(f"The checkpoint cannot be read here: {err}")
+    except Exception as err:
+        st.info(f"The checkpoint cannot be read here: {_message(err)}")
         return
     c_layer, c_tokens = st.columns([2, 1])
     c_layer.selectbox("Linear layer of all-MiniLM-L6-v2", names, key="_p_ckpt_layer",
@@ -212,8 +239,9 @@ def _checkpoint_widgets() -> None:
             layer = calibrate.hessians_from_checkpoint(
                 model_dir, text, [name], max_tokens=tokens,
                 progress=lambda f, m: bar.progress(min(1.0, f), m))[0]
-        except (ImportError, ValueError, OSError) as err:
-            st.error(str(err), icon="⚠️")
+        except Exception as err:   # ValueError, OSError, RuntimeError from the model, …
+            bar.empty()
+            st.error(_message(err), icon="⚠️")
             return
         ss["user_layer"] = ActiveLayer(layer, wanted, f"MiniLM · {name}", "checkpoint")
         st.rerun()

@@ -97,6 +97,18 @@ def c_dtype(name: str) -> torch.dtype | None:
     return None if name == "auto" else C_DTYPES[name]
 
 
+def c_dtype_options(device: str) -> list[str]:
+    """C dtypes worth offering on ``device``: ``auto`` first, then one name per dtype.
+
+    Half precision is a GPU format: on the CPU it is emulated and many times slower than
+    float32, so the CPU gets only 32 and 64 bits.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    # one name per dtype, torch's own ("float16", not the aliases "fp16", "half")
+    canonical = [n for n, d in C_DTYPES.items() if n == str(d).removeprefix("torch.")]
+    return ["auto", *(n for n in canonical if on_cuda or torch.finfo(C_DTYPES[n]).bits >= 32)]
+
+
 def describe(job: Job, method: str) -> str:
     """``true_obs (ng=8)``: the method and the options that set it apart."""
     opts = job.method_options(method)
@@ -201,37 +213,51 @@ def run_methods(job: Job, methods: list[str]) -> list[dict]:
     """Run ``methods`` one after the other, each in its own status box with a progress bar.
 
     Each finished result is stored before the next method starts, so stopping the run (any
-    click makes Streamlit rerun the page) keeps what is done. A method that fails or would not
-    fit shows why and the others go on. Returns the run's ``last_run`` entries.
+    click makes Streamlit rerun the page) keeps what is done. A method that fails, whatever the
+    error, or would not fit shows why and the others go on. Returns the run's ``last_run``
+    entries.
     """
     ss = st.session_state
     ss["last_run"] = []
     ss["run_pending"] = list(methods)
-    fits = {e["method"]: e for e in estimate(job, methods)}
     rows = job.rows()
     for method in methods:
         label = describe(job, method)
-        key = run_key(job, method)
         entry: dict = {"method": method, "label": label}
         with st.status(f"{label}: waiting…", expanded=True) as box:
-            if key in store():
-                run = store()[key]
-                entry |= {"status": "cached", "key": key}
-                box.update(label=_done_text(label, run, cached=True), state="complete",
-                           expanded=False)
-            elif not fits[method]["fits"]:
-                e = fits[method]
-                message = (f"needs about {format_bytes(e['memory'])} but "
-                           f"{format_bytes(e['free'])} is free on {job.device}; try a row "
-                           "sample (first N rows) or a smaller chunk size")
-                entry |= {"status": "refused", "message": message}
-                st.error(f"{method} was not run: {message}.", icon="⚠️")
-                box.update(label=f"{label}: would not fit in memory", state="error")
-            else:
-                entry |= _run_one(job, method, key, rows, label, box)
+            # Exception, not BaseException: Streamlit's Stop/Rerun (ScriptControlException) must
+            # pass through, leaving ``run_pending`` for ``note_stopped`` to report.
+            try:
+                entry |= _run_or_refuse(job, method, rows, label, box)
+            except Exception as err:
+                entry |= _failed(method, label, box, f"{type(err).__name__}: {err}")
         ss["last_run"].append(entry)
         ss["run_pending"] = [m for m in ss["run_pending"] if m != method]
     return ss["last_run"]
+
+
+def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str, box) -> dict:
+    key = run_key(job, method)
+    if key in store():
+        box.update(label=_done_text(label, store()[key], cached=True), state="complete",
+                   expanded=False)
+        return {"status": "cached", "key": key}
+    fit = estimate(job, [method])[0]   # free memory as it is now, after the methods before
+    if not fit["fits"]:
+        message = (f"needs about {format_bytes(fit['memory'])} but "
+                   f"{format_bytes(fit['free'])} is free on {job.device}; try a row "
+                   "sample (first N rows) or a smaller chunk size")
+        st.error(f"{method} was not run: {message}.", icon="⚠️")
+        box.update(label=f"{label}: would not fit in memory", state="error")
+        return {"status": "refused", "message": message}
+    return _run_one(job, method, key, rows, label, box)
+
+
+def release_device_memory(device: str) -> None:
+    """Hand cached GPU blocks back after a method, so the next one (and the estimate of free
+    memory) starts from what is really in use. Nothing to do on the CPU."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: str,
@@ -253,11 +279,12 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
                        c_dtype=c_dtype(job.options["c_dtype"]),
                        **{k: v for k, v in job.method_options(method).items() if k != "c_dtype"})
         report = metrics.summarize(W, H, job.geometry, result)
-    except torch.OutOfMemoryError:
-        message = (f"ran out of memory on {job.device}; try a row sample (first N rows) or a "
-                   "smaller chunk size")
-    except (ValueError, RuntimeError, NotImplementedError) as err:
-        message = str(err)
+    except torch.cuda.OutOfMemoryError:
+        message = (f"ran out of memory on {job.device}; try a row sample (first N rows or "
+                   "every k-th row) or a smaller chunk size")
+    except Exception as err:
+        message = str(err) if isinstance(err, ValueError | NotImplementedError) \
+            else f"{type(err).__name__}: {err}"
     else:
         report["device"] = job.device
         report["layer"] = job.layer.label
@@ -265,7 +292,13 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
         bar.empty()
         box.update(label=_done_text(label, store()[key]), state="complete", expanded=False)
         return {"status": "done", "key": key}
+    finally:
+        release_device_memory(job.device)
     bar.empty()
+    return _failed(method, label, box, message)
+
+
+def _failed(method: str, label: str, box, message: str) -> dict:
     st.error(f"{method} failed: {message}", icon="⚠️")
     box.update(label=f"{label}: failed", state="error", expanded=True)
     return {"status": "failed", "message": message}

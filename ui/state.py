@@ -232,7 +232,11 @@ def resolve_geometry() -> tuple[Geometry | None, int | None, dict[str, str]]:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _resolve(form_key: str, layer_shape: tuple[int, int] | None
              ) -> tuple[Geometry | None, int | None, dict[str, str]]:
-    return build_geometry(json.loads(form_key), layer_shape)
+    try:
+        return build_geometry(json.loads(form_key), layer_shape)
+    except Exception as err:  # anything the engine did not foresee: a message, never a traceback
+        return None, None, {"pattern": f"This geometry could not be built "
+                                       f"({type(err).__name__}: {err}); try a smaller shape."}
 
 
 def current_geometry() -> Geometry | None:
