@@ -16,6 +16,12 @@ def row_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tenso
     return ((dW @ H.to(torch.float64)) * dW).sum(1)
 
 
+def row_rel_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``(M,)``: ``sqrt(ΔW_r H ΔW_rᵀ / W0_r H W0_rᵀ)``, each row's relative output error."""
+    ref = row_error(torch.zeros_like(W0), W0, H).clamp(min=1e-30)
+    return torch.sqrt(row_error(W0, W, H).clamp(min=0) / ref)
+
+
 def element_contribution(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """``(M, K)``: ``ΔW ⊙ (ΔW H)``; each row sums to that row's error."""
     dW = (W - W0).to(torch.float64)
@@ -81,9 +87,7 @@ def summarize(W0: torch.Tensor, H: torch.Tensor, geometry: Geometry, result) -> 
     W0r, Wr, mask = W0, result.weight.to(W0.device), result.mask.to(W0.device)
     if rows is not None:
         W0r, Wr, mask = W0[rows], result.weight[rows], result.mask[rows]
-    per_row = row_error(W0r, Wr, H)
-    ref = row_error(torch.zeros_like(W0r), W0r, H).clamp(min=1e-30)
-    rel_row = torch.sqrt(per_row.clamp(min=0) / ref)
+    rel_row = row_rel_error(W0r, Wr, H)
     q = torch.quantile(rel_row, torch.tensor([0.5, 0.9, 0.99], dtype=rel_row.dtype,
                                              device=rel_row.device))
     valid = validity(result.mask, geometry, result.options.get("nnz", 0), rows=rows)

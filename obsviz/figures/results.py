@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 
 from obsviz.estimate import METHODS
 from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool2d
-from obsviz.metrics import element_contribution, row_error
+from obsviz.metrics import element_contribution, row_rel_error
 
 #: Most heatmap cells one figure sends to the browser, all panels together.
 MAX_CELLS = 250_000
@@ -105,13 +105,11 @@ def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
     weight, mask = weight.detach().cpu(), mask.detach().cpu()
     contribution = element_contribution(W0, weight, H)
     sel = slice(None) if rows is None else rows.cpu()
-    per_row = row_error(W0[sel], weight[sel], H)
-    ref = row_error(torch.zeros_like(W0[sel]), W0[sel], H).clamp(min=1e-30)
     return ResultMaps(
         error=contribution.to(torch.float32).numpy(),
         mask=mask.to(torch.float32).numpy(),
         delta=(weight - W0).abs().to(torch.float32).numpy(),
-        row_rel_error=torch.sqrt(per_row.clamp(min=0) / ref).to(torch.float32).numpy(),
+        row_rel_error=row_rel_error(W0[sel], weight[sel], H).to(torch.float32).numpy(),
     )
 
 
