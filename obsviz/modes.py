@@ -179,9 +179,10 @@ def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 
 def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
              c_dtype: torch.dtype) -> torch.Tensor:
-    """Exact OBS per row: every row keeps its own C, Schur-downdated after every batch of ``ng``
-    scopes, so each decision sees all earlier ones. Coupled rows (one scope over several rows)
-    are processed in the same chunk and decide together."""
+    """Exact OBS per row: every row keeps its own C, Schur-downdated as its weights go, so each
+    decision sees all earlier ones (``ng`` steps are decided on the batch's small system, then
+    applied to the K × K C at once: see :func:`decide_batch`). Coupled rows (one scope over
+    several rows) are processed in the same chunk and decide together."""
     layout = p.layout
     M, K = p.W.shape
     chunks = row_chunks(layout, chunk_size)
@@ -198,9 +199,10 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         W = p.W[rows]
         C = p.C.to(c_dtype).expand(rows.numel(), K, K).clone()
         kept_c = torch.ones_like(W, dtype=torch.bool)
+        cols_c, scope_c = layout.cols[rows], layout.scope[rows]
         for ts in batches:
-            cols = layout.cols[rows][:, ts]                                # (B, nt, gs, Lb)
-            scope = layout.scope[rows][:, ts]                              # (B, nt)
+            cols = cols_c[:, ts]                                           # (B, nt, gs, Lb)
+            scope = scope_c[:, ts]                                         # (B, nt)
             S = cols.reshape(rows.numel(), -1)                             # the batch's columns
             if not bool((S >= 0).any()):
                 continue
