@@ -39,7 +39,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from obsviz import Geometry
+from obsviz import Geometry, layers
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
 
@@ -62,19 +62,7 @@ def device_options() -> list[str]:
     return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
 
 
-def _layers_module() -> Any | None:
-    """``obsviz.layers`` when it is importable (the app works without it)."""
-    try:
-        from obsviz import layers
-    except ImportError:
-        return None
-    return layers
-
-
 def sample_layer_names() -> list[str]:
-    layers = _layers_module()
-    if layers is None:
-        return []
     try:
         return list(layers.sample_layer_names())
     except Exception:  # a broken sample set must not take the app down
@@ -83,7 +71,7 @@ def sample_layer_names() -> list[str]:
 
 @st.cache_resource(show_spinner="Loading the sample layer…", max_entries=2)
 def _load_layer(name: str) -> Any:
-    return _layers_module().load_sample_layer(name)
+    return layers.load_sample_layer(name)
 
 
 def loaded_layer() -> Any | None:
@@ -112,7 +100,7 @@ def init_state() -> None:
     if "layer_name" not in ss:
         names = sample_layer_names()
         wanted = st.query_params.get("layer")
-        default = getattr(_layers_module(), "DEFAULT_SAMPLE", None)
+        default = layers.DEFAULT_SAMPLE
         ss["layer_name"] = (wanted if wanted in names
                             else default if default in names
                             else names[0] if names else None)
