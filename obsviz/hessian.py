@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -53,6 +54,14 @@ def hessian_from_inputs(X: torch.Tensor | Iterable[torch.Tensor], batch: int = 4
 def dead_columns(H: torch.Tensor) -> torch.Tensor:
     """``(K,)`` bool: inputs that never fire (zero Hessian diagonal)."""
     return torch.diagonal(H) == 0
+
+
+def check_damp(damp: float) -> float:
+    """``damp`` as a float, or a ``ValueError`` unless it is a finite number ``>= 0``."""
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (
+            math.isfinite(damp) and damp >= 0):
+        raise ValueError(f"damp={damp!r} must be a finite number >= 0")
+    return float(damp)
 
 
 def damping(H: torch.Tensor, damp: float) -> float:

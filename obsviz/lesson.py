@@ -20,7 +20,7 @@ import torch
 
 from obsviz import obs
 from obsviz.geometry import Geometry
-from obsviz.hessian import damped, damping, dead_columns, inverse_hessian
+from obsviz.hessian import check_damp, damped, damping, dead_columns, inverse_hessian
 from obsviz.layout import row_steps
 from obsviz.metrics import row_error
 
@@ -89,6 +89,13 @@ class LessonStep:
         """What ``local``/``full`` would prune here (indices into ``candidates``)."""
         return _chosen(self.frozen_costs, self.candidates, self.greedy, len(self.pruned_blocks))
 
+    @property
+    def max_cost_change(self) -> float:
+        """The largest relative change from ``frozen_costs`` to ``costs`` over the candidates:
+        how far what this row has been through moved the prices."""
+        change = (self.costs - self.frozen_costs).abs() / self.frozen_costs.abs().clamp(min=1e-30)
+        return float(change.max())
+
     def candidate_cols(self, i: int) -> list[int]:
         """The W columns candidate ``i`` would prune, ascending."""
         blocks = self.block_cols
@@ -146,8 +153,7 @@ class Lesson:
         M, K = geometry.weight_shape
         if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < M:
             raise ValueError(f"row={row!r} must be an integer in [0, {M})")
-        if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp >= 0:
-            raise ValueError(f"damp={damp!r} must be a number >= 0")
+        damp = check_damp(damp)
         if geometry.is_row_coupled:
             raise _row_coupled(geometry)
 
@@ -204,7 +210,7 @@ class Lesson:
                 pruned_cols=tuple(sorted(int(c) for c in P[0].tolist() if c >= 0)),
                 w_before=w_before, w_after=w_after, C_before=C_before, C_after=Cr[0].clone(),
                 error=e, rel_error=(e / ref) ** 0.5 if ref > 0 else 0.0))
-        return cls(geometry=geometry, nnz=int(nnz), row=row, damp=float(damp), w0=w0,
+        return cls(geometry=geometry, nnz=int(nnz), row=row, damp=damp, w0=w0,
                    w_start=w, H=Hs, Hd=Hd, C=C, lam=damping(Hs, damp), dead=dead,
                    n_prune=n_prune, steps=tuple(steps), start_error=start_error, ref=ref)
 
@@ -244,6 +250,24 @@ class Lesson:
         """W columns pruned by the first ``n`` steps, ascending."""
         self._check_n(n)
         return sorted(c for s in self.steps[:n] for c in s.pruned_cols)
+
+    def free_cols_after(self, n: int) -> list[int]:
+        """W columns not pruned by the first ``n`` steps, ascending: the ones step ``n``'s update
+        moved (and later steps may still move)."""
+        pruned = set(self.pruned_cols_after(n))
+        return [c for c in range(self.K) if c not in pruned]
+
+    def largest_move(self, n: int) -> int | None:
+        """The column step ``n`` (1-based) moved most among those it left free (the first such
+        on a tie); ``None`` when it left none."""
+        if not 1 <= n <= self.n_steps:
+            raise ValueError(f"n={n!r} must be in [1, {self.n_steps}] (steps of this lesson)")
+        free = torch.tensor(self.free_cols_after(n), dtype=torch.long)
+        if free.numel() == 0:
+            return None
+        step = self.steps[n - 1]
+        shift = (step.w_after - step.w_before).abs()[free]
+        return int(free[torch.argmax(shift)])
 
     def _check_n(self, n: int) -> None:
         if not 0 <= n <= self.n_steps:

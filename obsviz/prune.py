@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from obsviz.estimate import (
     format_bytes,
 )
 from obsviz.geometry import Geometry
-from obsviz.hessian import damped, dead_columns, spd_inverse
+from obsviz.hessian import check_damp, damped, dead_columns, spd_inverse
 from obsviz.layout import (
     coupled_closure,
     layout_bytes,
@@ -141,9 +140,7 @@ def prune(
         raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
     check_inputs(W, H, geometry)
     geometry.check_nnz(nnz)
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (
-            math.isfinite(damp) and damp >= 0):
-        raise ValueError(f"damp={damp!r} must be a finite number >= 0")
+    check_damp(damp)
     n_splits = _positive_int("n_splits", n_splits)
     ng = _positive_int("ng", ng)
     chunk_size = _positive_int("chunk_size", chunk_size)

@@ -1,6 +1,5 @@
 """Compare: pruning results side by side — where each method puts its error, and how much."""
 
-import numpy as np
 import streamlit as st
 
 from obsviz import DEFAULT_SAMPLE, Geometry
@@ -163,9 +162,7 @@ if len(chosen) >= 2:
     if a == b:
         st.info("Pick two different results.")
     else:
-        diff_rows = maps[a].error.sum(1, dtype=np.float64) - maps[b].error.sum(1,
-                                                                               dtype=np.float64)
-        worse = int((diff_rows > 0).sum())
+        worse = rfig.rows_losing_more(maps[a].error, maps[b].error)
         st.plotly_chart(rfig.difference_figure(maps[a].error, maps[b].error, a, b,
                                                window=window),
                         config=config, key="_c_fig_diff")

@@ -1,14 +1,12 @@
 """Geometry explorer: choose a geometry, see the blocks and scopes it induces on W."""
 
-import math
-
 import streamlit as st
 
-from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
+from obsviz.estimate import format_bytes
 from obsviz.figures import geometry as gfig
-from obsviz.obs import MAX_SUBSETS, count_subsets
+from obsviz.obs import MAX_SUBSETS
 
-from ui import state
+from ui import facts, state
 from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_weight_shape
 
 st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_view:",
@@ -18,18 +16,13 @@ form = state.geometry_form()
 ss = st.session_state
 
 
-def bind(field: str) -> str:
-    """The widget key of a form field, primed with the form's value (widgets forget their
-    state when the page is left; the form remembers)."""
-    key = f"_g_{field}"
-    ss[key] = form[field]
-    return key
-
-
-def changed(field: str) -> None:
-    form[field] = ss[f"_g_{field}"]
+def refill(field: str) -> None:
+    """After a change of pattern (or of the shape it is laid on), refill the free-form fields."""
     if field in ("pattern", "n", "m") or (field == "use_layer" and form["pattern"] != "free-form"):
         form.update(fill_from_preset(form, shape_now()))
+
+
+bind, changed = state.form_widgets("geometry_form", "_g_", after=refill)
 
 
 def shape_now() -> tuple[int, int]:
@@ -41,13 +34,6 @@ def shape_now() -> tuple[int, int]:
     except ValueError:
         return state.FALLBACK_SHAPE
     return M, K
-
-
-def count(n: int) -> str:
-    """A count that fits a metric: 73,728, 2.82 M or ~10^301."""
-    if n < 1_000_000:
-        return f"{n:,}"
-    return f"{n / 1e6:.2f} M" if n < 10**9 else f"~10^{math.floor(math.log10(n))}"
 
 
 st.title("Geometry explorer")
@@ -108,7 +94,7 @@ if geom is None:
 
 # ---- see --------------------------------------------------------------------------------------
 maps = state.maps_of(geom)
-facts = maps.facts
+counts = maps.facts
 M, K = geom.weight_shape
 st.caption(f"**{geom.name or 'free-form'}** on W {M} × {K}: {geom.describe()}, nnz = {nnz}")
 
@@ -150,34 +136,25 @@ with left:
 
 with right:
     st.subheader("Facts")
-    gs = facts.blocks_per_scope
+    gs = counts.blocks_per_scope
     pruned = geom.pruned_per_scope(nnz)
-    # C(gs, np) only up to the enumeration limit: the exact binomial can take minutes
-    subsets = count_subsets(gs, pruned, cap=MAX_SUBSETS)
-    greedy = subsets > MAX_SUBSETS
+    subsets, greedy = facts.subsets_per_scope(gs, pruned)
     f1, f2 = st.columns(2)
-    f1.metric("Blocks", count(facts.blocks),
-              help=f"{facts.blocks:,} blocks of {facts.block_numel} weights each")
-    f2.metric("Scopes", count(facts.scopes), help=f"{facts.scopes:,} scopes")
+    f1.metric("Blocks", facts.count(counts.blocks),
+              help=f"{counts.blocks:,} blocks of {counts.block_numel} weights each")
+    f2.metric("Scopes", facts.count(counts.scopes), help=f"{counts.scopes:,} scopes")
     f1.metric("Blocks / scope", gs, help="gs: blocks that compete in one scope")
     f2.metric("Pruned / scope", pruned, help=f"np = gs − nnz = {gs} − {nnz}")
-    f1.metric("Subsets / scope",
-              f"more than {MAX_SUBSETS:,} → greedy" if greedy else count(subsets),
+    f1.metric("Subsets / scope", subsets,
               help="C(gs, np): candidate masks enumerated per scope"
               + (f" — above the enumeration limit of {MAX_SUBSETS:,}, selection falls back to "
                  "greedy" if greedy else ""))
     f2.metric("Sparsity", f"{geom.sparsity(nnz):.1%}")
-    coupled = (f"Yes: {facts.rows_per_scope} rows per scope" if facts.is_row_coupled
+    coupled = (f"Yes: {counts.rows_per_scope} rows per scope" if counts.is_row_coupled
                else "No: every row decides alone")
     st.markdown(f"**Row-coupled:** {coupled}")
     st.markdown(f"**Memory on {ss['device']}** for all {M} rows")
-    free = available_memory(ss["device"])
-    table = {"method": [], "needs": [], "fits": []}
-    for method in METHODS:
-        need = memory_estimate(geom, method, device=ss["device"])
-        table["method"].append(method)
-        table["needs"].append(format_bytes(need))
-        table["fits"].append("" if free is None else "✓" if need < free else "too big")
+    table, free = facts.memory_table(geom, ss["device"])
     st.dataframe(table, hide_index=True, width="stretch")
     if free is not None:
         st.caption(f"{format_bytes(free)} free now on {ss['device']}.")

@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 import torch
 
-import obsviz
 from obsviz.figures import lesson as lfig
 from obsviz.lesson import COMPARED_MODES, Lesson, first_columns, lesson_geometry, mode_outcomes
 
@@ -31,7 +30,7 @@ DEFAULT_SETUP = {"source": TOY, "k": 16, "pattern": "2:4", "row": 0, "damp": 0.0
 def layer_for(source: str):
     """The toy layer, or the layer loaded in the sidebar."""
     if source == TOY:
-        return obsviz.load_sample_layer(TOY)
+        return state.sample_layer(TOY)
     return state.loaded_layer()
 
 
@@ -54,17 +53,6 @@ def setup() -> dict:
     return ss["learn_setup"]
 
 
-def bind(field: str) -> str:
-    key = f"_l_{field}"
-    ss[key] = ss["learn_setup"][field]
-    return key
-
-
-def changed(field: str) -> None:
-    ss["learn_setup"][field] = ss[f"_l_{field}"]
-    ss["learn_step"] = 0
-
-
 def forward(n_steps: int) -> None:
     ss["learn_step"] = min(ss["learn_step"] + 1, n_steps)
 
@@ -75,6 +63,10 @@ def back() -> None:
 
 def reset() -> None:
     ss["learn_step"] = 0
+
+
+# A new choice starts the lesson over.
+bind, changed = state.form_widgets("learn_setup", "_l_", after=lambda field: reset())
 
 
 # ---- formulas with numbers --------------------------------------------------------------------
@@ -285,9 +277,7 @@ with main:
     st.plotly_chart(lfig.row_figure(s.w_before, s.w_after, scope_cols=s.scope_cols,
                                     pruned_now=P, pruned_before=before, scopes=scopes),
                     config={"displayModeBar": False}, key="fig_row")
-    moved = [c for c in range(K) if c not in P and c not in before]
-    shift = (s.w_after - s.w_before).abs()
-    top = max(moved, key=lambda c: float(shift[c])) if moved else None
+    top = lesson.largest_move(n)
     st.caption(
         f"Columns {cols_label(P)} drop to exactly 0 (✕). Every weight not pruned yet moves — "
         "not only in this scope: later scopes' weights help too. "
@@ -326,8 +316,7 @@ if n < T:
             names=("true_obs: downdated C, current w", "local / full: original C and w"),
             height=360), config={"displayModeBar": False}, key="fig_next")
     with w2:
-        moved_most = float(((nxt.costs - nxt.frozen_costs).abs()
-                            / nxt.frozen_costs.abs().clamp(min=1e-30)).max())
+        moved_most = nxt.max_cost_change
         if set(ours) != set(theirs):
             st.markdown(
                 f"**The choice flips.** true_obs will prune **{nl[ours[0]]}**; local and full "

@@ -18,24 +18,20 @@ form = ss.setdefault("prune_form", {
 })
 
 
-def bind(field: str) -> str:
-    """The widget key of a form field, primed with the form's value."""
-    key = f"_p_{field}"
-    ss[key] = form[field]
-    return key
-
-
-def changed(field: str) -> None:
-    form[field] = ss[f"_p_{field}"]
-    if field == "preset":
-        form["nnz"] = _preset_nnz(form["preset"])
-
-
 def _preset_nnz(name: str) -> int:
     try:
         return Geometry.preset(name, (16, 16)).nnz
     except ValueError:
         return 1
+
+
+def _preset_budget(field: str) -> None:
+    """A new preset starts from its own nnz."""
+    if field == "preset":
+        form["nnz"] = _preset_nnz(form["preset"])
+
+
+bind, changed = state.form_widgets("prune_form", "_p_", after=_preset_budget)
 
 
 results.note_stopped()
@@ -107,11 +103,7 @@ c_methods.multiselect(
     "Methods", METHODS, key=bind("methods"), on_change=changed, args=("methods",),
     help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}.",
     placeholder="Choose one or more methods")
-options = state.device_options()
-ss["_p_device"] = ss["device"]
-c_device.selectbox("Device", options, key="_p_device",
-                   on_change=lambda: ss.__setitem__("device", ss["_p_device"]),
-                   help="CUDA is offered when a GPU is visible.")
+state.device_select("_p_device", where=c_device, help="CUDA is offered when a GPU is visible.")
 methods = [m for m in METHODS if m in form["methods"]]
 dtypes = results.c_dtype_options(ss["device"])
 if form["c_dtype"] not in dtypes:   # e.g. float16 chosen on CUDA, then the device set to CPU

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.testing import assert_close
 
 from obsviz import Geometry, load_sample_layer, prune
 from obsviz.figures import results as rfig
@@ -82,3 +83,17 @@ def test_charts_order_and_colour_methods():
     ecdf = rfig.row_error_figure({"full": torch.rand(100), "sparsegpt": np.random.rand(50)})
     assert [t.name for t in ecdf.data] == ["full", "sparsegpt"]
     assert ecdf.data[0].y[-1] == pytest.approx(1.0)
+
+
+def test_row_difference_is_what_the_difference_bars_show():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((12, 20)).astype(np.float32)
+    b = rng.standard_normal((12, 20)).astype(np.float32)
+    per_row = rfig.row_difference(a, b)
+    assert_close(torch.from_numpy(per_row), torch.from_numpy(
+        a.astype(np.float64).sum(1) - b.astype(np.float64).sum(1)))
+    assert rfig.rows_losing_more(a, b) == int((per_row > 0).sum())
+    bars = np.asarray(rfig.difference_figure(a, b, "A", "B").data[1].x)
+    assert_close(torch.from_numpy(bars), torch.from_numpy(per_row.astype(np.float32)))
+    with pytest.raises(ValueError, match="shape"):
+        rfig.row_difference(a, b[:4])

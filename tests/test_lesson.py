@@ -181,6 +181,7 @@ def test_lesson_geometry_refuses_row_coupled_patterns_whatever_the_shape():
     (dict(row=-1), r"row=-1"),
     (dict(nnz=5), r"nnz=5"),
     (dict(damp=-1.0), r"damp=-1.0"),
+    (dict(damp=float("inf")), r"damp=inf must be a finite number"),   # as obsviz.prune says
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     W, H = toy()
@@ -209,3 +210,29 @@ def test_greedy_selection_when_subsets_are_too_many():
     assert step.greedy and step.candidates.shape == (16, 1) and len(step.chosen) == 8
     assert set(step.chosen) == set(torch.topk(step.costs, 8, largest=False).indices.tolist())
     assert_close(lesson.final_weight, engine_row(W, H, geom, 1), rtol=0, atol=1e-12)
+
+
+def test_largest_move_is_the_free_column_the_step_moved_most():
+    W, H = toy()
+    geom = obsviz.Geometry.preset("4:8", tuple(W.shape))
+    lesson = Lesson.start(W, H, geom, geom.nnz, 3)
+    for n, step in enumerate(lesson.steps, start=1):
+        free = lesson.free_cols_after(n)
+        pruned = set(lesson.pruned_cols_after(n))
+        assert free == [c for c in range(lesson.K) if c not in pruned]
+        shift = (step.w_after - step.w_before).abs()
+        expected = max(free, key=lambda c: float(shift[c])) if free else None
+        assert lesson.largest_move(n) == expected
+    with pytest.raises(ValueError, match="n=0"):
+        lesson.largest_move(0)
+
+
+def test_max_cost_change_compares_the_downdated_and_frozen_prices():
+    W, H = toy()
+    geom = obsviz.Geometry.preset("4:8", tuple(W.shape))
+    lesson = Lesson.start(W, H, geom, geom.nnz, 3)
+    first, later = lesson.steps[0], lesson.steps[1]
+    assert first.max_cost_change == pytest.approx(0.0, abs=1e-12)   # nothing pruned yet
+    relative = [abs(float(a - b)) / max(abs(float(b)), 1e-30)
+                for a, b in zip(later.costs, later.frozen_costs, strict=True)]
+    assert later.max_cost_change == pytest.approx(max(relative)) and max(relative) > 0

@@ -57,13 +57,13 @@ def tensor_digest(layer: L.Layer) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _sample_digest(name: str) -> str:
-    return tensor_digest(L.load_sample_layer(name))
+    return tensor_digest(state.sample_layer(name))
 
 
 def sample(name: str) -> ActiveLayer | None:
     """The shipped sample ``name`` (``None`` when it cannot be loaded)."""
     try:
-        layer = L.load_sample_layer(name)
+        layer = state.sample_layer(name)
     except (ValueError, OSError):
         return None
     return ActiveLayer(layer, _sample_digest(name), name, "sample")
@@ -112,7 +112,7 @@ def picker() -> ActiveLayer | None:
     ss.setdefault("layer_source", "sample")
     ss["_p_source"] = ss["layer_source"]
     st.segmented_control("Layer from", list(SOURCES), format_func=SOURCES.get, key="_p_source",
-                         on_change=_copy, args=("_p_source", "layer_source"),
+                         on_change=state.copy_widget, args=("_p_source", "layer_source"),
                          selection_mode="single")
     source = ss["layer_source"]
     if source == "sample":
@@ -124,11 +124,6 @@ def picker() -> ActiveLayer | None:
     return active()
 
 
-def _copy(widget_key: str, target: str) -> None:
-    if st.session_state[widget_key] is not None:   # a segmented control can be cleared
-        st.session_state[target] = st.session_state[widget_key]
-
-
 def _sample_widgets() -> None:
     ss = st.session_state
     names = state.sample_layer_names()
@@ -136,7 +131,7 @@ def _sample_widgets() -> None:
         st.warning("No sample layers are installed; upload a layer file instead.")
         return
     ss["_p_layer"] = ss.get("layer_name") if ss.get("layer_name") in names else names[0]
-    st.selectbox("Sample layer", names, key="_p_layer", on_change=_copy,
+    st.selectbox("Sample layer", names, key="_p_layer", on_change=state.copy_widget,
                  args=("_p_layer", "layer_name"),
                  help="Real layers of all-MiniLM-L6-v2 with Hessians from real text, and an "
                       "8 × 16 toy. The same choice as the sidebar's.")

@@ -23,11 +23,12 @@ import streamlit as st
 import torch
 
 from obsviz import Geometry, PruneResult, metrics, prune
-from obsviz.estimate import available_memory, format_bytes, memory_estimate, time_estimate
+from obsviz.estimate import format_bytes, time_estimate
 from obsviz.figures import results as rfig
 from obsviz.layout import row_sample
 from obsviz.prune import C_DTYPES
 
+from ui.facts import memory_fits
 from ui.layers import ActiveLayer
 
 #: Methods each option applies to (options other methods ignore stay out of their cache key).
@@ -171,16 +172,12 @@ def estimate(job: Job, methods: list[str]) -> list[dict]:
     """Per method: memory needed, free memory, rough seconds, and whether it fits."""
     rows = job.rows()
     n_rows = None if rows is None else int(rows.numel())
-    free = available_memory(job.device)
-    table = []
-    for method in methods:
-        need = memory_estimate(job.geometry, method, rows=n_rows, device=job.device,
-                               chunk_size=job.options["chunk_size"],
-                               c_dtype=c_dtype(job.options["c_dtype"]))
-        seconds = time_estimate(job.geometry, method, rows=n_rows, device=job.device,
-                                n_splits=job.options["n_splits"])
-        table.append({"method": method, "memory": need, "free": free, "seconds": seconds,
-                      "fits": free is None or need < free})
+    table = memory_fits(job.geometry, methods, job.device, rows=n_rows,
+                        chunk_size=job.options["chunk_size"],
+                        c_dtype=c_dtype(job.options["c_dtype"]))
+    for entry in table:
+        entry["seconds"] = time_estimate(job.geometry, entry["method"], rows=n_rows,
+                                         device=job.device, n_splits=job.options["n_splits"])
     return table
 
 

@@ -34,6 +34,7 @@ starts from such a link reads them once.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -69,19 +70,29 @@ def sample_layer_names() -> list[str]:
         return []
 
 
-@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=2)
-def _load_layer(name: str) -> Any:
+@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=4)
+def _load_layer(name: str) -> layers.Layer:
     return layers.load_sample_layer(name)
 
 
-def loaded_layer() -> Any | None:
+def sample_layer(name: str) -> layers.Layer:
+    """The shipped sample layer ``name``, loaded once and shared by every page and session
+    (read-only: never modify its tensors). The one way the app loads a sample.
+
+    Raises:
+        ValueError: ``name`` is not a sample layer; OSError: its file cannot be read.
+    """
+    return _load_layer(name)
+
+
+def loaded_layer() -> layers.Layer | None:
     """The sample layer in use (``.name``, ``.weight (M, K)``, ``.hessian (K, K)``, …) or
     ``None`` when no layer can be loaded."""
     name = st.session_state.get("layer_name")
     if not name:
         return None
     try:
-        return _load_layer(name)
+        return sample_layer(name)
     except Exception as err:  # shown once in the sidebar; pages fall back to a free shape
         st.session_state["layer_error"] = f"{name}: {err}"
         return None
@@ -112,15 +123,12 @@ def sidebar() -> None:
     ss = st.session_state
     with st.sidebar:
         st.markdown("#### Running on")
-        options = device_options()
-        ss["_w_device"] = ss["device"]
-        st.selectbox("Device", options, key="_w_device", on_change=_copy,
-                     args=("_w_device", "device"),
-                     help="Pruning runs here. CUDA is offered when a GPU is visible.")
+        device_select("_w_device", help="Pruning runs here. CUDA is offered when a GPU is "
+                                        "visible.")
         names = sample_layer_names()
         if names:
             ss["_w_layer"] = ss["layer_name"] if ss["layer_name"] in names else names[0]
-            st.selectbox("Layer", names, key="_w_layer", on_change=_copy,
+            st.selectbox("Layer", names, key="_w_layer", on_change=copy_widget,
                          args=("_w_layer", "layer_name"),
                          help="A real layer shipped with obsviz (weight and Hessian).")
         layer = loaded_layer()
@@ -139,8 +147,48 @@ def sidebar() -> None:
                        f"{geom.describe()}")
 
 
-def _copy(widget_key: str, target: str) -> None:
-    st.session_state[target] = st.session_state[widget_key]
+# ---- widgets bound to session state ------------------------------------------------------------
+
+
+def copy_widget(widget_key: str, target: str) -> None:
+    """An ``on_change`` callback: the widget's value into session state under ``target``
+    (a cleared widget, e.g. a segmented control, leaves ``target`` as it was)."""
+    if st.session_state[widget_key] is not None:
+        st.session_state[target] = st.session_state[widget_key]
+
+
+def device_select(key: str, where: Any = st, help: str | None = None) -> None:
+    """The device selectbox (widget key ``key``, drawn in ``where``: ``st``, a column, …),
+    showing ``device`` and writing the choice back to it."""
+    st.session_state[key] = st.session_state["device"]
+    where.selectbox("Device", device_options(), key=key, on_change=copy_widget,
+                    args=(key, "device"), help=help)
+
+
+def form_widgets(form_key: str, prefix: str, after: Callable[[str], None] | None = None
+                 ) -> tuple[Callable[[str], str], Callable[[str], None]]:
+    """``(bind, changed)`` for widgets that edit the form ``st.session_state[form_key]`` (a
+    dict) field by field. Widgets forget their state when their page is left; the form
+    remembers, so each run primes the widgets from it:
+
+    - ``bind(field)``: the widget key of ``field`` (``prefix + field``), primed with the form's
+      value; pass it as ``key=``.
+    - ``changed(field)``: the ``on_change`` callback (``args=(field,)``) that writes the
+      widget's value into the form, then calls ``after(field)`` when given.
+    """
+    ss = st.session_state
+
+    def bind(field: str) -> str:
+        key = f"{prefix}{field}"
+        ss[key] = ss[form_key][field]
+        return key
+
+    def changed(field: str) -> None:
+        ss[form_key][field] = ss[f"{prefix}{field}"]
+        if after is not None:
+            after(field)
+
+    return bind, changed
 
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -268,7 +316,7 @@ def layout_png_bytes(geom: Geometry, r0: int, c0: int, rows: int, cols: int,
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _pooled_layer(name: str) -> tuple:
-    return pool2d(_load_layer(name).weight.abs(), 12_000, reduce="max")
+    return pool2d(sample_layer(name).weight.abs(), 12_000, reduce="max")
 
 
 def pooled_layer() -> tuple | None:

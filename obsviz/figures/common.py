@@ -43,6 +43,11 @@ def fade(hex_colour: str, amount: float = 0.6) -> str:
     return "#{:02X}{:02X}{:02X}".format(*mix)
 
 
+#: The layout drawing's colours: the block palette, then its faded half for the blocks an example
+#: mask prunes (palette index ``i`` pruned is ``i + len(BLOCK_PALETTE)``).
+LAYOUT_COLOURS: tuple[str, ...] = BLOCK_PALETTE + tuple(fade(c, 0.62) for c in BLOCK_PALETTE)
+
+
 def discrete_colorscale(colours: list[str]) -> list[list]:
     """A Plotly colorscale that maps the integers ``0..n-1`` (with ``zmin=-0.5``,
     ``zmax=n-0.5``) to ``colours`` exactly, with no blending between neighbours."""

@@ -18,11 +18,12 @@ import torch
 from obsviz.figures.common import (
     BLOCK_PALETTE,
     INK,
+    LAYOUT_COLOURS,
     MUTED,
     SCOPE_LINE,
     base_layout,
+    block_colour,
     discrete_colorscale,
-    fade,
 )
 from obsviz.geometry import Geometry, GeometryFacts
 
@@ -162,8 +163,9 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _cell_colours(window: LayoutWindow, nnz: int | None) -> np.ndarray:
-    """Palette index per cell; pruned cells of the example mask use the faded half."""
-    index = window.block % len(BLOCK_PALETTE)
+    """Index into ``LAYOUT_COLOURS`` per cell; pruned cells of the example mask use the faded
+    half."""
+    index = block_colour(window.block)
     pruned = window.pruned(nnz)
     return index if pruned is None else index + len(BLOCK_PALETTE) * pruned
 
@@ -185,10 +187,10 @@ def layout_figure(window: LayoutWindow, nnz: int | None = None, width: int = 760
     pruned = window.pruned(nnz)
     state = (np.where(pruned, "pruned in the example mask", "kept in the example mask")
              if pruned is not None else np.full((n, m), ""))
-    colours = list(BLOCK_PALETTE) + [fade(c, 0.62) for c in BLOCK_PALETTE]
     fig = go.Figure(go.Heatmap(
         z=_cell_colours(window, nnz), x=cols, y=rows, customdata=custom, text=state,
-        colorscale=discrete_colorscale(colours), zmin=-0.5, zmax=len(colours) - 0.5,
+        colorscale=discrete_colorscale(list(LAYOUT_COLOURS)), zmin=-0.5,
+        zmax=len(LAYOUT_COLOURS) - 0.5,
         showscale=False, xgap=0, ygap=0,
         hovertemplate=("row %{customdata[0]}, col %{customdata[1]}<br>"
                        "block %{customdata[2]}<br>scope %{customdata[3]} "
@@ -314,7 +316,7 @@ def column_map_figure(maps: GeometryMaps, row: int = 0, c0: int = 0, span: int =
     lo, hi = max(0, c0), min(K, c0 + max(1, min(span, MAX_MAP_SPAN))) - 1
     fig = go.Figure()
     for y, (b, cs) in enumerate(zip(ids, columns, strict=True)):
-        colour = BLOCK_PALETTE[b % len(BLOCK_PALETTE)]
+        colour = block_colour(b)
         inside = cs[(cs >= lo) & (cs <= hi)]
         a, z = max(int(cs.min()), lo), min(int(cs.max()), hi)
         fig.add_trace(go.Scatter(
@@ -424,8 +426,7 @@ def layout_png(window: LayoutWindow, nnz: int | None = None, title: str | None =
     from matplotlib.ticker import MultipleLocator
 
     n, m = window.shape
-    colours = list(BLOCK_PALETTE) + [fade(c, 0.62) for c in BLOCK_PALETTE]
-    rgb = np.array([to_rgb(c) for c in colours])[_cell_colours(window, nnz)]
+    rgb = np.array([to_rgb(c) for c in LAYOUT_COLOURS])[_cell_colours(window, nnz)]
     cell = 0.16 if m > 64 else 0.28
     fig = Figure(figsize=(max(4.0, m * cell + 1.4), max(2.5, n * cell + 1.3)), dpi=dpi)
     ax = fig.add_subplot()

@@ -3,7 +3,8 @@
 - ``result_maps``: a result's per-element maps (error contribution ``ΔW ⊙ (ΔW H)``, kept mask,
   ``|ΔW|``) and its per-row relative error.
 - ``side_by_side``: one map kind for several results, one shared colour scale, linked zoom.
-- ``difference_figure``: where one result's error exceeds another's (red: the first loses more).
+- ``difference_figure``: where one result's error exceeds another's (red: the first loses more);
+  ``row_difference`` and ``rows_losing_more``: the same, row by row.
 - ``error_bar_figure`` and ``row_error_figure``: error by method, per-row error distribution.
 
 Pure: tensors or arrays in, Plotly figures out. A heatmap figure sends at most ``MAX_CELLS``
@@ -215,22 +216,41 @@ def side_by_side(maps: Mapping[str, np.ndarray | torch.Tensor], kind: str,
     return fig
 
 
+def _pair(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Two maps of one layer as arrays; a ``ValueError`` when their shapes differ."""
+    za, zb = _as_array(a), _as_array(b)
+    if za.shape != zb.shape:
+        raise ValueError(f"a has shape {za.shape} but b has {zb.shape}; compare results of "
+                         "one layer")
+    return za, zb
+
+
+def row_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(M,)`` float64: each row's error under ``a`` minus its error under ``b`` (two error
+    contribution maps ``(M, K)``, whose rows sum to the rows' errors); positive where ``a``
+    loses more."""
+    za, zb = _pair(a, b)
+    return za.sum(1, dtype=np.float64) - zb.sum(1, dtype=np.float64)
+
+
+def rows_losing_more(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> int:
+    """How many rows have more error under ``a`` than under ``b`` (see ``row_difference``)."""
+    return int((row_difference(a, b) > 0).sum())
+
+
 def difference_figure(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor,
                       label_a: str, label_b: str, max_cells: int = MAX_CELLS,
                       window: Window | None = None, height: int = 420) -> go.Figure:
     """Where ``label_a`` loses error ``label_b`` does not: the heatmap of ``a - b`` (two error
     contribution maps ``(M, K)``), red where ``a`` has more error, blue where ``b`` has; beside
     it, the difference summed over each row's columns."""
-    za = _as_array(a)
-    zb = _as_array(b)
-    if za.shape != zb.shape:
-        raise ValueError(f"a has shape {za.shape} but b has {zb.shape}; compare results of "
-                         "one layer")
+    za, zb = _pair(a, b)
     diff = za.astype(np.float64) - zb.astype(np.float64)
     z, row_edges, col_edges = _pooled(diff, max_cells - 4096, window)
     zmin, zmax = _colour_range([z], signed=True)
-    cut, r0, _ = _crop(diff, window)
-    per_row = cut.sum(1)
+    cut_a, r0, _ = _crop(za, window)
+    per_row = row_difference(cut_a, _crop(zb, window)[0])
     fig = make_subplots(rows=1, cols=2, column_widths=[0.82, 0.18], shared_yaxes=True,
                         horizontal_spacing=0.02)
     fig.add_trace(go.Heatmap(
