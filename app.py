@@ -19,6 +19,12 @@ PAGES = {
               "first."),
     "compare": ("pages/compare.py", "Compare", ":material/compare_arrows:",
                 "Error and sparsity side by side; where each method puts its error."),
+    "model": ("pages/model.py", "Model", ":material/account_tree:",
+              "Prune every layer of a real model in sequence; see what each pattern and method "
+              "does to the whole model and which layers carry the damage."),
+    "sweep": ("pages/sweep.py", "Sweep", ":material/grid_on:",
+              "Grids of layers × geometries × methods, kept in a run database that outlives the "
+              "session."),
     "learn": ("pages/learn.py", "Learn", ":material/school:",
               "The math behind the modes, on a layer small enough to follow by hand."),
 }

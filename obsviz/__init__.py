@@ -7,6 +7,7 @@ import os
 # is imported before torch; scripts/dev sets it for the app and the tests.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from obsviz.errors import ArgumentError
 from obsviz.estimate import BASELINES, METHODS, OBS_MODES, memory_estimate
 from obsviz.geometry import PRESETS, Geometry
 from obsviz.layers import (
@@ -21,7 +22,7 @@ from obsviz.layers import (
 )
 from obsviz.prune import PruneResult, prune, resolve_device
 
-__all__ = ["Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES", "BASELINES",
+__all__ = ["ArgumentError", "Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES", "BASELINES",
            "memory_estimate", "resolve_device", "Layer", "LayerFileError", "DEFAULT_SAMPLE",
            "list_layers", "load_layer", "load_sample_layer", "sample_layer_names", "save_layers"]
 __version__ = "0.1.0"

@@ -46,7 +46,7 @@ def _transformers():
         import transformers
     except ImportError as e:
         raise ImportError(
-            "computing Hessians from a checkpoint needs transformers: pip install obsviz[hf]"
+            "computing Hessians from a checkpoint needs transformers (pip install transformers)"
         ) from e
     return transformers
 

