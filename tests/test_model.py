@@ -376,3 +376,37 @@ def test_real_minilm_2_4_small_run():
         assert 0 < entry["metrics"]["cosine"] < 1
         assert entry["metrics"]["last_hidden_rel_error"] > 0
         assert entry["drift"][-1] == pytest.approx(entry["metrics"]["last_hidden_rel_error"])
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+
+def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path, capsys):
+    from obsviz.cli import main
+
+    src = tmp_path / "tiny-gpt2"
+    tiny("gpt2", tokenizer.vocab_size).save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    cal, held = tmp_path / "cal.txt", tmp_path / "held.txt"
+    cal.write_text(CAL[:4000])
+    held.write_text(HELD_OUT[:4000])
+    out = tmp_path / "out"
+    argv = ["model", str(src), "--calibration", str(cal), "--eval", str(held), "--preset", "2:4",
+            "--methods", "magnitude", "sparsegpt", "--out", str(out), "--seq-len", "32",
+            "--max-tokens", "128", "--max-eval-tokens", "128",
+            "--override", "*.mlp.c_proj:skip", "--option", "damp=0.02"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "sparsegpt: perplexity" in captured.out and "] 100.0%" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["methods"]) == ["magnitude", "sparsegpt"]
+    assert report["plan"]["options"] == {"damp": 0.02}
+    for m, entry in report["methods"].items():
+        assert not any(lr["name"].endswith("mlp.c_proj") for lr in entry["layers"])
+        model = transformers.AutoModelForCausalLM.from_pretrained(out / m)
+        assert run_methods is not None and type(model).__name__ == "GPT2LMHeadModel"
+    # an existing output folder is not written into without --force; eval must be held out
+    assert main(argv) == 2
+    assert main(argv[:4] + ["--eval", str(cal)]) == 2
+    assert main(["model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    assert "not a Hugging Face checkpoint" in capsys.readouterr().err
