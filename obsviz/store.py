@@ -138,11 +138,13 @@ def _dumps(value: Any) -> str:
                       ensure_ascii=False)
 
 
-def trial_key(layer_hash: str, geometry: Geometry, nnz: int, method: str, options: dict,
+def trial_key(layer_hash: str, geometry: Geometry | str, nnz: int, method: str, options: dict,
               damp: float, rows: Any = None) -> str:
     """The identity of a trial: sha256 of (layer content hash, geometry key, nnz, method,
-    resolved options, damp, rows). Equal keys mean the same computation."""
-    payload = _dumps({"layer": layer_hash, "geometry": geometry_key(geometry), "nnz": int(nnz),
+    resolved options, damp, rows). Equal keys mean the same computation. ``geometry`` may be
+    a string standing for one that cannot be built (a preset that does not fit the layer)."""
+    gkey = geometry if isinstance(geometry, str) else geometry_key(geometry)
+    payload = _dumps({"layer": layer_hash, "geometry": gkey, "nnz": int(nnz),
                       "method": method, "options": options, "damp": float(damp),
                       "rows": rows})
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -183,7 +185,10 @@ class StoredRun:
     extra: dict = field(default_factory=dict, repr=False)
 
     def geometry_obj(self) -> Geometry:
-        """The geometry rebuilt from the stored spec."""
+        """The geometry rebuilt from the stored spec (``ValueError`` for a failed run whose
+        geometry could not be built)."""
+        if "preset" in self.geometry_spec:
+            return Geometry.preset(self.geometry_spec["preset"], self.shape)
         return Geometry.from_dict(self.geometry_spec)
 
     def as_dict(self) -> dict:
@@ -374,15 +379,21 @@ class RunStore:
 
         ``result`` (a :class:`obsviz.PruneResult`) is required when ``status='done'``: its
         ``rel_error``, sparsity, ``seconds`` and device go in the row, its mask and pruned weight
-        in content-addressed files. ``status='failed'`` needs ``error`` (the message). A finished
-        run whose ``key`` is already stored as done is not stored twice: the existing id is
-        returned.
+        in content-addressed files. ``status='failed'`` needs ``error`` (the message).
+
+        A trial ``key`` has at most one row: when it is already stored as done, nothing is
+        written and the existing id is returned; a new attempt replaces earlier failures.
         """
         if status not in STATUSES:
             raise ArgumentError("status", f"status={status!r} is unknown; valid: "
                                 f"{', '.join(STATUSES)}")
-        if not isinstance(geometry, Geometry):
-            raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry")
+        if isinstance(geometry, str) and status == "failed":
+            label, spec = geometry, {"preset": geometry}  # a preset that did not fit the layer
+        elif isinstance(geometry, Geometry):
+            label, spec = geometry_label(geometry), geometry.to_dict()
+        else:
+            raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry "
+                                "(or, for a failed run, the name of the preset that failed)")
         if status == "done" and result is None:
             raise ArgumentError("result", "status='done' needs result (a PruneResult)")
         if status == "failed" and not error:
@@ -411,7 +422,7 @@ class RunStore:
             "time": datetime.now(UTC).isoformat(timespec="microseconds"),
             "key": key, "sweep": sweep, "layer": str(layer), "source": str(source or ""),
             "layer_hash": layer_hash, "shape": json.dumps(list(shape_t)),
-            "geometry": geometry_label(geometry), "geometry_spec": _dumps(geometry.to_dict()),
+            "geometry": label, "geometry_spec": _dumps(spec),
             "nnz": int(nnz), "method": str(method), "options": _dumps(options),
             "damp": None if damp is None else float(damp), "rel_error": rel, "sparsity": spars,
             "seconds": secs, "device": device, "obsviz_version": obsviz_version,
@@ -422,11 +433,13 @@ class RunStore:
         names = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
         with self._write() as con:
-            if status == "done" and key is not None:
+            if key is not None:
                 found = con.execute("SELECT id FROM runs WHERE key = ? AND status = 'done'",
                                     (key,)).fetchone()
-                if found is not None:
+                if found is not None:  # finished already (a racing writer, a late failure)
                     return int(found[0])
+                # a new attempt replaces the trial's earlier failures: one row per trial
+                con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed'", (key,))
             cur = con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", row)
             return int(cur.lastrowid)
 

@@ -103,15 +103,26 @@ def test_done_key_stored_once_failed_kept(tmp_path, toy, toy_result):
     geom, res = toy_result
     store = RunStore(tmp_path / "runs.sqlite")
     f1 = _record(store, toy, geom, None, status="failed", error="boom", result=None)
-    first = _record(store, toy, geom, res)
-    again = _record(store, toy, geom, res)
-    assert first == again and store.count() == 2
-    assert store.find("k1").id == first and store.find("nope") is None
     failed = store.get(f1)
     assert failed.status == "failed" and failed.error == "boom" and failed.rel_error is None
     with pytest.raises(StoreError):
         store.tensors(f1)
+    f2 = _record(store, toy, geom, None, status="failed", error="boom again", result=None)
+    assert [r.id for r in store.runs()] == [f2]  # a new attempt replaces the failure
+    first = _record(store, toy, geom, res)
+    again = _record(store, toy, geom, res)
+    late = _record(store, toy, geom, None, status="failed", error="late", result=None)
+    assert first == again == late and [r.id for r in store.runs()] == [first]
+    assert store.find("k1").id == first and store.find("nope") is None
     assert store.done_keys() == {"k1"} and store.done_keys(["k1", "x"]) == {"k1"}
+    # a preset that could not be built for the layer is recorded by name
+    bad = store.get(_record(store, toy, "block16", None, key="b16", status="failed",
+                            error="needs M divisible by 16", result=None))
+    assert bad.geometry == "block16" and bad.geometry_spec == {"preset": "block16"}
+    with pytest.raises(ValueError):
+        bad.geometry_obj()
+    with pytest.raises(ArgumentError):
+        _record(store, toy, "block16", res, key="b16b")  # a name only for failures
 
 
 def test_runs_filters_newest_first(tmp_path, toy, toy_result):
@@ -235,9 +246,12 @@ def _writer(path: str, worker: int, n: int) -> None:
         key = f"shared{i}" if i % 2 else f"w{worker}-{i}"
         store.record(key=key, layer="toy", layer_hash=h, shape=toy.shape, geometry=geom,
                      nnz=2, method="magnitude", damp=0.01, result=res, sweep=f"w{worker}")
-        if i % 3 == 0:
+        if i % 3 == 0:  # after done: not stored
             store.record(key=key, layer="toy", shape=toy.shape, geometry=geom, nnz=2,
                          method="magnitude", status="failed", error=f"e{worker}-{i}")
+        # failures only, shared by both writers: one row each in the end
+        store.record(key=f"fail{i}", layer="toy", shape=toy.shape, geometry=geom, nnz=2,
+                     method="magnitude", status="failed", error=f"e{worker}-{i}")
 
 
 def test_two_processes_writing_at_once(tmp_path):
@@ -257,7 +271,9 @@ def test_two_processes_writing_at_once(tmp_path):
     assert len(keys) == len(set(keys))  # no duplicated finished trial
     assert set(keys) == {f"shared{i}" for i in range(1, n, 2)} | {
         f"w{w}-{i}" for w in range(2) for i in range(0, n, 2)}
-    assert len(store.runs(status="failed")) == 2 * len(range(0, n, 3))
+    failed = store.runs(status="failed")
+    assert sorted(r.key for r in failed) == sorted(f"fail{i}" for i in range(n))
+    assert store.count() == len(done) + len(failed)
     for r in done:  # every row's files exist
         t = store.tensors(r.id)
         assert t["mask"].sum() == t["mask"].numel() // 2
