@@ -324,11 +324,31 @@ def _no_paths(msg: str) -> str:
 # ---- calibration and evaluation data ----------------------------------------------------------
 
 
-def eval_texts(text: str, max_chars: int = 2000) -> list[str]:
-    """The held-out text as the "sentences" to embed: its paragraphs (blank-line separated),
-    whitespace collapsed, each cut to ``max_chars``."""
-    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
-    return [p[:max_chars] for p in paras if p]
+def eval_texts(text: str, max_chars: int = 2000, min_chars: int = 40) -> list[str]:
+    """The held-out text as the sentences to embed: each paragraph (blank-line separated,
+    whitespace collapsed) cut after ``.``, ``!`` or ``?`` before a capital; pieces shorter than
+    ``min_chars`` join the next one (so ``"ABASEMENT, n."`` stays with its definition); each
+    sentence at most ``max_chars``."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if not para:
+            continue
+        pieces = re.split(r"(?<=[.!?])\s+(?=[A-Z_\"'(])", para)
+        merged: list[str] = []
+        carry = ""
+        for piece in pieces:
+            carry = f"{carry} {piece}" if carry else piece
+            if len(carry) >= min_chars:
+                merged.append(carry)
+                carry = ""
+        if carry:
+            if merged:
+                merged[-1] = f"{merged[-1]} {carry}"
+            else:
+                merged.append(carry)
+        out.extend(m[:max_chars] for m in merged)
+    return out
 
 
 def _id_batches(seqs: list[list[int]], batch_size: int, device) -> list[torch.Tensor]:
@@ -415,7 +435,7 @@ class ModelRun:
 
     def _eval_batches(self, text: str, max_tokens: int | None
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(input_ids, attention_mask)]``: for encoders the held-out paragraphs, padded per
+        """``[(input_ids, attention_mask)]``: for encoders the held-out sentences, padded per
         batch; for causal LMs back-to-back windows of ``seq_len`` tokens (no padding)."""
         if not text.strip():
             raise ArgumentError("eval", "the held-out text is empty")
@@ -632,7 +652,7 @@ class ModelRun:
         block's drift (relative error of its output, pruned vs dense model, over every real
         token).
 
-        Encoders: ``cosine`` (mean over the held-out paragraphs of the cosine similarity of the
+        Encoders: ``cosine`` (mean over the held-out sentences of the cosine similarity of the
         mean-pooled sentence embeddings) and ``last_hidden_rel_error``. Causal LMs:
         ``perplexity`` and ``dense_perplexity`` (``exp`` of the mean next-token NLL)."""
         nb = len(self.blocks)
@@ -690,7 +710,7 @@ class ModelRun:
                                 "sequences": sum(int(b.shape[0]) for b in self.calibration),
                                 "tokens": self.n_calibration_tokens, "seq_len": self.seq_len},
                 "evaluation": {"units": self.eval_units, "tokens": self.n_eval_tokens,
-                               "unit": "paragraph" if self.kind == ENCODER else "window"}}
+                               "unit": "sentence" if self.kind == ENCODER else "window"}}
 
 
 def _catch_into(acc: HessianAccumulator):

@@ -280,28 +280,23 @@ if report and report.get("methods"):
                f"{info['evaluation']['unit']}s · Hessians {report['hessians']}")
     entries = report["methods"]
     ref = entries.get("sparsegpt")
-    rows = []
+
+    def timing(e: dict) -> dict:
+        return {"sparsity": f"{100 * e['sparsity']:.1f} %", "seconds": f"{e['seconds']:.1f}",
+                "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}" if ref else "–"}
+
+    dash = {"sparsity": "0.0 %", "seconds": "–", "time ÷ SparseGPT": "–"}
     if info["kind"] == "encoder":
-        rows.append({"model": "dense", "cosine similarity": 1.0, "last hidden state error":
-                     format_rel_error(0.0), "sparsity": "0.0 %", "seconds": None,
-                     "time ÷ SparseGPT": None})
-        for m, e in entries.items():
-            rows.append({"model": m, "cosine similarity": round(e["metrics"]["cosine"], 4),
-                         "last hidden state error":
-                             format_rel_error(e["metrics"]["last_hidden_rel_error"]),
-                         "sparsity": f"{100 * e['sparsity']:.1f} %",
-                         "seconds": round(e["seconds"], 1),
-                         "time ÷ SparseGPT": round(e["seconds"] / ref["seconds"], 2)
-                         if ref else None})
+        rows = [{"model": "dense", "cosine similarity": "1", "last hidden state error":
+                 format_rel_error(0.0), **dash}]
+        rows += [{"model": m, "cosine similarity": f"{e['metrics']['cosine']:.4f}",
+                  "last hidden state error":
+                      format_rel_error(e["metrics"]["last_hidden_rel_error"]), **timing(e)}
+                 for m, e in entries.items()]
     else:
-        rows.append({"model": "dense", "perplexity": round(report["dense"]["perplexity"], 3),
-                     "sparsity": "0.0 %", "seconds": None, "time ÷ SparseGPT": None})
-        for m, e in entries.items():
-            rows.append({"model": m, "perplexity": round(e["metrics"]["perplexity"], 3),
-                         "sparsity": f"{100 * e['sparsity']:.1f} %",
-                         "seconds": round(e["seconds"], 1),
-                         "time ÷ SparseGPT": round(e["seconds"] / ref["seconds"], 2)
-                         if ref else None})
+        rows = [{"model": "dense", "perplexity": f"{report['dense']['perplexity']:.3f}", **dash}]
+        rows += [{"model": m, "perplexity": f"{e['metrics']['perplexity']:.3f}", **timing(e)}
+                 for m, e in entries.items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
     t_layers, t_drift, t_heat, t_table = st.tabs(

@@ -357,6 +357,13 @@ def test_find_blocks_and_eval_texts():
     with pytest.raises(ArgumentError):
         find_blocks(nn.Sequential(nn.Linear(2, 2)))
     assert eval_texts("a  b\n c\n\n\n d \n\n") == ["a b c", "d"]
+    entry = ("ABASEMENT, n.  A decent and customary mental attitude in the presence\nof wealth "
+             "of power.  Peculiarly appropriate in an employee when\naddressing an employer.")
+    assert eval_texts(entry) == [
+        "ABASEMENT, n. A decent and customary mental attitude in the presence of wealth of "
+        "power.", "Peculiarly appropriate in an employee when addressing an employer."]
+    assert eval_texts("Yes. No. Maybe so, said he.", min_chars=10) == [
+        "Yes. No. Maybe so, said he."]
 
 
 # ---- the real MiniLM --------------------------------------------------------------------------
