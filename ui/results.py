@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 import torch
 
-from obsviz import Geometry, PruneResult, metrics, prune
+from obsviz import Geometry, PruneResult, metrics, prune, save_pruned
 from obsviz.estimate import format_bytes, time_estimate
 from obsviz.figures import results as rfig
 from obsviz.layout import row_sample
@@ -84,14 +84,10 @@ class Run:
 
 
 def run_key(job: Job, method: str) -> str:
-    spec = {"layer": job.layer.digest, "geometry": geometry_spec(job.geometry), "nnz": job.nnz,
+    spec = {"layer": job.layer.digest, "geometry": job.geometry.key, "nnz": job.nnz,
             "method": method, "damp": job.damp, "device": job.device,
             "options": job.method_options(method), "sample": job.sample}
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
-
-
-def geometry_spec(geometry: Geometry) -> dict:
-    return {k: v for k, v in geometry.to_dict().items() if k not in ("nnz", "name")}
 
 
 def c_dtype(name: str) -> torch.dtype | None:
@@ -318,15 +314,12 @@ def maps(key: str, _run: Run) -> rfig.ResultMaps:
 
 
 def safetensors_bytes(run: Run) -> bytes:
-    """The pruned weight ``(M, K)`` float32 and its mask ``(M, K)`` bool (True = kept)."""
-    from safetensors.torch import save
-
-    meta = {"method": run.method, "layer": run.layer.label,
-            "rel_error": f"{run.result.rel_error:.6g}",
-            "geometry": json.dumps(run.job.geometry.to_dict()), "nnz": str(run.job.nnz),
-            "options": json.dumps(run.result.options, default=str)}
-    return save({"weight": run.result.weight.detach().cpu().contiguous().clone(),
-                 "mask": run.result.mask.detach().cpu().contiguous().clone()}, metadata=meta)
+    """The pruned layer as ``obsviz.save_pruned`` writes it (weight, mask, Hessian, report), so
+    ``obsviz.load_layer`` reads the download back."""
+    layer = run.layer.layer
+    return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
+                       report=run.report, nsamples=layer.nsamples,
+                       source=f"{run.layer.label}, pruned ({run.label or run.method})")
 
 
 REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",
