@@ -38,11 +38,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from obsviz import methods
 from obsviz.calibrate import _linear_modules, _transformers, calibration_sequences
 from obsviz.errors import ArgumentError
-from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
+from obsviz.estimate import available_memory, format_bytes
 from obsviz.geometry import Geometry
-from obsviz.hessian import HessianAccumulator
+from obsviz.hessian import HessianAccumulator, check_damp
 from obsviz.layers import SAMPLE_DIR
 from obsviz.prune import prune, resolve_device
 
@@ -181,12 +182,20 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def _check_options(method: str, options: dict, where: str) -> None:
-    if method not in METHODS:
-        raise ArgumentError("method", f"{where}method={method!r} is unknown; valid: "
-                            f"{', '.join(METHODS)}")
-    bad = [k for k in options if k in _RUN_OPTIONS]
-    if bad:
-        raise ArgumentError("options", f"{where}options {bad} are set by the model run itself")
+    """The method exists and every option is valid (the registry's checks, up front)."""
+    try:
+        methods.get(method)
+        opts = dict(options)
+        if "damp" in opts:
+            check_damp(opts.pop("damp"))
+        bad = [k for k in opts if k in _RUN_OPTIONS]
+        if bad:
+            raise ArgumentError("options", f"options {bad} are set by the model run itself")
+        methods.resolve_options(method, **opts)
+    except ArgumentError as err:
+        raise ArgumentError(err.argument, f"{where}{err}") from None
+    except ValueError as err:
+        raise ArgumentError("damp", f"{where}{err}") from None
 
 
 def resolve_plan(model: nn.Module, plan: Plan) -> list[LayerPlan]:
@@ -512,9 +521,9 @@ class ModelRun:
                        + self.batch_size * heads * longest * longest * 2)
         K = max(lp.shape[1] for lp in layers)
         hessian = 8 * K * K
-        work = max(memory_estimate(lp.geometry, lp.method, device=self.device,
-                                   chunk_size=int(lp.options.get("chunk_size", 16)))
-                   for lp in layers)
+        work = max(methods.get(lp.method).memory(
+            lp.geometry, device=self.device,
+            **{k: v for k, v in lp.options.items() if k != "damp"}) for lp in layers)
         eval_tokens = sum(ids.numel() for ids, _ in self.eval_batches)
         evaluation = (len(self.blocks) + 1) * eval_tokens * hidden * 4
         parts = {"models": 2 * params, "activations": activations, "forward": forward,

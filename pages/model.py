@@ -15,6 +15,7 @@ from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes
 from obsviz.figures.model import drift_figure, layer_error_figure, layer_method_heatmap
+from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 from obsviz.model import (
     CALIBRATION_TEXT,
@@ -30,6 +31,7 @@ from obsviz.model import (
 
 from ui import state
 from ui.forms import build_geometry
+from ui.runner import c_dtype_options
 
 st.set_page_config(page_title="Model · obsviz", page_icon=":material/account_tree:",
                    layout="wide")
@@ -201,13 +203,33 @@ st.multiselect("Methods to compare", METHODS, key=bind("methods"), on_change=cha
                     "sparsegpt take seconds on MiniLM; true_obs takes far longer.")
 methods = [m for m in METHODS if m in form["methods"]]
 
+# the chosen methods' options, as the registry declares them (defaults, help, valid values)
+used = [o for o in OPTIONS.values() if any(o in REGISTRY[m].options for m in methods)]
+for o in OPTIONS.values():
+    form.setdefault(o.name, o.default)
+if form["c_dtype"] not in c_dtype_options(ss["device"]):
+    form["c_dtype"] = "auto"
+if used:
+    with st.container(border=True):
+        cols = st.columns(len(used))
+        for col, o in zip(cols, used, strict=True):
+            users = ", ".join(m for m in methods if o in REGISTRY[m].options)
+            label, tip = f"{o.name} ({users})", f"{o.help[:1].upper()}{o.help[1:]}."
+            if o.choices:
+                choices = c_dtype_options(ss["device"]) if o.name == "c_dtype" else o.choices
+                col.selectbox(label, choices, key=bind(o.name), on_change=changed,
+                              args=(o.name,), help=tip)
+            else:
+                col.number_input(label, min_value=o.minimum, step=1, key=bind(o.name),
+                                 on_change=changed, args=(o.name,), help=tip)
+
 
 def _patterns(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 plan = Plan(geometry, nnz=nnz, method=methods[0] if methods else "sparsegpt",
-            options={"damp": float(form["damp"])},
+            options={"damp": float(form["damp"]), **{o.name: form[o.name] for o in used}},
             include=_patterns(form["include"]) or ("*",), exclude=_patterns(form["exclude"]))
 
 layers = None

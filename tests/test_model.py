@@ -401,13 +401,13 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     argv = ["model", str(src), "--calibration", str(cal), "--eval", str(held), "--preset", "2:4",
             "--methods", "magnitude", "sparsegpt", "--out", str(out), "--seq-len", "32",
             "--max-tokens", "128", "--max-eval-tokens", "128",
-            "--override", "*.mlp.c_proj:skip", "--option", "damp=0.02"]
+            "--override", "*.mlp.c_proj:skip", "--damp", "0.02", "--ng", "8"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "sparsegpt: perplexity" in captured.out and "] 100.0%" in captured.err
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["magnitude", "sparsegpt"]
-    assert report["plan"]["options"] == {"damp": 0.02}
+    assert report["plan"]["options"] == {"ng": 8, "damp": 0.02}
     for m, entry in report["methods"].items():
         assert not any(lr["name"].endswith("mlp.c_proj") for lr in entry["layers"])
         model = transformers.AutoModelForCausalLM.from_pretrained(out / m)
