@@ -35,22 +35,25 @@ def plan_for(geometry: str) -> Plan:
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| geometry | method | cosine | last hidden error | drift block 0 | "
-             "(1 − cos) ÷ SparseGPT | hidden error ÷ SparseGPT | time (s) | time ÷ SparseGPT |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per (geometry, method): end metrics, and ratios to SparseGPT of the same run:
+    (1 − cosine), the last hidden state's error, wall and CPU seconds of the pruning."""
+    lines = ["| geometry | method | cosine | last hidden error | drift, block 0 | "
+             "(1 − cos) ÷ SparseGPT | hidden error ÷ SparseGPT | seconds | time ÷ SparseGPT | "
+             "CPU time ÷ SparseGPT |", "|---|---|---|---|---|---|---|---|---|---|"]
     for geometry, report in results.items():
         ref = report["methods"].get("sparsegpt")
         for m, e in report["methods"].items():
             cos, err = e["metrics"]["cosine"], e["metrics"]["last_hidden_rel_error"]
+            ratios = ["–"] * 4
             if ref:
                 rc, re_ = ref["metrics"]["cosine"], ref["metrics"]["last_hidden_rel_error"]
-                ratios = (f"{(1 - cos) / (1 - rc):.3f}", f"{err / re_:.3f}",
-                          f"{e['seconds'] / ref['seconds']:.1f}")
-            else:
-                ratios = ("–", "–", "–")
+                ratios = [f"{(1 - cos) / (1 - rc):.3f}", f"{err / re_:.3f}",
+                          f"{e['seconds'] / ref['seconds']:.1f}",
+                          f"{e['cpu_seconds'] / ref['cpu_seconds']:.1f}"
+                          if ref.get("cpu_seconds") else "–"]
             lines.append(f"| {geometry} | {m} | {cos:.4f} | {format_rel_error(err)} | "
                          f"{format_rel_error(e['drift'][0])} | {ratios[0]} | {ratios[1]} | "
-                         f"{e['seconds']:.1f} | {ratios[2]} |")
+                         f"{e['seconds']:.0f} | {ratios[2]} | {ratios[3]} |")
     return "\n".join(lines)
 
 

@@ -383,6 +383,8 @@ class PrunedModel:
     layers: list[LayerReport]
     seconds: float
     stopped: bool = False
+    cpu_seconds: float = 0.0   # CPU time of this process (all threads): steadier than wall time
+                               # on a shared machine
 
 
 class _Catch(Exception):
@@ -563,7 +565,7 @@ class ModelRun:
         layers = resolve_plan(self.dense, plan)
         self.check_memory(plan, layers)
         report = progress or (lambda f, m: None)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         work = copy.deepcopy(self.dense)
         _, work_blocks = find_blocks(work)
         by_block: dict[int, list[LayerPlan]] = {}
@@ -623,7 +625,8 @@ class ModelRun:
                 break
             # the next block's inputs: this block's outputs (pruned, or dense)
             hs = _run_block(wblock if hessians == "sequential" else self.blocks[b], hs, extras)
-        return PrunedModel(work.eval(), plan, hessians, done, time.perf_counter() - t0, stopped)
+        return PrunedModel(work.eval(), plan, hessians, done, time.perf_counter() - t0, stopped,
+                           time.process_time() - c0)
 
     # -- evaluation
 
@@ -838,7 +841,8 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
         def sub(f, msg, i=i, m=m):
             say((i + f) / len(methods), f"{m}: {msg}")
         pm = run.prune(plan.with_method(m), hessians=hessians, progress=sub, stop=stop)
-        entry = {"method": m, "seconds": pm.seconds, "stopped": pm.stopped,
+        entry = {"method": m, "seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
+                 "stopped": pm.stopped,
                  "layers": [lr.to_dict() for lr in pm.layers],
                  "sparsity": _overall_sparsity(pm.layers)}
         if pm.stopped:
