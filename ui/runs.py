@@ -71,14 +71,10 @@ class Run:
 
 
 def run_key(job: Job, method: str) -> str:
-    spec = {"layer": job.layer.digest, "geometry": geometry_spec(job.geometry), "nnz": job.nnz,
+    spec = {"layer": job.layer.digest, "geometry": job.geometry.key, "nnz": job.nnz,
             "method": method, "damp": job.damp, "device": job.device,
             "options": job.method_options(method), "sample": job.sample}
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
-
-
-def geometry_spec(geometry: Geometry) -> dict:
-    return {k: v for k, v in geometry.to_dict().items() if k not in ("nnz", "name")}
 
 
 def store() -> dict[str, Run]:
