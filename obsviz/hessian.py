@@ -21,8 +21,8 @@ class HessianAccumulator:
     def add(self, X: torch.Tensor) -> None:
         X = X.reshape(-1, X.shape[-1]).to(self.H)
         if X.shape[1] != self.H.shape[0]:
-            raise ValueError(
-                f"inputs have {X.shape[1]} features but the Hessian is {tuple(self.H.shape)}")
+            raise ArgumentError(
+                "X", f"inputs have {X.shape[1]} features but the Hessian is {tuple(self.H.shape)}")
         n = X.shape[0]
         if n == 0:
             return
@@ -49,7 +49,7 @@ def hessian_from_inputs(X: torch.Tensor | Iterable[torch.Tensor], batch: int = 4
             acc = HessianAccumulator(chunk.shape[-1])
         acc.add(chunk)
     if acc is None:
-        raise ValueError("X is empty: no calibration inputs to build a Hessian from")
+        raise ArgumentError("X", "X is empty: no calibration inputs to build a Hessian from")
     return acc.result(), acc.nsamples
 
 

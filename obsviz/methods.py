@@ -10,6 +10,17 @@ Two kinds:
 - ``"baseline"``: the methods they are compared with (``magnitude``, ``wanda``, ``obd``,
   ``sparsegpt``, see :mod:`obsviz.baselines`).
 
+Adding a method:
+
+1. write ``run(problem, **options) -> kept mask`` (it prunes ``problem.W`` in place; see
+   :class:`obsviz.modes.Problem`) in ``modes.py`` or ``baselines.py``;
+2. declare it below: ``Method(name, kind, label, help, colour, options, run, memory model,
+   flop model)``, with any new :class:`Option`;
+3. write its plain-loop twin in ``obsviz/reference.py`` and a test that the two agree.
+
+``obsviz.prune``, its docstring, ``estimate``'s memory/flop/time estimates, the figures' colours
+and the CLI's ``--method`` choices and option flags follow from the declaration.
+
 An option's name is unique across methods: ``n_splits`` means the same thing to ``split`` and
 ``interleaved``. So one set of options can be passed with every method (a comparison runs many
 methods with the same settings): each method takes the options it declares and ignores those
