@@ -141,8 +141,9 @@ N_SPLITS = Option(
     "n_splits", 4, int, "chunks the scope sequence is cut into; each chunk re-inverts the damped "
     "Hessian restricted to the columns not yet frozen", minimum=1)
 NG = Option(
-    "ng", 64, int, "scope steps decided per batch on the batch's small system before the "
-    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes",
+    "ng", 16, int, "scope steps decided per batch on the batch's small system before the "
+    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes "
+    "(16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
     minimum=1)
 CHUNK_SIZE = Option(
     "chunk_size", 16, int, "rows processed together (each holds its own K × K C); "
