@@ -18,17 +18,15 @@ import torch
 
 from obsviz import Geometry, PruneResult
 from obsviz.layout import row_sample
+from obsviz.methods import OPTIONS, REGISTRY
 
 from ui.layers import ActiveLayer
 
-#: Methods each option applies to (options other methods ignore stay out of their cache key).
+#: Methods each option applies to (options other methods ignore stay out of their cache key),
+#: and every option's default: both read off the method registry (``obsviz.methods``).
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "split": ("n_splits",),
-    "interleaved": ("n_splits",),
-    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
-}
-DEFAULT_OPTIONS = {"n_splits": 4, "ng": 8, "chunk_size": 16, "order": "left_to_right",
-                   "scoring": "independent", "c_dtype": "auto"}
+    name: m.option_names for name, m in REGISTRY.items() if m.options}
+DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
 MAX_STORED = 32  # oldest results are dropped beyond this (each holds a pruned copy of W)
 
 
