@@ -16,9 +16,12 @@ from obsviz.estimate import (
     available_memory,
     default_c_dtype,
     format_bytes,
+    memory_estimate,
+    require_memory,
 )
 from obsviz.geometry import Geometry
-from obsviz.hessian import check_damp, damped, dead_columns, spd_inverse
+from obsviz.errors import ArgumentError
+from obsviz.hessian import check_damp, check_hessian, damped, dead_columns, spd_inverse
 from obsviz.layout import (
     coupled_closure,
     layout_bytes,
@@ -141,6 +144,7 @@ def prune(
     check_inputs(W, H, geometry)
     geometry.check_nnz(nnz)
     check_damp(damp)
+    check_hessian(H, damp, torch.float64 if W.dtype == torch.float64 else torch.float32)
     n_splits = _positive_int("n_splits", n_splits)
     ng = _positive_int("ng", ng)
     chunk_size = _positive_int("chunk_size", chunk_size)
@@ -151,6 +155,10 @@ def prune(
     dev = resolve_device(device)
     c_dt = _resolve_c_dtype(c_dtype, dev, W.dtype)
     report = progress or (lambda fraction, message: None)
+    require_memory(memory_estimate(geometry, method, None if rows is None else _check_rows(
+        rows, geometry.weight_shape[0]).numel(), dev, chunk_size, c_dt, ng), dev,
+        f"method={method!r} on W {geometry.weight_shape}", "chunk_size" if method == "true_obs"
+        else "geometry")
 
     t_start = time.perf_counter()
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
@@ -221,6 +229,18 @@ def _check_layout_fits(geometry: Geometry) -> None:
 
 
 def _check_rows(rows, M: int) -> torch.Tensor:
+    dtype = getattr(rows, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        bad = dtype == torch.bool or dtype.is_floating_point or dtype.is_complex
+    elif dtype is not None:  # numpy
+        bad = getattr(dtype, "kind", "i") in ("f", "c", "b")
+    else:
+        bad = isinstance(rows, list | tuple) and any(isinstance(r, bool | float) for r in rows)
+    if bad:
+        raise ArgumentError(
+            "rows", f"rows must be integer row indices, not {dtype or 'bools/floats'}: a bool "
+            "mask would be read as rows 0 and 1 and floats would be truncated; for a mask pass "
+            "torch.nonzero(mask).flatten()")
     try:
         rows = torch.as_tensor(rows, dtype=torch.long).flatten().cpu()
     except (TypeError, ValueError, RuntimeError):
