@@ -181,20 +181,28 @@ def _score_memory(geometry, rows=None, device="cpu", **options) -> int:
 
 
 def _obs_memory(extra_kk: int = 0):
-    """Weights, the row-step layout, H_d and C, plus ``extra_kk`` more K × K fp32 matrices."""
+    """Weights, the row-step layout, H, H_d, their unit-scale copies, C and one temporary, plus
+    ``extra_kk`` more K × K fp32 matrices."""
     def memory(geometry, rows=None, device="cpu", **options) -> int:
         K = geometry.weight_shape[1]
         return (_weights_bytes(geometry, rows) + layout_bytes(geometry)
-                + (2 + extra_kk) * K * K * _F32)
+                + (6 + extra_kk) * K * K * _F32)
     return memory
 
 
-def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="auto",
+def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="auto", ng=16,
                      **options) -> int:
     K = geometry.weight_shape[1]
     item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
-    chunk_rows = max(chunk_size, min(_rows(geometry, rows), geometry.rows_per_scope))
-    return _obs_memory()(geometry, rows) + 2 * chunk_rows * K * K * item
+    # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
+    # more than the rows pruned. Per row of a chunk: its own C (K × K), the batch's small system
+    # C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes an entry), and
+    # the columns of C an update reads (K × up to n).
+    chunk_rows = min(_rows(geometry, rows), max(chunk_size, geometry.rows_per_scope))
+    _, T, gs, Lb = layout_shape(geometry)
+    n = min(ng, T) * gs * Lb
+    per_row = K * K * item + 12 * n * n + 4 * K * n
+    return _obs_memory()(geometry, rows) + K * K * item + chunk_rows * per_row
 
 
 def _inverse_flops(geometry: Geometry) -> float:
