@@ -41,10 +41,10 @@ from torch import nn
 from obsviz import methods
 from obsviz.calibrate import _linear_modules, _transformers, calibration_sequences
 from obsviz.errors import ArgumentError
-from obsviz.estimate import available_memory, format_bytes
+from obsviz.estimate import format_bytes, require_memory
 from obsviz.geometry import Geometry
 from obsviz.hessian import HessianAccumulator, check_damp
-from obsviz.layers import SAMPLE_DIR
+from obsviz.layers import SAMPLE_DIR, _reason
 from obsviz.prune import prune, resolve_device
 
 __all__ = [
@@ -315,19 +315,15 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
         auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = auto.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, AttributeError, TypeError,
+            ImportError) as e:
         raise ArgumentError("model_dir", f"{model_dir.name}: could not load the checkpoint "
-                            f"({type(e).__name__}: {_no_paths(str(e))})") from e
+                            f"({_reason(e)})") from e
     finally:
         if bar:
             hf_logging.enable_progress_bar()
     model.float().eval()
     return model, tokenizer
-
-
-def _no_paths(msg: str) -> str:
-    """A message without absolute filesystem paths (they are the server's business)."""
-    return re.sub(r"(/[^\s'\"]+)+", "…", msg)[:400]
 
 
 # ---- calibration and evaluation data ----------------------------------------------------------
@@ -534,15 +530,12 @@ class ModelRun:
         return parts
 
     def check_memory(self, plan: Plan, layers: list[LayerPlan] | None = None) -> dict:
-        """:meth:`memory_needed`, or an :class:`ArgumentError` when it exceeds what is free."""
+        """:meth:`memory_needed`, or an :class:`ArgumentError` (``"memory"``) when it exceeds
+        what is free on the device."""
         need = self.memory_needed(plan, layers)
-        free = available_memory(self.device)
-        if free is not None and need["total"] > free:
-            parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")
-            raise ArgumentError(
-                "memory", f"this run needs about {format_bytes(need['total'])} ({parts}) but "
-                f"{format_bytes(free)} is free on {self.device.type}; use fewer calibration "
-                "tokens, a smaller batch or a smaller model")
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in need.items() if k != "total")
+        require_memory(need["total"], self.device, what=f"this model run ({parts})",
+                       argument="memory")
         return need
 
     # -- pruning

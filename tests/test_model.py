@@ -321,7 +321,7 @@ def test_memory_is_estimated_first_and_refused_clearly(tokenizer, monkeypatch):
     need = run.memory_needed(Plan())
     assert need["total"] == sum(v for k, v in need.items() if k != "total")
     assert need["models"] == 2 * sum(p.numel() * 4 for p in run.dense.parameters())
-    monkeypatch.setattr("obsviz.model.available_memory", lambda device: need["total"] - 1)
+    monkeypatch.setattr("obsviz.estimate.available_memory", lambda device: need["total"] - 1)
     with pytest.raises(ArgumentError) as err:
         run.prune(Plan())
     assert err.value.argument == "memory" and "needs about" in str(err.value)
