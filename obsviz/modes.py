@@ -97,21 +97,29 @@ def local(p: Problem) -> torch.Tensor:
     p.progress(0.5, "compensating within scopes")
     E, gs, Lb = e.cols.shape
     n = gs * Lb
-    step = max(1, (1 << 22) // (n * n))
+    q = p.n_prune * Lb
+    Wf = p.W.reshape(-1)
+    step = max(1, (1 << 22) // (q * n + n))
     for e0 in range(0, E, step):
         sl = slice(e0, min(E, e0 + step))
         idx = e.cols[sl].reshape(-1, n)
         ok = idx >= 0
+        flat = e.rows[sl, None] * p.W.shape[1] + idx.clamp(min=0)       # (e, n) into W
+        w = (Wf[flat] * ok).to(p.C.dtype)
         pm = (pruned[sl].unsqueeze(-1) & (e.cols[sl] >= 0)).reshape(-1, n)
-        w = weights_at(p.W, Entries(e.rows[sl], e.steps[sl], e.cols[sl], e.scope[sl]))
-        w = w.reshape(-1, n).to(p.C.dtype)
-        C_SS = obs.principal(p.C, idx)
-        eye = torch.eye(n, dtype=C_SS.dtype, device=C_SS.device)
-        C_PP = torch.where(pm.unsqueeze(-1) & pm.unsqueeze(-2), C_SS, eye)
-        z = obs.spd_solve(C_PP, w * pm)
-        new = torch.where(pm, torch.zeros_like(w), w - (z.unsqueeze(-2) @ C_SS).squeeze(-2))
-        r = e.rows[sl][:, None].expand_as(idx)
-        p.W[r[ok], idx[ok]] = new[ok].to(p.W.dtype)
+        pos = obs.compact(torch.arange(n, device=idx.device).expand_as(idx), pm)  # (e, q')
+        okP = pos >= 0
+        pc = pos.clamp(min=0)
+        K = p.C.shape[0]
+        C_PS = p.C.reshape(-1)[idx.gather(1, pc).clamp(min=0).unsqueeze(-1) * K
+                               + idx.clamp(min=0).unsqueeze(1)]
+        C_PS = C_PS * (okP.unsqueeze(-1) & ok.unsqueeze(1))              # (e, q', n)
+        G = obs.small_spd_inverse(obs.with_identity(C_PS.gather(
+            2, pc.unsqueeze(1).expand(-1, pos.shape[1], -1)), okP))
+        G = G * (okP.unsqueeze(-1) & okP.unsqueeze(-2))
+        z = (G @ (w.gather(1, pc) * okP).unsqueeze(-1)).transpose(1, 2)  # (e, 1, q')
+        new = torch.where(pm, torch.zeros_like(w), w - (z @ C_PS).squeeze(1))
+        Wf[flat[ok]] = new[ok].to(p.W.dtype)
     return kept
 
 
