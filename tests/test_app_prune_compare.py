@@ -1,11 +1,12 @@
 """The Prune and Compare pages, driven through Streamlit's AppTest on the 8 × 16 toy layer."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
-from obsviz import modes
+from obsviz import methods
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -19,6 +20,12 @@ def open_page(page: str, layer: str = "toy"):
     at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
+
+
+def patch_run(monkeypatch, method: str, run) -> None:
+    """Make ``method`` run ``run(problem, **options)`` (its one home: the method registry)."""
+    monkeypatch.setitem(methods.REGISTRY, method,
+                        dataclasses.replace(methods.REGISTRY[method], run=run))
 
 
 def run_methods(at, methods: list[str]):
@@ -70,7 +77,7 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
     def broken(p, n_splits):
         raise ValueError("method='interleaved' is broken on purpose")
 
-    monkeypatch.setattr(modes, "interleaved", broken)
+    patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
     assert any("broken on purpose" in e.value for e in at.error)
     runs = list(at.session_state["results"].values())
@@ -108,7 +115,7 @@ def test_an_unforeseen_error_fails_only_its_method_and_clears_pending(monkeypatc
     def broken(p, n_splits):
         raise KeyError("a bug, not a ValueError")
 
-    monkeypatch.setattr(modes, "interleaved", broken)
+    patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
     assert any("KeyError" in e.value and "a bug" in e.value for e in at.error)
     assert [r.method for r in at.session_state["results"].values()] == ["full"]
@@ -125,7 +132,7 @@ def test_a_stop_passes_through_and_leaves_the_rest_pending(monkeypatch):
     def stopped(p):
         raise StopException()   # what Streamlit raises into a script the user stopped
 
-    monkeypatch.setattr(modes, "full", stopped)
+    patch_run(monkeypatch, "full", stopped)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
     assert not at.error
     assert at.session_state["run_pending"] == ["full", "sparsegpt"]
@@ -136,14 +143,14 @@ def test_a_stop_passes_through_and_leaves_the_rest_pending(monkeypatch):
 
 
 def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch):
-    from ui import results
+    from ui import runner
 
     def oom(p):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     released = []
-    monkeypatch.setattr(modes, "full", oom)
-    monkeypatch.setattr(results, "release_device_memory", released.append)
+    patch_run(monkeypatch, "full", oom)
+    monkeypatch.setattr(runner, "release_device_memory", released.append)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
     assert any("ran out of memory on cpu; try a row sample" in e.value for e in at.error)
     assert [e["status"] for e in at.session_state["last_run"]] == ["failed", "done"]
@@ -151,23 +158,23 @@ def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch)
 
 
 def test_release_device_memory_empties_the_cuda_cache_only_on_cuda(monkeypatch):
-    from ui import results
+    from ui import runner
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
-    results.release_device_memory("cpu")
+    runner.release_device_memory("cpu")
     assert calls == []
-    results.release_device_memory("cuda")
-    results.release_device_memory("cuda:0")
+    runner.release_device_memory("cuda")
+    runner.release_device_memory("cuda:0")
     assert calls == ["empty", "empty"]
 
 
 def test_c_dtype_offers_half_precision_on_cuda_only():
-    from ui import results
+    from ui import runner
 
-    assert results.c_dtype_options("cpu") == ["auto", "float32", "float64"]
-    assert results.c_dtype_options("cuda") == ["auto", "float16", "bfloat16", "float32",
+    assert runner.c_dtype_options("cpu") == ["auto", "float32", "float64"]
+    assert runner.c_dtype_options("cuda") == ["auto", "float16", "bfloat16", "float32",
                                                "float64"]
     at = open_page("pages/prune.py")
     at.session_state["device"] = "cpu"
