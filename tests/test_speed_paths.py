@@ -118,3 +118,28 @@ def test_strided_maps_equal_a_scatter_of_element_offsets(geom):
     be = geom.block_elements()
     out[be.reshape(-1)] = torch.arange(be.shape[0])[:, None].expand_as(be).reshape(-1)
     assert torch.equal(geom.block_map(), out.view(M, K))
+
+
+@pytest.mark.parametrize("geom", [
+    Geometry.preset("2:4", (32, 64)), Geometry.preset("4:8", (48, 96)),
+    Geometry.preset("2:4-pairs", (32, 64)), Geometry.preset("coupled-2:4", (48, 96)),
+    Geometry((32, 64), block=(1, 1, 4), scope=(1, 2, 1), view_shape=(32, 16, 4),
+             view_stride=(64, 1, 16)),
+], ids=["2:4", "4:8", "2:4-pairs", "coupled-2:4", "strided-free-form"])
+def test_layout_read_off_in_order_equals_the_sorted_construction(geom, monkeypatch):
+    from obsviz import layout
+    fast = layout._row_steps_in_order(geom)
+    assert fast is not None
+    monkeypatch.setattr(layout, "_row_steps_in_order", lambda g: None)
+    layout.row_steps.cache_clear()
+    slow = layout.row_steps(geom)
+    layout.row_steps.cache_clear()
+    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
+        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
+    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+
+
+def test_layout_of_row_coupled_or_unordered_geometries_takes_the_sorted_construction():
+    from obsviz import layout
+    assert layout._row_steps_in_order(Geometry.preset("block16", (32, 64))) is None
+    assert layout._row_steps_in_order(Geometry((32, 64), block=(2, 2), scope=(1, 4))) is None
