@@ -346,6 +346,8 @@ def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
     valid = (S >= 0).view(B, nt, gs, Lb)
     present = (scope >= 0).any(0).tolist()
     full = bool(valid.all())
+    if full and scoring == "independent" and not coupled:
+        return decide_batch_independent(p, C_SS, w_S, nt, gs, Lb)
     pruned_S = torch.zeros(B, n, dtype=torch.bool, device=S.device)
     for s0 in range(0, nt, SUB_STEPS):
         s1 = min(nt, s0 + SUB_STEPS)
@@ -364,6 +366,60 @@ def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
             obs.obs_remove_small(w_S[:, lo:], C_SS[:, lo:, lo:], torch.where(P >= 0, P - lo, -1),
                                  start=hi - lo)
     return pruned_S
+
+
+def decide_batch_independent(p: Problem, C_SS: torch.Tensor, w_S: torch.Tensor, nt: int,
+                             gs: int, Lb: int) -> torch.Tensor:
+    """:func:`decide_batch` for the common case — independent scoring, no scope over two rows,
+    no padding — with the fewest operations per step.
+
+    The weights ride along as one more row and column of the system,
+    ``A = [[C_SS, w_Sᵀ], [w_S, ·]]``: eliminating ``P`` from ``A`` (its Schur complement) is the
+    OBS update of ``w`` and the downdate of ``C`` at once. Pruned positions of ``w`` are left as
+    they are (rounding-size values): they are not read again here, and the pruned mask is what
+    the caller applies."""
+    B, n = w_S.shape
+    m = gs * Lb
+    A = torch.empty(B, n + 1, n + 1, dtype=C_SS.dtype, device=C_SS.device)
+    A[:, :n, :n] = C_SS
+    A[:, n, :n] = w_S
+    A[:, :n, n] = w_S
+    A[:, n, n] = 0
+    pruned_S = torch.zeros(B, n, dtype=torch.bool, device=w_S.device)
+    within = torch.arange(Lb, device=w_S.device)
+    for s0 in range(0, nt, SUB_STEPS):
+        s1 = min(nt, s0 + SUB_STEPS)
+        lo, hi = s0 * m, s1 * m
+        sel = torch.cat((torch.arange(lo, hi, device=w_S.device),
+                         torch.tensor([n], device=w_S.device)))
+        A2 = A.index_select(1, sel).index_select(2, sel)                # (B, m2 + 1, m2 + 1)
+        d = torch.diagonal(A2, dim1=-2, dim2=-1)
+        chosen = []
+        for a in range(0, hi - lo, m):
+            w_j = A2[:, -1, a:a + m]
+            score = w_j * w_j / d[:, a:a + m]
+            if Lb > 1:
+                score = score.view(B, gs, Lb).sum(-1)
+            idx = score.topk(p.n_prune, dim=1, largest=False).indices
+            P = a + (idx if Lb == 1 else (idx.unsqueeze(-1) * Lb + within).reshape(B, -1))
+            chosen.append(P)
+            schur_eliminate(A2, P, a)
+        P = torch.cat(chosen, 1)                                        # relative to lo
+        pruned_S[:, lo:hi].scatter_(1, P, True)
+        if hi < n:   # the sub-batch's removals, on the rest of the batch's system
+            schur_eliminate(A[:, lo:, lo:], P, hi - lo)
+    return pruned_S
+
+
+def schur_eliminate(A: torch.Tensor, P: torch.Tensor, start: int) -> None:
+    """``A ← A − A_:,P (A_PP)⁻¹ A_P,:`` on ``A[:, start:, start:]`` (in place; ``A`` ``(B, n, n)``
+    symmetric, ``P`` ``(B, q)`` positions without padding)."""
+    B, n, _ = A.shape
+    q = P.shape[1]
+    rows = A.gather(1, P.unsqueeze(2).expand(B, q, n))                  # (B, q, n)
+    G = obs.small_spd_inverse(rows.gather(2, P.unsqueeze(1).expand(B, q, q)))
+    tail = rows[:, :, start:]
+    A[:, start:, start:].sub_(torch.bmm(tail.transpose(1, 2), torch.bmm(G, tail)))
 
 
 def decide_step(p: Problem, w: torch.Tensor, C: torch.Tensor, diag: torch.Tensor, a0: int,
