@@ -184,10 +184,11 @@ def small_spd_inverse(A: torch.Tensor) -> torch.Tensor:
     if q == 1:
         return 1 / A
     if q == 2:
-        a, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 1]
-        det = a * d - c * c
-        return torch.stack((torch.stack((d, -c), -1), torch.stack((-c, a), -1)), -2) / det[
-            ..., None, None]
+        f = A.reshape(*A.shape[:-2], 4)
+        a, c, d = f[..., 0], f[..., 1], f[..., 3]
+        neg_c = -c
+        inv = torch.stack((d, neg_c, neg_c, a), -1) / (a * d - c * c).unsqueeze(-1)
+        return inv.view(A.shape)
     return torch.cholesky_inverse(_cholesky(A))
 
 
