@@ -318,15 +318,29 @@ class Geometry:
         """Most distinct W rows one scope touches."""
         if not self.is_row_coupled:
             return 1
-        rows = self._scope_elements.reshape(self.n_scopes, -1) // self.weight_shape[1]
-        s, _ = torch.sort(rows, dim=1)
-        return int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+        return int((self._scope_rows >= 0).sum(1).max())
 
     @cached_property
     def is_row_coupled(self) -> bool:
         """True when some scope spans several W rows (their decisions are made together)."""
+        lo, hi = self._block_row_range
+        return bool((hi.amax(1) > lo.amin(1)).any())
+
+    @cached_property
+    def _block_row_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, gs)`` first and last W row of every block of every scope."""
+        rows = self._scope_elements // self.weight_shape[1]
+        return rows.amin(-1), rows.amax(-1)
+
+    @cached_property
+    def _scope_rows(self) -> torch.Tensor:
+        """``(S, R)`` long: distinct W rows of each scope, ascending, -1 padded. When every block
+        lies in one row only the blocks' rows are compared (a sort over ``gs``, not ``gs·bk``)."""
+        lo, hi = self._block_row_range
+        if torch.equal(lo, hi):
+            return distinct_sorted(lo.long())
         rows = self._scope_elements.reshape(self.n_scopes, -1) // self.weight_shape[1]
-        return bool((rows.amax(1) > rows.amin(1)).any())
+        return distinct_sorted(rows.long())
 
     def facts(self) -> GeometryFacts:
         return GeometryFacts(self.n_blocks, self.n_scopes, self.block_numel,
@@ -403,10 +417,9 @@ class Geometry:
 
     @cached_property
     def _row_coupling(self) -> torch.Tensor:
-        rows = self._scope_elements.reshape(self.n_scopes, -1) // self.weight_shape[1]
         if not self.is_row_coupled:
-            return rows[:, :1].long()
-        return distinct_sorted(rows.long())
+            return self._block_row_range[0][:, :1].long()
+        return self._scope_rows
 
     # ---- presentation ---------------------------------------------------------------------
 
