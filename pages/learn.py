@@ -14,6 +14,7 @@ from obsviz.figures import lesson as lfig
 from obsviz.lesson import (
     COMPARED_MODES,
     Lesson,
+    column_ranges,
     first_columns,
     interleaved_worse_rows,
     lesson_geometry,
@@ -214,12 +215,10 @@ who = "rows" if lesson.coupled else "row"
 
 with side:
     st.subheader("Error so far")
-    e1, e2, e3 = st.columns(3)
+    e1, e2 = st.columns(2)
     e1.metric("relative", pct(lesson.rel_error_after(n)),
               help="sqrt(Δw H Δwᵀ / w₀ H w₀ᵀ), with the undamped H")
     e2.metric("Δw H Δwᵀ", lfig.fmt(lesson.error_after(n)), help="The output error (undamped H)")
-    e3.metric("Σ ε chosen", lfig.fmt(lesson.cost_so_far(n)),
-              help="The costs ε(P) of everything pruned so far, added up")
     if n:
         st.markdown(
             "**Why Σ ε is larger than the error.** Each ε(P) is priced with the damped "
@@ -234,7 +233,7 @@ with side:
     finals = {m: outcomes[m].rel_error for m in COMPARED_MODES}
     path = [lesson.rel_error_after(i) for i in range(n + 1)]
     chart(lfig.error_figure(path, T, finals), "fig_error")
-    st.caption("The red path is this lesson (true_obs), one point per scope decided. The dotted "
+    st.caption("The red path is this lesson (true_obs), one point per scope decided. The short "
                "ticks on the right are where each mode ends on these rows.")
 
     st.subheader(f"How each mode ends on {'these rows' if lesson.coupled else 'this row'}")
@@ -243,8 +242,10 @@ with side:
     st.table(pd.DataFrame(
         {"error": [pct(outcomes[m].rel_error) for m in COMPARED_MODES],
          "Δw H Δwᵀ": [lfig.fmt(outcomes[m].error) for m in COMPARED_MODES],
-         "pruned columns": [" | ".join(" ".join(map(str, cols)) for cols in
-                                       outcomes[m].pruned_cols) for m in COMPARED_MODES]},
+         "pruned columns": [" · ".join(
+             (f"row {row}: " if lesson.coupled else "") + (column_ranges(cols) or "none")
+             for row, cols in zip(lesson.rows, outcomes[m].pruned_cols, strict=True))
+             for m in COMPARED_MODES]},
         index=list(COMPARED_MODES)))
     st.caption(
         "From `obsviz.prune` on these rows alone. **local**: masks chosen up front with the "
@@ -269,8 +270,9 @@ with side:
                    f"full {pct(outcomes['full'].rel_error)}.", icon=":material/visibility:")
     elif worse_rows:
         example = worse_rows[0]
-        st.caption(f"{'Same masks here' if same else 'The masks differ here'}; on this layer "
-                   f"{len(worse_rows)} rows show it, most clearly row {example}.")
+        st.caption(("Same masks here, and interleaved ends no worse" if same else
+                    "The masks differ here") + f"; on this layer {len(worse_rows)} rows show "
+                   f"it, most clearly row {example}.")
         st.button(f"Show row {example}", key="learn_show_worse", on_click=choose,
                   kwargs={"row": example}, icon=":material/visibility:")
 
@@ -310,13 +312,11 @@ if n > 0:
 
         # -- choose
         st.markdown("##### ① Choose: price every candidate, keep the cheapest")
+        st.latex(r"\varepsilon(P) = \sum_r w_{r,P}\,(C^{r}_{PP})^{-1}\,w_{r,P}^\top"
+                 if lesson.coupled else r"\varepsilon(P) = w_P\,(C_{PP})^{-1}\,w_P^\top")
         c_fig, c_txt = st.columns([1.5, 1], gap="medium")
         chart(lfig.candidates_figure(labels, s.costs, s.chosen), "fig_costs", c_fig)
         with c_txt:
-            if lesson.coupled:
-                st.latex(r"\varepsilon(P) = \sum_r w_{r,P}\,(C^{r}_{PP})^{-1}\,w_{r,P}^\top")
-            else:
-                st.latex(r"\varepsilon(P) = w_P\,(C_{PP})^{-1}\,w_P^\top")
             st.caption(
                 f"Each bar is one way to drop {lesson.n_prune} of the scope's {gs} blocks "
                 "(labelled by what it would zero). The cost is how much the damped loss grows "
@@ -340,8 +340,8 @@ if n > 0:
             C_PP = [[float(s.C_before[ri, a, b]) for b in P] for a in P]
             which = r"\{" + ", ".join(map(str, P)) + r"\}"
             st.latex(rf"P = {which}:\qquad w_P = {lfig.tex_matrix(w_P)}")
-            st.latex(rf"C_{{PP}} = {lfig.tex_matrix(C_PP)}\quad\Rightarrow\quad"
-                     rf"\varepsilon(P) = w_P\,(C_{{PP}})^{{-1}}\,w_P^\top = "
+            st.latex(rf"C_{{PP}} = {lfig.tex_matrix(C_PP)}")
+            st.latex(rf"\Rightarrow\quad\varepsilon(P) = w_P\,(C_{{PP}})^{{-1}}\,w_P^\top = "
                      rf"{tex(s.chosen_cost)}")
 
         # -- compensate
@@ -354,8 +354,8 @@ if n > 0:
                                   pruned_before=lesson.pruned_cols_after(n - 1, r),
                                   scopes=scopes), f"fig_row_{r}")
             if lesson.coupled:
-                st.caption(f"Row {row}: " + (f"columns {cols_label(s.pruned_cols[r])} pruned "
-                                             "now." if s.pruned_cols[r] else
+                st.caption(f"Row {row}: " + (f"columns {column_ranges(s.pruned_cols[r])} "
+                                             "pruned now." if s.pruned_cols[r] else
                                              "nothing pruned here; its weights still move."
                                              if lesson.largest_move(n, r) is not None else
                                              "nothing pruned here, nothing moves."))

@@ -281,21 +281,21 @@ def row_figure(w_before: torch.Tensor, w_after: torch.Tensor | None = None, *,
 def error_figure(rel_errors: Sequence[float], n_steps: int,
                  finals: Mapping[str, float] | None = None, height: int = 300) -> go.Figure:
     """The rows' relative error after each step taken so far (step 0 = before any), on an axis
-    that already spans the whole lesson; ``finals`` marks where each mode ends, as short dotted
+    that already spans the whole lesson; ``finals`` marks where each mode ends, as short
     ticks right of the last step with the mode's name and error beside them (labels nudged apart
     when close), so no value written on the path sits on them."""
     y = [100 * v for v in rel_errors]
     fig = go.Figure()
     top = max([*y, 1e-9, *(100 * v for v in (finals or {}).values())])
     x0, x1 = n_steps + 0.35, n_steps + 0.85            # the finals' ticks, right of the path
-    gap = 0.075 * top                                  # least vertical distance between labels
+    gap = 0.09 * top                                   # least vertical distance between labels
     placed: list[float] = []
     annotations = []
     for method, value in sorted((finals or {}).items(), key=lambda kv: kv[1]):
         v = 100 * value
         colour = METHOD_COLOURS.get(method, MUTED)
         fig.add_scatter(x=[x0, x1], y=[v, v], mode="lines", name=method, showlegend=False,
-                        line=dict(color=colour, width=2.5, dash="dot"),
+                        line=dict(color=colour, width=3),
                         hovertemplate=f"{method} ends at {format_rel_error(value)}<extra></extra>")
         at = max(v, placed[-1] + gap) if placed else v
         placed.append(at)
