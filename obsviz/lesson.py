@@ -45,7 +45,7 @@ from obsviz.layout import coupled_closure, row_steps
 from obsviz.metrics import row_error
 
 __all__ = ["COMPARED_MODES", "MAX_LESSON_BYTES", "MAX_ROWS", "Lesson", "LessonStep",
-           "ModeOutcome", "column_ranges", "first_columns", "interleaved_worse_rows",
+           "ModeOutcome", "column_ranges", "column_runs", "first_columns", "interleaved_worse_rows",
            "lesson_geometry", "mode_outcomes", "same_mask_worse"]
 
 #: The modes the lesson's side panel compares, in the order they are shown.
@@ -86,15 +86,21 @@ def _prepare(W: torch.Tensor, H: torch.Tensor, damp: float) -> _Prepared:
                      C=spd_inverse(Hd))
 
 
-def column_ranges(cols: Sequence[int]) -> str:
-    """Columns as runs: ``[0, 1, 2, 3, 8, 9, 10, 11]`` → ``"0–3, 8–11"``; ``[5]`` → ``"5"``."""
+def column_runs(cols: Sequence[int]) -> list[tuple[int, int]]:
+    """Columns as ``(first, last)`` runs of consecutive columns: ``[0, 1, 2, 8, 9]`` →
+    ``[(0, 2), (8, 9)]`` (sorted, duplicates dropped)."""
     runs: list[list[int]] = []
-    for c in sorted(set(int(c) for c in cols)):
+    for c in sorted({int(c) for c in cols}):
         if runs and c == runs[-1][1] + 1:
             runs[-1][1] = c
         else:
             runs.append([c, c])
-    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in runs)
+    return [(a, b) for a, b in runs]
+
+
+def column_ranges(cols: Sequence[int]) -> str:
+    """Columns as runs: ``[0, 1, 2, 3, 8, 9, 10, 11]`` → ``"0–3, 8–11"``; ``[5]`` → ``"5"``."""
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in column_runs(cols))
 
 
 @dataclass(frozen=True)
@@ -312,8 +318,8 @@ class Lesson:
         def errors(x: torch.Tensor) -> torch.Tensor:
             return row_error(w0, x, p.H0)
 
-        Wr = w_start.clone()                               # (R, K): the rows, as true_obs holds them
-        Cr = p.C.expand(R, K, K).clone()                   # (R, K, K): each row's own C
+        Wr = w_start.clone()                       # (R, K): the rows, as true_obs holds them
+        Cr = p.C.expand(R, K, K).clone()           # (R, K, K): each row's own C
         kept = torch.ones_like(Wr, dtype=torch.bool)
         C_shown = Cr / unit
         steps: list[LessonStep] = []

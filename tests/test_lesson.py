@@ -477,5 +477,5 @@ def test_error_figure_keeps_the_modes_ticks_clear_of_the_path_and_its_labels():
     ticks = [t for t in fig.data if t.name in finals]
     assert len(ticks) == 5 and all(min(t.x) > max(path.x) + 0.25 for t in ticks)
     labels = sorted(a.y for a in fig.layout.annotations)
-    assert all(b - a > 0.09 * 30 - 1e-9 for a, b in zip(labels, labels[1:]))   # apart
+    assert all(b - a > 0.09 * 30 - 1e-9 for a, b in zip(labels, labels[1:], strict=False))
     assert {a.text for a in fig.layout.annotations} >= {"full 20.03 %", "true_obs 19.00 %"}

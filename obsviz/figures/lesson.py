@@ -17,6 +17,7 @@ import torch
 
 from obsviz.figures.common import INK, MUTED, base_layout, fade
 from obsviz.figures.results import METHOD_COLOURS
+from obsviz.lesson import column_runs
 from obsviz.metrics import format_rel_error
 
 #: Diverging scale centred at 0 (blue negative, red positive), used by every matrix.
@@ -85,12 +86,7 @@ def _outline(cols: Sequence[int], K: int, colour: str, width: float = 2.5,
              dash: str | None = None) -> list[dict]:
     """Rectangles (data coordinates of a ``K × K`` heatmap) around the rows and the columns of
     each contiguous run of ``cols``."""
-    runs: list[list[int]] = []
-    for c in sorted(cols):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
+    runs = column_runs(cols)
     line = dict(color=colour, width=width, dash=dash)
     shapes: list[dict] = []
     for a, b in runs:
