@@ -29,7 +29,7 @@ st.set_page_config(page_title="Learn · obsviz", page_icon=":material/school:", 
 state.sidebar()
 ss = st.session_state
 
-TOY = "toy"
+TOY, CURRENT = "toy", "current"     # the Layer choice: the toy, or the layer in use
 PATTERNS = ["2:4", "1:4", "4:8", "2:8", "coupled-2:4", "block16"]
 COLUMNS = [8, 16, 32]
 DAMPS = [0.0001, 0.001, 0.01, 0.1, 0.5]
@@ -42,7 +42,7 @@ tex = lfig.tex_number
 
 
 @st.cache_resource(max_entries=16, show_spinner="Walking the rows through OBS…")
-def run_lesson(source: str, k: int, pattern: str, row: int, damp: float, _layer
+def run_lesson(layer_key: str, k: int, pattern: str, row: int, damp: float, _layer
                ) -> tuple[Lesson, dict, list[int]]:
     """The lesson, every mode's outcome on its rows, and the rows of this sub-problem where
     interleaved keeps full's mask yet ends worse; on ``W[:, :k]``, ``H[:k, :k]`` in float64, so
@@ -95,11 +95,19 @@ def chart(fig, key: str, where=st) -> None:
 # ---- choose -----------------------------------------------------------------------------------
 
 form = setup()
+# The layer in use: a sample, or the user's own file or checkpoint layer (one call).
 current = state.loaded_layer()
-sources = [TOY] + ([current.name] if current is not None and current.name != TOY else [])
+current_label = "" if current is None else current.name
+sources = [TOY] + ([CURRENT] if current is not None and current_label != TOY else [])
 if form["source"] not in sources:
     form["source"] = TOY
-layer = state.sample_layer(TOY) if form["source"] == TOY else current
+if form["source"] == TOY:
+    layer, layer_label, layer_key = state.sample_layer(TOY), TOY, TOY
+else:
+    layer, layer_label, layer_key = current, current_label, current_label
+if form.get("layer") != layer_key:      # another layer in use: the lesson starts over
+    form["layer"] = layer_key
+    reset()
 M, K_all = layer.weight.shape
 ks = [k for k in COLUMNS if k <= K_all] or [K_all]
 if form["k"] not in ks:
@@ -117,7 +125,7 @@ st.markdown(
 c_src, c_k, c_pat, c_row, c_damp = st.columns([1.6, 0.8, 1, 0.8, 1.2])
 c_src.selectbox("Layer", sources, key=bind("source"), on_change=changed, args=("source",),
                 format_func=lambda s: "toy (8 × 16, synthetic)" if s == TOY
-                else f"{s} (first columns)",
+                else f"{current_label} (first columns)",
                 help="The toy layer, or the layer in use (its first columns).")
 c_k.selectbox("Columns", ks, key=bind("k"), on_change=changed, args=("k",),
               help="The lesson uses the first K columns: W[:, :K] and H[:K, :K].")
@@ -133,14 +141,13 @@ c_damp.select_slider("Damping (damp)", DAMPS, key=bind("damp"), on_change=change
 # ---- call -------------------------------------------------------------------------------------
 
 try:
-    lesson, outcomes, worse_rows = run_lesson(form["source"], form["k"], form["pattern"],
+    lesson, outcomes, worse_rows = run_lesson(layer_key, form["k"], form["pattern"],
                                               form["row"], form["damp"], layer)
 except ArgumentError as err:
     st.error(f"This choice does not fit the lesson: {err}", icon=":material/warning:")
-    others = [s for s in sources if s != form["source"]]
-    if err.argument == "pattern" and others:
-        st.button(f"Use the layer {others[0]} instead", key="learn_use_layer",
-                  on_click=choose, kwargs={"source": others[0]}, icon=":material/swap_horiz:")
+    if err.argument == "pattern" and form["source"] == TOY and CURRENT in sources:
+        st.button(f"Use the layer in use ({current_label}) instead", key="learn_use_layer",
+                  on_click=choose, kwargs={"source": CURRENT}, icon=":material/swap_horiz:")
     else:
         st.info("Try pattern **2:4** (keep 2 of every 4 weights in a row) on 16 columns.")
     st.stop()
@@ -156,7 +163,7 @@ gs = geom.blocks_per_scope
 rows_txt = ", ".join(map(str, lesson.rows))
 scopes = [s.scope_cols(lesson.index) for s in lesson.steps]
 st.caption(
-    f"**{form['source']}**, {'rows ' + rows_txt if lesson.coupled else f'row {lesson.row}'} of "
+    f"**{layer_label}**, {'rows ' + rows_txt if lesson.coupled else f'row {lesson.row}'} of "
     f"W {M} × {K} · **{geom.name}**: blocks of {geom.block_numel} "
     f"weight{'s' if geom.block_numel > 1 else ''}, scopes of {gs} blocks that keep "
     f"nnz = {lesson.nnz} (prune np = {lesson.n_prune}) · {T} scopes, "

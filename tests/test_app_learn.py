@@ -90,14 +90,14 @@ def test_changing_the_row_or_pattern_restarts_the_lesson():
                  true_obs_row(toy.weight, toy.hessian, "4:8", 3), rtol=0, atol=1e-12)
     assert any("flips" in md.value for md in at.markdown) is False  # past the flip: done
     assert at.session_state["learn_setup"] == {"source": "toy", "k": 16, "pattern": "4:8",
-                                               "row": 3, "damp": 0.01}
+                                               "row": 3, "damp": 0.01, "layer": "toy"}
     assert at.session_state["learn_step"] == 2
 
 
 def test_loaded_layer_first_columns():
     at = open_learn()
     name = at.session_state["layer_name"]
-    at.selectbox(key="_l_source").set_value(name).run()
+    at.selectbox(key="_l_source").set_value("current").run()
     at.number_input(key="_l_row").set_value(5).run()
     assert not at.exception, at.exception
     assert counter(at) == "**Step 0 of 4**"        # 16 columns, 2:4
@@ -107,6 +107,16 @@ def test_loaded_layer_first_columns():
     W, H = first_columns(layer.weight, layer.hessian, 16)
     assert_close(torch.tensor(at.session_state["learn_weights"], dtype=torch.float64),
                  true_obs_row(W, H, "2:4", 5), rtol=0, atol=1e-12)
+    assert any(c.value.startswith(f"**{name}**, row 5") for c in at.caption)
+
+    other = next(n for n in obsviz.sample_layer_names() if n not in (name, "toy"))
+    at.selectbox(key="_w_layer").set_value(other).run()     # another layer in use
+    assert not at.exception, at.exception
+    assert at.session_state["learn_step"] == 0              # the lesson starts over on it
+    assert any(c.value.startswith(f"**{other}**, row 5") for c in at.caption)
+    layer = obsviz.load_sample_layer(other)
+    assert_close(torch.tensor(at.session_state["learn_weights"], dtype=torch.float64),
+                 layer.weight[5, :16].double())
 
 
 def test_block16_steps_the_coupled_rows_together():
@@ -118,7 +128,7 @@ def test_block16_steps_the_coupled_rows_together():
     assert at.error and "divisible by 16" in at.error[0].value
     click(at, "learn_use_layer")
     name = at.session_state["layer_name"]
-    assert at.session_state["learn_setup"]["source"] == name and not at.error
+    assert at.session_state["learn_setup"]["source"] == "current" and not at.error
     at.selectbox(key="_l_k").set_value(32).run()
     assert not at.exception, at.exception
     assert counter(at) == "**Step 0 of 2**"
@@ -178,7 +188,7 @@ def test_the_numbers_read_right():
 def test_schur_complement_sources_and_the_interleaved_case():
     at = open_learn()
     name = at.session_state["layer_name"]
-    at.selectbox(key="_l_source").set_value(name).run()
+    at.selectbox(key="_l_source").set_value("current").run()
     assert not at.exception, at.exception
     text = " ".join(md.value for md in at.markdown)
     for source in ("Hassibi", "Optimal Brain Surgeon", "1993", "Frantar", "SparseGPT", "2023",
