@@ -220,6 +220,13 @@ class LessonStep:
         blocks = self.block_cols(r)
         return sorted(c for b in self.candidates[i].tolist() for c in blocks[b])
 
+    def pruned_system(self, r: int = 0) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """What the chosen cost is computed from in the lesson's ``r``-th row: the columns ``P``
+        pruned there, ``w_P`` ``(q,)`` and ``C_PP`` ``(q, q)`` read off the row's weights and C
+        before the step (so ``w_P (C_PP)⁻¹ w_Pᵀ`` is that row's part of :attr:`chosen_cost`)."""
+        P = list(self.pruned_cols[r])
+        return P, self.w_before[r, P], self.C_before[r][P][:, P]
+
     def candidate_label(self, i: int) -> str:
         """What candidate ``i`` prunes: ``"{0, 2}"`` (its columns) in one row; with several rows,
         the rows it touches and their columns, ``"row 8: 0–15"``."""
@@ -379,6 +386,11 @@ class Lesson:
         return self.rows.index(self.row)
 
     @property
+    def mean_diag(self) -> float:
+        """``mean(diag H)``: ``λ = damp × mean_diag`` (``damp < 1``)."""
+        return float(torch.diagonal(self.H).mean())
+
+    @property
     def final_weight(self) -> torch.Tensor:
         """``(R, K)`` the rows after every step: ``true_obs``'s result for them."""
         return self.weight_after(self.n_steps)
@@ -412,6 +424,19 @@ class Lesson:
         loss that is not output error."""
         d = (self.weight_after(n) - self.w_start).to(torch.float64)
         return self.lam * float((d * d).sum())
+
+    def error_gain(self, n: int) -> float:
+        """The output error the first ``n`` steps added (``error_after(n) − start_error``)."""
+        return self.error_after(n) - self.start_error
+
+    def step_parts(self, n: int) -> tuple[float, float, float]:
+        """Step ``n`` (1-based) in three numbers: its chosen cost ε, the output error it added
+        and the damping term it added; the first is the sum of the other two."""
+        if not 1 <= n <= self.n_steps:
+            raise ArgumentError("n", f"n={n!r} must be in [1, {self.n_steps}] (steps of this "
+                                "lesson)")
+        return (self.steps[n - 1].chosen_cost, self.error_gain(n) - self.error_gain(n - 1),
+                self.damping_after(n) - self.damping_after(n - 1))
 
     def damped_loss_after(self, n: int) -> float:
         """``Σ_r Δw_r H_d Δw_rᵀ`` with ``Δw = w − w_start``: what the chosen costs add up to

@@ -186,9 +186,8 @@ with f1:
                "the calibration inputs (H = XᵀX / N). H says which inputs fire together: a big "
                "off-diagonal entry means two weights can stand in for each other.")
 with f2:
-    mean_diag = float(torch.diagonal(lesson.H).mean())
     st.latex(r"H_d = H + \lambda I")
-    st.latex(rf"\lambda = {tex(form['damp'])}\times{tex(mean_diag)} = {tex(lesson.lam)}")
+    st.latex(rf"\lambda = {tex(lesson.damp)}\times{tex(lesson.mean_diag)} = {tex(lesson.lam)}")
     st.caption("Damping adds λ = damp × mean(diag H) to the diagonal only. It keeps the inverse "
                "well behaved when inputs are nearly redundant; a larger damp trusts H's "
                "correlations less.")
@@ -233,7 +232,7 @@ with side:
             "error uses the undamped H. The difference is the damping term λ‖Δw‖²:")
         st.latex(
             rf"\underbrace{{{tex(lesson.cost_so_far(n))}}}_{{\sum\varepsilon}} = "
-            rf"\underbrace{{{tex(lesson.error_after(n) - lesson.start_error)}}}"
+            rf"\underbrace{{{tex(lesson.error_gain(n))}}}"
             rf"_{{\Delta w H \Delta w^\top}} + "
             rf"\underbrace{{{tex(lesson.damping_after(n))}}}_{{\lambda \lVert\Delta w\rVert^2}}")
         st.caption("With a smaller damp the two come closer; the masks rarely change.")
@@ -331,9 +330,8 @@ if n > 0:
                 "neighbours can stand in for it. "
                 + ("Too many subsets to list: the cheapest blocks one by one are taken. "
                    if s.greedy else f"Cheapest: {labels[s.chosen[0]]}. ")
-                + (f"This step: ε = {lfig.fmt(s.chosen_cost)}; the error grew by "
-                   f"{lfig.fmt(s.error - lesson.error_after(n - 1))}, the damping term by "
-                   f"{lfig.fmt(lesson.damping_after(n) - lesson.damping_after(n - 1))}."))
+                + "This step: ε = {}; the error grew by {}, the damping term by {}.".format(
+                    *map(lfig.fmt, lesson.step_parts(n))))
         if lesson.coupled:
             st.table(pd.DataFrame(
                 {f"row {row}": [lfig.fmt(float(v)) for v in s.row_costs[r]]
@@ -343,11 +341,10 @@ if n > 0:
             st.caption("Per row, its own cost with its own current weights and C; the scope "
                        "takes the candidate of least sum.")
         elif not s.greedy and len(P) <= 4:
-            w_P = [[float(s.w_before[ri, c]) for c in P]]
-            C_PP = [[float(s.C_before[ri, a, b]) for b in P] for a in P]
+            _, w_P, C_PP = s.pruned_system(ri)
             which = r"\{" + ", ".join(map(str, P)) + r"\}"
-            st.latex(rf"P = {which}:\qquad w_P = {lfig.tex_matrix(w_P)}")
-            st.latex(rf"C_{{PP}} = {lfig.tex_matrix(C_PP)}")
+            st.latex(rf"P = {which}:\qquad w_P = {lfig.tex_matrix([w_P.tolist()])}")
+            st.latex(rf"C_{{PP}} = {lfig.tex_matrix(C_PP.tolist())}")
             st.latex(rf"\Rightarrow\quad\varepsilon(P) = w_P\,(C_{{PP}})^{{-1}}\,w_P^\top = "
                      rf"{tex(s.chosen_cost)}")
 

@@ -156,6 +156,10 @@ def test_chosen_cost_is_w_P_C_PP_inverse_w_P():
             w_P = step.w_before[0, P]
             expected = w_P @ torch.linalg.solve(step.C_before[0][P][:, P], w_P)
             assert_close(step.costs[i], expected, rtol=1e-10, atol=1e-14)
+        P, w_P, C_PP = step.pruned_system()
+        assert P == step.candidate_cols(step.chosen[0])
+        assert step.chosen_cost == pytest.approx(float(w_P @ torch.linalg.solve(C_PP, w_P)),
+                                                 rel=1e-10)
 
 
 @pytest.mark.parametrize("preset, k", [("2:4", 16), ("coupled-2:4", 32), ("block16", 32)])
@@ -173,6 +177,9 @@ def test_chosen_costs_add_up_to_the_damped_loss(preset, k):
         assert lesson.damping_after(n) > 0 and total > lesson.error_after(n)
         d = lesson.weight_after(n) - lesson.w_start
         assert lesson.damping_after(n) == pytest.approx(lesson.lam * float((d * d).sum()))
+        eps, gain, damping = lesson.step_parts(n)
+        assert eps == pytest.approx(gain + damping, rel=1e-9)
+        assert eps == pytest.approx(total - lesson.cost_so_far(n - 1), rel=1e-12)
 
 
 def test_costs_add_up_to_the_damped_loss_with_dead_inputs():
@@ -352,6 +359,7 @@ def test_damping_is_the_engines():
     W, H = toy()
     geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
     lesson = Lesson.start(W, H, geom, 2, 0, damp=0.1)
+    assert lesson.mean_diag == pytest.approx(float(torch.diagonal(H).mean()))
     assert lesson.lam == pytest.approx(0.1 * float(torch.diagonal(H).mean()))
     assert_close(lesson.Hd, H + lesson.lam * torch.eye(16, dtype=H.dtype))
     assert_close(lesson.C @ lesson.Hd, torch.eye(16, dtype=H.dtype), rtol=0, atol=1e-10)
