@@ -487,3 +487,14 @@ def test_error_figure_keeps_the_modes_ticks_clear_of_the_path_and_its_labels():
     labels = sorted(a.y for a in fig.layout.annotations)
     assert all(b - a > 0.09 * 30 - 1e-9 for a, b in zip(labels, labels[1:], strict=False))
     assert {a.text for a in fig.layout.annotations} >= {"full 20.03 %", "true_obs 19.00 %"}
+
+
+def test_row_figure_legend_shows_the_rows_colour_whatever_is_pruned_first():
+    from obsviz.figures.lesson import CHOSEN, ROW, row_figure
+
+    fig = row_figure(torch.ones(8), torch.ones(8), pruned_now=[0], scope_cols=[0, 1, 2, 3])
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.name for t in bars] == ["before", "after"] and len(bars[1].x) == 8
+    assert bars[1].marker.color[0] == CHOSEN and bars[1].showlegend is False
+    swatch = [t for t in fig.data if t.name == "after" and t.type == "scatter"]
+    assert len(swatch) == 1 and swatch[0].marker.color == ROW

@@ -240,8 +240,12 @@ def row_figure(w_before: torch.Tensor, w_after: torch.Tensor | None = None, *,
         fig.add_bar(x=x, y=a, name=names[1], marker=dict(color=colours, line_width=0),
                     text=[fmt(v) if c in labelled else "" for c, v in enumerate(a)],
                     textposition="outside", cliponaxis=False, textfont_size=11,
-                    constraintext="none",
+                    constraintext="none", showlegend=False, legendgroup="after",
                     hovertemplate="column %{x}: %{y:.4f}<extra>" + names[1] + "</extra>")
+        # The legend's swatch: the row's colour, whatever colour the first bar has.
+        # (a marker, not a bar: an empty bar trace would still take a slot in each group)
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=names[1], legendgroup="after",
+                        marker=dict(symbol="square", size=11, color=ROW), hoverinfo="skip")
         top = max(np.abs(a).max(), np.abs(b).max())
     else:
         top = np.abs(b).max()
