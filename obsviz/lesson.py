@@ -40,50 +40,22 @@ import torch
 from obsviz import obs
 from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry
-from obsviz.hessian import check_damp, damped, damping, dead_columns, spd_inverse
+from obsviz.hessian import check_damp
 from obsviz.layout import coupled_closure, row_steps
+from obsviz.methods import OBS_MODES
 from obsviz.metrics import row_error
+from obsviz.prepare import prepare
 
 __all__ = ["COMPARED_MODES", "MAX_LESSON_BYTES", "MAX_ROWS", "Lesson", "LessonStep",
            "ModeOutcome", "column_ranges", "column_runs", "first_columns", "interleaved_worse_rows",
            "lesson_geometry", "mode_outcomes", "same_mask_worse"]
 
-#: The modes the lesson's side panel compares, in the order they are shown.
-COMPARED_MODES = ("local", "full", "split", "interleaved", "true_obs")
+#: The modes the lesson's side panel compares, in the order they are shown: every OBS mode.
+COMPARED_MODES = OBS_MODES
 #: Most rows one lesson follows together (a coupling group larger than this is refused).
 MAX_ROWS = 16
 #: Most memory a lesson may hold (every step keeps each row's K × K C): checked before computing.
 MAX_LESSON_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """What ``obsviz.prepare.prepare`` returns (the fields the lesson reads)."""
-
-    W0: torch.Tensor
-    W: torch.Tensor
-    H0: torch.Tensor
-    dead: torch.Tensor
-    lam: float
-    scale: float
-    Hd: torch.Tensor
-    C: torch.Tensor
-
-
-def _prepare(W: torch.Tensor, H: torch.Tensor, damp: float) -> _Prepared:
-    damp = check_damp(damp)
-    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
-    W0 = W.detach().cpu().to(dtype)
-    H0 = H.detach().cpu().to(dtype)
-    H0 = (H0 + H0.T) / 2
-    dead = dead_columns(H0)
-    Hd = damped(H0, damp)
-    scale = float(torch.diagonal(Hd).mean())
-    Hd = Hd / scale
-    Wp = W0.clone()
-    Wp[:, dead] = 0
-    return _Prepared(W0=W0, W=Wp, H0=H0, dead=dead, lam=damping(H0, damp), scale=scale, Hd=Hd,
-                     C=spd_inverse(Hd))
 
 
 def column_runs(cols: Sequence[int]) -> list[tuple[int, int]]:
@@ -309,7 +281,7 @@ class Lesson:
                 f"{need / 2**20:.0f} MiB of C matrices, more than {MAX_LESSON_BYTES >> 20} MiB; "
                 "use fewer columns (obsviz.lesson.first_columns)")
 
-        p = _prepare(W, H, damp)
+        p = prepare(W, H, damp, "cpu")
         unit = p.scale                             # C and costs are shown in the layer's units
         n_prune = geometry.pruned_per_scope(nnz)
         cols_g, scope_g = layout.cols[group], layout.scope[group]       # (R, T, gs, Lb), (R, T)

@@ -30,7 +30,7 @@ state.sidebar()
 ss = st.session_state
 
 TOY, CURRENT = "toy", "current"     # the Layer choice: the toy, or the layer in use
-PATTERNS = ["2:4", "1:4", "4:8", "2:8", "coupled-2:4", "block16"]
+PATTERNS = ["2:4", "1:4", "4:8", "2:8", "2:4-pairs", "coupled-2:4", "block16"]
 COLUMNS = [8, 16, 32]
 DAMPS = [0.0001, 0.001, 0.01, 0.1, 0.5]
 DEFAULT_SETUP = {"source": TOY, "k": 16, "pattern": "2:4", "row": 0, "damp": 0.01}
@@ -418,7 +418,7 @@ if n > 0:
                 st.markdown(
                     f"**Same pick here** ({nl[ours[0]] if not nxt.greedy else 'same blocks'}), "
                     f"but the costs moved by up to {100 * nxt.max_cost_change:.0f} %. Try "
-                    "pattern **4:8**, row **3** of the toy to watch a choice flip.")
+                    "pattern **2:4-pairs**, row **3** of the toy to watch a choice flip.")
             st.markdown(
                 "- **true_obs** prices the next scope with the downdated C and the weights as "
                 "compensation left them: it knows what is already gone.\n"
