@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from obsviz.errors import ArgumentError
 from obsviz.figures import lesson as lfig
 from obsviz.lesson import (
     COMPARED_MODES,
@@ -143,9 +142,10 @@ c_damp.select_slider("Damping (damp)", DAMPS, key=bind("damp"), on_change=change
 try:
     lesson, outcomes, worse_rows = run_lesson(layer_key, form["k"], form["pattern"],
                                               form["row"], form["damp"], layer)
-except ArgumentError as err:
+except ValueError as err:         # ArgumentError names the field; others (e.g. a singular H)
     st.error(f"This choice does not fit the lesson: {err}", icon=":material/warning:")
-    if err.argument == "pattern" and form["source"] == TOY and CURRENT in sources:
+    if (getattr(err, "argument", None) == "pattern" and form["source"] == TOY
+            and CURRENT in sources):
         st.button(f"Use the layer in use ({current_label}) instead", key="learn_use_layer",
                   on_click=choose, kwargs={"source": CURRENT}, icon=":material/swap_horiz:")
     else:
