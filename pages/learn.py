@@ -21,6 +21,7 @@ from obsviz.lesson import (
     same_mask_worse,
 )
 from obsviz.metrics import format_rel_error as pct
+from obsviz.store import layer_hash
 
 from ui import state
 
@@ -41,12 +42,12 @@ tex = lfig.tex_number
 
 
 @st.cache_resource(max_entries=16, show_spinner="Walking the rows through OBS…")
-def run_lesson(layer_key: str, k: int, pattern: str, row: int, damp: float, _layer
-               ) -> tuple[Lesson, dict, list[int]]:
-    """The lesson, every mode's outcome on its rows, and the rows of this sub-problem where
-    interleaved keeps full's mask yet ends worse; on ``W[:, :k]``, ``H[:k, :k]`` in float64, so
-    the numbers shown are the exact ones."""
-    W, H = first_columns(_layer.weight.to(torch.float64), _layer.hessian.to(torch.float64), k)
+def run_lesson(digest: str, pattern: str, row: int, damp: float, _W: torch.Tensor,
+               _H: torch.Tensor) -> tuple[Lesson, dict, list[int]]:
+    """The lesson on the sub-problem ``_W``, ``_H`` (``digest``: its content hash, the cache
+    key), every mode's outcome on its rows, and the rows where interleaved keeps full's mask yet
+    ends worse; in float64, so the numbers shown are the exact ones."""
+    W, H = _W.to(torch.float64), _H.to(torch.float64)
     geom = lesson_geometry(pattern, tuple(W.shape))
     lesson = Lesson.start(W, H, geom, geom.nnz, row, damp)
     outcomes = mode_outcomes(W, H, geom, geom.nnz, lesson.rows, damp)
@@ -100,18 +101,18 @@ current_label = "" if current is None else current.name
 sources = [TOY] + ([CURRENT] if current is not None and current_label != TOY else [])
 if form["source"] not in sources:
     form["source"] = TOY
-if form["source"] == TOY:
-    layer, layer_label, layer_key = state.sample_layer(TOY), TOY, TOY
-else:
-    layer, layer_label, layer_key = current, current_label, current_label
-if form.get("layer") != layer_key:      # another layer in use: the lesson starts over
-    form["layer"] = layer_key
-    reset()
+layer, layer_label = (state.sample_layer(TOY), TOY) if form["source"] == TOY else (
+    current, current_label)
 M, K_all = layer.weight.shape
 ks = [k for k in COLUMNS if k <= K_all] or [K_all]
 if form["k"] not in ks:
     form["k"] = 16 if 16 in ks else ks[-1]
 form["row"] = min(int(form["row"]), M - 1)
+W_k, H_k = first_columns(layer.weight, layer.hessian, form["k"])
+digest = layer_hash(W_k, H_k)           # what the lesson is about, whatever the layer's name
+if form.get("layer") != digest:         # another layer in use: the lesson starts over
+    form["layer"] = digest
+    reset()
 
 st.title("Learn OBS")
 st.markdown(
@@ -140,8 +141,8 @@ c_damp.select_slider("Damping (damp)", DAMPS, key=bind("damp"), on_change=change
 # ---- call -------------------------------------------------------------------------------------
 
 try:
-    lesson, outcomes, worse_rows = run_lesson(layer_key, form["k"], form["pattern"],
-                                              form["row"], form["damp"], layer)
+    lesson, outcomes, worse_rows = run_lesson(digest, form["pattern"],
+                                              form["row"], form["damp"], W_k, H_k)
 except ValueError as err:         # ArgumentError names the field; others (e.g. a singular H)
     st.error(f"This choice does not fit the lesson: {err}", icon=":material/warning:")
     if (getattr(err, "argument", None) == "pattern" and form["source"] == TOY
