@@ -29,6 +29,8 @@ from obsviz.errors import ArgumentError
 #: consecutive weights of a row (``Geometry.nm``). ``2:4-pairs`` keeps 2 of every 4 column pairs
 #: of a row (block ``(1, 2)``, scope ``(1, 4)``): 4 of every 8 weights, but in pairs.
 PRESETS = ("2:4", "2:4-pairs", "coupled-2:4", "block16")
+#: Most dimensions a view may have (torch tensors have at most 64; real views have 2–5).
+MAX_RANK = 16
 
 
 def _is_int(v) -> bool:
@@ -68,6 +70,19 @@ def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def _is_mixed_radix(shape: Sequence[int], stride: Sequence[int]) -> bool:
+    """True when the view is a row-major layout of a permutation of its dims (dims of size 1
+    aside): strides, smallest first, are 1, n₀, n₀n₁, … — a bijection onto ``[0, prod(shape))``,
+    seen in ``O(rank)`` without enumerating a single offset."""
+    dims = sorted((s, n) for n, s in zip(shape, stride, strict=True) if n > 1)
+    expected = 1
+    for s, n in dims:
+        if s != expected:
+            return False
+        expected *= n
+    return True
+
+
 def _linear_index(shape: Sequence[int], coeff: Sequence[int], steps: Sequence[int] | None = None,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Row-major enumeration of ``sum_k (i_k * steps_k) * coeff_k`` over ``i`` in ``shape``.
@@ -83,6 +98,33 @@ def _linear_index(shape: Sequence[int], coeff: Sequence[int], steps: Sequence[in
         view[k] = n
         total = total + axis.view(view)
     return total.reshape(-1)
+
+
+def _broadcast_sum(terms: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i0, ..., id] = Σ_k terms[k][i_k]`` for 1-D ``terms``, by broadcasting. The axes are
+    added longest last, so only the final addition is full size (and it may write straight into
+    ``out``, e.g. a strided view of W's storage)."""
+    d = len(terms)
+    order = sorted(range(d), key=lambda k: terms[k].numel())
+    total = None
+    for n_done, k in enumerate(order):
+        shape = [1] * d
+        shape[k] = terms[k].numel()
+        term = terms[k].view(shape)
+        if total is None:
+            total = term
+        elif n_done == d - 1 and out is not None:
+            return torch.add(total, term, out=out)
+        else:
+            total = total + term
+    if out is not None:
+        return out.copy_(total.expand(out.shape))
+    return total.expand([t.numel() for t in terms]).contiguous()
+
+
+def _index_dtype(numel: int) -> torch.dtype:
+    """int32 when every index fits (half the memory traffic of int64), else int64."""
+    return torch.int32 if numel < 2**31 else torch.long
 
 
 @dataclass(frozen=True)
@@ -137,6 +179,9 @@ class Geometry:
                                     "both or neither")
             view_shape, view_stride = (M, K), (K, 1)
         view_shape = _as_shape("view_shape", view_shape, allow_whole=False)
+        if len(view_shape) > MAX_RANK:
+            raise ArgumentError("view_shape", f"view_shape has rank {len(view_shape)}; a view has "
+                                f"at most {MAX_RANK} dimensions")
         if view_stride is None:
             view_stride = _row_major_strides(view_shape)
         if not _is_int_sequence(view_stride):
@@ -151,6 +196,8 @@ class Geometry:
             raise ArgumentError(
                 "view_stride",
                 f"view_stride={view_stride} has a negative stride; strides must be >= 0")
+        # Before anything that costs time or memory in the size of the numbers (divisors, maps):
+        # the view must hold exactly M×K elements and reach each once.
         _check_view_is_bijection((M, K), view_shape, view_stride)
 
         block_given = block = _as_shape("block", block, allow_whole=True)
@@ -161,11 +208,10 @@ class Geometry:
         block = tuple(v if b == -1 else b for b, v in zip(block, view_shape, strict=True))
         for k, (b, v) in enumerate(zip(block, view_shape, strict=True)):
             if v % b:
-                divisors = [d for d in range(1, v + 1) if v % d == 0]
                 raise ArgumentError(
                     "block",
                     f"block={block_given}: size {b} in dim {k} does not divide view size {v}; "
-                    f"valid sizes: {_short(divisors)} or -1")
+                    f"valid sizes: {_short(divisors(v))} or -1")
         grid = tuple(v // b for v, b in zip(view_shape, block, strict=True))
 
         scope_given = scope = _as_shape("scope", scope, allow_whole=True)
@@ -177,11 +223,10 @@ class Geometry:
         scope = tuple(g if s == -1 else s for s, g in zip(scope, grid, strict=True))
         for k, (s, g) in enumerate(zip(scope, grid, strict=True)):
             if g % s:
-                divisors = [d for d in range(1, g + 1) if g % d == 0]
                 raise ArgumentError(
                     "scope", f"scope={scope_given}: size {s} in dim {k} does not divide block-grid "
                     f"size {g}; "
-                    f"valid sizes: {_short(divisors)} or -1")
+                    f"valid sizes: {_short(divisors(g))} or -1")
 
         self.weight_shape: tuple[int, int] = (M, K)
         self.view_shape: tuple[int, ...] = view_shape
@@ -291,15 +336,29 @@ class Geometry:
         """Most distinct W rows one scope touches."""
         if not self.is_row_coupled:
             return 1
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
-        s, _ = torch.sort(rows, dim=1)
-        return int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+        return int((self._scope_rows >= 0).sum(1).max())
 
     @cached_property
     def is_row_coupled(self) -> bool:
         """True when some scope spans several W rows (their decisions are made together)."""
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
-        return bool((rows.amax(1) > rows.amin(1)).any())
+        lo, hi = self._block_row_range
+        return bool((hi.amax(1) > lo.amin(1)).any())
+
+    @cached_property
+    def _block_row_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, gs)`` first and last W row of every block of every scope."""
+        rows = self._scope_elements // self.weight_shape[1]
+        return rows.amin(-1), rows.amax(-1)
+
+    @cached_property
+    def _scope_rows(self) -> torch.Tensor:
+        """``(S, R)`` long: distinct W rows of each scope, ascending, -1 padded. When every block
+        lies in one row only the blocks' rows are compared (a sort over ``gs``, not ``gs·bk``)."""
+        lo, hi = self._block_row_range
+        if torch.equal(lo, hi):
+            return distinct_sorted(lo.long())
+        rows = self._scope_elements.reshape(self.n_scopes, -1) // self.weight_shape[1]
+        return distinct_sorted(rows.long())
 
     def facts(self) -> GeometryFacts:
         return GeometryFacts(self.n_blocks, self.n_scopes, self.block_numel,
@@ -320,28 +379,50 @@ class Geometry:
         within = _linear_index(self.scope, grid_strides, None, device)
         return base[:, None] + within[None, :]
 
-    def scope_elements(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def scope_elements(self, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.long) -> torch.Tensor:
         """Flat offsets of every element, ``(n_scopes, gs, bk)`` (computed once, then cached)."""
-        return self._scope_elements.to(device)
+        return self._scope_elements.to(device, dtype)
 
     @cached_property
     def _scope_elements(self) -> torch.Tensor:
-        return self.block_elements()[self.scope_blocks()]
+        # Element (scope g, block p in it, element w in the block) sits at view index
+        # i_k = (g_k s_k + p_k) b_k + w_k: its offset is a sum of one term per (axis, part).
+        d = len(self.view_shape)
+        dtype = _index_dtype(math.prod(self.weight_shape))
+        terms = []
+        for part in range(3):
+            for k in range(d):
+                n = (self.scope_grid, self.scope, self.block)[part][k]
+                unit = (self.scope[k] * self.block[k], self.block[k], 1)[part]
+                terms.append(torch.arange(n, dtype=dtype) * (unit * self.view_stride[k]))
+        out = _broadcast_sum(terms)
+        return out.view(self.n_scopes, self.blocks_per_scope, self.block_numel)
 
-    def block_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the block id of every weight."""
-        return self._id_map(self.block_elements(), torch.arange(self.n_blocks)[:, None])
+    def _view_map(self, per_axis, dtype: torch.dtype) -> torch.Tensor:
+        """``(M, K)``: at every element, ``Σ_k per_axis(k, g_k)`` of its block-grid index ``g``,
+        written straight through the view's strides (one pass, no index tensor)."""
+        M, K = self.weight_shape
+        terms = [per_axis(k, torch.arange(v, dtype=torch.long) // b).to(dtype)
+                 for k, (v, b) in enumerate(zip(self.view_shape, self.block, strict=True))]
+        out = torch.empty(M * K, dtype=dtype)
+        _broadcast_sum(terms, torch.as_strided(out, self.view_shape, self.view_stride))
+        return out.view(M, K)
 
-    def scope_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the scope id of every weight."""
-        elements = self.scope_elements().reshape(self.n_scopes, -1)
-        return self._id_map(elements, torch.arange(self.n_scopes)[:, None])
+    def block_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the block id of every weight."""
+        strides = _row_major_strides(self.grid)
+        return self._view_map(lambda k, g: g * strides[k], dtype)
 
-    def block_in_scope_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the position of every weight's block inside its scope."""
-        elements = self.scope_elements()
-        ids = torch.arange(self.blocks_per_scope)[None, :, None]
-        return self._id_map(elements, ids)
+    def scope_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the scope id of every weight."""
+        strides = _row_major_strides(self.scope_grid)
+        return self._view_map(lambda k, g: (g // self.scope[k]) * strides[k], dtype)
+
+    def block_in_scope_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the position of every weight's block inside its scope."""
+        strides = _row_major_strides(self.scope)
+        return self._view_map(lambda k, g: (g % self.scope[k]) * strides[k], dtype)
 
     def column_map(self) -> torch.Tensor:
         """``(n_blocks, bk)`` long: the W column of every element of every block."""
@@ -354,16 +435,9 @@ class Geometry:
 
     @cached_property
     def _row_coupling(self) -> torch.Tensor:
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
         if not self.is_row_coupled:
-            return rows[:, :1].clone()
-        return distinct_sorted(rows)
-
-    def _id_map(self, elements: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        M, K = self.weight_shape
-        out = torch.empty(M * K, dtype=torch.long)
-        out[elements.reshape(-1)] = ids.expand_as(elements).reshape(-1)
-        return out.view(M, K)
+            return self._block_row_range[0][:, :1].long()
+        return self._scope_rows
 
     # ---- presentation ---------------------------------------------------------------------
 
@@ -429,6 +503,8 @@ def _check_view_is_bijection(weight_shape: tuple[int, int], view_shape: tuple[in
             "view_stride",
             f"view_shape={view_shape}, view_stride={view_stride} reaches flat offset {reach}, "
             f"outside W of shape {weight_shape} (offsets 0..{numel - 1})")
+    if _is_mixed_radix(view_shape, view_stride):
+        return  # a row-major layout of some permutation of the dims: a bijection, no count
     offsets = _linear_index(view_shape, view_stride)
     hits = torch.bincount(offsets, minlength=numel)
     missed = torch.nonzero(hits == 0).flatten()
@@ -452,6 +528,19 @@ def distinct_sorted(values: torch.Tensor) -> torch.Tensor:
     s, _ = torch.sort(s, dim=1)
     s = s[:, :width]
     return torch.where(s == big, torch.full_like(s, -1), s)
+
+
+#: Most candidates :func:`divisors` tries: the list is a hint in an error message, so it stays
+#: cheap however large the number is (all divisors up to ``n`` ≤ 2**32, the small ones above).
+_DIVISOR_TRIALS = 2**16
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of ``n`` ascending, in ``O(min(√n, 2**16))`` steps: complete for ``n ≤ 2**32``;
+    above that, only the divisors ``≤ 2**16`` and their cofactors."""
+    small = [d for d in range(1, min(math.isqrt(n), _DIVISOR_TRIALS) + 1) if n % d == 0]
+    large = [n // d for d in reversed(small) if n // d != d]
+    return small + large
 
 
 def _short(items: list, n: int = 8) -> str:
