@@ -42,7 +42,7 @@ MAX_UPLOAD = 2 * 2**20  # bytes of uploaded text
 FAST = ["magnitude", "wanda", "sparsegpt"]
 form = ss.setdefault("model_form", {
     "source": "minilm", "path": "", "cal": "shipped", "eval": "shipped",
-    "cal_tokens": 512, "eval_tokens": 512, "seq_len": 128, "geo_source": "preset",
+    "cal_tokens": 2048, "eval_tokens": 2048, "seq_len": 128, "geo_source": "preset",
     "preset": "2:4", "nnz": 2, "hessians": "sequential", "damp": 0.01, "include": "*",
     "exclude": "", "methods": list(FAST),
 })
