@@ -7,6 +7,7 @@ from obsviz.figures import results as rfig
 
 from ui import exports, layers, result_maps, runner, runs, state
 
+state.require_entrypoint()
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
 ss = st.session_state

@@ -10,6 +10,7 @@ from ui import facts, state
 from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_weight_shape
 from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
 form = state.geometry_form()

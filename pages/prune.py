@@ -12,6 +12,7 @@ from ui import labels, layers, runner, runs, state
 from ui.forms import parse_float, parse_int
 from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Prune · obsviz", page_icon=":material/grid_view:", layout="wide")
 ss = st.session_state
 form = state.prune_form(runner.DEFAULT_METHODS, runs.DEFAULT_OPTIONS)

@@ -35,7 +35,7 @@ from obsviz.estimate import available_memory, format_bytes
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
 
-from ui import layers
+from ui import layers, runs
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
 from ui.layers import ActiveLayer, sample_layer
 from ui.text import md
@@ -43,7 +43,7 @@ from ui.widgets import copy_widget, device_options, device_select, form_widgets,
 
 __all__ = ["KEYS", "WIDGET_PREFIXES", "chosen_geometry", "copy_widget", "current_layer",
            "device", "device_select", "draw_sidebar", "form_widgets", "init_state", "layer_shape",
-           "loaded_layer", "mark_in_error", "sample_layer", "sidebar"]
+           "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer", "sidebar"]
 
 FALLBACK_SHAPE = (384, 384)
 
@@ -66,7 +66,9 @@ KEYS: dict[str, Key] = {
     "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
-    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs"),
+    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs, and the stored "
+                              "runs of the layers it used"),
+    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
@@ -86,6 +88,24 @@ WIDGET_PREFIXES: dict[str, str] = {
 #: Form fields that travel in the URL (see ``form_to_query``).
 _QUERY_FIELDS = ("pattern", "weight", "nnz", "n", "m", "view", "stride", "block", "scope", "r0",
                  "c0", "win")
+
+
+def require_entrypoint() -> None:
+    """Make sure this page has what the entrypoint (``app.py``) gives every page: the shared
+    sidebar. Call it first thing in a page.
+
+    Streamlit runs a page file on its own, without the entrypoint, when a ``pages/`` folder
+    exists and the entrypoint has not yet run in this server process (the first session of a
+    fresh server opened at a page link; every AppTest run). Then the shared sidebar is drawn
+    here, and that legacy mode (Streamlit's ``PagesManager.uses_pages_directory``, which
+    ``st.navigation`` itself turns off) is turned off for the next runs, which go through
+    ``app.py``. (Not a rerun: that would drop the click that started this run.)
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        draw_sidebar()
 
 
 def init_state() -> None:
@@ -147,6 +167,7 @@ def draw_sidebar() -> None:
                               "Prune page.")
         active = current_layer()
         if active is not None:
+            runs.adopt_stored(active)   # its runs from earlier sessions are listed too
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
