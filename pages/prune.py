@@ -65,8 +65,8 @@ with c_geom:
                  format_func={"page": "the Geometry page", "preset": "a preset here"}.get)
         if form.geo_source == "page" and page_fits:
             geom, nnz = chosen
-            st.markdown(f"**{md(geom.name or 'free-form')}**, nnz = {nnz} · "
-                        f"{md(geom.describe())}")
+            st.markdown(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+                        f"{geom.describe()}")
             st.page_link("pages/geometry.py", label="Change it on the Geometry page",
                          icon=":material/grid_view:")
         else:
@@ -92,7 +92,7 @@ with c_geom:
                     errors["nnz"] = str(err)
                     geom = None
                 else:
-                    st.caption(md(geom.describe()))
+                    st.caption(geom.describe())
         st.text_input("Damping", key=bind("damp"), on_change=changed, args=("damp",),
                       max_chars=24,
                       help="λ added to the Hessian's diagonal: damp × mean(diag H) when "

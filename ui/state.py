@@ -59,6 +59,7 @@ class Key:
 #: Every session-state key the app uses, with its one owner (the only code that writes it).
 #: Pages read shared keys through the functions above, not by name.
 KEYS: dict[str, Key] = {
+    "entered": Key("ui.state", "True once a run of this session went through the entrypoint"),
     "device": Key("app.py sidebar (ui.state)", '"cuda" | "cpu": where pruning runs'),
     "layer_source": Key("ui.layers", '"sample" | "upload" | "checkpoint": the current layer'),
     "layer_name": Key("ui.layers", "str | None: the sample layer chosen"),
@@ -91,21 +92,25 @@ _QUERY_FIELDS = ("pattern", "weight", "nnz", "n", "m", "view", "stride", "block"
 
 
 def require_entrypoint() -> None:
-    """Make sure this page has what the entrypoint (``app.py``) gives every page: the shared
-    sidebar. Call it first thing in a page.
+    """Make sure this page runs with what the entrypoint (``app.py``) gives every page: the
+    navigation and the shared sidebar. Call it first thing in a page.
 
     Streamlit runs a page file on its own, without the entrypoint, when a ``pages/`` folder
     exists and the entrypoint has not yet run in this server process (the first session of a
-    fresh server opened at a page link; every AppTest run). Then the shared sidebar is drawn
-    here, and that legacy mode (Streamlit's ``PagesManager.uses_pages_directory``, which
-    ``st.navigation`` itself turns off) is turned off for the next runs, which go through
-    ``app.py``. (Not a rerun: that would drop the click that started this run.)
+    fresh server opened at a page link; every AppTest run), and lists the raw files of
+    ``pages/`` as the navigation. That legacy mode (Streamlit's
+    ``PagesManager.uses_pages_directory``, which ``st.navigation`` itself turns off) is turned
+    off here; a session's first run then starts again through ``app.py`` (it has no click to
+    lose), a later one draws the shared sidebar here instead.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        draw_sidebar()
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("entered"):
+        st.rerun()
+    draw_sidebar()
 
 
 def init_state() -> None:
@@ -152,6 +157,7 @@ def draw_sidebar() -> None:
     ``st.navigation``; pages never call it."""
     init_state()
     ss = st.session_state
+    ss["entered"] = True
     with st.sidebar:
         st.markdown("#### Running on")
         device_select("_w_device", help="Pruning runs here. CUDA is offered when a GPU is "
@@ -179,8 +185,8 @@ def draw_sidebar() -> None:
         if chosen_geom is not None:
             geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{md(geom.name or 'free-form')}**, nnz = {nnz} · "
-                       f"{md(geom.describe())}")
+            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+                       f"{geom.describe()}")
 
 
 # ---- the geometry form and the URL ------------------------------------------------------------
