@@ -267,3 +267,13 @@ def test_upload_limits_agree_and_the_watcher_skips_installed_packages():
     assert "showSidebarNavigation" not in config.get("client", {})   # it hides st.navigation too
     at = open_app("pages/prune.py", state={"layer_source": "upload"})
     assert "At most 512.0 MiB" in at.file_uploader(key="_p_upload").help
+
+
+def test_a_view_that_does_not_fit_the_layer_is_the_view_fields_error():
+    at = open_app("pages/geometry.py", params={
+        "pattern": "free-form", "weight": "384, 384", "nnz": "2", "view": "384, 385",
+        "stride": "", "block": "1, 1", "scope": "1, 4"})
+    shown = errors(at)
+    assert len(shown) == 1 and shown[0].startswith("view_shape="), shown
+    marked = " ".join(h.value for h in at.html)
+    assert ".st-key-_g_view" in marked and ".st-key-_g_scope" not in marked

@@ -24,18 +24,14 @@ import torch
 
 from obsviz import Geometry, PruneResult, metrics
 from obsviz.layout import row_sample
+from obsviz.methods import OPTIONS, REGISTRY, resolve_options
 from obsviz.store import RunStore, StoredRun, default_store_path, trial_key
 
 from ui.layers import ActiveLayer
 
-#: Methods each option applies to (options other methods ignore stay out of their cache key).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "split": ("n_splits",),
-    "interleaved": ("n_splits",),
-    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
-}
-DEFAULT_OPTIONS = {"n_splits": 4, "ng": 8, "chunk_size": 16, "order": "left_to_right",
-                   "scoring": "independent", "c_dtype": "auto"}
+#: Every method option at its default, by name (``obsviz.methods.OPTIONS``): one value per name
+#: is shared by the methods that declare it.
+DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
 #: Pruned weights (a copy of W each) kept in memory per session; older ones are read back from
 #: the run store on demand.
 MAX_IN_MEMORY = 8
@@ -62,7 +58,9 @@ class Job:
         return row_sample(self.geometry, **{how: n})
 
     def method_options(self, method: str) -> dict:
-        return {k: self.options[k] for k in METHOD_OPTIONS.get(method, ())}
+        """The options ``method`` declares (``obsviz.methods``), checked, defaults filled."""
+        return resolve_options(method, **{k: self.options.get(k)
+                                          for k in REGISTRY[method].option_names})
 
     def trial_options(self, method: str) -> dict:
         """The options that decide the result: the method's own, the device (``auto`` C dtypes
