@@ -277,3 +277,29 @@ def test_a_view_that_does_not_fit_the_layer_is_the_view_fields_error():
     assert len(shown) == 1 and shown[0].startswith("view_shape="), shown
     marked = " ".join(h.value for h in at.html)
     assert ".st-key-_g_view" in marked and ".st-key-_g_scope" not in marked
+
+
+def test_the_pruned_layer_download_loads_back_with_the_engines_loader():
+    from ui import exports
+
+    at = run_methods(open_app("pages/prune.py", state={"layer_name": "toy"}), ["sparsegpt"])
+    run = next(iter(at.session_state["results"].values()))
+    data = exports.safetensors_bytes(run)
+    layer = L.load_layer(data, "toy", filename="pruned.safetensors")
+    assert torch.equal(layer.weight, run.result.weight.to(layer.weight.dtype))
+    assert torch.equal(layer.hessian, L.load_sample_layer("toy").hessian.to(layer.hessian.dtype))
+
+
+def test_scripts_dev_says_each_step_of_a_first_install():
+    text = (ROOT / "scripts" / "dev").read_text()
+    steps = re.findall(r'say "([^"]+)"', text)
+    assert any("creating the virtualenv" in s for s in steps)
+    assert any("installing torch" in s for s in steps)
+    assert any("installing $what" in s for s in steps)
+    assert any("starting the app" in s for s in steps) and any("running the tests" in s
+                                                                 for s in steps)
+    # every long step (venv, pip) has a line before it
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(r'-m venv|"\$\{pip\[@\]\}"', line):
+            assert any("say " in prev for prev in lines[max(0, i - 3):i]), line
