@@ -115,7 +115,6 @@ with c_geom:
 st.subheader("Methods")
 st.multiselect(
     "Methods", METHODS, key=bind("methods"), on_change=changed, args=("methods",),
-    format_func=lambda m: f"{m} · {REGISTRY[m].label}",
     help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}. "
          + " ".join(f"**{m}**: {REGISTRY[m].help}." for m in METHODS),
     placeholder="Choose one or more methods")
