@@ -212,8 +212,8 @@ if last and not run:
                 valid = "valid" if rep["valid"] else f"**invalid** ({rep['bad_scopes']} scopes)"
                 st.markdown(
                     f":green[:material/check_circle:] **{md(labels.describe(r.job, r.method))}**"
-                    f" · relative error **{format_rel_error(r.result.rel_error)}** · sparsity "
-                    f"{rep['sparsity']:.1%} · {valid} · {r.result.seconds:.2f} s on "
+                    f" · relative error **{format_rel_error(r.rel_error)}** · sparsity "
+                    f"{rep['sparsity']:.1%} · {valid} · {r.seconds:.2f} s on "
                     f"{rep['device']}" + (" · cached" if entry["status"] == "cached" else ""))
             else:
                 icon = (":orange[:material/pause_circle:]" if entry["status"] == "stopped"

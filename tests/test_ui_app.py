@@ -15,18 +15,10 @@ import torch
 from obsviz import Geometry, prune
 from obsviz import layers as L
 
-from apptest import ROOT, errors, fresh_store, open_app, plain
+from apptest import ROOT, errors, fresh_store, open_app, plain, run_methods
 from ui import runs, state
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def run_methods(at, methods: list[str]):
-    at.multiselect(key="_p_methods").set_value(methods).run()
-    assert not at.exception, at.exception
-    next(b for b in at.button if b.label == "Run").click().run()
-    assert not at.exception, at.exception
-    return at
 
 
 def upload(at, name: str, data: bytes):
