@@ -111,14 +111,26 @@ def require_entrypoint() -> None:
     off here; a session's first run then starts again through ``app.py`` (it has no click to
     lose), a later one draws the shared sidebar here instead.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    if not _leave_legacy_pages_mode():
         return
-    PagesManager.uses_pages_directory = False
     if not st.session_state.get("entered"):
         st.rerun()
     draw_sidebar()
+
+
+def _leave_legacy_pages_mode() -> bool:
+    """Turn Streamlit's ``pages/`` folder mode off; whether it was on."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    was_on = bool(PagesManager.uses_pages_directory)
+    PagesManager.uses_pages_directory = False
+    return was_on
+
+
+# A page that runs before the entrypoint ever did (a cold deep link) imports this module: from
+# its next run on, every page goes through app.py, also pages that do not call
+# ``require_entrypoint``.
+_leave_legacy_pages_mode()
 
 
 def init_state() -> None:
