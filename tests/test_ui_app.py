@@ -201,14 +201,17 @@ def test_nnz_zero_warns_that_everything_is_pruned():
 
 def test_a_typed_shape_beyond_free_memory_is_refused_before_its_maps(monkeypatch):
     computed = []
-    monkeypatch.setattr(state, "available_memory", lambda device="cpu": 64 * 2**20)
+    from obsviz import estimate
+
+    monkeypatch.setattr(estimate, "available_memory", lambda device="cpu": 64 * 2**20)
     monkeypatch.setattr(state, "compute_maps", lambda geom: computed.append(geom))
     at = open_app("pages/geometry.py", params={"pattern": "2:4", "weight": "4096, 4096",
                                                "nnz": "2"})
     shown = errors(at)
-    assert len(shown) == 1 and shown[0].startswith("weight_shape=(4096, 4096): labelling every "
-                                                   "weight needs about 768.0 MiB, but only "
-                                                   "64.0 MiB is free")
+    need = estimate.format_bytes(estimate.geometry_maps_bytes((4096, 4096)))
+    assert len(shown) == 1 and shown[0].startswith(
+        f"labelling every weight of W 4096 × 4096 needs about {need} but only 64.0 MiB"), shown
+    assert ".st-key-_g_weight" in " ".join(h.value for h in at.html)   # the shape's field
     assert not computed and not at.metric
 
 
