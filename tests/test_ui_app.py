@@ -138,6 +138,7 @@ def test_results_survive_a_restart_through_the_run_store():
     assert [e["status"] for e in again.session_state["last_run"]] == ["cached", "cached"]
     for key, run in again.session_state["results"].items():
         assert run.result.rel_error == done[key]
+        assert run.label and run.report["valid"] and run.report["sparsity"] == 0.5
 
 
 def test_beyond_the_memory_cap_runs_stay_listed_and_come_back_exactly(monkeypatch):
