@@ -155,8 +155,9 @@ def layer_shape() -> tuple[int, int] | None:
 
 
 def sidebar() -> None:
-    """Nothing: the entrypoint draws the sidebar (``draw_sidebar``) around ``st.navigation``.
-    Kept while pages written before that still call it; remove with the last call."""
+    """The old name of ``require_entrypoint``, for pages written before the entrypoint drew the
+    sidebar (it draws it only where the entrypoint did not); remove with the last call."""
+    require_entrypoint()
 
 
 def draw_sidebar() -> None:
