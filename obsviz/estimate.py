@@ -13,6 +13,12 @@ from obsviz.layout import layout_bytes, layout_shape
 OBS_MODES = ("local", "full", "split", "interleaved", "true_obs")
 BASELINES = ("magnitude", "wanda", "obd", "sparsegpt")
 METHODS = OBS_MODES + BASELINES
+#: The options of ``obsviz.prune`` each method uses (the others ignore theirs).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "split": ("n_splits",),
+    "interleaved": ("n_splits",),
+    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
+}
 
 
 def default_c_dtype(device: str | torch.device) -> torch.dtype:
