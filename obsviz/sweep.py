@@ -50,7 +50,7 @@ from obsviz.prune import PruneResult, _resolve_c_dtype, prune, resolve_device
 from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
 
 __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
-           "load_spec", "parse_spec", "plan", "run_trial", "sweep"]
+           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep"]
 
 EXECUTORS = ("local", "ray")
 #: The largest grid one spec may expand to (a typo such as nnz = [1, …, 1000] stops here).
@@ -188,11 +188,13 @@ def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "
     geoms: list[GeometrySpec] = []
     presets = _list_of(grid, "presets", str, err, required=False)
     for i, p in enumerate(presets or []):
-        try:
-            Geometry.preset(p, (16 * 16, 16 * 16))  # the name only; shapes are checked per layer
+        try:  # the name only, on a shape that fits it; each layer's shape is checked per trial
+            n, colon, m = p.partition(":")
+            fits = (16 * int(m), 16 * int(m)) if colon and m.isdigit() and int(m) else (256, 256)
+            default_nnz = Geometry.preset(p, fits).nnz
         except ValueError as e:
             raise err(f"grid.presets[{i}]", str(e)) from None
-        geoms.append(GeometrySpec(preset=p))
+        geoms.append(GeometrySpec(preset=p, nnz=default_nnz))
     for i, g in enumerate(_list_of(grid, "geometries", dict, err, required=False) or []):
         geoms.append(_parse_geometry(f"grid.geometries[{i}]", g, err))
     if not geoms:
@@ -457,7 +459,7 @@ def plan(spec: SweepSpec, device: str | None = None,
                         if spec.first_rows else None)
             except ValueError as e:
                 geom, glabel, gspec, gerr, rows = None, gs.label, None, str(e), None
-            nnzs = spec.nnz or (gs.nnz if gs.preset is None else geom.nnz if geom else 0,)
+            nnzs = spec.nnz or (gs.nnz,)
             for nnz in nnzs:
                 for ms in spec.methods:
                     for damp in spec.damp:
@@ -734,14 +736,21 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
                        run_ids=[ids[i] for i in sorted(ids)])
 
 
-def summary_rows(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
-    """The runs as table rows (the CLI's summary, the page's table, CSV/Parquet exports)."""
-    rows = []
-    for rid in run_ids:
-        r = store.get(rid)
-        rows.append({"id": r.id, "layer": r.layer, "geometry": r.geometry, "nnz": r.nnz,
-                     "method": r.method, "damp": r.damp, "rel_error": r.rel_error,
-                     "sparsity": r.sparsity, "seconds": r.seconds, "status": r.status,
-                     "error": r.error})
-    return rows
+def summary_table(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
+    """Per geometry × method (in first-seen order): trials, failed, mean ``rel_error`` and mean
+    seconds of the finished ones (``None`` when none finished)."""
+    groups: dict[tuple[str, str], list] = {}
+    for run in sorted(store.runs(id=list(run_ids)), key=lambda r: r.id):
+        groups.setdefault((run.geometry, run.method), []).append(run)
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    out = []
+    for (geometry, method), runs in groups.items():
+        done = [r for r in runs if r.status == "done"]
+        out.append({"geometry": geometry, "method": method, "trials": len(runs),
+                    "failed": len(runs) - len(done),
+                    "rel_error": mean([r.rel_error for r in done]),
+                    "seconds": mean([r.seconds for r in done])})
+    return out
 

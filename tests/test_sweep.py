@@ -120,19 +120,21 @@ def test_grid_free_form_nm_nnz_and_a_geometry_that_does_not_fit(spec_dir, tmp_pa
     spec = {
         "name": "mixed",
         "layers": [{"file": "layers.safetensors", "names": ["odd", "key"]}],
-        "grid": {"presets": ["1:4", "coupled-2:4"],
+        "grid": {"presets": ["1:4", "coupled-2:4", "1:3"],
                  "geometries": [{"block": [1, 2], "scope": [1, 4], "name": "pairs"}],
                  "nnz": [1, 2], "methods": ["wanda", {"method": "split", "n_splits": 2}],
                  "damp": [0.01, 0.1]},
     }
     rep = sweep(parse_spec(spec, base=spec_dir), store=tmp_path / "r.sqlite")
-    assert rep.total == 2 * 3 * 2 * 2 * 2
+    assert rep.total == 2 * 4 * 2 * 2 * 2
     store = RunStore(tmp_path / "r.sqlite")
     failed = store.runs(status="failed")
     # coupled-2:4 needs K divisible by 16: 'odd' has K = 24 → those trials fail, named, the rest run
-    assert rep.failed == len(failed) == 2 * 2 * 2
-    assert {(r.layer, r.geometry) for r in failed} == {("odd", "coupled-2:4")}
-    assert all("divisible by 16" in r.error for r in failed)
+    # 1:3 on K = 64 and nnz = 2 with a scope of 2 blocks (coupled-2:4 has 4, 1:3 has 3) are fine
+    assert rep.failed == len(failed) == 2 * 2 * 2 + 2 * 2 * 2
+    assert {(r.layer, r.geometry) for r in failed} == {("odd", "coupled-2:4"), ("key", "1:3")}
+    assert all("divisible by 16" in r.error for r in failed if r.layer == "odd")
+    assert all("does not divide" in r.error for r in failed if r.layer == "key")
     done = store.runs(status="done")
     assert len(done) == rep.done == rep.total - rep.failed
     odd = crop("odd", "layer5.value", 8, 24)
@@ -376,3 +378,35 @@ def test_killed_worker_none_lost_none_duplicated(ray_cluster, spec_dir, tmp_path
     (dead,) = [r for r in runs if r.status == "failed"]
     assert dead.method == "interleaved" and dead.geometry == "2:4"
     assert "Worker" in dead.error or "died" in dead.error.lower()
+
+
+def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, capsys):
+    from obsviz.cli import main
+
+    db = tmp_path / "cli.sqlite"
+    assert main(["sweep", str(spec_dir / "example.toml"), "--executor", "ray", "--store",
+                 str(db), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "6/6" in err and "ETA" in err
+    assert "6 trials, 6 run, 0 already done, 0 failed" in out
+    lines = out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("geometry"))
+    table = [ln.split() for ln in lines[head + 1:head + 7]]
+    runs = {(r.geometry, r.method): r for r in RunStore(db).runs()}
+    for geometry, method, trials, failed, pct, _, secs in table:
+        r = runs[(geometry, method)]
+        assert (trials, failed) == ("1", "0") and pct == f"{100 * r.rel_error:.2f}"
+        assert secs == f"{r.seconds:.3f}"
+    # resume from the command line: nothing runs again
+    assert main(["sweep", str(spec_dir / "example.toml"), "--store", str(db), "-q"]) == 0
+    assert "0 run, 6 already done" in capsys.readouterr().out
+    # failed trials: recorded, listed, exit code 3; a bad spec: exit code 1, the field named
+    spec = tmp_path / "odd.toml"
+    spec.write_text(f'[[layers]]\nfile = "{spec_dir / "layers.safetensors"}"\nnames = ["odd"]\n'
+                    '[grid]\npresets = ["coupled-2:4", "2:4"]\nmethods = ["magnitude"]\n')
+    assert main(["sweep", str(spec), "--store", str(db), "-q"]) == 3
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "failed: odd · coupled-2:4 · nnz 2 · magnitude:" in out
+    spec.write_text('[[layers]]\nsample = "toy"\n[grid]\nmethods = ["magnitude"]\n')
+    assert main(["sweep", str(spec), "--store", str(db)]) == 1
+    assert "grid.presets" in capsys.readouterr().err
