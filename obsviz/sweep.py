@@ -11,6 +11,7 @@ A spec is a TOML file (or the same structure as a dict)::
     names = ["encoder.layer.3.attention.self.query"]   # omitted: every layer in the file
     [[layers]]
     sample = "layer0.query"                   # a shipped sample layer (or a list of them)
+    # (from Python, an obsviz.Layer object may stand in the list of layers too)
     [[layers]]
     checkpoint = "model_dir"                  # every Linear (or `names`) of a local checkpoint,
     text = "calibration.txt"                  # with dense Hessians from this text
@@ -72,7 +73,8 @@ class SpecError(ArgumentError):
 
 @dataclass(frozen=True)
 class LayerSource:
-    """Where layers come from: ``kind`` is ``"file"``, ``"sample"`` or ``"checkpoint"``."""
+    """Where layers come from: ``kind`` is ``"file"``, ``"sample"``, ``"checkpoint"`` or
+    ``"given"`` (a :class:`Layer` already in memory, from the API or the app)."""
 
     kind: str
     path: Path | None = None          # file or checkpoint folder
@@ -80,6 +82,13 @@ class LayerSource:
     text: Path | None = None          # checkpoint calibration text
     max_tokens: int = 50_000
     seq_len: int = 128
+    layer: Layer | None = None        # kind "given"
+
+    @classmethod
+    def given(cls, layer: Layer) -> LayerSource:
+        if not isinstance(layer, Layer):
+            raise ArgumentError("layers", f"{type(layer).__name__} is not an obsviz Layer")
+        return cls("given", names=(layer.name,), layer=layer)
 
 
 @dataclass(frozen=True)
@@ -261,6 +270,8 @@ def _list_of(table: dict, key: str, types, err, required: bool, prefix: str = "g
 
 def _parse_layer(i: int, entry, base: Path, err) -> LayerSource:
     at = f"layers[{i}]"
+    if isinstance(entry, Layer):  # the API and the app: a layer already in memory
+        return LayerSource.given(entry)
     if not isinstance(entry, dict):
         raise err(at, "must be a table with file = …, sample = … or checkpoint = …")
     _no_unknown(entry, _LAYER_KEYS, f"{at}.", err)
@@ -420,7 +431,9 @@ def resolved_options(method: str, options: dict, device: str) -> dict:
 def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer]:
     out: list[Layer] = []
     for src in spec.layers:
-        if src.kind == "sample":
+        if src.kind == "given":
+            out.append(src.layer)
+        elif src.kind == "sample":
             out.extend(load_sample_layer(n) for n in src.names)
         elif src.kind == "file":
             names = src.names or [i.name for i in list_layers(src.path)]
