@@ -5,7 +5,7 @@ import streamlit as st
 from obsviz import DEFAULT_SAMPLE, Geometry
 from obsviz.figures import results as rfig
 
-from ui import layers, results, state
+from ui import exports, layers, result_maps, runner, runs, state
 
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
@@ -14,7 +14,7 @@ ss = st.session_state
 st.title("Compare")
 
 
-def first_job() -> results.Job | None:
+def first_job() -> runs.Job | None:
     """The sidebar's sample layer (else the default one) with the current geometry (else 2:4)."""
     active = layers.sample(ss.get("layer_name") or DEFAULT_SAMPLE) or layers.sample(
         DEFAULT_SAMPLE)
@@ -23,31 +23,31 @@ def first_job() -> results.Job | None:
     geom = state.current_geometry()
     if geom is None or geom.weight_shape != active.layer.shape:
         geom = Geometry.preset("2:4", active.layer.shape)
-    return results.Job(active, geom, int(geom.nnz), device=ss["device"])
+    return runs.Job(active, geom, int(geom.nnz), device=ss["device"])
 
 
-runs = results.store()
-if not runs:
+stored = runs.store()
+if not stored:
     job = first_job()
     st.markdown("Nothing to compare yet: run some methods on the **Prune** page, or start "
                 "with the fast modes here.")
     if job is None:
         st.info("No sample layer is available; upload one on the Prune page.")
         st.stop()
-    fast = results.fast_methods(job)
+    fast = runner.fast_methods(job)
     st.caption(f"{', '.join(fast)} on **{job.layer.label}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
                f"**{job.geometry.name or 'free-form'}**, nnz = {job.nnz}, on {job.device}.")
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
-        results.run_methods(job, fast)
+        runner.run_methods(job, fast)
         st.rerun()
     st.stop()
 
 # ---- choose -----------------------------------------------------------------------------------
-by_layer: dict[str, list[results.Run]] = {}
-for run in runs.values():
+by_layer: dict[str, list[runs.Run]] = {}
+for run in stored.values():
     by_layer.setdefault(run.layer.digest, []).append(run)
-latest = list(runs.values())[-1].layer.digest
+latest = list(stored.values())[-1].layer.digest
 layer_names = {d: rs[0].layer.label for d, rs in by_layer.items()}
 c_layer, c_pick = st.columns([1, 3])
 if len(by_layer) > 1:
@@ -78,7 +78,7 @@ st.caption(f"**{layer_names[digest]}** · W {M} × {K} · {', '.join(sorted(geom
 
 # ---- metrics ----------------------------------------------------------------------------------
 st.subheader("Metrics")
-rows = results.report_rows(chosen)
+rows = exports.report_rows(chosen)
 st.dataframe(
     [{"result": r["label"], "relative error": r["rel_error"],
       "row p50": r["row_rel_error_p50"], "row p90": r["row_rel_error_p90"],
@@ -99,7 +99,7 @@ st.dataframe(
             help="every block kept or pruned whole, every scope keeps exactly nnz"),
         "seconds": st.column_config.NumberColumn(format="%.2f"),
     })
-maps = {r.label: results.maps(r.key, r) for r in chosen}
+maps = {r.label: result_maps.maps(r.key, r) for r in chosen}
 c_bar, c_rows = st.columns(2, gap="large")
 with c_bar:
     st.markdown("**Relative error by method**")
@@ -173,9 +173,9 @@ if len(chosen) >= 2:
 # ---- downloads --------------------------------------------------------------------------------
 st.subheader("Downloads")
 c_csv, c_json, _ = st.columns([1, 1, 3])
-c_csv.download_button("Report (CSV)", results.report_csv(chosen), file_name="obsviz-report.csv",
+c_csv.download_button("Report (CSV)", exports.report_csv(chosen), file_name="obsviz-report.csv",
                       mime="text/csv", icon=":material/table:")
-c_json.download_button("Report (JSON)", results.report_json(chosen),
+c_json.download_button("Report (JSON)", exports.report_json(chosen),
                        file_name="obsviz-report.json", mime="application/json",
                        icon=":material/data_object:")
 st.caption("Pruned weight and mask (True = kept) of each result, as `.safetensors`:")
@@ -183,6 +183,6 @@ cols = st.columns(min(4, len(chosen)))
 for i, r in enumerate(chosen):
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in r.label)
     cols[i % len(cols)].download_button(
-        r.label, data=lambda r=r: results.safetensors_bytes(r), file_name=f"{safe}.safetensors",
+        r.label, data=lambda r=r: exports.safetensors_bytes(r), file_name=f"{safe}.safetensors",
         mime="application/octet-stream", icon=":material/download:", key=f"_c_dl_{r.key}",
         on_click="ignore")

@@ -6,14 +6,14 @@ from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, Geometry
 from obsviz.estimate import format_bytes
 from obsviz.prune import ORDERS, SCORINGS
 
-from ui import layers, results, state
+from ui import layers, runner, runs, state
 
 st.set_page_config(page_title="Prune · obsviz", page_icon=":material/grid_view:", layout="wide")
 state.init_state()
 ss = st.session_state
 form = ss.setdefault("prune_form", {
     "geo_source": "page", "preset": "2:4", "nnz": 2, "damp": 0.01,
-    "methods": list(results.DEFAULT_METHODS), **results.DEFAULT_OPTIONS,
+    "methods": list(runner.DEFAULT_METHODS), **runs.DEFAULT_OPTIONS,
     "sample": "all", "first": 64, "every": 8,
 })
 
@@ -34,7 +34,7 @@ def _preset_budget(field: str) -> None:
 bind, changed = state.form_widgets("prune_form", "_p_", after=_preset_budget)
 
 
-results.note_stopped()
+runner.note_stopped()
 st.title("Prune")
 st.markdown("Prune a layer with every OBS compensation mode and the usual baselines. Each "
             "finished result is kept for this session (asking for it again is instant) and "
@@ -105,7 +105,7 @@ c_methods.multiselect(
     placeholder="Choose one or more methods")
 state.device_select("_p_device", where=c_device, help="CUDA is offered when a GPU is visible.")
 methods = [m for m in METHODS if m in form["methods"]]
-dtypes = results.c_dtype_options(ss["device"])
+dtypes = runner.c_dtype_options(ss["device"])
 if form["c_dtype"] not in dtypes:   # e.g. float16 chosen on CUDA, then the device set to CPU
     form["c_dtype"] = "auto"
 
@@ -160,8 +160,8 @@ if geom is None or active is None:
 
 sample = None if form["sample"] == "all" else (form["sample"], int(form[form["sample"]]))
 try:
-    job = results.Job(active, geom, nnz, float(form["damp"]), ss["device"],
-                      {k: form[k] for k in results.DEFAULT_OPTIONS}, sample)
+    job = runs.Job(active, geom, nnz, float(form["damp"]), ss["device"],
+                   {k: form[k] for k in runs.DEFAULT_OPTIONS}, sample)
     n_rows = M if sample is None else int(job.rows().numel())
 except ValueError as err:
     st.error(str(err), icon="⚠️")
@@ -169,8 +169,8 @@ except ValueError as err:
 
 # ---- estimate and run -------------------------------------------------------------------------
 if methods:
-    table = results.estimate(job, methods)
-    cached = {m for m in methods if results.run_key(job, m) in results.store()}
+    table = runner.estimate(job, methods)
+    cached = {m for m in methods if runs.run_key(job, m) in runs.store()}
     st.dataframe(
         {"method": [e["method"] for e in table],
          "memory": [format_bytes(e["memory"]) for e in table],
@@ -189,18 +189,18 @@ if run:
     # Any click stops a running script; this button makes that visible while the run lasts.
     stop = c_stop.empty()
     stop.button("Stop", icon=":material/stop:", width="stretch")
-    results.run_methods(job, methods)
+    runner.run_methods(job, methods)
     stop.empty()
 
 # ---- the latest run ---------------------------------------------------------------------------
 last = ss.get("last_run") or []
 if last and not run:
     st.subheader("Latest run")
-    runs = results.store()
+    stored = runs.store()
     with st.container(border=True):
         for entry in last:
-            if entry["status"] in ("done", "cached") and entry["key"] in runs:
-                r = runs[entry["key"]]
+            if entry["status"] in ("done", "cached") and entry["key"] in stored:
+                r = stored[entry["key"]]
                 rep = r.report
                 valid = "valid" if rep["valid"] else f"**invalid** ({rep['bad_scopes']} scopes)"
                 st.markdown(
@@ -213,6 +213,6 @@ if last and not run:
                         else ":red[:material/error:]")
                 st.markdown(f"{icon} **{entry['method']}** {entry['status']}: "
                             f"{entry.get('message', '')}")
-if results.store():
+if runs.store():
     st.page_link("pages/compare.py", label="Compare the results side by side",
                  icon=":material/compare_arrows:")

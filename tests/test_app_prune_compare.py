@@ -136,14 +136,14 @@ def test_a_stop_passes_through_and_leaves_the_rest_pending(monkeypatch):
 
 
 def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch):
-    from ui import results
+    from ui import runner
 
     def oom(p):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     released = []
     monkeypatch.setattr(modes, "full", oom)
-    monkeypatch.setattr(results, "release_device_memory", released.append)
+    monkeypatch.setattr(runner, "release_device_memory", released.append)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
     assert any("ran out of memory on cpu; try a row sample" in e.value for e in at.error)
     assert [e["status"] for e in at.session_state["last_run"]] == ["failed", "done"]
@@ -151,23 +151,23 @@ def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch)
 
 
 def test_release_device_memory_empties_the_cuda_cache_only_on_cuda(monkeypatch):
-    from ui import results
+    from ui import runner
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
-    results.release_device_memory("cpu")
+    runner.release_device_memory("cpu")
     assert calls == []
-    results.release_device_memory("cuda")
-    results.release_device_memory("cuda:0")
+    runner.release_device_memory("cuda")
+    runner.release_device_memory("cuda:0")
     assert calls == ["empty", "empty"]
 
 
 def test_c_dtype_offers_half_precision_on_cuda_only():
-    from ui import results
+    from ui import runner
 
-    assert results.c_dtype_options("cpu") == ["auto", "float32", "float64"]
-    assert results.c_dtype_options("cuda") == ["auto", "float16", "bfloat16", "float32",
+    assert runner.c_dtype_options("cpu") == ["auto", "float32", "float64"]
+    assert runner.c_dtype_options("cuda") == ["auto", "float16", "bfloat16", "float32",
                                                "float64"]
     at = open_page("pages/prune.py")
     at.session_state["device"] = "cpu"

@@ -17,7 +17,7 @@ Session-state keys (every page may read them; only the pages named write them):
   uploaded or checkpoint-built layer (see ``ui.layers``).
 - ``results``, ``last_run``, ``run_pending``: finished pruning results keyed by the content of
   their inputs, the latest run's per-method outcome, the methods a stopped run left (see
-  ``ui.results``). ``compare_pick``: the results the Compare page shows.
+  ``ui.runs``, ``ui.runner``). ``compare_pick``: the results the Compare page shows.
 - ``learn_setup``: ``dict`` of the Learn page's choices: ``source`` (``"toy"`` or the sidebar's
   layer name), ``k`` (first columns used), ``pattern`` (preset), ``row``, ``damp``. Written by
   the Learn page.

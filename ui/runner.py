@@ -1,11 +1,8 @@
-"""Pruning runs in the session: the store of finished results, the estimate before a run, and
-the loop that runs a list of methods with a progress bar each.
+"""Before and during a run: the estimate of memory and time per method, and the loop that runs
+a list of methods with a progress bar each (stoppable; finished results are kept).
 
 Session-state keys (see also ``ui.state``):
 
-- ``results``: ``dict[str, Run]``, every finished result of this session, oldest first, keyed
-  by ``run_key`` (a digest of the layer's content, the geometry, nnz, the method, its options
-  and the row sample), so asking again for the same run is instant.
 - ``last_run``: ``list[dict]``, one entry per method of the latest Run click: ``method``,
   ``status`` (``"done" | "cached" | "failed" | "refused" | "stopped"``), ``key`` or ``message``.
 - ``run_pending``: ``list[str]`` of methods still to run while a run is in progress; left
@@ -14,84 +11,22 @@ Session-state keys (see also ``ui.state``):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass, field
 
 import streamlit as st
 import torch
 
-from obsviz import Geometry, PruneResult, metrics, prune
+from obsviz import metrics, prune
 from obsviz.estimate import format_bytes, time_estimate
-from obsviz.figures import results as rfig
-from obsviz.layout import row_sample
 from obsviz.prune import C_DTYPES
 
 from ui.facts import memory_fits
-from ui.layers import ActiveLayer
+from ui.labels import describe, relabel
+from ui.runs import Job, Run, add, run_key, store
 
-#: Methods each option applies to (options other methods ignore stay out of their cache key).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "split": ("n_splits",),
-    "interleaved": ("n_splits",),
-    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
-}
-DEFAULT_OPTIONS = {"n_splits": 4, "ng": 8, "chunk_size": 16, "order": "left_to_right",
-                   "scoring": "independent", "c_dtype": "auto"}
 DEFAULT_METHODS = ["full", "interleaved", "true_obs", "sparsegpt"]
 #: What "Run the fast modes" runs (true_obs only where it is quick, see ``fast_methods``).
 FAST_METHODS = ["magnitude", "full", "interleaved", "true_obs", "sparsegpt"]
-MAX_STORED = 32  # oldest results are dropped beyond this (each holds a pruned copy of W)
-
-
-@dataclass(frozen=True)
-class Job:
-    """What a run prunes with, the same for every method of one Run click."""
-
-    layer: ActiveLayer
-    geometry: Geometry        # .nnz is ignored; ``nnz`` is the budget
-    nnz: int
-    damp: float = 0.01
-    device: str = "cpu"
-    options: dict = field(default_factory=lambda: dict(DEFAULT_OPTIONS))
-    sample: tuple[str, int] | None = None   # ("first", N) or ("every", k); None = all rows
-
-    def rows(self) -> torch.Tensor | None:
-        if self.sample is None:
-            return None
-        how, n = self.sample
-        return row_sample(self.geometry, **{how: n})
-
-    def method_options(self, method: str) -> dict:
-        return {k: self.options[k] for k in METHOD_OPTIONS.get(method, ())}
-
-
-@dataclass
-class Run:
-    """One finished result and everything it was run on."""
-
-    key: str
-    job: Job
-    method: str
-    result: PruneResult       # tensors on the CPU
-    report: dict              # obsviz.metrics.summarize(...)
-    label: str = ""
-
-    @property
-    def layer(self) -> ActiveLayer:
-        return self.job.layer
-
-
-def run_key(job: Job, method: str) -> str:
-    spec = {"layer": job.layer.digest, "geometry": geometry_spec(job.geometry), "nnz": job.nnz,
-            "method": method, "damp": job.damp, "device": job.device,
-            "options": job.method_options(method), "sample": job.sample}
-    return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
-
-
-def geometry_spec(geometry: Geometry) -> dict:
-    return {k: v for k, v in geometry.to_dict().items() if k not in ("nnz", "name")}
 
 
 def c_dtype(name: str) -> torch.dtype | None:
@@ -108,61 +43,6 @@ def c_dtype_options(device: str) -> list[str]:
     # one name per dtype, torch's own ("float16", not the aliases "fp16", "half")
     canonical = [n for n, d in C_DTYPES.items() if n == str(d).removeprefix("torch.")]
     return ["auto", *(n for n in canonical if on_cuda or torch.finfo(C_DTYPES[n]).bits >= 32)]
-
-
-def describe(job: Job, method: str) -> str:
-    """``true_obs (ng=8)``: the method and the options that set it apart."""
-    opts = job.method_options(method)
-    shown = {k: v for k, v in opts.items() if k in ("n_splits", "ng") or v != DEFAULT_OPTIONS[k]}
-    text = method + (f" ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
-    return text
-
-
-def sample_text(sample: tuple[str, int] | None) -> str:
-    if sample is None:
-        return "all rows"
-    how, n = sample
-    return f"first {n} rows" if how == "first" else f"every {n}th row"
-
-
-# ---- the store --------------------------------------------------------------------------------
-
-
-def store() -> dict[str, Run]:
-    return st.session_state.setdefault("results", {})
-
-
-def _add(run: Run) -> None:
-    runs = store()
-    runs.pop(run.key, None)
-    runs[run.key] = run
-    while len(runs) > MAX_STORED:
-        runs.pop(next(iter(runs)))
-    relabel()
-
-
-def relabel() -> None:
-    """Give every stored run a short label, unique in the store: the method and its options,
-    then (only where it is needed to tell runs apart) the geometry, the row sample, the layer."""
-    runs = list(store().values())
-    for run in runs:
-        run.label = describe(run.job, run.method)
-    extras = (
-        lambda r: r.job.geometry.name or "free-form",
-        lambda r: f"nnz={r.job.nnz}",
-        lambda r: sample_text(r.job.sample),
-        lambda r: f"damp={r.job.damp:g}",
-        lambda r: r.job.device,
-        lambda r: r.layer.label,
-    )
-    for extra in extras:
-        by_label: dict[str, list[Run]] = {}
-        for run in runs:
-            by_label.setdefault(run.label, []).append(run)
-        for same in by_label.values():
-            if len(same) > 1 and len({extra(r) for r in same}) > 1:
-                for r in same:
-                    r.label = f"{r.label} · {extra(r)}"
 
 
 # ---- estimates --------------------------------------------------------------------------------
@@ -285,7 +165,8 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
     else:
         report["device"] = job.device
         report["layer"] = job.layer.label
-        _add(Run(key, job, method, result, report))
+        add(Run(key, job, method, result, report))
+        relabel()
         bar.empty()
         box.update(label=_done_text(label, store()[key]), state="complete", expanded=False)
         return {"status": "done", "key": key}
@@ -304,54 +185,3 @@ def _failed(method: str, label: str, box, message: str) -> dict:
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
     seconds = "cached" if cached else f"{run.result.seconds:.2f} s"
     return f"{label} · relative error {run.result.rel_error:.4f} · {seconds}"
-
-
-# ---- for the Compare page ---------------------------------------------------------------------
-
-
-@st.cache_resource(max_entries=12, show_spinner="Computing error maps…")
-def maps(key: str, _run: Run) -> rfig.ResultMaps:
-    """A stored run's maps (error contribution, mask, |ΔW|, per-row error), once per run."""
-    layer = _run.layer.layer
-    return rfig.result_maps(layer.weight, layer.hessian, _run.result.weight, _run.result.mask,
-                            _run.result.rows)
-
-
-def safetensors_bytes(run: Run) -> bytes:
-    """The pruned weight ``(M, K)`` float32 and its mask ``(M, K)`` bool (True = kept)."""
-    from safetensors.torch import save
-
-    meta = {"method": run.method, "layer": run.layer.label,
-            "rel_error": f"{run.result.rel_error:.6g}",
-            "geometry": json.dumps(run.job.geometry.to_dict()), "nnz": str(run.job.nnz),
-            "options": json.dumps(run.result.options, default=str)}
-    return save({"weight": run.result.weight.detach().cpu().contiguous().clone(),
-                 "mask": run.result.mask.detach().cpu().contiguous().clone()}, metadata=meta)
-
-
-REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",
-                  "row_rel_error_p90", "row_rel_error_p99", "row_rel_error_max", "sparsity",
-                  "valid", "bad_blocks", "bad_scopes", "seconds", "device", "rows")
-
-
-def report_rows(runs: list[Run]) -> list[dict]:
-    """The metrics table: ``summarize``'s report of each run, plus its label."""
-    return [{"label": r.label, **r.report} for r in runs]
-
-
-def report_csv(runs: list[Run]) -> str:
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*REPORT_COLUMNS, "geometry", "options"],
-                            extrasaction="ignore")
-    writer.writeheader()
-    for row in report_rows(runs):
-        writer.writerow({**row, "geometry": json.dumps(row["geometry"]),
-                         "options": json.dumps(row["options"], default=str)})
-    return out.getvalue()
-
-
-def report_json(runs: list[Run]) -> str:
-    return json.dumps(report_rows(runs), indent=2, default=str)

@@ -1,0 +1,48 @@
+"""Downloads: the metrics report of runs as rows, CSV or JSON, and a pruned layer as
+safetensors."""
+
+from __future__ import annotations
+
+import json
+
+from ui.runs import Run
+
+
+def safetensors_bytes(run: Run) -> bytes:
+    """The pruned weight ``(M, K)`` float32 and its mask ``(M, K)`` bool (True = kept)."""
+    from safetensors.torch import save
+
+    meta = {"method": run.method, "layer": run.layer.label,
+            "rel_error": f"{run.result.rel_error:.6g}",
+            "geometry": json.dumps(run.job.geometry.to_dict()), "nnz": str(run.job.nnz),
+            "options": json.dumps(run.result.options, default=str)}
+    return save({"weight": run.result.weight.detach().cpu().contiguous().clone(),
+                 "mask": run.result.mask.detach().cpu().contiguous().clone()}, metadata=meta)
+
+
+REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",
+                  "row_rel_error_p90", "row_rel_error_p99", "row_rel_error_max", "sparsity",
+                  "valid", "bad_blocks", "bad_scopes", "seconds", "device", "rows")
+
+
+def report_rows(runs: list[Run]) -> list[dict]:
+    """The metrics table: ``summarize``'s report of each run, plus its label."""
+    return [{"label": r.label, **r.report} for r in runs]
+
+
+def report_csv(runs: list[Run]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[*REPORT_COLUMNS, "geometry", "options"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    for row in report_rows(runs):
+        writer.writerow({**row, "geometry": json.dumps(row["geometry"]),
+                         "options": json.dumps(row["options"], default=str)})
+    return out.getvalue()
+
+
+def report_json(runs: list[Run]) -> str:
+    return json.dumps(report_rows(runs), indent=2, default=str)
