@@ -27,6 +27,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -265,8 +266,8 @@ def _versions() -> tuple[str, str]:
 
 class RunStore:
     """A run database at ``path`` (``None``: :func:`default_store_path`); created or migrated
-    on open. Safe to use from several threads and processes: each call opens its own
-    connection."""
+    on open. Safe to use from several threads and processes: each thread (of each process) has
+    its own connection."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
@@ -275,27 +276,48 @@ class RunStore:
                              "runs.sqlite")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.files_dir = self.path.with_name(self.path.name + ".files")
-        self._migrate()
+        self._local = threading.local()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
     # -- connections
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened once: closing the last one checkpoints the WAL,
+        which would cost a write per call)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # never reuse one across a fork
+            con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                  check_same_thread=True)
+            con.row_factory = sqlite3.Row
+            # WAL + NORMAL: a commit survives a killed process (the consistency promised
+            # here); only a power cut may lose the last commits, never half of one
+            con.execute("PRAGMA synchronous = NORMAL")
+            local.con, local.pid = con, os.getpid()
+        return local.con
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA foreign_keys = ON")
-            yield con
+            yield self._connection()
         except sqlite3.DatabaseError as e:
             if "not a database" in str(e) or "malformed" in str(e):
                 raise StoreError(f"store={str(self.path)!r} is not an obsviz run database "
                                  f"({e})") from e
             raise
-        finally:
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        con = getattr(self._local, "con", None)
+        if con is not None and getattr(self._local, "pid", None) == os.getpid():
             con.close()
+        self._local.__dict__.clear()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -452,11 +452,18 @@ def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer
 
 
 def plan(spec: SweepSpec, device: str | None = None,
-         log: Callable[[str], None] = lambda m: None) -> Plan:
-    """Load the spec's layers and expand its grid into trials (in grid order)."""
+         log: Callable[[str], None] = lambda m: None, *, here: bool = True) -> Plan:
+    """Load the spec's layers and expand its grid into trials (in grid order). ``here=False``:
+    the trials run elsewhere (Ray workers), so ``device`` is taken as given, not checked
+    against this machine."""
     from obsviz.layout import row_sample
 
-    dev = resolve_device(device or spec.device).type
+    if here:
+        dev = resolve_device(device or spec.device).type
+    elif (device or spec.device) in ("cpu", "cuda"):
+        dev = device or spec.device
+    else:
+        raise ArgumentError("device", f"device={device!r} is unknown; valid: 'cpu', 'cuda'")
     layers = _load_layers(spec, log)
     names = [lay.name for lay in layers]
     hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
@@ -622,17 +629,31 @@ def _ray_error_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(lines[:3])}" if lines else type(e).__name__
 
 
-def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
-             max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
+def _ray(address: str | None):
+    """Ray, initialised: locally (``address=None``) or connected to a cluster, unless this
+    process has done so already."""
     try:
         import ray
     except ImportError as e:
         raise ArgumentError("executor", "executor='ray' needs Ray (pip install 'ray>=2.30'); "
                             f"it could not be imported ({e})") from None
-
     if not ray.is_initialized():
         ray.init(address=address, runtime_env=ray_runtime_env(), include_dashboard=False,
                  log_to_driver=False)
+    return ray
+
+
+def _ray_device(ray, device: str | None) -> str:
+    """The trials' device on the cluster: as asked, else CUDA when the cluster has GPUs."""
+    if device is not None:
+        return device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
+             max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
+    ray = _ray(address)
+
     task = _ray_task(trial_fn)
     gpus = 1 if todo and todo[0].device == "cuda" else 0
     task = task.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
@@ -644,6 +665,17 @@ def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: s
         max_in_flight = max(2, 2 * int(slots))
     queue = list(reversed(todo))
     running: dict[Any, Trial] = {}
+    try:
+        return _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
+                         stop, store, name)
+    except BaseException:  # Ctrl-C, a store error: leave nothing running on the cluster
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit, stop, store,
+              name) -> bool:
     stopped = False
     while queue or running:
         while queue and len(running) < max_in_flight and not stopped:
@@ -710,7 +742,11 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
     stop = stop or (lambda: False)
     name = name or spec.name
     t0 = time.perf_counter()
-    p = plan(spec, device, log)
+    if executor == "ray":
+        ray = _ray(address)
+        p = plan(spec, _ray_device(ray, device or spec.device), log, here=False)
+    else:
+        p = plan(spec, device, log)
     done_keys = store.done_keys([t.key for t in p.trials])
     ids: dict[int, int] = {}
     state = SweepProgress(total=len(p.trials))

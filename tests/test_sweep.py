@@ -160,6 +160,18 @@ def test_sample_layers_and_first_rows(tmp_path):
     assert run.sparsity == pytest.approx(0.5 * 4 / 384, rel=1e-5)
 
 
+def test_a_layer_in_memory_and_a_bad_one(tmp_path):
+    lay = crop("mine", "layer0.value", 16, 32)
+    rep = sweep({"layers": [lay], "grid": {"presets": ["2:4"], "methods": ["obd"]}},
+                store=tmp_path / "r.sqlite")
+    run = RunStore(tmp_path / "r.sqlite").get(rep.run_ids[0])
+    assert (run.layer, run.status, run.shape) == ("mine", "done", (16, 32))
+    assert run.layer_hash == layer_hash(lay.weight, lay.hessian)
+    with pytest.raises(SpecError) as e:
+        parse_spec({"layers": [lay.weight], "grid": {"presets": ["2:4"], "methods": ["obd"]}})
+    assert e.value.argument == "layers[0]"
+
+
 def test_checkpoint_layers_get_dense_hessians(tmp_path):
     from obsviz.calibrate import hessians_from_checkpoint, minilm_checkpoint_dir
 
@@ -276,6 +288,19 @@ def test_api_arguments(tmp_path):
     assert e.value.argument == "spec"
 
 
+def test_trials_for_a_cuda_cluster_are_planned_without_a_local_gpu():
+    spec = parse_spec({"layers": [{"sample": "toy"}],
+                       "grid": {"presets": ["2:4"], "methods": ["magnitude", "true_obs"]}})
+    cpu = plan(spec, "cpu", here=False).trials
+    gpu = plan(spec, "cuda", here=False).trials
+    assert [t.device for t in gpu] == ["cuda", "cuda"]
+    assert gpu[1].options["c_dtype"] == "float16" and cpu[1].options["c_dtype"] == "float32"
+    assert {t.key for t in cpu}.isdisjoint(t.key for t in gpu)  # another computation
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            plan(spec, "cuda")  # run here: checked against this machine
+
+
 def test_duplicate_grid_points_run_once(tmp_path):
     spec = parse_spec({"layers": [{"sample": ["toy", "toy"]}],
                        "grid": {"presets": ["2:4", "2:4"], "nnz": [2, 2],
@@ -324,6 +349,9 @@ def killing_trial(marker: str, kill_index: int, W, H, trial):
 
 
 def test_ray_equals_local_and_a_raising_trial_is_recorded(ray_cluster, spec_dir, tmp_path):
+    from obsviz.sweep import _ray_device
+
+    assert _ray_device(ray_cluster, None) == "cpu"  # this cluster has no GPU
     spec = parse_spec(SMALL, base=spec_dir)
     local = sweep(spec, store=tmp_path / "local.sqlite", device="cpu")
     remote = sweep(spec, executor="ray", store=tmp_path / "ray.sqlite", device="cpu")
