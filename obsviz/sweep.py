@@ -759,6 +759,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
                 state.skipped += 1
                 continue
         todo.append(t)
+    if ids:  # found done (maybe by another sweep): filed under this one too
+        store.add_to_sweep(name, list(ids.values()))
     notify = progress or (lambda s: None)
     start = time.perf_counter()
     state.elapsed_s = 0.0

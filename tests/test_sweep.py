@@ -106,6 +106,22 @@ def test_resume_skips_done_and_reruns_the_rest(spec_dir, tmp_path):
     assert (third.done, third.skipped) == (1, 5) and store.count() == 6
 
 
+def test_a_sweep_lists_trials_another_sweep_already_ran(spec_dir, tmp_path):
+    db = tmp_path / "runs.sqlite"
+    first = sweep(spec_dir / "example.toml", store=db)
+    wider = parse_spec({"name": "wider", "layers": [{"file": "layers.safetensors",
+                                                       "names": [QUERY]}],
+                        "grid": {"presets": ["2:4", "4:8"], "methods": ["magnitude"]}},
+                       base=spec_dir)
+    rep = sweep(wider, store=db)
+    assert (rep.done, rep.skipped) == (1, 1)
+    store = RunStore(db)
+    shown = store.runs(sweep="wider")
+    assert {(r.geometry, r.method) for r in shown} == {("2:4", "magnitude"),
+                                                        ("4:8", "magnitude")}
+    assert first.run_ids[0] in [r.id for r in shown] and len(store.runs(sweep="example")) == 6
+
+
 def test_stop_leaves_the_rest_for_resume(spec_dir, tmp_path):
     db = tmp_path / "runs.sqlite"
     seen: list[int] = []
