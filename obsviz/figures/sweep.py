@@ -84,7 +84,7 @@ def pareto_figure(df: pd.DataFrame, height: int = 420) -> go.Figure:
             legendgroup=str(method), showlegend=False))
     fig.update_layout(**base_layout(height=height, showlegend=True,
                                     legend=dict(orientation="h", y=1.1)))
-    fig.update_xaxes(title="sparsity (fraction pruned)", tickformat=".0%")
+    fig.update_xaxes(title="sparsity (fraction pruned)", tickformat=".0%", range=[-0.02, 1.02])
     fig.update_yaxes(title="relative output error (%)", rangemode="tozero")
     return fig
 
@@ -134,6 +134,7 @@ def time_figure(df: pd.DataFrame, height: int = 380) -> go.Figure:
 def display_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table people read: the relative error as a percentage string next to the rest."""
     out = df.drop(columns=["key", "layer_hash", "obsviz_version", "torch_version", "source"])
+    out["time"] = [str(t)[:19].replace("T", " ") for t in df["time"]]  # UTC, to the second
     out.insert(out.columns.get_loc("rel_error"), "relative error",
                [("–" if pd.isna(v) else format_rel_error(v)) for v in df["rel_error"]])
     return out.drop(columns=["rel_error"])
