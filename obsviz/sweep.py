@@ -31,7 +31,6 @@ options, damp and rows); a trial already stored as done is skipped (resume).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -43,11 +42,12 @@ from typing import Any
 
 import torch
 
+from obsviz import methods as registry
 from obsviz.errors import ArgumentError
-from obsviz.estimate import METHOD_OPTIONS, METHODS
 from obsviz.geometry import Geometry
 from obsviz.layers import DEFAULT_MAX_BYTES, Layer, list_layers, load_layer, load_sample_layer
-from obsviz.prune import PruneResult, _resolve_c_dtype, prune, resolve_device
+from obsviz.methods import METHODS
+from obsviz.prune import PruneResult, prune, resolve_device
 from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
 
 __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
@@ -56,8 +56,6 @@ __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec"
 EXECUTORS = ("local", "ray")
 #: The largest grid one spec may expand to (a typo such as nnz = [1, …, 1000] stops here).
 MAX_TRIALS = 100_000
-_PRUNE_DEFAULTS = {k: p.default for k, p in inspect.signature(prune).parameters.items()
-                   if p.default is not inspect.Parameter.empty}
 
 
 class SpecError(ArgumentError):
@@ -146,8 +144,6 @@ _TOP_KEYS = {"name", "device", "layers", "grid"}
 _LAYER_KEYS = {"file", "sample", "checkpoint", "names", "text", "max_tokens", "seq_len"}
 _GRID_KEYS = {"presets", "geometries", "nnz", "methods", "damp", "first_rows"}
 _GEOM_KEYS = {"block", "scope", "view_shape", "view_stride", "nnz", "name"}
-_OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "n_splits": int, "ng": int, "chunk_size": int, "order": str, "scoring": str, "c_dtype": str}
 
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:
@@ -364,7 +360,7 @@ def _parse_method(i: int, m, err) -> MethodSpec:
     method = m.get("method")
     if method not in METHODS:
         raise err(f"{at}", f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
-    allowed = METHOD_OPTIONS.get(method, ())
+    allowed = registry.get(method).option_names
     options = []
     for k, v in m.items():
         if k == "method":
@@ -372,15 +368,10 @@ def _parse_method(i: int, m, err) -> MethodSpec:
         if k not in allowed:
             raise err(f"{at}.{k}", f"is not an option of {method}; valid: "
                       f"{', '.join(allowed) or 'none'}")
-        if isinstance(v, bool) or not isinstance(v, _OPTION_TYPES[k]):
-            raise err(f"{at}.{k}", f"{v!r} must be a {_OPTION_TYPES[k].__name__}")
-        options.append((k, v))
-    try:  # prune's own checks, on a tiny problem, so a bad value is named before any trial runs
-        toy = Geometry.nm(2, 4, (1, 4))
-        prune(torch.eye(1, 4), torch.eye(4), toy, 2, method=method, device="cpu",
-              **dict(options))
-    except ValueError as e:
-        raise err(at, str(e)) from None
+        try:  # the registry's own check, so a bad value is named before any trial runs
+            options.append((k, registry.OPTIONS[k].check(v)))
+        except ValueError as e:
+            raise err(f"{at}.{k}", str(e)) from None
     return MethodSpec(method, tuple(sorted(options)))
 
 
@@ -419,12 +410,11 @@ class Plan:
 
 
 def resolved_options(method: str, options: dict, device: str) -> dict:
-    """Every option ``method`` uses, given or prune's default (``c_dtype`` resolved for the
-    device): two trials with equal resolved options compute the same thing."""
-    out = {k: options.get(k, _PRUNE_DEFAULTS[k]) for k in METHOD_OPTIONS.get(method, ())}
+    """Every option ``method`` uses, given or the registry's default (``c_dtype="auto"``
+    resolved for the device): two trials with equal resolved options compute the same thing."""
+    out = registry.resolve_options(method, **options)
     if "c_dtype" in out:
-        dt = _resolve_c_dtype(out["c_dtype"], torch.device(device), torch.float32)
-        out["c_dtype"] = str(dt).removeprefix("torch.")
+        out["c_dtype"] = str(registry.c_dtype_of(out["c_dtype"], device)).removeprefix("torch.")
     return out
 
 

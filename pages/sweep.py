@@ -66,8 +66,10 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
     if user is not None:
         use_user = c1.checkbox(f"Also the Prune page's layer ({user.label[:60]})",
                                key="_sw_user")
-    presets = c2.multiselect("Presets", list(PRESETS), default=["2:4", "4:8"],
-                             key="_sw_presets")
+    presets = c2.multiselect("Presets", list(dict.fromkeys([*PRESETS, "4:8", "1:4", "2:8"])),
+                             default=["2:4", "4:8"], key="_sw_presets",
+                             help="The reference patterns and a few N:M (N of every M "
+                                  "contiguous weights of a row kept).")
     methods = c2.multiselect("Methods", list(METHODS),
                              default=["magnitude", "wanda", "sparsegpt"], key="_sw_methods")
     c3, c4, c5 = st.columns(3)

@@ -2,6 +2,8 @@
 
 import pytest
 
+import obsviz
+
 from ui import forms
 from ui.forms import MAX_FIELD_CHARS, MAX_WEIGHTS, build_geometry, default_form, parse_shape
 
@@ -41,3 +43,24 @@ def test_nesting_too_deep_to_evaluate_is_the_field_message(monkeypatch, text):
 def test_short_expressions_still_parse():
     assert parse_shape("view_shape", "M, K/16, 8, 2", 64, 128) == (64, 8, 8, 2)
     assert parse_shape("scope", "1, " + "(" * 60 + "2" + ")" * 60 + ", 3") == (1, 2, 3)
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(view="M, K + 1"), "view"),
+    (dict(view="M, K", stride="K, 2"), "stride"),
+    (dict(block="1, 5"), "block"),
+    (dict(scope="1, 5"), "scope"),
+    (dict(nnz="9"), "nnz"),
+    (dict(nnz="two"), "nnz"),
+])
+def test_errors_go_to_the_field_the_engine_names_not_by_message_text(change, field):
+    form = {**default_form((384, 384)), "pattern": "free-form", "block": "1, 1",
+            "scope": "1, 4", "view": "", "stride": "", **change}
+    _, _, errors = build_geometry(form, None)
+    assert list(errors) == [field], errors
+
+
+def test_a_message_that_merely_starts_like_an_argument_is_not_routed_by_its_text():
+    # routing reads ArgumentError.argument, never the wording
+    assert forms.field_of(ValueError("block=(1, 3) …")) == "pattern"
+    assert forms.field_of(obsviz.ArgumentError("scope", "anything")) == "scope"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import operator
 
-from obsviz import PRESETS, Geometry
+from obsviz import PRESETS, ArgumentError, Geometry
 
 PATTERNS = (*PRESETS, "N:M", "free-form")
 
@@ -69,24 +69,26 @@ def parse_shape(name: str, text: str, M: int | None = None, K: int | None = None
     """``"M, K/16, 8, 2"`` -> ``(M, K // 16, 8, 2)``. Brackets are optional; ``-1`` is allowed.
 
     Raises:
-        ValueError: naming ``name``, the text and what went wrong.
+        ArgumentError: naming ``name`` (its ``.argument``), the text and what went wrong.
     """
     if len(text) > MAX_FIELD_CHARS:
-        raise ValueError(f"{name}={_short(text)} is {len(text):,} characters long; a shape is "
-                         f"at most {MAX_FIELD_CHARS}, like 1, 4 or M, K/16, 8, 2")
+        raise ArgumentError(name, f"{name}={_short(text)} is {len(text):,} characters long; a "
+                            f"shape is at most {MAX_FIELD_CHARS}, like 1, 4 or M, K/16, 8, 2")
     body = text.strip().strip("()[]").strip()
     if not body:
-        raise ValueError(f"{name}={text!r} is empty; give comma-separated integers like 1, 4")
+        raise ArgumentError(name,
+                            f"{name}={text!r} is empty; give comma-separated integers like 1, 4")
     names = {k: v for k, v in (("M", M), ("K", K)) if v is not None}
     try:
         tree = ast.parse(f"({body},)", mode="eval").body
         return tuple(_eval(name, text, node, names) for node in tree.elts)
     except SyntaxError:
-        raise ValueError(
-            f"{name}={text!r} is not a list of integers; write e.g. 1, 4 or M, K/16, 8, 2"
+        raise ArgumentError(
+            name, f"{name}={text!r} is not a list of integers; write e.g. 1, 4 or M, K/16, 8, 2"
         ) from None
     except (RecursionError, MemoryError, OverflowError):
-        raise ValueError(
+        raise ArgumentError(
+            name,
             f"{name}={_short(text)} is too deeply nested or too large to evaluate; write plain "
             "integers like 1, 4 or M, K/16, 8, 2") from None
 
@@ -100,11 +102,12 @@ def parse_weight_shape(text: str) -> tuple[int, int]:
     """``"M, K"`` -> ``(M, K)``, refusing shapes of more than ``MAX_WEIGHTS`` weights.
 
     Raises:
-        ValueError: starting ``weight_shape=``, saying what is wrong and the limit.
+        ArgumentError: ``"weight_shape"``, saying what is wrong and the limit.
     """
     M, K = _two(parse_shape("weight_shape", text))
     if M * K > MAX_WEIGHTS:
-        raise ValueError(
+        raise ArgumentError(
+            "weight_shape",
             f"weight_shape={(M, K)} has {M * K:,} weights; a typed shape may have at most "
             f"{MAX_WEIGHTS:,} (2**28, e.g. 16384 × 16384)")
     return M, K
@@ -112,7 +115,7 @@ def parse_weight_shape(text: str) -> tuple[int, int]:
 
 def _eval(name: str, text: str, node: ast.AST, names: dict[str, int]) -> int:
     def bad(why: str) -> ValueError:
-        return ValueError(f"{name}={text!r}: {why}")
+        return ArgumentError(name, f"{name}={text!r}: {why}")
 
     if isinstance(node, ast.Constant) and isinstance(node.value, int) \
             and not isinstance(node.value, bool):
@@ -138,10 +141,10 @@ def _raise(err: ValueError) -> int:
     raise err
 
 
-def field_of(message: str) -> str:
-    """The form field an engine message is about (its leading argument name)."""
-    head = message.split("=", 1)[0].split(" ", 1)[0].split("(", 1)[0].strip()
-    return _ARG_FIELD.get(head, "pattern")
+def field_of(err: ValueError) -> str:
+    """The form field an error is about: its ``ArgumentError.argument``; anything else is shown
+    at ``pattern``."""
+    return _ARG_FIELD.get(getattr(err, "argument", None), "pattern")
 
 
 def build_geometry(form: dict, layer_shape: tuple[int, int] | None
@@ -163,7 +166,7 @@ def build_geometry(form: dict, layer_shape: tuple[int, int] | None
         geom.nnz = nnz  # a fresh object: it carries the chosen budget from here on
     except ValueError as err:
         message = str(err)
-        field = field_of(message)
+        field = field_of(err)
         if form["pattern"] != "free-form" and field in ("view", "stride", "block", "scope"):
             field = "pattern"
         errors[field] = message
@@ -173,7 +176,7 @@ def build_geometry(form: dict, layer_shape: tuple[int, int] | None
 
 def _two(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) != 2:
-        raise ValueError(f"weight_shape={shape} must be 2-D (M, K)")
+        raise ArgumentError("weight_shape", f"weight_shape={shape} must be 2-D (M, K)")
     return shape[0], shape[1]
 
 
@@ -189,7 +192,8 @@ def _geometry(form: dict, M: int, K: int) -> tuple[Geometry, int]:
     stride = (parse_shape("view_stride", form["stride"], M, K)
               if form["stride"].strip() else None)
     if stride is not None and view is None:
-        raise ValueError(f"view_stride={stride} given without a view shape; give both or neither")
+        raise ArgumentError(
+            "view_stride", f"view_stride={stride} given without a view shape; give both or neither")
     block = parse_shape("block", form["block"], M, K)
     scope = parse_shape("scope", form["scope"], M, K)
     return Geometry((M, K), block, scope, view, stride, name=None), nnz
@@ -199,4 +203,4 @@ def _int(name: str, value: object) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be an integer") from None
+        raise ArgumentError(name, f"{name}={value!r} must be an integer") from None

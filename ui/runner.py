@@ -18,7 +18,7 @@ import torch
 
 from obsviz import metrics, prune
 from obsviz.estimate import format_bytes, time_estimate
-from obsviz.prune import C_DTYPES
+from obsviz.methods import C_DTYPES
 
 from ui.facts import memory_fits
 from ui.labels import describe, relabel

@@ -17,11 +17,16 @@ import streamlit as st
 import torch
 
 from obsviz import Geometry, PruneResult
-from obsviz.estimate import METHOD_OPTIONS  # options other methods ignore stay out of the key
 from obsviz.layout import row_sample
 
 from ui.layers import ActiveLayer
 
+#: Methods each option applies to (options other methods ignore stay out of their cache key).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "split": ("n_splits",),
+    "interleaved": ("n_splits",),
+    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
+}
 DEFAULT_OPTIONS = {"n_splits": 4, "ng": 8, "chunk_size": 16, "order": "left_to_right",
                    "scoring": "independent", "c_dtype": "auto"}
 MAX_STORED = 32  # oldest results are dropped beyond this (each holds a pruned copy of W)

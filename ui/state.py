@@ -298,8 +298,7 @@ def geometry_maps(key: str, _geom: Geometry) -> GeometryMaps:
 
 def maps_of(geom: Geometry) -> GeometryMaps:
     """The cached maps of ``geom`` (the budget and the name do not change them)."""
-    spec = {k: v for k, v in geom.to_dict().items() if k not in ("nnz", "name")}
-    return geometry_maps(spec_key(spec), geom)
+    return geometry_maps(geom.key, geom)
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the PNG…")
@@ -311,7 +310,7 @@ def _layout_png(key: str, window: tuple[int, int, int, int], nnz: int | None,
 def layout_png_bytes(geom: Geometry, r0: int, c0: int, rows: int, cols: int,
                      nnz: int | None) -> bytes:
     """The PNG of the layout window ``rows x cols`` at ``(r0, c0)``, drawn once per window."""
-    return _layout_png(spec_key(geom.to_dict()), (r0, c0, rows, cols), nnz, geom)
+    return _layout_png(geom.key, (r0, c0, rows, cols), nnz, geom)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

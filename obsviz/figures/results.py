@@ -23,25 +23,15 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from obsviz.estimate import METHODS
 from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool2d
+from obsviz.methods import REGISTRY
 from obsviz.metrics import element_contribution, row_rel_error
 
 #: Most heatmap cells one figure sends to the browser, all panels together.
 MAX_CELLS = 250_000
 
-#: One colour per method, the same in every figure of the app.
-METHOD_COLOURS: dict[str, str] = dict(zip(METHODS, (
-    "#72B7B2",  # local
-    "#4C78A8",  # full
-    "#9D755D",  # split
-    "#F58518",  # interleaved
-    "#E45756",  # true_obs
-    "#8A8FA3",  # magnitude
-    "#B279A2",  # wanda
-    "#EECA3B",  # obd
-    "#54A24B",  # sparsegpt
-), strict=True))
+#: One colour per method, the same in every figure of the app (declared in ``obsviz.methods``).
+METHOD_COLOURS: dict[str, str] = {name: m.color for name, m in REGISTRY.items()}
 
 #: Diverging scale for signed error: blue below zero, white at zero, red above.
 DIVERGING = [[0.0, "#2166AC"], [0.25, "#92C5DE"], [0.5, "#F7F7F7"], [0.75, "#F4A582"],
@@ -69,7 +59,7 @@ Window = tuple[int, int, int, int]  # (first row, end row, first column, end col
 def method_colour(method: str) -> str:
     """The colour of ``method`` (a method name, or a label that starts with one)."""
     head = method.split(" ", 1)[0]
-    return METHOD_COLOURS.get(head, INK)
+    return REGISTRY[head].color if head in REGISTRY else INK
 
 
 # ---- maps -------------------------------------------------------------------------------------
