@@ -418,6 +418,52 @@ def resolved_options(method: str, options: dict, device: str) -> dict:
     return out
 
 
+#: Bytes per Hessian entry while a checkpoint is calibrated: the float64 running mean and the
+#: float32 result.
+_HESSIAN_BYTES_PER_ENTRY = 8 + 4
+
+
+def checkpoint_hessian_bytes(src: LayerSource) -> int | None:
+    """Memory the Hessians of a checkpoint source need (``12 K²`` bytes per layer), read from
+    the weight files' headers without loading them; ``None`` when the checkpoint has no
+    ``.safetensors`` weights to read the shapes from. Every layer counts when ``names`` is
+    ``None`` (every 2-D weight: an upper bound)."""
+    from safetensors import safe_open
+
+    files = sorted(src.path.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                if k.endswith(".weight"):
+                    shapes[k.removesuffix(".weight")] = tuple(h.get_slice(k).get_shape())
+    total = 0
+    for key, shape in shapes.items():
+        if len(shape) != 2:
+            continue
+        wanted = src.names is None or any(key == n or key.endswith("." + n) for n in src.names)
+        if wanted:
+            total += _HESSIAN_BYTES_PER_ENTRY * shape[1] * shape[1]
+    return total
+
+
+def check_checkpoint_memory(src: LayerSource, free: int | None = None) -> None:
+    """Refuse, before anything is allocated, a checkpoint source whose Hessians would need more
+    than half of the free memory."""
+    from obsviz.estimate import available_memory, format_bytes
+
+    need = checkpoint_hessian_bytes(src)
+    free = available_memory("cpu") if free is None else free
+    if need is not None and free is not None and need > free // 2:
+        which = "every Linear layer" if src.names is None else f"{len(src.names)} layers"
+        raise ArgumentError("layers", f"checkpoint {src.path.name}: the dense Hessians of "
+                            f"{which} need about {format_bytes(need)}, more than half of the "
+                            f"{format_bytes(free)} free; list fewer layers in names = […] and "
+                            "sweep them in parts")
+
+
 def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer]:
     out: list[Layer] = []
     for src in spec.layers:
@@ -433,6 +479,7 @@ def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer
         else:
             from obsviz.calibrate import hessians_from_checkpoint
 
+            check_checkpoint_memory(src)
             progress(f"calibrating {src.path.name} on {src.text.name}")
             text = src.text.read_text(encoding="utf-8", errors="replace")
             out.extend(hessians_from_checkpoint(

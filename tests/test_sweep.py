@@ -8,12 +8,13 @@ import os
 import signal
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from obsviz import Geometry, load_sample_layer, prune, save_layers
+from obsviz import ArgumentError, Geometry, load_sample_layer, prune, save_layers
 from obsviz.layers import Layer
 from obsviz.store import RunStore, layer_hash
 from obsviz.sweep import (
@@ -199,6 +200,17 @@ def test_checkpoint_layers_get_dense_hessians(tmp_path):
     spec = parse_spec({"layers": [{"checkpoint": str(model), "text": "calib.txt",
                                    "names": [name], "max_tokens": 64, "seq_len": 32}],
                        "grid": {"presets": ["2:4"], "methods": ["magnitude"]}}, base=tmp_path)
+    from obsviz.sweep import check_checkpoint_memory, checkpoint_hessian_bytes
+
+    # memory checked from the weight files' headers before anything is allocated
+    src = spec.layers[0]
+    assert checkpoint_hessian_bytes(src) == 12 * 384 * 384
+    every = checkpoint_hessian_bytes(replace(src, names=None))
+    assert every >= 12 * (6 * (4 * 384**2 + 1536**2) + 6 * 384**2)  # 36 Linear layers at least
+    with pytest.raises(ArgumentError) as e:
+        check_checkpoint_memory(src, free=2 * 12 * 384 * 384 - 2)
+    assert e.value.argument == "layers" and "more than half" in str(e.value)
+    check_checkpoint_memory(src, free=2 * 12 * 384 * 384)
     p = plan(spec, device="cpu")
     ref = hessians_from_checkpoint(model, (tmp_path / "calib.txt").read_text(), [name],
                                    max_tokens=64, seq_len=32)[0]
