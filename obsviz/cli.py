@@ -191,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar = "#" * int(round(frac * width))
         print(f"\r[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
               f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
-              f"{s.last[:50]:50s}", end="", file=sys.stderr, flush=True)
+              f"{s.last[:60]:60s}", end="", file=sys.stderr, flush=True)
 
     def log(msg: str) -> None:
         if not args.quiet:

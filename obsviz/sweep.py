@@ -398,7 +398,7 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return f"{self.layer} · {self.geometry} · nnz {self.nnz} · {self.method}"
+        return f"{self.method} · {self.geometry} · nnz {self.nnz} · {self.layer}"
 
 
 @dataclass
