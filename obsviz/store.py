@@ -96,8 +96,8 @@ def layer_hash(weight: torch.Tensor, hessian: torch.Tensor) -> str:
 
 
 def geometry_key(geometry: Geometry) -> str:
-    """A geometry's identity in a trial key: ``Geometry.key`` (weight shape, view, block,
-    scope; not the name)."""
+    """A canonical string for a geometry's structure (two geometries with equal keys prune
+    alike): ``Geometry.key``, the one identity ``==``, hashes and caches use too."""
     return geometry.key
 
 
