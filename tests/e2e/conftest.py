@@ -146,7 +146,9 @@ class Server:
                "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--logger.enableRich", "false"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # runs go to a database of this test run, never the user's (OBSVIZ_STORE)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "OBSVIZ_STORE": str(self.log.parent / "runs.sqlite")}
         with self.log.open("ab") as out:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
