@@ -104,7 +104,8 @@ def test_estimates_read_the_registry():
     assert flop_estimate(geom, "split", n_splits=8) > flop_estimate(geom, "split", n_splits=2)
     fp16 = memory_estimate(geom, "true_obs", c_dtype="float16")
     fp32 = memory_estimate(geom, "true_obs", c_dtype=torch.float32)
-    assert fp32 - fp16 == 2 * 16 * 128 * 128 * 2   # two C-sized buffers of 16 rows, 2 bytes more
+    # the shared C plus two C-sized buffers for each of 16 rows, 2 bytes more an entry each
+    assert fp32 - fp16 == (1 + 2 * 16) * 128 * 128 * 2
     with pytest.raises(ArgumentError, match="method="):
         memory_estimate(geom, "nope")
 
