@@ -254,6 +254,7 @@ def test_npz_header_declaring_a_trillion_elements_is_refused_from_the_header() -
         load_layer(_npz_declaring((10**12,)), filename="big.npz")
 
 
+@pytest.mark.filterwarnings("ignore:.*quint8, torch.qint8.*deprecated")  # torch's own notice
 @pytest.mark.parametrize("make,what", [
     (lambda: torch.empty(4, 4, device="meta"), "meta"),
     (lambda: torch.quantize_per_tensor(torch.randn(4, 4), 0.1, 0, torch.qint8), "quantized"),
