@@ -12,6 +12,8 @@ from itertools import combinations
 
 import torch
 
+from obsviz.errors import ArgumentError
+
 #: Subset counts above this are not enumerated; selection falls back to greedy.
 MAX_SUBSETS = 10_000
 
@@ -46,7 +48,7 @@ def _cholesky(A: torch.Tensor) -> torch.Tensor:
         scale = torch.diagonal(A, dim1=-2, dim2=-1).abs().mean(-1, keepdim=True).unsqueeze(-1)
         L, info = torch.linalg.cholesky_ex(A + 1e-7 * scale * eye)
         if int(info.max()) > 0:
-            raise ValueError("a C_PP block is not positive definite; raise damp")
+            raise ArgumentError("damp", "a C_PP block is not positive definite; raise damp")
     return L
 
 
@@ -152,12 +154,12 @@ def obs_update_per_row(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
     if keep_exact is None:
         schur_downdate(C, C_xP, L)
     elif isinstance(keep_exact, slice) or keep_exact.numel():
-        F = _schur_factor(C_xP, L)
-        if isinstance(keep_exact, slice):
-            C[:, :, keep_exact].sub_(torch.bmm(F, F[:, keep_exact].transpose(1, 2)).to(C.dtype))
-        else:
-            C.index_add_(2, keep_exact, torch.bmm(F, F[:, keep_exact].transpose(1, 2)).to(
-                C.dtype), alpha=-1)
+        F = _schur_factor(C_xP, L).to(C.dtype)
+        if isinstance(keep_exact, slice):   # in place: no (B, K, |keep|) temporary
+            C[:, :, keep_exact].baddbmm_(F, F[:, keep_exact].transpose(1, 2), alpha=-1.0)
+        else:   # scattered columns: a temporary of at most 256 columns at a time
+            for c in keep_exact.split(256):
+                C.index_add_(2, c, torch.bmm(F, F[:, c].transpose(1, 2)), alpha=-1)
 
 
 def schur_downdate(C: torch.Tensor, C_xP: torch.Tensor, L: torch.Tensor) -> None:

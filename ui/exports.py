@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import json
 
+from obsviz import save_pruned
+
 from ui.runs import Run
 
 
 def safetensors_bytes(run: Run) -> bytes:
-    """The pruned weight ``(M, K)`` float32 and its mask ``(M, K)`` bool (True = kept)."""
-    from safetensors.torch import save
-
-    meta = {"method": run.method, "layer": run.layer.label,
-            "rel_error": f"{run.result.rel_error:.6g}",
-            "geometry": json.dumps(run.job.geometry.to_dict()), "nnz": str(run.job.nnz),
-            "options": json.dumps(run.result.options, default=str)}
-    return save({"weight": run.result.weight.detach().cpu().contiguous().clone(),
-                 "mask": run.result.mask.detach().cpu().contiguous().clone()}, metadata=meta)
+    """The pruned layer as ``obsviz.save_pruned`` writes it (weight, mask, Hessian, report), so
+    ``obsviz.load_layer`` reads the download back."""
+    layer = run.layer.layer
+    return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
+                       report=run.report, nsamples=layer.nsamples,
+                       source=f"{run.layer.label}, pruned ({run.label or run.method})")
 
 
 REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",

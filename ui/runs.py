@@ -18,17 +18,15 @@ import torch
 
 from obsviz import Geometry, PruneResult
 from obsviz.layout import row_sample
+from obsviz.methods import OPTIONS, REGISTRY
 
 from ui.layers import ActiveLayer
 
-#: Methods each option applies to (options other methods ignore stay out of their cache key).
+#: Methods each option applies to (options other methods ignore stay out of their cache key),
+#: and every option's default: both read off the method registry (``obsviz.methods``).
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "split": ("n_splits",),
-    "interleaved": ("n_splits",),
-    "true_obs": ("ng", "chunk_size", "order", "scoring", "c_dtype"),
-}
-DEFAULT_OPTIONS = {"n_splits": 4, "ng": 8, "chunk_size": 16, "order": "left_to_right",
-                   "scoring": "independent", "c_dtype": "auto"}
+    name: m.option_names for name, m in REGISTRY.items() if m.options}
+DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
 MAX_STORED = 32  # oldest results are dropped beyond this (each holds a pruned copy of W)
 
 
@@ -71,14 +69,10 @@ class Run:
 
 
 def run_key(job: Job, method: str) -> str:
-    spec = {"layer": job.layer.digest, "geometry": geometry_spec(job.geometry), "nnz": job.nnz,
+    spec = {"layer": job.layer.digest, "geometry": job.geometry.key, "nnz": job.nnz,
             "method": method, "damp": job.damp, "device": job.device,
             "options": job.method_options(method), "sample": job.sample}
     return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
-
-
-def geometry_spec(geometry: Geometry) -> dict:
-    return {k: v for k, v in geometry.to_dict().items() if k not in ("nnz", "name")}
 
 
 def store() -> dict[str, Run]:
