@@ -157,8 +157,8 @@ def obs_update_per_row(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
         F = _schur_factor(C_xP, L).to(C.dtype)
         if isinstance(keep_exact, slice):   # in place: no (B, K, |keep|) temporary
             C[:, :, keep_exact].baddbmm_(F, F[:, keep_exact].transpose(1, 2), alpha=-1.0)
-        else:   # scattered columns: a temporary of at most 256 columns at a time
-            for c in keep_exact.split(256):
+        else:   # scattered columns: a temporary of at most 64 columns at a time
+            for c in keep_exact.split(64):
                 C.index_add_(2, c, torch.bmm(F, F[:, c].transpose(1, 2)), alpha=-1)
 
 
