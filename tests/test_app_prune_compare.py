@@ -57,7 +57,7 @@ def test_prune_runs_two_methods_and_shows_each_error():
 
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
-    assert at.multiselect[0].value == [r.label for r in runs]
+    assert at.multiselect(key="_c_pick").value == [r.key for r in runs]   # by run key
     assert len(at.dataframe) == 1
     charts = at.get("plotly_chart")
     assert len(charts) >= 5  # bar, row distribution, 3 heatmaps, difference

@@ -1,4 +1,5 @@
-"""The cached per-result maps the Compare page draws."""
+"""The per-result maps the Compare page draws: computed once per run (cached by run key) as
+whole-layer previews, and every weight of a window on demand."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from obsviz.figures import results as rfig
 from ui.runs import Run
 
 
-@st.cache_resource(max_entries=12, show_spinner="Computing error maps…")
+@st.cache_resource(max_entries=64, show_spinner="Computing error maps…")
 def maps(key: str, _run: Run) -> rfig.ResultMaps:
-    """A stored run's maps (error contribution, mask, |ΔW|, per-row error), once per run."""
+    """A run's maps (error contribution, kept fraction, |ΔW| as previews of at most
+    ``rfig.PREVIEW_CELLS`` tiles each, per-row error), once per run key."""
     layer = _run.layer.layer
     return rfig.result_maps(layer.weight, layer.hessian, _run.result.weight, _run.result.mask,
                             _run.result.rows)
+
+
+def window(run: Run, window: rfig.Window) -> tuple[dict[str, rfig.Tiles], object]:
+    """Every weight of ``window`` of ``run``: the maps by kind, and each row's error summed over
+    the window's columns."""
+    layer = run.layer.layer
+    return rfig.window_maps(layer.weight, layer.hessian, run.result.weight, run.result.mask,
+                            window)
