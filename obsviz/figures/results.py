@@ -34,7 +34,7 @@ import torch
 
 from obsviz.estimate import METHODS
 from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool_shape, tile_edges
-from obsviz.metrics import element_contribution, format_rel_error, row_rel_error
+from obsviz.metrics import element_contribution, format_rel_error, row_error
 
 #: Most tiles a result's whole-layer preview keeps per map kind.
 PREVIEW_CELLS = 65_536
@@ -315,10 +315,13 @@ def _maps_of_rows(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask:
 
 def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                 rows: torch.Tensor | None = None, max_cells: int = PREVIEW_CELLS,
-                chunk_elements: int = 1 << 22) -> ResultMaps:
+                chunk_elements: int = 1 << 22, row_ref: np.ndarray | None = None
+                ) -> ResultMaps:
     """The maps of one result: ``W0`` ``(M, K)`` the original weight, ``H`` ``(K, K)`` the
     undamped Hessian, ``weight``/``mask`` the result's; ``rows`` the pruned rows when a row
-    sample was run (the per-row relative error covers them only).
+    sample was run (the per-row relative error covers them only). ``row_ref``: the layer's
+    ``(M,)`` ``W0_r H W0_rᵀ`` (``layer_row_ref``) when already known — the same for every
+    result of a layer.
 
     The full ``(M, K)`` maps are never held at once: rows are taken a band of about
     ``chunk_elements`` weights at a time (whole preview tiles each), and each band is summed
@@ -344,11 +347,20 @@ def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
                                               ce[:-1], axis=1)
         i = j
     area = np.outer(np.diff(re), np.diff(ce))
-    sel = slice(None) if rows is None else rows.cpu()
+    sel = slice(None) if rows is None else rows.cpu().numpy()
+    ref = layer_row_ref(W0, H) if row_ref is None else np.asarray(row_ref)
+    # metrics.row_rel_error, from the row errors already summed above
+    rel = np.sqrt(np.clip(row_error[sel], 0, None) / np.clip(ref[sel], 1e-30, None))
     return ResultMaps(
         *(Tiles((sums[kind] / area).astype(np.float32), re, ce) for kind in MAP_KINDS),
-        row_error=row_error,
-        row_rel_error=row_rel_error(W0[sel], weight[sel], H).to(torch.float32).numpy())
+        row_error=row_error, row_rel_error=rel.astype(np.float32))
+
+
+def layer_row_ref(W0: torch.Tensor, H: torch.Tensor) -> np.ndarray:
+    """``(M,)`` float64 ``W0_r H W0_rᵀ``: each row's output energy, the denominator of its
+    relative error."""
+    W0 = W0.detach().cpu()
+    return row_error(torch.zeros_like(W0), W0, H.detach().cpu()).numpy()
 
 
 def window_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
@@ -629,7 +641,7 @@ def difference_figure(a: Tiles, b: Tiles, row_diff: np.ndarray, label_a: str, la
                             line=dict(width=0)),
                 hovertemplate=f"row %{{y}}<br>row error, {_escape(title)}: %{{x:.3g}}"
                               "<extra></extra>")
-    tr, coloraxis = _colour_bar(MAP_KINDS["error"], zmin, zmax, _escape(_fit(title, 300)))
+    tr, coloraxis = _colour_bar(MAP_KINDS["error"], zmin, zmax, "A − B")
     tr.update(xaxis="x", yaxis="y")
     coloraxis["cmid"] = 0.0
     return go.Figure(data=[image, bars, tr], layout=base_layout(
@@ -725,7 +737,7 @@ def row_error_figure(labels: Sequence[Label], per_row: Sequence[np.ndarray | tor
     fig.update_yaxes(title="fraction of rows", tickformat=".0%", range=[0, 1.02], showgrid=True,
                      gridcolor="#EEEEF2")
     fig.update_layout(**base_layout(
-        height=max(height, 60 + 20 * len(labels) + 24 * len(settings)), showlegend=True,
+        height=max(height, 90 + 21 * len(labels) + 34 * len(settings)), showlegend=True,
         legend=dict(x=1.02, xanchor="left", y=1, yanchor="top", groupclick="toggleitem",
                     tracegroupgap=10, font=dict(size=12)),
         margin=dict(l=56, r=16, t=16, b=44)))
