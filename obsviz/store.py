@@ -1,0 +1,547 @@
+"""The run database: every pruning run, kept in SQLite so results outlive a session.
+
+One table ``runs`` (one row per run, readable with plain SQL) in a SQLite file in WAL mode;
+the pruned weight and mask of each finished run sit beside it as content-addressed
+``.safetensors`` files (``<db>.files/<sha256>.safetensors``) that the row names.
+
+Consistency rules:
+
+- a file is written to a temporary name and ``os.replace``-d into place, and only then is the
+  row inserted (one transaction): a process killed at any point leaves no row that names a
+  missing file (at worst an unreferenced file);
+- a finished trial (``status = 'done'``) is stored once per ``key`` (a unique index): two
+  writers racing on one trial keep one row and both get its id;
+- every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise.
+
+The schema has a version (``PRAGMA user_version``) and a migration path: opening an older
+store upgrades it, a store from a newer obsviz is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from obsviz.errors import ArgumentError
+from obsviz.geometry import PRESETS, Geometry
+
+__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredRun", "StoreError",
+           "default_store_path", "geometry_key", "geometry_label", "layer_hash", "trial_key"]
+
+STORE_ENV = "OBSVIZ_STORE"
+SCHEMA_VERSION = 1
+STATUSES = ("done", "failed")
+_BUSY_TIMEOUT_S = 60.0
+_FILE_RE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
+
+#: Columns of ``runs`` in order (``id`` first). Plain SQL readers rely on these names.
+COLUMNS = ("id", "time", "key", "sweep", "layer", "source", "layer_hash", "shape", "geometry",
+           "geometry_spec", "nnz", "method", "options", "damp", "rel_error", "sparsity",
+           "seconds", "device", "obsviz_version", "torch_version", "status", "error",
+           "weight_file", "mask_file")
+#: Columns ``RunStore.runs(**where)`` filters on.
+FILTERS = ("id", "key", "sweep", "layer", "source", "layer_hash", "geometry", "nnz", "method",
+           "damp", "device", "status")
+
+
+class StoreError(ArgumentError):
+    """A store that cannot be used (not a database, from a newer obsviz, a missing file)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("store", message)
+
+
+def default_store_path() -> Path:
+    """``$OBSVIZ_STORE`` when set, else ``runs.sqlite`` in the per-user data folder:
+    ``$XDG_DATA_HOME/obsviz`` (default ``~/.local/share/obsviz``) on Linux,
+    ``~/Library/Application Support/obsviz`` on macOS, ``%LOCALAPPDATA%\\obsviz`` on Windows."""
+    env = os.environ.get(STORE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "obsviz" / "runs.sqlite"
+
+
+# ---- keys and hashes --------------------------------------------------------------------------
+
+
+def layer_hash(weight: torch.Tensor, hessian: torch.Tensor) -> str:
+    """sha256 (hex) of a layer's content: shapes, then W and H as contiguous float32 bytes."""
+    h = hashlib.sha256()
+    for t in (weight, hessian):
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(json.dumps(list(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def geometry_key(geometry: Geometry) -> str:
+    """A canonical string for a geometry's structure (two geometries with equal keys prune
+    alike); ``Geometry.key`` when the geometry has one."""
+    key = getattr(geometry, "key", None)
+    if key is not None:
+        return str(key() if callable(key) else key)
+    return json.dumps({k: list(getattr(geometry, k)) for k in
+                       ("weight_shape", "view_shape", "view_stride", "block", "scope")},
+                      separators=(",", ":"))
+
+
+def geometry_label(geometry: Geometry) -> str:
+    """The preset name when the geometry is one (``"2:4"``, ``"coupled-2:4"``, any ``N:M``),
+    else its description (view, block, scope)."""
+    name = geometry.name
+    if isinstance(name, str) and (name in PRESETS or re.fullmatch(r"\d+:\d+", name)):
+        try:
+            if Geometry.preset(name, geometry.weight_shape) == geometry:
+                return name
+        except ValueError:
+            pass
+    return geometry.describe()
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-safe, order-independent form of options (dict keys sorted, tuples as lists)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def trial_key(layer_hash: str, geometry: Geometry | str, nnz: int, method: str, options: dict,
+              damp: float, rows: Any = None) -> str:
+    """The identity of a trial: sha256 of (layer content hash, geometry key, nnz, method,
+    resolved options, damp, rows). Equal keys mean the same computation. ``geometry`` may be
+    a string standing for one that cannot be built (a preset that does not fit the layer)."""
+    gkey = geometry if isinstance(geometry, str) else geometry_key(geometry)
+    payload = _dumps({"layer": layer_hash, "geometry": gkey, "nnz": int(nnz),
+                      "method": method, "options": options, "damp": float(damp),
+                      "rows": rows})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredRun:
+    """One row of ``runs``. JSON columns come back decoded (``shape`` a tuple, ``options`` and
+    ``geometry_spec`` dicts)."""
+
+    id: int
+    time: str
+    key: str | None
+    sweep: str | None
+    layer: str
+    source: str
+    layer_hash: str | None
+    shape: tuple[int, int]
+    geometry: str                 # preset name, or the view/block/scope description
+    geometry_spec: dict           # Geometry.to_dict()
+    nnz: int
+    method: str
+    options: dict
+    damp: float | None
+    rel_error: float | None
+    sparsity: float | None
+    seconds: float | None
+    device: str | None
+    obsviz_version: str
+    torch_version: str
+    status: str
+    error: str | None
+    weight_file: str | None
+    mask_file: str | None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def geometry_obj(self) -> Geometry:
+        """The geometry rebuilt from the stored spec (``ValueError`` for a failed run whose
+        geometry could not be built)."""
+        if "preset" in self.geometry_spec:
+            return Geometry.preset(self.geometry_spec["preset"], self.shape)
+        return Geometry.from_dict(self.geometry_spec)
+
+    def as_dict(self) -> dict:
+        """Plain data (a table row): the columns, JSON columns decoded."""
+        d = asdict(self)
+        d.pop("extra")
+        d["shape"] = list(self.shape)
+        return d
+
+
+def _row_to_run(row: sqlite3.Row) -> StoredRun:
+    d = dict(row)
+    for k in ("options", "geometry_spec"):
+        try:
+            d[k] = json.loads(d[k]) if d[k] else {}
+        except (TypeError, ValueError):
+            d[k] = {}
+    try:
+        d["shape"] = tuple(int(v) for v in json.loads(d["shape"]))
+    except (TypeError, ValueError):
+        d["shape"] = ()
+    known = {k: d.pop(k) for k in COLUMNS}
+    return StoredRun(**known, extra=d)
+
+
+# ---- schema ------------------------------------------------------------------------------------
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    time            TEXT NOT NULL,
+    key             TEXT,
+    sweep           TEXT,
+    layer           TEXT NOT NULL,
+    source          TEXT NOT NULL DEFAULT '',
+    layer_hash      TEXT,
+    shape           TEXT NOT NULL,
+    geometry        TEXT NOT NULL,
+    geometry_spec   TEXT NOT NULL,
+    nnz             INTEGER NOT NULL,
+    method          TEXT NOT NULL,
+    options         TEXT NOT NULL DEFAULT '{}',
+    damp            REAL,
+    rel_error       REAL,
+    sparsity        REAL,
+    seconds         REAL,
+    device          TEXT,
+    obsviz_version  TEXT NOT NULL,
+    torch_version   TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    error           TEXT,
+    weight_file     TEXT,
+    mask_file       TEXT,
+    CHECK (status = 'failed' OR rel_error IS NOT NULL)
+);
+CREATE UNIQUE INDEX runs_done_key ON runs(key) WHERE status = 'done' AND key IS NOT NULL;
+CREATE INDEX runs_key ON runs(key);
+CREATE INDEX runs_sweep ON runs(sweep);
+CREATE INDEX runs_layer_method ON runs(layer, method);
+"""
+
+#: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+
+def _versions() -> tuple[str, str]:
+    from obsviz import __version__
+
+    return __version__, torch.__version__
+
+
+# ---- the store ---------------------------------------------------------------------------------
+
+
+class RunStore:
+    """A run database at ``path`` (``None``: :func:`default_store_path`); created or migrated
+    on open. Safe to use from several threads and processes: each call opens its own
+    connection."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        if self.path.is_dir():
+            raise StoreError(f"store={str(self.path)!r} is a folder; give a file such as "
+                             "runs.sqlite")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.files_dir = self.path.with_name(self.path.name + ".files")
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.path)!r})"
+
+    # -- connections
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys = ON")
+            yield con
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e) or "malformed" in str(e):
+                raise StoreError(f"store={str(self.path)!r} is not an obsviz run database "
+                                 f"({e})") from e
+            raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue, not deadlock."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._connect() as con:
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
+                con.execute("PRAGMA journal_mode = DELETE")
+        with self._write() as con:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store={str(self.path)!r} has schema version {version}, written by a newer "
+                    f"obsviz (this one reads up to {SCHEMA_VERSION}); upgrade obsviz or choose "
+                    "another store")
+            if version == 0 and con.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]:
+                raise StoreError(f"store={str(self.path)!r} has a 'runs' table but no obsviz "
+                                 "schema version; it was not written by obsviz")
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                version += 1
+                con.execute(f"PRAGMA user_version = {int(version)}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- files
+
+    def _put_tensor(self, name: str, tensor: torch.Tensor) -> str:
+        """Write ``{name: tensor}`` as a safetensors file named by its sha256; returns the file
+        name. Written to a temporary file and moved into place: never half a file."""
+        from safetensors.torch import save
+
+        data = save({name: tensor.detach().to("cpu").contiguous()})
+        fname = hashlib.sha256(data).hexdigest() + ".safetensors"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        target = self.files_dir / fname
+        if target.is_file() and target.stat().st_size == len(data):
+            return fname
+        fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return fname
+
+    def file_path(self, fname: str) -> Path:
+        """Where a stored tensor file lives; refuses any name that is not ``<sha256>.safetensors``
+        (a row's text never becomes a path)."""
+        if not isinstance(fname, str) or not _FILE_RE.fullmatch(fname):
+            raise StoreError(f"tensor file name {fname!r} is not a content address")
+        return self.files_dir / fname
+
+    # -- writing
+
+    def record(self, *, key: str | None, layer: str, source: str = "",
+               layer_hash: str | None = None, shape, geometry: Geometry, nnz: int, method: str,
+               options: dict | None = None, damp: float | None = None, result=None,
+               status: str = "done", error: str | None = None, sweep: str | None = None) -> int:
+        """Store one run and return its id.
+
+        ``result`` (a :class:`obsviz.PruneResult`) is required when ``status='done'``: its
+        ``rel_error``, sparsity, ``seconds`` and device go in the row, its mask and pruned weight
+        in content-addressed files. ``status='failed'`` needs ``error`` (the message).
+
+        A trial ``key`` has at most one row: when it is already stored as done, nothing is
+        written and the existing id is returned; a new attempt replaces earlier failures.
+        """
+        if status not in STATUSES:
+            raise ArgumentError("status", f"status={status!r} is unknown; valid: "
+                                f"{', '.join(STATUSES)}")
+        if isinstance(geometry, str) and status == "failed":
+            label, spec = geometry, {"preset": geometry}  # a preset that did not fit the layer
+        elif isinstance(geometry, Geometry):
+            label, spec = geometry_label(geometry), geometry.to_dict()
+        else:
+            raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry "
+                                "(or, for a failed run, the name of the preset that failed)")
+        if status == "done" and result is None:
+            raise ArgumentError("result", "status='done' needs result (a PruneResult)")
+        if status == "failed" and not error:
+            raise ArgumentError("error", "status='failed' needs error (what went wrong)")
+        try:
+            shape_t = tuple(int(v) for v in shape)
+        except (TypeError, ValueError):
+            raise ArgumentError("shape", f"shape={shape!r} must be (M, K)") from None
+        if len(shape_t) != 2:
+            raise ArgumentError("shape", f"shape={shape!r} must be (M, K)")
+        options = dict(options or {})
+        rel = spars = secs = None
+        device = options.get("device")
+        weight_file = mask_file = None
+        if result is not None:
+            from obsviz.metrics import sparsity
+
+            rel, secs = float(result.rel_error), float(result.seconds)
+            spars = sparsity(result.mask)
+            device = result.options.get("device", device)
+            if status == "done":  # files first, the row after
+                weight_file = self._put_tensor("weight", result.weight)
+                mask_file = self._put_tensor("mask", result.mask.to(torch.bool))
+        obsviz_version, torch_version = _versions()
+        row = {
+            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "key": key, "sweep": sweep, "layer": str(layer), "source": str(source or ""),
+            "layer_hash": layer_hash, "shape": json.dumps(list(shape_t)),
+            "geometry": label, "geometry_spec": _dumps(spec),
+            "nnz": int(nnz), "method": str(method), "options": _dumps(options),
+            "damp": None if damp is None else float(damp), "rel_error": rel, "sparsity": spars,
+            "seconds": secs, "device": device, "obsviz_version": obsviz_version,
+            "torch_version": torch_version, "status": status,
+            "error": None if error is None else str(error), "weight_file": weight_file,
+            "mask_file": mask_file,
+        }
+        names = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self._write() as con:
+            if key is not None:
+                found = con.execute("SELECT id FROM runs WHERE key = ? AND status = 'done'",
+                                    (key,)).fetchone()
+                if found is not None:  # finished already (a racing writer, a late failure)
+                    return int(found[0])
+                # a new attempt replaces the trial's earlier failures: one row per trial
+                con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed'", (key,))
+            cur = con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", row)
+            return int(cur.lastrowid)
+
+    def delete(self, run_id: int) -> None:
+        """Remove a run's row (its files stay: other runs may share them)."""
+        with self._write() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
+
+    # -- reading
+
+    def runs(self, *, limit: int | None = None, **where) -> list[StoredRun]:
+        """Runs newest first, filtered by column: ``runs(layer="layer0.query", method=[...])``;
+        a list/tuple/set value matches any of its items, ``None`` matches NULL."""
+        clauses, params = [], []
+        for col, value in where.items():
+            if col not in FILTERS:
+                raise ArgumentError(col, f"{col}= is not a filter; valid: {', '.join(FILTERS)}")
+            if isinstance(value, list | tuple | set | frozenset):
+                items = list(value)
+                if not items:
+                    return []
+                clauses.append(f"{col} IN ({', '.join('?' * len(items))})")
+                params.extend(items)
+            elif value is None:
+                clauses.append(f"{col} IS NULL")
+            else:
+                clauses.append(f"{col} = ?")
+                params.append(value)
+        sql = "SELECT * FROM runs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ArgumentError("limit", f"limit={limit!r} must be a non-negative integer")
+            sql += f" LIMIT {int(limit)}"
+        with self._connect() as con:
+            return [_row_to_run(r) for r in con.execute(sql, params)]
+
+    def get(self, run_id: int) -> StoredRun:
+        """The run with this id; ``KeyError`` when there is none."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no run with id {run_id} in {self.path}")
+        return _row_to_run(row)
+
+    def find(self, key: str) -> StoredRun | None:
+        """The finished run with this trial key, or ``None`` (resume asks this)."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE key = ? AND status = 'done'",
+                              (key,)).fetchone()
+        return None if row is None else _row_to_run(row)
+
+    def done_keys(self, keys: list[str] | None = None) -> set[str]:
+        """Keys of finished runs (of those in ``keys`` when given)."""
+        with self._connect() as con:
+            if keys is None:
+                rows = con.execute("SELECT key FROM runs WHERE status = 'done' AND key IS NOT NULL")
+                return {r[0] for r in rows}
+            out: set[str] = set()
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                rows = con.execute(f"SELECT key FROM runs WHERE status = 'done' AND key IN "
+                                   f"({', '.join('?' * len(part))})", part)
+                out.update(r[0] for r in rows)
+            return out
+
+    def sweeps(self) -> list[dict]:
+        """Every sweep name with its counts, newest first: ``{"sweep", "runs", "done",
+        "failed", "first", "last"}``."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT sweep, count(*) AS runs, sum(status = 'done') AS done, "
+                "sum(status = 'failed') AS failed, min(time) AS first, max(time) AS last, "
+                "max(id) AS newest FROM runs WHERE sweep IS NOT NULL GROUP BY sweep "
+                "ORDER BY newest DESC").fetchall()
+        return [{k: r[k] for k in ("sweep", "runs", "done", "failed", "first", "last")}
+                for r in rows]
+
+    def count(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def tensors(self, run_id: int) -> dict[str, torch.Tensor]:
+        """``{"weight": (M, K), "mask": (M, K) bool}`` of a finished run."""
+        from safetensors.torch import load_file
+
+        run = self.get(run_id)
+        if run.status != "done" or not run.weight_file or not run.mask_file:
+            raise StoreError(f"run {run_id} has no stored tensors (status {run.status!r})")
+        out = {}
+        for name, fname in (("weight", run.weight_file), ("mask", run.mask_file)):
+            path = self.file_path(fname)
+            if not path.is_file():
+                raise StoreError(f"run {run_id}: its {name} file {fname} is missing from "
+                                 f"{self.files_dir}")
+            loaded = load_file(str(path))
+            if name not in loaded:
+                raise StoreError(f"run {run_id}: {fname} holds no {name!r} tensor")
+            out[name] = loaded[name]
+        if tuple(out["weight"].shape) != run.shape or tuple(out["mask"].shape) != run.shape:
+            raise StoreError(f"run {run_id}: stored tensors do not have the row's shape "
+                             f"{run.shape}")
+        return out

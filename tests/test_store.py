@@ -1,0 +1,299 @@
+"""The run database: real SQLite files, real pruning results, real processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from obsviz import ArgumentError, Geometry, load_sample_layer, prune
+from obsviz.store import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    RunStore,
+    StoreError,
+    default_store_path,
+    geometry_label,
+    layer_hash,
+    trial_key,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_sample_layer("toy")
+
+
+@pytest.fixture(scope="module")
+def toy_result(toy):
+    geom = Geometry.preset("2:4", toy.shape)
+    return geom, prune(toy.weight, toy.hessian, geom, 2, method="sparsegpt")
+
+
+def _record(store, toy, geom, res, key="k1", **kw):
+    args = dict(key=key, layer=toy.name, source=toy.source,
+                layer_hash=layer_hash(toy.weight, toy.hessian), shape=toy.shape, geometry=geom,
+                nnz=2, method=res.method if res else "sparsegpt", options={"n_splits": 4},
+                damp=0.01, result=res)
+    args.update(kw)
+    return store.record(**args)
+
+
+def test_default_path_env_and_user_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("OBSVIZ_STORE", str(tmp_path / "x.sqlite"))
+    assert default_store_path() == tmp_path / "x.sqlite"
+    monkeypatch.delenv("OBSVIZ_STORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    if sys.platform.startswith("linux"):
+        assert default_store_path() == tmp_path / "data" / "obsviz" / "runs.sqlite"
+    monkeypatch.setenv("OBSVIZ_STORE", str(tmp_path / "env.sqlite"))
+    store = RunStore()
+    assert store.path == tmp_path / "env.sqlite" and store.path.is_file()
+
+
+def test_record_round_trip_plain_sql_and_tensors(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res, sweep="s1")
+    run = store.get(rid)
+    assert run.status == "done" and run.error is None
+    assert run.layer == "toy" and run.shape == toy.shape and run.geometry == "2:4"
+    assert run.rel_error == res.rel_error and run.seconds == res.seconds
+    assert run.sparsity == pytest.approx(0.5) and run.device == "cpu"
+    assert run.options == {"n_splits": 4} and run.damp == 0.01 and run.sweep == "s1"
+    assert run.geometry_obj() == geom
+    assert run.obsviz_version and run.torch_version == torch.__version__
+    t = store.tensors(rid)
+    assert torch.equal(t["weight"], res.weight) and torch.equal(t["mask"], res.mask)
+    assert t["mask"].dtype == torch.bool
+    # plain SQL, no obsviz: the columns the issue names, 'done' for finished
+    con = sqlite3.connect(store.path)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
+    assert tuple(cols) == COLUMNS
+    row = con.execute("SELECT layer, geometry, nnz, method, rel_error, seconds, status FROM runs"
+                      ).fetchone()
+    assert row == ("toy", "2:4", 2, "sparsegpt", res.rel_error, res.seconds, "done")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
+
+
+def test_files_are_content_addressed_and_shared(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    a = store.get(_record(store, toy, geom, res, key="a"))
+    b = store.get(_record(store, toy, geom, res, key="b"))
+    assert a.weight_file == b.weight_file and a.mask_file == b.mask_file
+    files = sorted(p.name for p in store.files_dir.iterdir())
+    assert files == sorted({a.weight_file, a.mask_file})  # no temporaries left
+    import hashlib
+    for f in files:
+        assert hashlib.sha256((store.files_dir / f).read_bytes()).hexdigest() + ".safetensors" == f
+
+
+def test_done_key_stored_once_failed_kept(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    f1 = _record(store, toy, geom, None, status="failed", error="boom", result=None)
+    failed = store.get(f1)
+    assert failed.status == "failed" and failed.error == "boom" and failed.rel_error is None
+    with pytest.raises(StoreError):
+        store.tensors(f1)
+    f2 = _record(store, toy, geom, None, status="failed", error="boom again", result=None)
+    assert [r.id for r in store.runs()] == [f2]  # a new attempt replaces the failure
+    first = _record(store, toy, geom, res)
+    again = _record(store, toy, geom, res)
+    late = _record(store, toy, geom, None, status="failed", error="late", result=None)
+    assert first == again == late and [r.id for r in store.runs()] == [first]
+    assert store.find("k1").id == first and store.find("nope") is None
+    assert store.done_keys() == {"k1"} and store.done_keys(["k1", "x"]) == {"k1"}
+    # a preset that could not be built for the layer is recorded by name
+    bad = store.get(_record(store, toy, "block16", None, key="b16", status="failed",
+                            error="needs M divisible by 16", result=None))
+    assert bad.geometry == "block16" and bad.geometry_spec == {"preset": "block16"}
+    with pytest.raises(ValueError):
+        bad.geometry_obj()
+    with pytest.raises(ArgumentError):
+        _record(store, toy, "block16", res, key="b16b")  # a name only for failures
+
+
+def test_runs_filters_newest_first(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    ids = [_record(store, toy, geom, res, key=f"k{i}", method=m, sweep="s" if i else None)
+           for i, m in enumerate(["sparsegpt", "magnitude", "wanda"])]
+    assert [r.id for r in store.runs()] == ids[::-1]
+    assert [r.method for r in store.runs(method="magnitude")] == ["magnitude"]
+    assert [r.id for r in store.runs(method=["wanda", "sparsegpt"])] == [ids[2], ids[0]]
+    assert [r.id for r in store.runs(sweep=None)] == [ids[0]]
+    assert len(store.runs(limit=1)) == 1 and store.runs(method=[]) == []
+    assert store.sweeps()[0]["sweep"] == "s" and store.sweeps()[0]["done"] == 2
+    with pytest.raises(ArgumentError) as e:
+        store.runs(colour="red")
+    assert e.value.argument == "colour"
+    with pytest.raises(KeyError):
+        store.get(999)
+
+
+def test_bad_arguments_name_themselves(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    for kw, arg in [({"status": "ok"}, "status"), ({"result": None}, "result"),
+                    ({"status": "failed", "result": None}, "error"),
+                    ({"geometry": "2:4"}, "geometry"), ({"shape": (1, 2, 3)}, "shape")]:
+        with pytest.raises(ArgumentError) as e:
+            _record(store, toy, geom, res, **kw)
+        assert e.value.argument == arg
+    assert store.count() == 0
+
+
+def test_hostile_files_and_names(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="not an obsviz run database"):
+        RunStore(bad)
+    with pytest.raises(StoreError, match="folder"):
+        RunStore(tmp_path)
+    store = RunStore(tmp_path / "ok.sqlite")
+    for name in ["../../etc/passwd", "/etc/passwd", "a" * 64 + ".safetensors/..", None]:
+        with pytest.raises(StoreError):
+            store.file_path(name)
+
+
+def test_newer_and_foreign_schemas_refused(tmp_path):
+    newer = tmp_path / "newer.sqlite"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="newer obsviz"):
+        RunStore(newer)
+    foreign = tmp_path / "foreign.sqlite"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE runs (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not written by obsviz"):
+        RunStore(foreign)
+
+
+def test_tampered_row_never_becomes_a_path(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    con = sqlite3.connect(store.path)
+    con.execute("UPDATE runs SET weight_file = '../../secret' WHERE id = ?", (rid,))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="content address"):
+        store.tensors(rid)
+
+
+def test_missing_file_is_a_clear_error(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    run = store.get(_record(store, toy, geom, res))
+    store.file_path(run.mask_file).unlink()
+    with pytest.raises(StoreError, match="missing"):
+        store.tensors(run.id)
+
+
+def test_keys_and_labels(toy):
+    shape = toy.shape
+    h = layer_hash(toy.weight, toy.hessian)
+    assert h == layer_hash(toy.weight.clone(), toy.hessian.clone()) and len(h) == 64
+    W2 = toy.weight.clone()
+    W2[0, 0] += 1
+    assert layer_hash(W2, toy.hessian) != h
+    g = Geometry.preset("2:4", shape)
+    k = trial_key(h, g, 2, "split", {"n_splits": 4, "a": 1}, 0.01)
+    assert k == trial_key(h, Geometry.preset("2:4", shape), 2, "split", {"a": 1, "n_splits": 4},
+                          0.01)
+    assert len({k, trial_key(h, g, 1, "split", {"n_splits": 4, "a": 1}, 0.01),
+                trial_key(h, g, 2, "local", {"n_splits": 4, "a": 1}, 0.01),
+                trial_key(h, g, 2, "split", {"n_splits": 2, "a": 1}, 0.01),
+                trial_key(h, g, 2, "split", {"n_splits": 4, "a": 1}, 0.1),
+                trial_key(h, g, 2, "split", {"n_splits": 4, "a": 1}, 0.01, rows=[0, 1]),
+                trial_key(h, Geometry.preset("4:8", shape), 2, "split",
+                          {"n_splits": 4, "a": 1}, 0.01)}) == 7
+    assert geometry_label(g) == "2:4" and geometry_label(Geometry.preset("1:4", shape)) == "1:4"
+    assert geometry_label(Geometry.preset("coupled-2:4", shape)) == "coupled-2:4"
+    free = Geometry(shape, (1, 1), (1, 4))
+    assert geometry_label(free) == free.describe()
+    liar = Geometry(shape, (1, 2), (1, 4), name="2:4")  # named like a preset, is not one
+    assert geometry_label(liar) == liar.describe()
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    from obsviz import Geometry, load_sample_layer, prune
+    from obsviz.store import RunStore, layer_hash
+
+    toy = load_sample_layer("toy")
+    geom = Geometry.preset("2:4", toy.shape)
+    res = prune(toy.weight, toy.hessian, geom, 2, method="magnitude")
+    store = RunStore(path)
+    h = layer_hash(toy.weight, toy.hessian)
+    for i in range(n):
+        # half the keys are shared by both writers: stored once; half are each writer's own
+        key = f"shared{i}" if i % 2 else f"w{worker}-{i}"
+        store.record(key=key, layer="toy", layer_hash=h, shape=toy.shape, geometry=geom,
+                     nnz=2, method="magnitude", damp=0.01, result=res, sweep=f"w{worker}")
+        if i % 3 == 0:  # after done: not stored
+            store.record(key=key, layer="toy", shape=toy.shape, geometry=geom, nnz=2,
+                         method="magnitude", status="failed", error=f"e{worker}-{i}")
+        # failures only, shared by both writers: one row each in the end
+        store.record(key=f"fail{i}", layer="toy", shape=toy.shape, geometry=geom, nnz=2,
+                     method="magnitude", status="failed", error=f"e{worker}-{i}")
+
+
+def test_two_processes_writing_at_once(tmp_path):
+    path = str(tmp_path / "runs.sqlite")
+    RunStore(path)
+    n = 20
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, n)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = RunStore(path)
+    done = store.runs(status="done")
+    keys = [r.key for r in done]
+    assert len(keys) == len(set(keys))  # no duplicated finished trial
+    assert set(keys) == {f"shared{i}" for i in range(1, n, 2)} | {
+        f"w{w}-{i}" for w in range(2) for i in range(0, n, 2)}
+    failed = store.runs(status="failed")
+    assert sorted(r.key for r in failed) == sorted(f"fail{i}" for i in range(n))
+    assert store.count() == len(done) + len(failed)
+    for r in done:  # every row's files exist
+        t = store.tensors(r.id)
+        assert t["mask"].sum() == t["mask"].numel() // 2
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
+def test_store_read_after_restart(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    code = (
+        "import sys, json, torch\n"
+        "from obsviz.store import RunStore\n"
+        "s = RunStore(sys.argv[1]); r = s.get(int(sys.argv[2])); t = s.tensors(r.id)\n"
+        "print(json.dumps({'layer': r.layer, 'geometry': r.geometry, 'rel': r.rel_error,\n"
+        "  'kept': int(t['mask'].sum()), 'wsum': float(t['weight'].double().sum())}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(store.path), str(rid)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"layer": "toy", "geometry": "2:4", "rel": res.rel_error,
+                   "kept": int(res.mask.sum()), "wsum": float(res.weight.double().sum())}
