@@ -16,7 +16,6 @@ from ui import exports, labels, layers, result_maps, runner, runs, state
 
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
-state.sidebar()
 ss = st.session_state
 st.title("Compare")
 
@@ -25,15 +24,15 @@ MAX_PANELS = 36
 
 
 def first_job() -> runs.Job | None:
-    """The sidebar's sample layer (else the default one) with the current geometry (else 2:4)."""
-    active = layers.sample(ss.get("layer_name") or DEFAULT_SAMPLE) or layers.sample(
-        DEFAULT_SAMPLE)
+    """The current layer (else the default sample) with the chosen geometry (else 2:4)."""
+    active = state.current_layer() or layers.sample(DEFAULT_SAMPLE)
     if active is None:
         return None
-    geom = state.current_geometry()
-    if geom is None or geom.weight_shape != active.layer.shape:
+    chosen = state.chosen_geometry()
+    if chosen is None or chosen[0].weight_shape != active.layer.shape:
         geom = Geometry.preset("2:4", active.layer.shape)
-    return runs.Job(active, geom, int(geom.nnz), device=ss["device"])
+        chosen = geom, geom.nnz
+    return runs.Job(active, *chosen, device=state.device())
 
 
 everything = runs.store()

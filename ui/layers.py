@@ -1,17 +1,22 @@
-"""Where the Prune page's layer comes from: a shipped sample, an uploaded file, or a layer whose
-Hessian is computed here from a local checkpoint.
+"""The current layer: one choice shared by every page, from a shipped sample, an uploaded file,
+or a layer whose Hessian is computed here from a local checkpoint.
 
-Session-state keys (see also ``ui.state``):
+Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
 
-- ``layer_source``: ``"sample" | "upload" | "checkpoint"``, the source the Prune page uses.
-- ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint.
-  Sample layers stay under ``layer_name`` (``ui.state``), shared with the sidebar.
+- ``layer_source``: ``"sample" | "upload" | "checkpoint"``, where the current layer comes from.
+- ``layer_name``: ``str | None``, the sample layer chosen (``None`` when none can be loaded).
+- ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint; it
+  stays when the Prune page (where it is uploaded) is left, until another replaces it.
+- ``layer_error``: ``str``, why the chosen sample could not be loaded (shown in the sidebar).
 - ``_p_upload_parsed``: ``dict`` for the file in the uploader: ``id`` (its file id, name and
-  size), ``digest`` (of its bytes), ``contents`` (``upload_contents``) or ``error``. Read once
-  per upload, so a rerun neither re-hashes nor re-parses a file of hundreds of MB.
+  size), ``digest`` (of its bytes), ``name`` (the file's name), ``contents``
+  (``upload_contents``) or ``error``. Read once per upload, so a rerun neither re-hashes nor
+  re-parses a file of hundreds of MB; kept after the page is left.
+- ``_p_ckpt_wanted``: the digest of the checkpoint layer the widgets ask for.
 
 Every layer is identified by a content digest, so results are cached by what they ran on, not
-by a name that could mean two things.
+by a name that could mean two things. Names (of layers, of uploaded files) come from users and
+files: show them as text (``ui.text``), never as markdown.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import streamlit as st
 
 from obsviz import layers as L
 
-from ui import state
+from ui.widgets import copy_widget
 
 SOURCES = {"sample": "Sample layer", "upload": "Upload a file", "checkpoint": "From a checkpoint"}
 UPLOAD_TYPES = ["safetensors", "npz", "pt", "pth"]
@@ -55,15 +60,37 @@ def tensor_digest(layer: L.Layer) -> str:
                         layer.hessian.detach().cpu().contiguous().numpy().tobytes())
 
 
+def sample_layer_names() -> list[str]:
+    try:
+        return list(L.sample_layer_names())
+    except Exception:  # a broken sample set must not take the app down
+        return []
+
+
+@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=4)
+def _load_sample(name: str) -> L.Layer:
+    return L.load_sample_layer(name)
+
+
+def sample_layer(name: str) -> L.Layer:
+    """The shipped sample layer ``name``, loaded once and shared by every page and session
+    (read-only: never modify its tensors). The one way the app loads a sample.
+
+    Raises:
+        ValueError: ``name`` is not a sample layer; OSError: its file cannot be read.
+    """
+    return _load_sample(name)
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _sample_digest(name: str) -> str:
-    return tensor_digest(state.sample_layer(name))
+    return tensor_digest(sample_layer(name))
 
 
 def sample(name: str) -> ActiveLayer | None:
     """The shipped sample ``name`` (``None`` when it cannot be loaded)."""
     try:
-        layer = state.sample_layer(name)
+        layer = sample_layer(name)
     except (ValueError, OSError):
         return None
     return ActiveLayer(layer, _sample_digest(name), name, "sample")
@@ -88,31 +115,77 @@ def from_upload(data: bytes, filename: str, name: str, file_digest: str | None =
     return ActiveLayer(layer, digest, f"{filename} · {name}", "upload")
 
 
-def active() -> ActiveLayer | None:
-    """The layer the Prune page runs on (per ``layer_source``)."""
+def init() -> None:
+    """Defaults for the layer keys (idempotent): a sample (the URL's ``layer`` when it names one,
+    else the default sample)."""
     ss = st.session_state
-    if ss.get("layer_source", "sample") == "sample":
-        state.init_state()
-        name = ss.get("layer_name")
-        return sample(name) if name else None
-    user = ss.get("user_layer")
+    ss.setdefault("layer_source", "sample")
+    ss.setdefault("user_layer", None)
+    if "layer_name" not in ss:
+        names = sample_layer_names()
+        wanted = st.query_params.get("layer")
+        default = L.DEFAULT_SAMPLE
+        ss["layer_name"] = (wanted if wanted in names
+                            else default if default in names
+                            else names[0] if names else None)
+
+
+def current() -> ActiveLayer | None:
+    """The current layer, the one every page works on (``None`` when none is loaded)."""
+    ss = st.session_state
+    init()
+    if ss["layer_source"] == "sample":
+        name = ss["layer_name"]
+        if not name:
+            return None
+        found = sample(name)
+        if found is None:
+            ss["layer_error"] = f"{name} could not be loaded"
+        return found
+    user = ss["user_layer"]
     if user is None or user.kind != ss["layer_source"]:
         return None
-    if user.kind == "checkpoint" and user.digest != ss.get("_p_ckpt_wanted", user.digest):
-        return None  # the widgets ask for another layer than the one computed
     return user
+
+
+def choices() -> dict[str, str]:
+    """What the sidebar offers: ``{choice: label}``, every sample (``sample:<name>``), then the
+    uploaded or checkpoint layer when there is one (``user``)."""
+    ss = st.session_state
+    init()
+    options = {f"sample:{name}": name for name in sample_layer_names()}
+    if ss["user_layer"] is not None:
+        options["user"] = ss["user_layer"].label
+    return options
+
+
+def current_choice() -> str | None:
+    ss = st.session_state
+    init()
+    if ss["layer_source"] == "sample":
+        return f"sample:{ss['layer_name']}" if ss["layer_name"] else None
+    return "user" if ss["user_layer"] is not None else None
+
+
+def choose(choice: str) -> None:
+    """Make ``choice`` (a key of ``choices()``) the current layer."""
+    ss = st.session_state
+    if choice == "user" and ss.get("user_layer") is not None:
+        ss["layer_source"] = ss["user_layer"].kind
+    elif choice.startswith("sample:"):
+        ss["layer_source"], ss["layer_name"] = "sample", choice.removeprefix("sample:")
 
 
 # ---- widgets ----------------------------------------------------------------------------------
 
 
 def picker() -> ActiveLayer | None:
-    """The layer source widgets; returns the layer in use (``None`` until one is loaded)."""
+    """The layer source widgets; returns the current layer (``None`` until one is loaded)."""
     ss = st.session_state
-    ss.setdefault("layer_source", "sample")
+    init()
     ss["_p_source"] = ss["layer_source"]
     st.segmented_control("Layer from", list(SOURCES), format_func=SOURCES.get, key="_p_source",
-                         on_change=state.copy_widget, args=("_p_source", "layer_source"),
+                         on_change=copy_widget, args=("_p_source", "layer_source"),
                          selection_mode="single")
     source = ss["layer_source"]
     if source == "sample":
@@ -121,17 +194,17 @@ def picker() -> ActiveLayer | None:
         _upload_widgets()
     else:
         _checkpoint_widgets()
-    return active()
+    return current()
 
 
 def _sample_widgets() -> None:
     ss = st.session_state
-    names = state.sample_layer_names()
+    names = sample_layer_names()
     if not names:
         st.warning("No sample layers are installed; upload a layer file instead.")
         return
     ss["_p_layer"] = ss.get("layer_name") if ss.get("layer_name") in names else names[0]
-    st.selectbox("Sample layer", names, key="_p_layer", on_change=state.copy_widget,
+    st.selectbox("Sample layer", names, key="_p_layer", on_change=copy_widget,
                  args=("_p_layer", "layer_name"),
                  help="Real layers of all-MiniLM-L6-v2 with Hessians from real text, and an "
                       "8 × 16 toy. The same choice as the sidebar's.")
