@@ -144,13 +144,13 @@ with c_bar:
     st.markdown("**Relative error by method**")
     st.plotly_chart(rfig.error_bar_figure(list(shown.values()),
                                           [r.result.rel_error for r in chosen]),
-                    config={"displayModeBar": False}, key="_c_fig_bar")
+                    config={"displayModeBar": False}, key="_c_fig_bar", theme=None)
 maps = {r.key: result_maps.maps(r.key, r) for r in chosen}
 with c_rows:
     st.markdown("**Per-row error distribution**")
     st.plotly_chart(rfig.row_error_figure(list(shown.values()),
                                           [maps[r.key].row_rel_error for r in chosen]),
-                    config={"displayModeBar": False}, key="_c_fig_rows")
+                    config={"displayModeBar": False}, key="_c_fig_rows", theme=None)
     st.caption("Fraction of rows at or below each per-row relative error: further left is "
                "better; a long right tail means a few rows carry the error.")
 
@@ -185,29 +185,29 @@ if len(here) > MAX_PANELS:
     st.warning(f"{len(here)} results of this layer are picked; the maps show the first "
                f"{MAX_PANELS}. Pick fewer to see the others.", icon=":material/info:")
 here_labels = labels.shown_labels(drawn)
-windows = {r.key: result_maps.window(r, window) for r in drawn} if window else {}
 
 
 def tiles_of(run: runs.Run, kind: str) -> rfig.Tiles:
-    return windows[run.key][0][kind] if window else maps[run.key].get(kind)
+    return result_maps.window(run, window)[0][kind] if window else maps[run.key].get(kind)
 
 
-tab_err, tab_mask, tab_delta = st.tabs(["Error contribution", "Kept mask", "|ΔW|"])
+KINDS = {
+    "error": ("Error contribution", "Per-weight contribution ΔW ⊙ (ΔW H) to the output error "
+              "(each row sums to the row's error); red adds error, blue (rare) cancels some."),
+    "mask": ("Kept mask", "Kept weights (green) and pruned ones (grey); pooled tiles show the "
+             "fraction kept."),
+    "delta": ("|ΔW|", "How much each weight moved: pruned weights move by their whole value, "
+              "compensated ones by the OBS update."),
+}
+kind = st.segmented_control("Map", list(KINDS), default="error", key="_c_kind",
+                            format_func=lambda k: KINDS[k][0]) or "error"
 config = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
-for tab, kind, text in (
-        (tab_err, "error", "Per-weight contribution ΔW ⊙ (ΔW H) to the output error (each "
-                           "row sums to the row's error); red adds error, blue (rare) "
-                           "cancels some."),
-        (tab_mask, "mask", "Kept weights (green) and pruned ones (grey); pooled tiles show the "
-                           "fraction kept."),
-        (tab_delta, "delta", "How much each weight moved: pruned weights move by their whole "
-                             "value, compensated ones by the OBS update.")):
-    with tab:
-        fig = rfig.side_by_side([rfig.Panel(here_labels[r.key], tiles_of(r, kind))
-                                 for r in drawn], kind)
-        st.plotly_chart(fig, config=config, key=f"_c_fig_{kind}")
-        st.caption(f"{text} One colour scale for all panels; zoom one and the others follow"
-                   f"{fig.layout.meta['tiles']}. Hover a title for the full description.")
+fig = result_maps.side_by_side(
+    kind, window, [(r.key, here_labels[r.key]) for r in drawn],
+    lambda: [rfig.Panel(here_labels[r.key], tiles_of(r, kind)) for r in drawn])
+st.plotly_chart(fig, config=config, key="_c_fig_maps", theme=None)
+st.caption(f"{KINDS[kind][1]} One colour scale for all panels; zoom one and the others follow"
+           f"{fig.layout.meta['tiles']}. Hover a title for the full description.")
 if any(r.result.rows is not None for r in drawn):
     st.caption("Results of a row sample change only the sampled rows; the others show no "
                "error.")
@@ -238,7 +238,7 @@ if len(here) >= 2:
         worse = rfig.rows_losing_more(whole_a, whole_b)
         la, lb = all_here[a].short, all_here[b].short
         st.plotly_chart(rfig.difference_figure(ta, tb, row_diff, la, lb), config=config,
-                        key="_c_fig_diff")
+                        key="_c_fig_diff", theme=None)
         st.caption("Red: A loses error there that B does not; blue: the reverse. The bars on "
                    "the right sum each row.")
         st.text(f"A = {la}: larger error than B = {lb} in {worse:,} of {M:,} rows.")

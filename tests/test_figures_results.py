@@ -88,19 +88,22 @@ def test_result_maps_are_exact_tile_means_of_the_full_maps():
         t = maps.get(kind)
         assert t.z.size <= 3000 and t.span == (0, 1536, 0, 384)
         expect = rfig.tiles(reference, 3000)
-        np.testing.assert_allclose(t.z, expect.z, rtol=1e-5, atol=1e-12)
+        # float32 maps to look at, against the float64 reference: within 1e-5 of the map's scale
+        np.testing.assert_allclose(t.z, expect.z, rtol=1e-4, atol=1e-5 * np.abs(expect.z).max())
         # each tile the mean of exactly the weights it covers
         i, j = 5, 7
         r0, r1 = t.row_edges[i:i + 2]
         c0, c1 = t.col_edges[j:j + 2]
-        assert t.z[i, j] == pytest.approx(reference[r0:r1, c0:c1].mean(), rel=1e-5, abs=1e-12)
+        assert t.z[i, j] == pytest.approx(reference[r0:r1, c0:c1].mean(), rel=1e-4,
+                                          abs=1e-5 * float(np.abs(expect.z).max()))
     # the error map's rows sum to each row's error ΔW_r H ΔW_rᵀ; tiles × areas to the total
     assert_close(torch.from_numpy(maps.row_error),
-                 row_error(layer.weight, res.weight, layer.hessian))
+                 row_error(layer.weight, res.weight, layer.hessian), rtol=1e-4, atol=0)
     area = np.outer(np.diff(maps.error.row_edges), np.diff(maps.error.col_edges))
     assert (maps.error.z * area).sum() == pytest.approx(maps.row_error.sum(), rel=1e-5)
     assert_close(torch.from_numpy(maps.row_rel_error),
-                 row_rel_error(layer.weight, res.weight, layer.hessian).float())
+                 row_rel_error(layer.weight, res.weight, layer.hessian).float(), rtol=1e-4,
+                 atol=0)
     assert maps.mask.z.mean() == pytest.approx(0.5, abs=1e-3)
 
 
@@ -123,8 +126,9 @@ def test_window_maps_show_every_weight_and_their_row_sums():
     full = element_contribution(layer.weight, res.weight, layer.hessian).numpy()
     t = maps["error"]
     assert t.z.shape == (16, 64) and t.span == (8, 24, 32, 96) and t.tile == (1.0, 1.0)
-    np.testing.assert_allclose(t.z, full[8:24, 32:96], rtol=1e-5, atol=1e-12)
-    np.testing.assert_allclose(row_sums, full[8:24, 32:96].sum(1), rtol=1e-9, atol=1e-15)
+    scale = np.abs(full).max()
+    np.testing.assert_allclose(t.z, full[8:24, 32:96], rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(row_sums, full[8:24, 32:96].sum(1), rtol=1e-4, atol=1e-5 * scale)
     assert (maps["mask"].z == res.mask[8:24, 32:96].float().numpy()).all()
     # clamped to W
     clamped, _ = rfig.window_maps(layer.weight, layer.hessian, res.weight, res.mask,

@@ -3,7 +3,10 @@ whole-layer previews, and every weight of a window on demand."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from obsviz.figures import results as rfig
@@ -26,9 +29,29 @@ def maps(key: str, _run: Run) -> rfig.ResultMaps:
                             _run.result.rows, row_ref=_row_ref(_run.layer.digest, layer))
 
 
-def window(run: Run, window: rfig.Window) -> tuple[dict[str, rfig.Tiles], object]:
-    """Every weight of ``window`` of ``run``: the maps by kind, and each row's error summed over
-    the window's columns."""
-    layer = run.layer.layer
-    return rfig.window_maps(layer.weight, layer.hessian, run.result.weight, run.result.mask,
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _window(key: str, window: rfig.Window, _run: Run) -> tuple[dict[str, rfig.Tiles], np.ndarray]:
+    layer = _run.layer.layer
+    return rfig.window_maps(layer.weight, layer.hessian, _run.result.weight, _run.result.mask,
                             window)
+
+
+def window(run: Run, window: rfig.Window) -> tuple[dict[str, rfig.Tiles], np.ndarray]:
+    """Every weight of ``window`` of ``run`` (once per run key and window): the maps by kind,
+    and each row's error summed over the window's columns."""
+    return _window(run.key, tuple(window), run)
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def _figure(kind: str, window: rfig.Window | None, shown: tuple, _panels: Callable) -> go.Figure:
+    return rfig.side_by_side(_panels(), kind)
+
+
+def side_by_side(kind: str, window: rfig.Window | None, shown: list[tuple[str, rfig.Label]],
+                 panels: Callable[[], list[rfig.Panel]]) -> go.Figure:
+    """``rfig.side_by_side`` of ``panels()``, built once per map kind, window and what is shown
+    (``shown``: each result's run key and label, in order): a rerun re-sends the same images
+    without colouring and encoding them again."""
+    ident = tuple((key, label.variant, label.setting, label.full, label.terse)
+                  for key, label in shown)
+    return _figure(kind, window, ident, panels)

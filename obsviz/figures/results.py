@@ -34,7 +34,7 @@ import torch
 
 from obsviz.estimate import METHODS
 from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool_shape, tile_edges
-from obsviz.metrics import element_contribution, format_rel_error, row_error
+from obsviz.metrics import format_rel_error, row_error
 
 #: Most tiles a result's whole-layer preview keeps per map kind.
 PREVIEW_CELLS = 65_536
@@ -306,11 +306,15 @@ class ResultMaps:
 
 def _maps_of_rows(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   r0: int, r1: int, c0: int, c1: int) -> dict[str, np.ndarray]:
-    """Every weight's maps over rows ``r0:r1`` and columns ``c0:c1``, float64."""
-    contribution = element_contribution(W0[r0:r1], weight[r0:r1], H)[:, c0:c1]
-    return {"error": contribution.numpy(),
-            "mask": mask[r0:r1, c0:c1].to(torch.float64).numpy(),
-            "delta": (weight[r0:r1, c0:c1] - W0[r0:r1, c0:c1]).to(torch.float64).abs().numpy()}
+    """Every weight's maps over rows ``r0:r1`` and columns ``c0:c1``, float32 (maps to look
+    at; ``metrics.element_contribution`` is the float64 reference the tests hold them to):
+    the error contribution ``ΔW ⊙ (ΔW H)`` of those columns costs ``(r1 - r0) × K × (c1 - c0)``,
+    not ``× K``."""
+    dW = (weight[r0:r1] - W0[r0:r1]).to(torch.float32)
+    cols = dW[:, c0:c1]
+    return {"error": (cols * (dW @ H[:, c0:c1].to(torch.float32))).numpy(),
+            "mask": mask[r0:r1, c0:c1].to(torch.float32).numpy(),
+            "delta": cols.abs().numpy()}
 
 
 def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
@@ -341,10 +345,10 @@ def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
         while j < R and re[j + 1] - re[i] <= band:
             j += 1
         part = _maps_of_rows(W0, H, weight, mask, int(re[i]), int(re[j]), 0, K)
-        row_error[re[i]:re[j]] = part["error"].sum(1)
+        row_error[re[i]:re[j]] = part["error"].sum(1, dtype=np.float64)
         for kind, full in part.items():
-            sums[kind][i:j] = np.add.reduceat(np.add.reduceat(full, re[i:j] - re[i], axis=0),
-                                              ce[:-1], axis=1)
+            sums[kind][i:j] = np.add.reduceat(np.add.reduceat(full, re[i:j] - re[i], axis=0,
+                                                              dtype=np.float64), ce[:-1], axis=1)
         i = j
     area = np.outer(np.diff(re), np.diff(ce))
     sel = slice(None) if rows is None else rows.cpu().numpy()
@@ -371,9 +375,9 @@ def window_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
     r0, r1, c0, c1 = clamp_window(tuple(W0.shape), window)
     part = _maps_of_rows(W0.detach().cpu(), H.detach().cpu(), weight.detach().cpu(),
                          mask.detach().cpu(), r0, r1, c0, c1)
-    maps = {kind: Tiles(full.astype(np.float32), np.arange(r0, r1 + 1),
-                        np.arange(c0, c1 + 1)) for kind, full in part.items()}
-    return maps, part["error"].sum(1)
+    maps = {kind: Tiles(full, np.arange(r0, r1 + 1), np.arange(c0, c1 + 1))
+            for kind, full in part.items()}
+    return maps, part["error"].sum(1, dtype=np.float64)
 
 
 def clamp_window(shape: tuple[int, int], window: Window) -> Window:
