@@ -8,7 +8,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from obsviz.errors import ArgumentError
-from obsviz.estimate import BASELINES, METHODS, OBS_MODES, memory_estimate
+from obsviz.estimate import memory_estimate
+from obsviz.export import save_pruned
 from obsviz.geometry import PRESETS, Geometry
 from obsviz.layers import (
     DEFAULT_SAMPLE,
@@ -20,9 +21,12 @@ from obsviz.layers import (
     sample_layer_names,
     save_layers,
 )
+from obsviz.methods import BASELINES, METHODS, OBS_MODES
 from obsviz.prune import PruneResult, prune, resolve_device
 
-__all__ = ["ArgumentError", "Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES", "BASELINES",
+__all__ = ["ArgumentError", "Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES",
+           "BASELINES",
            "memory_estimate", "resolve_device", "Layer", "LayerFileError", "DEFAULT_SAMPLE",
-           "list_layers", "load_layer", "load_sample_layer", "sample_layer_names", "save_layers"]
+           "list_layers", "load_layer", "load_sample_layer", "sample_layer_names", "save_layers",
+           "save_pruned"]
 __version__ = "0.1.0"

@@ -1,5 +1,8 @@
 """Baselines on the same geometry: ``magnitude``, ``wanda``, ``obd`` (score, no compensation) and
-``sparsegpt`` (column-sequential OBS with lazy batch updates)."""
+``sparsegpt`` (column-sequential OBS with lazy batch updates).
+
+Each has a plain-loop twin in :mod:`obsviz.reference` (the unbatched SparseGPT sweep included).
+"""
 
 from __future__ import annotations
 

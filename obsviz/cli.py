@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from obsviz.estimate import METHODS
 from obsviz.geometry import PRESETS
 from obsviz.layers import DEFAULT_MAX_BYTES, LayerFileError, list_layers, load_layer, save_layers
+from obsviz.methods import METHODS, OPTIONS, REGISTRY
 
 
 def _print_err(msg: str) -> None:
@@ -115,8 +115,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Prune one layer of a layer file; write the pruned layer (+ mask) and a JSON report."""
     import json
 
-    import torch
-
+    from obsviz.export import save_pruned
     from obsviz.layout import row_sample
     from obsviz.metrics import summarize
     from obsviz.prune import prune
@@ -130,38 +129,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"\r{frac:6.1%}  {msg:60s}", end="", file=sys.stderr, flush=True)
 
     res = prune(layer.weight, layer.hessian, geom, nnz, method=args.method, damp=args.damp,
-                device=args.device, n_splits=args.n_splits, ng=args.ng,
-                chunk_size=args.chunk_size, order=args.order, scoring=args.scoring,
-                c_dtype=args.c_dtype, progress=progress, rows=rows)
+                device=args.device, progress=progress, rows=rows, **_method_options(args))
     if not args.quiet:
         print(file=sys.stderr)
     report = summarize(layer.weight, layer.hessian, geom, res)
     report["layer"] = {"name": layer.name, "shape": list(layer.weight.shape),
                        "source": layer.source, "nsamples": layer.nsamples}
     out = args.out or Path(f"{layer.name}.{args.method}.safetensors")
-    pruned = layer.__class__(name=layer.name, weight=res.weight, hessian=layer.hessian,
-                             nsamples=layer.nsamples, source=f"{layer.source}, pruned "
-                             f"({args.method}, {geom.name or geom.describe()}, nnz={nnz})",
-                             notes=list(layer.notes))
-    save_layers(out, [pruned])
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(out))
-    tensors[f"{layer.name}.mask"] = res.mask.to(torch.uint8).contiguous()
-    save_file(tensors, str(out), metadata=_metadata(out))
+    save_pruned(out, res, hessian=layer.hessian, name=layer.name, report=report,
+                nsamples=layer.nsamples, notes=list(layer.notes),
+                source=f"{layer.source}, pruned ({args.method}, "
+                       f"{geom.name or geom.describe()}, nnz={nnz})")
     report_path = args.report or out.with_suffix(".json")
     report_path.write_text(json.dumps(report, indent=2))
     print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
           f"valid {report['valid']}, {res.seconds:.2f} s")
     print(f"wrote {out} and {report_path}")
     return 0
-
-
-def _metadata(path: Path) -> dict[str, str] | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -178,6 +162,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
     return 0
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per method option of the registry (``n_splits`` -> ``--n-splits``)."""
+    for o in OPTIONS.values():
+        users = ", ".join(m.name for m in REGISTRY.values() if o in m.options)
+        p.add_argument(f"--{o.name.replace('_', '-')}", dest=o.name, default=None,
+                       type=o.type if o.parse is None else str,
+                       choices=o.choices if o.parse is None else None,
+                       help=f"{o.help} ({users}; default {o.default})")
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """The method options given on the command line (the rest keep the registry's defaults)."""
+    return {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -230,21 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(.safetensors) and a JSON report.")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--layer", help="layer name (default: the first)")
-    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M")
+    p.add_argument("--preset", help=f"{', '.join(PRESETS)} or any N:M (N of every M "
+                   "consecutive weights of a row)")
     p.add_argument("--block", type=_ints, help="block shape, e.g. 1,1 (free-form)")
     p.add_argument("--scope", type=_ints, help="scope shape in blocks, e.g. 1,4 (free-form)")
     p.add_argument("--view-shape", type=_ints, help="view shape (free-form; default W)")
     p.add_argument("--view-stride", type=_ints, help="view stride (free-form)")
     p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
-    p.add_argument("--method", default="true_obs", choices=METHODS)
+    p.add_argument("--method", default="true_obs", choices=METHODS,
+                   help="; ".join(f"{m.name}: {m.help}" for m in REGISTRY.values()))
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--n-splits", type=int, default=4)
-    p.add_argument("--ng", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=16)
-    p.add_argument("--order", default="left_to_right", choices=["left_to_right", "largest_first"])
-    p.add_argument("--scoring", default="independent", choices=["independent", "joint"])
-    p.add_argument("--c-dtype", default=None, help="per-row C dtype of true_obs")
+    _add_method_options(p)
     p.add_argument("--first-rows", type=int, help="prune only the first N rows (what-if)")
     p.add_argument("--out", type=Path, help="pruned layer file (.safetensors)")
     p.add_argument("--report", type=Path, help="JSON report (default: next to --out)")

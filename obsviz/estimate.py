@@ -1,4 +1,5 @@
-"""Memory estimates before running: what each method needs on a layer of a given geometry."""
+"""Estimates before running: the memory, flops and seconds a method needs on a layer of a given
+geometry. The cost models themselves are declared with each method in :mod:`obsviz.methods`."""
 
 from __future__ import annotations
 
@@ -7,41 +8,21 @@ from functools import lru_cache
 
 import torch
 
+from obsviz import methods
 from obsviz.geometry import Geometry
-from obsviz.layout import layout_bytes, layout_shape
+from obsviz.methods import BASELINES, METHODS, OBS_MODES, default_c_dtype
 
-OBS_MODES = ("local", "full", "split", "interleaved", "true_obs")
-BASELINES = ("magnitude", "wanda", "obd", "sparsegpt")
-METHODS = OBS_MODES + BASELINES
-
-
-def default_c_dtype(device: str | torch.device) -> torch.dtype:
-    """Per-row C dtype of ``true_obs``: fp16 on CUDA (tensor-core Schur updates), fp32 on CPU."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+__all__ = ["memory_estimate", "flop_estimate", "time_estimate", "available_memory",
+           "format_bytes", "default_c_dtype", "METHODS", "OBS_MODES", "BASELINES"]
 
 
 def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
                     device: str | torch.device = "cpu", chunk_size: int = 16,
-                    c_dtype: torch.dtype | None = None) -> int:
+                    c_dtype: torch.dtype | str | None = None) -> int:
     """Peak working memory in bytes (an estimate within a small factor) to prune ``rows`` rows
-    (default all) of a layer with this geometry."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
-    M, K = geometry.weight_shape
-    rows = M if rows is None else rows
-    f32 = 4
-    weights = 4 * rows * K * f32               # W, its copy, the mask and the error map
-    layout = layout_bytes(geometry)            # the row-step layout (all rows, then sampled)
-    shared_c = 2 * K * K * f32                 # H_d and C
-    if method in ("magnitude", "wanda"):
-        return weights
-    if method == "true_obs":
-        item = torch.empty((), dtype=c_dtype or default_c_dtype(device)).element_size()
-        coupled = min(rows, geometry.rows_per_scope)
-        chunk_rows = max(chunk_size, coupled)
-        return weights + layout + shared_c + 2 * chunk_rows * K * K * item
-    extra = {"split": K * K * f32, "interleaved": K * K * f32}.get(method, 0)
-    return weights + layout + shared_c + extra
+    (default all) of a layer with this geometry: the method's model in :mod:`obsviz.methods`."""
+    return methods.get(method).memory(geometry, rows, device, chunk_size=chunk_size,
+                                      c_dtype=c_dtype)
 
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
@@ -71,22 +52,9 @@ def format_bytes(n: float) -> str:
 
 def flop_estimate(geometry: Geometry, method: str, rows: int | None = None,
                   n_splits: int = 4) -> float:
-    """Floating-point operations, to the leading order, to prune ``rows`` rows (default all)."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
-    M, K = geometry.weight_shape
-    rows = M if rows is None else rows
-    sparsity = 1 - 1 / max(1, geometry.blocks_per_scope)  # the largest np, a safe bound
-    inverse = K ** 3 / 3
-    if method in ("magnitude", "wanda", "obd"):
-        return 10.0 * rows * K
-    if method == "local":  # one Cholesky of the scope's part of a row, per (row, step)
-        _, T, gs, Lb = layout_shape(geometry)
-        return inverse + rows * T * ((gs * Lb) ** 3 / 3 + 4 * (gs * Lb) ** 2)
-    if method == "true_obs":  # every pruned column of every row downdates a K × K inverse
-        return inverse + 2.0 * rows * K * K * K * sparsity
-    chunks = n_splits if method in ("split", "interleaved") else 1
-    return chunks * inverse + 2.0 * rows * K * K
+    """Floating-point operations, to the leading order, to prune ``rows`` rows (default all):
+    the method's model in :mod:`obsviz.methods`."""
+    return methods.get(method).flops(geometry, rows, n_splits=n_splits)
 
 
 @lru_cache(maxsize=4)
@@ -106,8 +74,6 @@ def time_estimate(geometry: Geometry, method: str, rows: int | None = None,
     """Seconds, roughly (within a small factor): leading-order flops over this device's measured
     matmul rate, at a fraction of peak that small batched kernels reach."""
     rate = _flops_per_second(torch.device(device).type) * 0.25
-    K = geometry.weight_shape[1]
-    # Python-side cost of the sequential sweeps (per scope step or per column).
-    overhead = {"magnitude": 0.05, "wanda": 0.05, "obd": 0.05, "local": 0.2,
-                "sparsegpt": 0.1 + 5e-4 * K}.get(method, 0.2 + 1e-3 * K)
+    # plus the Python-side cost of the sequential sweeps (per scope step or per column)
+    overhead = methods.get(method).overhead_s(geometry.weight_shape[1])
     return overhead + flop_estimate(geometry, method, rows, n_splits) / rate

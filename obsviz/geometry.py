@@ -1,6 +1,6 @@
 """Sparsity geometry: a view of W, a block shape (pruned together) and a scope shape (compete).
 
-Vocabulary (DESIGN.md section 1):
+Vocabulary (docs/ALGORITHMS.md, "Geometry"):
 
 - ``W`` is ``(M, K)``, row-major: element ``(r, c)`` sits at flat offset ``r*K + c``.
 - The **view** ``(shape, stride)`` maps a view index ``(i0, ..., id)`` to the flat offset
@@ -23,7 +23,12 @@ from functools import cached_property
 
 import torch
 
-PRESETS = ("2:4", "4:8", "coupled-2:4", "block16")
+from obsviz.errors import ArgumentError
+
+#: The named reference patterns. Any ``"N:M"`` string is also a preset: keep ``N`` of every ``M``
+#: consecutive weights of a row (``Geometry.nm``). ``2:4-pairs`` keeps 2 of every 4 column pairs
+#: of a row (block ``(1, 2)``, scope ``(1, 4)``): 4 of every 8 weights, but in pairs.
+PRESETS = ("2:4", "2:4-pairs", "coupled-2:4", "block16")
 
 
 def _is_int(v) -> bool:
@@ -41,17 +46,17 @@ def _as_shape(name: str, value: Sequence[int], allow_whole: bool) -> tuple[int, 
     try:
         shape = tuple(int(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a sequence of integers") from None
+        raise ArgumentError(name, f"{name}={value!r} must be a sequence of integers") from None
     if any(int(v) != v for v in value):
-        raise ValueError(f"{name}={value!r} must contain integers only")
+        raise ArgumentError(name, f"{name}={value!r} must contain integers only")
     if not shape:
-        raise ValueError(f"{name}={value!r} must have at least one dimension")
+        raise ArgumentError(name, f"{name}={value!r} must have at least one dimension")
     for v in shape:
         if v == -1 and allow_whole:
             continue
         if v <= 0:
             valid = "positive integers or -1 (whole dimension)" if allow_whole else "positive"
-            raise ValueError(f"{name}={shape} has size {v}; sizes must be {valid}")
+            raise ArgumentError(name, f"{name}={shape} has size {v}; sizes must be {valid}")
     return shape
 
 
@@ -106,7 +111,9 @@ class Geometry:
         nnz: the preset's default number of blocks kept per scope (``None`` for free-form).
 
     Raises:
-        ValueError: naming the argument, its value and what would be valid.
+        ArgumentError: ``.argument`` names the argument (``"view_shape"``, ``"block"``, …); the
+            message gives its value and what would be valid. The view is checked before the
+            block and the scope, so a view that does not fit W is blamed on the view.
     """
 
     def __init__(
@@ -122,52 +129,57 @@ class Geometry:
     ) -> None:
         weight_shape = _as_shape("weight_shape", weight_shape, allow_whole=False)
         if len(weight_shape) != 2:
-            raise ValueError(f"weight_shape={weight_shape} must be 2-D (M, K)")
+            raise ArgumentError("weight_shape", f"weight_shape={weight_shape} must be 2-D (M, K)")
         M, K = weight_shape
         if view_shape is None:
             if view_stride is not None:
-                raise ValueError("view_stride given without view_shape; give both or neither")
+                raise ArgumentError("view_stride", "view_stride given without view_shape; give "
+                                    "both or neither")
             view_shape, view_stride = (M, K), (K, 1)
         view_shape = _as_shape("view_shape", view_shape, allow_whole=False)
         if view_stride is None:
             view_stride = _row_major_strides(view_shape)
         if not _is_int_sequence(view_stride):
-            raise ValueError(f"view_stride={view_stride!r} must be a sequence of integers")
+            raise ArgumentError("view_stride",
+                                f"view_stride={view_stride!r} must be a sequence of integers")
         view_stride = tuple(int(s) for s in view_stride)
         if len(view_stride) != len(view_shape):
-            raise ValueError(
-                f"view_stride={view_stride} has rank {len(view_stride)} but "
+            raise ArgumentError(
+                "view_stride", f"view_stride={view_stride} has rank {len(view_stride)} but "
                 f"view_shape={view_shape} has rank {len(view_shape)}; they must match")
         if any(s < 0 for s in view_stride):
-            raise ValueError(
+            raise ArgumentError(
+                "view_stride",
                 f"view_stride={view_stride} has a negative stride; strides must be >= 0")
+        _check_view_is_bijection((M, K), view_shape, view_stride)
 
         block_given = block = _as_shape("block", block, allow_whole=True)
         if len(block) != len(view_shape):
-            raise ValueError(
-                f"block={block} has rank {len(block)} but the view {view_shape} has rank "
+            raise ArgumentError(
+                "block", f"block={block} has rank {len(block)} but the view {view_shape} has rank "
                 f"{len(view_shape)}; give one block size per view dimension")
         block = tuple(v if b == -1 else b for b, v in zip(block, view_shape, strict=True))
         for k, (b, v) in enumerate(zip(block, view_shape, strict=True)):
             if v % b:
                 divisors = [d for d in range(1, v + 1) if v % d == 0]
-                raise ValueError(
+                raise ArgumentError(
+                    "block",
                     f"block={block_given}: size {b} in dim {k} does not divide view size {v}; "
                     f"valid sizes: {_short(divisors)} or -1")
         grid = tuple(v // b for v, b in zip(view_shape, block, strict=True))
 
         scope_given = scope = _as_shape("scope", scope, allow_whole=True)
         if len(scope) > len(grid):
-            raise ValueError(
-                f"scope={scope} has rank {len(scope)} but the block grid {grid} has rank "
+            raise ArgumentError(
+                "scope", f"scope={scope} has rank {len(scope)} but the block grid {grid} has rank "
                 f"{len(grid)}; give at most one size per grid dimension")
         scope = scope + (-1,) * (len(grid) - len(scope))
         scope = tuple(g if s == -1 else s for s, g in zip(scope, grid, strict=True))
         for k, (s, g) in enumerate(zip(scope, grid, strict=True)):
             if g % s:
                 divisors = [d for d in range(1, g + 1) if g % d == 0]
-                raise ValueError(
-                    f"scope={scope_given}: size {s} in dim {k} does not divide block-grid "
+                raise ArgumentError(
+                    "scope", f"scope={scope_given}: size {s} in dim {k} does not divide block-grid "
                     f"size {g}; "
                     f"valid sizes: {_short(divisors)} or -1")
 
@@ -180,7 +192,6 @@ class Geometry:
         self.scope_grid: tuple[int, ...] = tuple(g // s for g, s in zip(grid, scope, strict=True))
         self.name = name
         self.nnz = nnz
-        self._check_view_is_bijection()
         if nnz is not None:
             self.check_nnz(nnz)
 
@@ -188,25 +199,32 @@ class Geometry:
 
     @classmethod
     def preset(cls, name: str, weight_shape: Sequence[int]) -> Geometry:
-        """One of the reference patterns of DESIGN.md: ``2:4``, ``4:8``, ``coupled-2:4``,
-        ``block16``; also any ``N:M`` string."""
+        """One of the reference patterns (docs/ALGORITHMS.md, "Presets"):
+
+        - ``"N:M"`` (``"2:4"``, ``"4:8"``, …): keep ``N`` of every ``M`` consecutive weights of
+          a row (:meth:`nm`);
+        - ``"2:4-pairs"``: keep 2 of every 4 column pairs of a row (block ``(1, 2)``, scope
+          ``(1, 4)``);
+        - ``"coupled-2:4"``: keep 2 of every 4 column pairs ``(c, c + 8)`` of a row;
+        - ``"block16"``: one of two 16-wide row blocks, 8 rows apart, is kept.
+        """
         shape = _as_shape("weight_shape", weight_shape, allow_whole=False)
         if len(shape) != 2:
-            raise ValueError(f"weight_shape={shape} must be 2-D (M, K)")
+            raise ArgumentError("weight_shape", f"weight_shape={shape} must be 2-D (M, K)")
         M, K = shape
-        if name == "2:4":
-            return cls.nm(2, 4, shape)
-        if name == "4:8":
+        if name == "2:4-pairs":
             return cls(shape, block=(1, 2), scope=(1, 4), name=name, nnz=2)
         if name == "coupled-2:4":
             if K % 16:
-                raise ValueError(f"preset 'coupled-2:4' needs K divisible by 16; got K={K}")
+                raise ArgumentError("preset",
+                                    f"preset 'coupled-2:4' needs K divisible by 16; got K={K}")
             return cls(shape, block=(1, 1, 1, 2), scope=(1, 1, 4, 1),
                        view_shape=(M, K // 16, 8, 2), view_stride=(K, 16, 1, 8),
                        name=name, nnz=2)
         if name == "block16":
             if M % 16 or K % 16:
-                raise ValueError(f"preset 'block16' needs M and K divisible by 16; got {shape}")
+                raise ArgumentError("preset", f"preset 'block16' needs M and K divisible by 16; "
+                                    f"got {shape}")
             return cls(shape, block=(1, 1, 1, 16), scope=(1, 1, 2, 1),
                        view_shape=(M // 16, 8, 2, K), view_stride=(16 * K, K, 8 * K, 1),
                        name=name, nnz=1)
@@ -214,16 +232,17 @@ class Geometry:
             n, _, m = name.partition(":")
             if n.isdigit() and m.isdigit():
                 return cls.nm(int(n), int(m), shape)
-        raise ValueError(
+        raise ArgumentError(
+            "preset",
             f"preset={name!r} is unknown; valid: {', '.join(PRESETS)} or any 'N:M' such as '1:4'")
 
     @classmethod
     def nm(cls, n: int, m: int, weight_shape: Sequence[int]) -> Geometry:
         """General N:M: keep ``n`` of every ``m`` contiguous weights of a row."""
         if not (_is_int(m) and m > 0):
-            raise ValueError(f"m={m!r} must be a positive integer")
+            raise ArgumentError("m", f"m={m!r} must be a positive integer")
         if not (_is_int(n) and 0 <= n <= m):
-            raise ValueError(f"n={n!r} must be an integer in [0, m={m}]")
+            raise ArgumentError("n", f"n={n!r} must be an integer in [0, m={m}]")
         n, m = int(n), int(m)
         return cls(weight_shape, block=(1, 1), scope=(1, m), name=f"{n}:{m}", nnz=n)
 
@@ -248,10 +267,11 @@ class Geometry:
         return math.prod(self.scope_grid)
 
     def check_nnz(self, nnz: int) -> int:
-        """Validate ``nnz`` (blocks kept per scope) and return it."""
+        """Validate ``nnz`` (blocks kept per scope) and return it; ``ArgumentError("nnz")``."""
         gs = self.blocks_per_scope
         if not _is_int(nnz) or not 0 <= nnz <= gs:
-            raise ValueError(f"nnz={nnz!r} must be an integer in [0, {gs}] (blocks per scope)")
+            raise ArgumentError("nnz", f"nnz={nnz!r} must be an integer in [0, {gs}] (blocks per "
+                                "scope)")
         return int(nnz)
 
     def pruned_per_scope(self, nnz: int) -> int:
@@ -345,32 +365,6 @@ class Geometry:
         out[elements.reshape(-1)] = ids.expand_as(elements).reshape(-1)
         return out.view(M, K)
 
-    # ---- validation -----------------------------------------------------------------------
-
-    def _check_view_is_bijection(self) -> None:
-        M, K = self.weight_shape
-        numel = M * K
-        reach = sum((n - 1) * s for n, s in zip(self.view_shape, self.view_stride, strict=True))
-        if reach >= numel:
-            raise ValueError(
-                f"view_shape={self.view_shape}, view_stride={self.view_stride} reaches flat offset "
-                f"{reach}, outside W of shape {self.weight_shape} (offsets 0..{numel - 1})")
-        view_numel = math.prod(self.view_shape)
-        if view_numel != numel:
-            raise ValueError(
-                f"view_shape={self.view_shape} has {view_numel} elements but W "
-                f"{self.weight_shape} has {numel}; a view must reach every element exactly once")
-        offsets = _linear_index(self.view_shape, self.view_stride)
-        hits = torch.bincount(offsets, minlength=numel)
-        missed = torch.nonzero(hits == 0).flatten()
-        if missed.numel():
-            twice = torch.nonzero(hits > 1).flatten()
-            raise ValueError(
-                f"view_shape={self.view_shape}, view_stride={self.view_stride} is not a bijection "
-                f"onto W {self.weight_shape}: {missed.numel()} offsets missed "
-                f"(first {_short(missed.tolist())}), {twice.numel()} hit more than once "
-                f"(first {_short(twice.tolist())})")
-
     # ---- presentation ---------------------------------------------------------------------
 
     def describe(self) -> str:
@@ -394,18 +388,57 @@ class Geometry:
         return cls(d["weight_shape"], d["block"], d["scope"], d.get("view_shape"),
                    d.get("view_stride"), name=d.get("name"), nnz=d.get("nnz"))
 
+    @cached_property
+    def key(self) -> str:
+        """The geometry's identity as one canonical string: weight shape, view, block and scope
+        (not the name, not the default ``nnz``). ``==``, ``hash``, every cache and every run key
+        use it, e.g. ``"W 8x16 view (8, 16):(16, 1) block (1, 1) scope (1, 4)"``."""
+        M, K = self.weight_shape
+        return (f"W {M}x{K} view {self.view_shape}:{self.view_stride} block {self.block} "
+                f"scope {self.scope}")
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Geometry):
             return NotImplemented
-        keys = ("weight_shape", "view_shape", "view_stride", "block", "scope")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return self.key == other.key
 
     def __hash__(self) -> int:
-        return hash((self.weight_shape, self.view_shape, self.view_stride, self.block, self.scope))
+        return hash(self.key)
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
         return f"Geometry({label}{self.weight_shape}, {self.describe()})"
+
+
+def _check_view_is_bijection(weight_shape: tuple[int, int], view_shape: tuple[int, ...],
+                             view_stride: tuple[int, ...]) -> None:
+    """``ArgumentError`` unless the view reaches every element of W exactly once: a wrong element
+    count is the view shape's fault (``"view_shape"``); a right count mapped wrongly, the
+    stride's (``"view_stride"``)."""
+    M, K = weight_shape
+    numel = M * K
+    view_numel = math.prod(view_shape)
+    if view_numel != numel:
+        raise ArgumentError(
+            "view_shape",
+            f"view_shape={view_shape} has {view_numel} elements but W {weight_shape} has "
+            f"{numel}; a view must reach every element exactly once")
+    reach = sum((n - 1) * s for n, s in zip(view_shape, view_stride, strict=True))
+    if reach >= numel:
+        raise ArgumentError(
+            "view_stride",
+            f"view_shape={view_shape}, view_stride={view_stride} reaches flat offset {reach}, "
+            f"outside W of shape {weight_shape} (offsets 0..{numel - 1})")
+    offsets = _linear_index(view_shape, view_stride)
+    hits = torch.bincount(offsets, minlength=numel)
+    missed = torch.nonzero(hits == 0).flatten()
+    if missed.numel():
+        twice = torch.nonzero(hits > 1).flatten()
+        raise ArgumentError(
+            "view_stride",
+            f"view_shape={view_shape}, view_stride={view_stride} is not a bijection onto W "
+            f"{weight_shape}: {missed.numel()} offsets missed (first {_short(missed.tolist())}), "
+            f"{twice.numel()} hit more than once (first {_short(twice.tolist())})")
 
 
 def distinct_sorted(values: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import torch
 
+from obsviz.errors import ArgumentError
+
 
 class HessianAccumulator:
     """Accumulates ``H = XᵀX / N`` over batches of calibration inputs ``X`` ``(n, K)``, so N can be
@@ -57,15 +59,17 @@ def dead_columns(H: torch.Tensor) -> torch.Tensor:
 
 
 def check_damp(damp: float) -> float:
-    """``damp`` as a float, or a ``ValueError`` unless it is a finite number ``>= 0``."""
+    """``damp`` as a float, or an ``ArgumentError("damp")`` unless it is a finite number
+    ``>= 0``."""
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (
             math.isfinite(damp) and damp >= 0):
-        raise ValueError(f"damp={damp!r} must be a finite number >= 0")
+        raise ArgumentError("damp", f"damp={damp!r} must be a finite number >= 0")
     return float(damp)
 
 
 def damping(H: torch.Tensor, damp: float) -> float:
-    """``λ = damp * mean(diag H)`` when ``damp < 1``, else ``λ = damp`` (DESIGN.md section 2)."""
+    """``λ = damp * mean(diag H)`` when ``damp < 1`` (relative damping, as SparseGPT), else
+    ``λ = damp`` (absolute)."""
     if damp < 1:
         return float(damp * torch.diagonal(H).mean())
     return float(damp)
@@ -83,11 +87,12 @@ def damped(H: torch.Tensor, damp: float) -> torch.Tensor:
 def spd_inverse(A: torch.Tensor) -> torch.Tensor:
     """Inverse of a symmetric positive-definite matrix through its Cholesky factor.
 
-    Raises ``ValueError`` when ``A`` is not positive definite (e.g. zero damping on a singular H).
+    Raises ``ArgumentError("damp")`` when ``A`` is not positive definite (e.g. zero damping on a
+    singular H).
     """
     L, info = torch.linalg.cholesky_ex(A)
     if int(info.max()) > 0:
-        raise ValueError(
+        raise ArgumentError("damp",
             "the damped Hessian is not positive definite (singular H with no damping?); "
             "raise damp, e.g. damp=0.01")
     return torch.cholesky_inverse(L)

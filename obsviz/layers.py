@@ -7,6 +7,7 @@ one or more layers, each a set of keys::
     <name>.hessian   (K, K)  H = XᵀX / N                       } one of the two
     <name>.inputs    (N, K)  calibration inputs X, H built here }
     <name>.nsamples  ()      optional: the N behind H
+    <name>.mask      (M, K)  optional: 0/1, 1 = kept (a pruned layer, see ``obsviz.save_pruned``)
 
 A file with one bare ``weight`` + ``hessian``/``inputs`` pair is one layer named after the file.
 Formats: ``.safetensors`` (preferred), ``.npz`` (no pickles), ``.pt``/``.pth`` (``torch.load`` with
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth")
-ROLES = ("weight", "hessian", "inputs", "nsamples")
+ROLES = ("weight", "hessian", "inputs", "nsamples", "mask")
 MAX_BYTES_ENV = "OBSVIZ_MAX_UPLOAD_BYTES"
 _BUILTIN_MAX_BYTES = 512 * 2**20
 # safetensors metadata keys written by save_layers
@@ -93,14 +94,17 @@ class LayerFileError(ValueError):
 
 @dataclass
 class Layer:
-    """A weight ``(M, K)`` float32 and its Hessian ``(K, K)`` float32 (symmetric PSD)."""
+    """A weight ``(M, K)`` float32 and its Hessian ``(K, K)`` float32 (symmetric PSD); ``mask``
+    ``(M, K)`` bool (True = kept) when the file is a pruned layer. ``hessian`` is ``None`` only
+    for a pruned layer saved without one, loaded with ``require_hessian=False``."""
 
     name: str
     weight: torch.Tensor
-    hessian: torch.Tensor
+    hessian: torch.Tensor | None
     nsamples: int = 0
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    mask: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -394,14 +398,17 @@ def _obsviz_meta(reader: _Reader) -> dict:
     return {k: meta[k] for k, kind in kinds.items() if isinstance(meta.get(k), kind)}
 
 
-def _layer_keys(reader: _Reader, display: str, stem: str) -> dict[str, dict[str, str]]:
-    """``{layer name: {role: key}}`` in file order (or the order save_layers recorded)."""
+def _layer_keys(reader: _Reader, display: str, stem: str, require_hessian: bool = True
+                ) -> dict[str, dict[str, str]]:
+    """``{layer name: {role: key}}`` in file order (or the order save_layers recorded). With
+    ``require_hessian=False`` a weight with a mask and no Hessian (a pruned layer) counts too."""
     groups: dict[str, dict[str, str]] = {}
     for key in reader.keys():
         prefix, role = _split_key(key)
         if role is not None:
             groups.setdefault(prefix, {})[role] = key
     layers = {}
+    masked_only: list[str] = []  # pruned layers saved without a Hessian
     for prefix, roles in groups.items():
         name = prefix or stem
         has_h = "hessian" in roles or "inputs" in roles
@@ -410,11 +417,21 @@ def _layer_keys(reader: _Reader, display: str, stem: str) -> dict[str, dict[str,
             raise LayerFileError(
                 f"{display}, layer {name!r}: has {h_key!r} but no 2-D weight; add "
                 f"'{prefix + '.' if prefix else ''}weight' (M, K)")
+        if not has_h and "weight" in roles and "mask" in roles:
+            if require_hessian:
+                masked_only.append(name)
+                continue
+            has_h = True
         if has_h:
             if name in layers:
                 raise LayerFileError(f"{display}: two layers named {name!r} (bare keys and "
                                      f"'{name}.*'); rename one")
             layers[name] = roles
+    if not layers and masked_only:
+        raise LayerFileError(
+            f"{display}, layer {masked_only[0]!r}: a pruned weight and mask with no Hessian; "
+            "pruning or comparing needs '<name>.hessian' (K, K) (load_layer(..., "
+            "require_hessian=False) reads the weight and mask)")
     if not layers:
         found = ", ".join(f"{k} {reader.shape(k)}" for k in reader.keys()[:12])
         more = " …" if len(reader.keys()) > 12 else ""
@@ -459,6 +476,12 @@ def _input_shape(shape: tuple[int, ...], display: str, name: str, key: str, K: i
 def _info(reader: _Reader, display: str, name: str, roles: dict[str, str],
           max_bytes: int = DEFAULT_MAX_BYTES) -> LayerInfo:
     (M, K), _ = _weight_shape(reader.shape(roles["weight"]), display, name, roles["weight"])
+    if "mask" in roles and tuple(reader.shape(roles["mask"])) != (M, K):
+        raise LayerFileError(
+            f"{display}, layer {name!r}: mask {roles['mask']!r} has shape "
+            f"{tuple(reader.shape(roles['mask']))} but the weight is {(M, K)}; they must match")
+    if "hessian" not in roles and "inputs" not in roles:
+        return LayerInfo(name, (M, K), "none (pruned weight and mask only)")
     if "hessian" in roles:
         hs = reader.shape(roles["hessian"])
         if hs != (K, K):
@@ -547,12 +570,14 @@ def _load(reader: _Reader, display: str, name: str, roles: dict[str, str],
         notes.append(note)
         W = W.reshape(M, K)
     nsamples = _nsamples(reader, display, name, roles["nsamples"]) if "nsamples" in roles else 0
+    mask = _mask(reader, display, name, roles["mask"]) if "mask" in roles else None
+    H = None
     if "hessian" in roles:
         h_key = roles["hessian"]
         H = _symmetric(_as_float32(reader.get(h_key), display, name, h_key), display, name, h_key)
         if "inputs" in roles:
             notes.append(f"{roles['inputs']!r} ignored: the file also has Hessian {h_key!r}")
-    else:
+    elif "inputs" in roles:
         x_key = roles["inputs"]
         acc = HessianAccumulator(K)
         for X in reader.rows(x_key, max(1, _INPUT_BATCH)):
@@ -574,8 +599,18 @@ def _load(reader: _Reader, display: str, name: str, roles: dict[str, str],
     described = meta.get("source", {}).get(name)
     described = str(described) if described else None
     source = f"{display} ({described})" if described else display
-    return Layer(name=name, weight=W.contiguous(), hessian=H.contiguous(), nsamples=nsamples,
-                 source=source, notes=notes)
+    return Layer(name=name, weight=W.contiguous(),
+                 hessian=None if H is None else H.contiguous(), nsamples=nsamples,
+                 source=source, notes=notes, mask=mask)
+
+
+def _mask(reader: _Reader, display: str, name: str, key: str) -> torch.Tensor:
+    """A stored mask as ``(M, K)`` bool; only 0 and 1 (or False/True) are valid values."""
+    m = reader.get(key)
+    if m.dtype.is_complex or not bool(((m == 0) | (m == 1)).all()):
+        raise LayerFileError(f"{display}, layer {name!r}: mask {key!r} must hold only 0 "
+                             "(pruned) and 1 (kept)")
+    return (m == 1).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,14 +629,17 @@ def list_layers(path_or_bytes: str | os.PathLike | bytes, max_bytes: int = DEFAU
 
 
 def load_layer(path_or_bytes: str | os.PathLike | bytes, name: str | None = None,
-               max_bytes: int = DEFAULT_MAX_BYTES, filename: str | None = None) -> Layer:
+               max_bytes: int = DEFAULT_MAX_BYTES, filename: str | None = None,
+               require_hessian: bool = True) -> Layer:
     """One layer from a file: ``name=None`` takes the first (or only) one.
 
     Returns a :class:`Layer` with ``weight`` ``(M, K)`` and ``hessian`` ``(K, K)`` float32 (built
-    as ``XᵀX / N`` in batches when the file has inputs). Raises :class:`LayerFileError`.
+    as ``XᵀX / N`` in batches when the file has inputs), and ``mask`` when the file is a pruned
+    layer (``obsviz.save_pruned``). ``require_hessian=False`` also reads a pruned layer saved
+    without a Hessian (``hessian=None``). Raises :class:`LayerFileError`.
     """
     reader, display, stem = _open(path_or_bytes, filename, max_bytes)
-    layers = _layer_keys(reader, display, stem)
+    layers = _layer_keys(reader, display, stem, require_hessian)
     if name is None:
         name = next(iter(layers))
     if name not in layers:
@@ -672,3 +710,10 @@ def load_sample_layer(name: str) -> Layer:
     described = _obsviz_meta(reader).get("source", {}).get(name)
     layer.source = f"sample: {described or index[name].name}"
     return layer
+
+
+def read_metadata(path_or_bytes: str | os.PathLike | bytes, max_bytes: int = DEFAULT_MAX_BYTES,
+                  filename: str | None = None) -> dict[str, str]:
+    """The string metadata of a layer file (safetensors header; ``{}`` for other formats)."""
+    reader, _, _ = _open(path_or_bytes, filename, max_bytes)
+    return reader.metadata()

@@ -9,7 +9,7 @@ update ``w ← w − w_P (C_PP)⁻¹ C_P,:``, and the row's ``C`` before and aft
 ``obsviz.prune(..., method="true_obs", ng=1, scoring="joint")`` gives for that row.
 
 The lesson follows one row, so it needs a geometry whose scopes each lie in a single row (N:M,
-``4:8``, ``coupled-2:4``, ...); row-coupled geometries are refused with a ``ValueError``.
+``2:4-pairs``, ``coupled-2:4``, ...); row-coupled geometries are refused with a ``ValueError``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """The OBS compensation modes: ``local``, ``full``, ``split``, ``interleaved`` and ``true_obs``.
 
 Each takes a :class:`Problem` (working copy of W, H, damped H, C and the row-step layout) and
-prunes ``problem.W`` in place, returning the kept mask. See DESIGN.md section 2 for the table of
-modes; the comments below say how each is realised on the row-step layout (``obsviz.layout``).
+prunes ``problem.W`` in place, returning the kept mask. docs/ALGORITHMS.md gives the table of modes
+and the math; the comments below say how each is realised on the row-step layout
+(``obsviz.layout``). The methods are declared (options, cost models) in ``obsviz.methods``.
+
+Each mode has a plain-loop twin in :mod:`obsviz.reference` (``obsviz.reference.local``,
+``.full``, ``.split``, ``.interleaved``, ``.true_obs``): the same algorithm written to be read
+line by line, which the tests hold this fast version to.
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ def pruned_at_step(layout: RowSteps, kept: torch.Tensor, t: int) -> torch.Tensor
 
 def local(p: Problem) -> torch.Tensor:
     """Select per (row, scope) by exhaustive cost; compensate only the scope's own kept weights in
-    each row: ``δ_K = w_P (C_PP)⁻¹ C_P,K`` with the shared, fixed C."""
+    each row: ``δ_K = w_P (C_PP)⁻¹ C_P,K`` with the shared, fixed C. Plain version:
+    :func:`obsviz.reference.local`."""
     e = entries(p.layout)
     kept = torch.ones_like(p.W, dtype=torch.bool)
     pruned = select_shared(p, p.C, e)
@@ -118,19 +124,20 @@ def local(p: Problem) -> torch.Tensor:
 
 def full(p: Problem) -> torch.Tensor:
     """Select once; then scopes in order, each row's pruned set compensating every not-yet-pruned
-    column of its row with the fixed C."""
+    column of its row with the fixed C. Plain version: :func:`obsviz.reference.full`."""
     return chunked(p, n_splits=1, reselect=False)
 
 
 def split(p: Problem, n_splits: int) -> torch.Tensor:
     """As ``full``, the scope sequence cut into ``n_splits`` chunks; each chunk uses
-    ``C = (H_d restricted to the columns not frozen by earlier chunks)⁻¹``."""
+    ``C = (H_d restricted to the columns not frozen by earlier chunks)⁻¹``. Plain version:
+    :func:`obsviz.reference.split`."""
     return chunked(p, n_splits=n_splits, reselect=False)
 
 
 def interleaved(p: Problem, n_splits: int) -> torch.Tensor:
     """As ``split``, with the masks of each chunk re-selected with that chunk's C and the
-    current W."""
+    current W. Plain version: :func:`obsviz.reference.interleaved`."""
     if not p.layout.aligned:
         raise ValueError(
             "method='interleaved' needs every scope at the same step in all its rows; this "
@@ -182,7 +189,10 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
     """Exact OBS per row: every row keeps its own C, Schur-downdated as its weights go, so each
     decision sees all earlier ones (``ng`` steps are decided on the batch's small system, then
     applied to the K × K C at once: see :func:`decide_batch`). Coupled rows (one scope over
-    several rows) are processed in the same chunk and decide together."""
+    several rows) are processed in the same chunk and decide together.
+
+    Plain version, one row, one step and one subset at a time: :func:`obsviz.reference.true_obs`
+    (the same masks and weights; ``ng`` and ``chunk_size`` only change the speed)."""
     layout = p.layout
     M, K = p.W.shape
     chunks = row_chunks(layout, chunk_size)

@@ -1,24 +1,18 @@
-"""``obsviz.prune``: the one entry point to every method (DESIGN.md section 3)."""
+"""``obsviz.prune``: the one entry point to every method of :mod:`obsviz.methods`."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from obsviz import baselines, modes
-from obsviz.estimate import (
-    BASELINES,
-    METHODS,
-    OBS_MODES,
-    available_memory,
-    default_c_dtype,
-    format_bytes,
-)
+from obsviz import methods as registry
+from obsviz.errors import ArgumentError
+from obsviz.estimate import available_memory, format_bytes
 from obsviz.geometry import Geometry
-from obsviz.hessian import check_damp, damped, dead_columns, spd_inverse
 from obsviz.layout import (
     coupled_closure,
     layout_bytes,
@@ -26,16 +20,17 @@ from obsviz.layout import (
     restrict_rows,
     row_steps,
 )
+from obsviz.methods import BASELINES, C_DTYPES, METHODS, OBS_MODES
 from obsviz.metrics import rel_error
+from obsviz.modes import Problem
+from obsviz.prepare import prepare
 
-__all__ = ["PruneResult", "prune", "METHODS", "OBS_MODES", "BASELINES", "resolve_device"]
+__all__ = ["PruneResult", "prune", "METHODS", "OBS_MODES", "BASELINES", "C_DTYPES",
+           "resolve_device"]
 
-ORDERS = ("left_to_right", "largest_first")
-SCORINGS = ("independent", "joint")
-C_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-            "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+# The valid values of two true_obs options (their home is obsviz.methods).
+ORDERS = registry.ORDER.choices
+SCORINGS = registry.SCORING.choices
 
 
 @dataclass
@@ -50,56 +45,53 @@ class PruneResult:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` → CUDA when present, else CPU. Asking for an absent CUDA is a ``ValueError``."""
+    """``None`` → CUDA when present, else CPU. Asking for an absent CUDA is an
+    ``ArgumentError("device")``."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device; use 'cpu' or 'cuda'") from None
+        raise ArgumentError("device", f"device={device!r} is not a device; use 'cpu' or "
+                            "'cuda'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu'")
+        raise ArgumentError("device", f"device={device!r} but CUDA is not available here; use "
+                            "'cpu'")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not supported; use 'cpu' or 'cuda'")
+        raise ArgumentError("device", f"device={device!r} is not supported; use 'cpu' or "
+                            "'cuda'")
     return dev
 
 
-def _resolve_c_dtype(c_dtype, device: torch.device, w_dtype: torch.dtype) -> torch.dtype:
-    if c_dtype is None:  # float64 work stays float64 (exactness checks); else the device default
-        return torch.float64 if w_dtype == torch.float64 else default_c_dtype(device)
-    if isinstance(c_dtype, torch.dtype) and c_dtype.is_floating_point:
-        return c_dtype
-    if isinstance(c_dtype, str) and c_dtype.lower().removeprefix("torch.") in C_DTYPES:
-        return C_DTYPES[c_dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"c_dtype={c_dtype!r} is not a float dtype; use None, 'float16', "
-                     "'bfloat16', 'float32' or 'float64'")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
-
-
 def check_inputs(W: torch.Tensor, H: torch.Tensor, geometry: Geometry) -> None:
-    """Raise ``ValueError`` naming the argument when W or H do not fit the geometry."""
+    """Raise ``ArgumentError`` naming the argument when W or H do not fit the geometry."""
     if not isinstance(geometry, Geometry):
-        raise ValueError(f"geometry={geometry!r} must be an obsviz.Geometry")
+        raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry")
     for name, x in (("W", W), ("H", H)):
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            raise ArgumentError(name, f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.dtype.is_floating_point:
-            raise ValueError(f"{name} has dtype {x.dtype}; a floating dtype is needed")
+            raise ArgumentError(name, f"{name} has dtype {x.dtype}; a floating dtype is needed")
     if tuple(W.shape) != geometry.weight_shape:
-        raise ValueError(f"W has shape {tuple(W.shape)} but the geometry is for "
-                         f"{geometry.weight_shape}")
+        raise ArgumentError("W", f"W has shape {tuple(W.shape)} but the geometry is for "
+                            f"{geometry.weight_shape}")
     K = geometry.weight_shape[1]
     if tuple(H.shape) != (K, K):
-        raise ValueError(f"H has shape {tuple(H.shape)}; it must be (K, K) = ({K}, {K})")
-    if not torch.isfinite(W).all():
-        raise ValueError(f"W has {int((~torch.isfinite(W)).sum())} non-finite values (NaN/inf)")
-    if not torch.isfinite(H).all():
-        raise ValueError(f"H has {int((~torch.isfinite(H)).sum())} non-finite values (NaN/inf)")
+        raise ArgumentError("H", f"H has shape {tuple(H.shape)}; it must be (K, K) = ({K}, {K})")
+    for name, x in (("W", W), ("H", H)):
+        if not torch.isfinite(x).all():
+            raise ArgumentError(name, f"{name} has {int((~torch.isfinite(x)).sum())} non-finite "
+                                "values (NaN/inf)")
+
+
+def _options_doc() -> str:
+    """Every method option, one paragraph each, from the registry (for ``prune.__doc__``)."""
+    lines = []
+    for option in registry.OPTIONS.values():
+        users = ", ".join(m.name for m in registry.REGISTRY.values() if option in m.options)
+        lines += textwrap.wrap(f"{option.describe()}. Used by {users}.", width=92,
+                               initial_indent="    ", subsequent_indent="        ")
+    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -111,73 +103,54 @@ def prune(
     method: str = "true_obs",
     damp: float = 0.01,
     device: str | torch.device | None = None,
-    n_splits: int = 4,
-    ng: int = 64,
-    chunk_size: int = 16,
-    order: str = "left_to_right",
-    scoring: str = "independent",
-    c_dtype: torch.dtype | str | None = None,
     progress: Callable[[float, str], None] | None = None,
     rows: torch.Tensor | None = None,
-    **unknown,
+    **method_options,
 ) -> PruneResult:
     """Prune ``W`` ``(M, K)`` to ``nnz`` kept blocks per scope of ``geometry``.
 
-    ``H`` ``(K, K)`` is the layer Hessian ``XᵀX/N``. ``W`` is never modified. Options that a
-    method does not use are ignored. Raises ``ValueError`` naming the offending argument.
+    Args:
+        W: ``(M, K)`` the weight; never modified.
+        H: ``(K, K)`` the layer Hessian ``XᵀX/N``.
+        geometry: the sparsity geometry (view, block, scope) over ``(M, K)``.
+        nnz: blocks kept per scope, in ``[0, blocks per scope]``.
+        method: one of ``obsviz.METHODS`` (see :mod:`obsviz.methods`).
+        damp: ``λ = damp · mean(diag H)`` when ``damp < 1``, else ``λ = damp``.
+        device: ``"cpu"``, ``"cuda"``, or ``None`` for CUDA when present.
+        progress: called as ``progress(fraction, message)`` while it runs.
+        rows: optional long indices: prune only those rows — widened to whole coupling groups —
+            for a quick what-if run; other rows are returned unchanged and the error covers the
+            sampled rows only (``result.rows``).
+        **method_options: the method's options, below. Options of other methods are checked and
+            ignored (one set of options can go with every method); a name no method declares is
+            an error.
 
-    ``c_dtype`` is the dtype of ``true_obs``'s per-row C: by default fp16 on CUDA, fp32 on CPU,
-    and fp64 whenever W is fp64.
+    Method options (name, type, default, valid values; from ``obsviz.methods.OPTIONS``):
 
-    ``rows`` (optional, long indices) prunes only those rows — widened to whole coupling groups —
-    for a quick what-if run; other rows are returned unchanged and the error covers the sampled
-    rows only (``result.rows``).
+{options}
+
+    Returns:
+        A :class:`PruneResult`; ``options`` records what was used (the method's options with
+        their defaults filled, nnz, damp, device, dead inputs, how masks were selected).
+
+    Raises:
+        ArgumentError: naming the offending argument (``ValueError`` subclass).
     """
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: damp, device, n_splits, "
-                         "ng, chunk_size, order, scoring, c_dtype, progress, rows")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; valid: {', '.join(METHODS)}")
+    opts = registry.resolve_options(method, **method_options)  # checks method and options
+    spec = registry.get(method)
     check_inputs(W, H, geometry)
     geometry.check_nnz(nnz)
-    check_damp(damp)
-    n_splits = _positive_int("n_splits", n_splits)
-    ng = _positive_int("ng", ng)
-    chunk_size = _positive_int("chunk_size", chunk_size)
-    if order not in ORDERS:
-        raise ValueError(f"order={order!r} is unknown; valid: {', '.join(ORDERS)}")
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring={scoring!r} is unknown; valid: {', '.join(SCORINGS)}")
     dev = resolve_device(device)
-    c_dt = _resolve_c_dtype(c_dtype, dev, W.dtype)
     report = progress or (lambda fraction, message: None)
 
     t_start = time.perf_counter()
-    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
-    W0 = W.detach().to(dev, dtype)
-    H0 = H.detach().to(dev, dtype)
-    H0 = (H0 + H0.T) / 2
-    dead = dead_columns(H0)
-    Hu = H0.clone()
-    torch.diagonal(Hu)[dead] = 1.0
-    Hd = damped(H0, damp)
-    # Work at unit scale (mean diagonal 1): every decision and update is invariant to H's scale,
-    # and a fp16 per-row C must not overflow because the inputs were large.
-    scale = float(torch.diagonal(Hd).mean())
-    Hu, Hd = Hu / scale, Hd / scale
     report(0.0, "inverting the damped Hessian")
-    C = spd_inverse(Hd)
-    Wp = W0.clone()
-    Wp[:, dead] = 0  # inputs that never fire: their weights are free to go (as in SparseGPT)
+    prep = prepare(W, H, damp, dev)
+    W0, Wp = prep.W0, prep.W.clone()
 
     n_prune = geometry.pruned_per_scope(nnz)
-    options = {"nnz": nnz, "damp": damp, "device": dev.type, "selection": "exhaustive",
-               "dead_inputs": int(dead.sum())}
-    if method in ("split", "interleaved"):
-        options["n_splits"] = n_splits
-    if method == "true_obs":
-        options.update(ng=ng, chunk_size=chunk_size, order=order, scoring=scoring,
-                       c_dtype=str(c_dt).removeprefix("torch."))
+    options = {"nnz": nnz, "damp": float(damp), "device": dev.type, "selection": "exhaustive",
+               "dead_inputs": int(prep.dead.sum()), **opts}
     report(0.0, "laying out blocks and scopes")
     _check_layout_fits(geometry)
     layout = row_steps(geometry)
@@ -192,12 +165,12 @@ def prune(
     if n_prune == 0:
         Wp = W0.clone()
     else:
-        problem = modes.Problem(Wp, Hu, Hd, C, layout.to(dev), n_prune, report)
-        kept = _run(problem, method, n_splits, ng, chunk_size, order, scoring, c_dt)
+        problem = Problem(Wp, prep.Hu, prep.Hd, prep.C, layout.to(dev), n_prune, report)
+        kept = spec.run(problem, **opts)
         options.update(problem.notes)
-    error = rel_error(W0, Wp, H0)
+    error = rel_error(W0, Wp, prep.H0)
     if rows is not None:  # put the sampled rows back into the whole layer
-        Wp_all = W.detach().to(dev, dtype).clone()
+        Wp_all = prep.W0.clone()
         Wp_all[rows] = Wp
         kept_all = torch.ones_like(Wp_all, dtype=torch.bool)
         kept_all[rows] = kept
@@ -209,11 +182,15 @@ def prune(
                        rows=None if rows is None else rows.cpu())
 
 
+prune.__doc__ = prune.__doc__.replace("{options}", _options_doc())
+
+
 def _check_layout_fits(geometry: Geometry) -> None:
     need, free = layout_bytes(geometry), available_memory("cpu")
     if free is not None and need > free // 2:
         M, T, gs, Lb = layout_shape(geometry)
-        raise ValueError(
+        raise ArgumentError(
+            "geometry",
             f"geometry={geometry.describe()} on {geometry.weight_shape}: its row-step layout "
             f"({M} rows × {T} steps × {gs} blocks × {Lb}) needs {format_bytes(need)}, more than "
             f"half of the {format_bytes(free)} free; scopes that span many rows with one block "
@@ -224,23 +201,8 @@ def _check_rows(rows, M: int) -> torch.Tensor:
     try:
         rows = torch.as_tensor(rows, dtype=torch.long).flatten().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"rows={rows!r} must be integer row indices") from None
+        raise ArgumentError("rows", f"rows={rows!r} must be integer row indices") from None
     if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= M:
-        raise ValueError(f"rows must be a non-empty set of indices in [0, {M}); got "
-                         f"{rows.numel()} indices")
+        raise ArgumentError("rows", f"rows must be a non-empty set of indices in [0, {M}); got "
+                            f"{rows.numel()} indices")
     return torch.unique(rows)
-
-
-def _run(p: modes.Problem, method: str, n_splits: int, ng: int, chunk_size: int, order: str,
-         scoring: str, c_dtype: torch.dtype) -> torch.Tensor:
-    if method == "local":
-        return modes.local(p)
-    if method == "full":
-        return modes.full(p)
-    if method == "split":
-        return modes.split(p, n_splits)
-    if method == "interleaved":
-        return modes.interleaved(p, n_splits)
-    if method == "true_obs":
-        return modes.true_obs(p, ng, chunk_size, order, scoring, c_dtype)
-    return getattr(baselines, method)(p)

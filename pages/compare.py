@@ -14,6 +14,7 @@ from obsviz.metrics import format_rel_error
 
 from ui import exports, labels, layers, result_maps, runner, runs, state
 
+state.require_entrypoint()
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
 ss = st.session_state
@@ -130,7 +131,7 @@ st.dataframe(
 if len(settings) > 1:
     st.markdown("**Relative error by method and setting**")
     variants, cols, cells = rfig.error_by_variant(list(shown.values()),
-                                                  [r.result.rel_error for r in chosen])
+                                                  [r.rel_error for r in chosen])
     st.dataframe([{"method": v, **{c or "–": ("—" if e is None else format_rel_error(e))
                                    for c, e in zip(cols, row, strict=True)}}
                   for v, row in zip(variants, cells, strict=True)],
@@ -143,7 +144,7 @@ c_bar, c_rows = st.columns(2, gap="large")
 with c_bar:
     st.markdown("**Relative error by method**")
     st.plotly_chart(rfig.error_bar_figure(list(shown.values()),
-                                          [r.result.rel_error for r in chosen]),
+                                          [r.rel_error for r in chosen]),
                     config={"displayModeBar": False}, key="_c_fig_bar", theme=None)
 maps = {r.key: result_maps.maps(r.key, r) for r in chosen}
 with c_rows:
@@ -208,7 +209,7 @@ fig = result_maps.side_by_side(
 st.plotly_chart(fig, config=config, key="_c_fig_maps", theme=None)
 st.caption(f"{KINDS[kind][1]} One colour scale for all panels; zoom one and the others follow"
            f"{fig.layout.meta['tiles']}. Hover a title for the full description.")
-if any(r.result.rows is not None for r in drawn):
+if any(r.job.sample is not None for r in drawn):
     st.caption("Results of a row sample change only the sampled rows; the others show no "
                "error.")
 
@@ -217,7 +218,7 @@ if len(here) >= 2:
     st.subheader("Difference between two results")
     keys_here = [r.key for r in here]
     by_key = {r.key: r for r in here}
-    by_err = sorted(keys_here, key=lambda k: by_key[k].result.rel_error)
+    by_err = sorted(keys_here, key=lambda k: by_key[k].rel_error)
     c_a, c_b = st.columns(2)
     all_here = labels.shown_labels(here)
     a = c_a.selectbox("A", keys_here, index=keys_here.index(by_err[-1]), key="_c_a",

@@ -10,6 +10,7 @@ from ui import facts, state
 from ui.forms import PATTERNS, WINDOWS, fill_from_preset, parse_weight_shape
 from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
 form = state.geometry_form()
@@ -103,7 +104,7 @@ if nnz == 0:
 maps = state.maps_of(geom)
 counts = maps.facts
 M, K = geom.weight_shape
-st.caption(f"**{md(geom.name or 'free-form')}** on W {M} × {K}: {md(geom.describe())}, "
+st.caption(f"**{geom.name or 'free-form'}** on W {M} × {K}: {geom.describe()}, "
            f"nnz = {nnz}")
 
 big = M > gfig.MAX_WINDOW[0] or K > gfig.MAX_WINDOW[1]   # else the whole layer is drawn

@@ -18,7 +18,7 @@ state.sidebar()
 ss = st.session_state
 
 TOY = "toy"
-PATTERNS = ["2:4", "1:4", "4:8", "2:8", "coupled-2:4", "block16"]
+PATTERNS = ["2:4", "1:4", "2:4-pairs", "2:8", "coupled-2:4", "block16"]
 COLUMNS = [8, 16, 32]
 DAMPS = [0.0001, 0.001, 0.01, 0.1, 0.5]
 DEFAULT_SETUP = {"source": TOY, "k": 16, "pattern": "2:4", "row": 0, "damp": 0.01}
@@ -325,7 +325,7 @@ if n < T:
         else:
             st.markdown(
                 f"**Same pick here** ({nl[ours[0]] if not nxt.greedy else 'same blocks'}), but "
-                f"the costs moved by up to {100 * moved_most:.0f}%. Try pattern **4:8**, row "
+                f"the costs moved by up to {100 * moved_most:.0f}%. Try pattern **2:4-pairs**, row "
                 "**3** of the toy to watch a choice flip.")
         st.markdown(
             "- **true_obs** prices the next scope with the downdated C and the weights as "

@@ -5,13 +5,14 @@ import streamlit as st
 
 from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, ArgumentError, Geometry
 from obsviz.estimate import format_bytes
+from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
-from obsviz.prune import ORDERS, SCORINGS
 
 from ui import labels, layers, runner, runs, state
 from ui.forms import parse_float, parse_int
 from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Prune · obsviz", page_icon=":material/grid_view:", layout="wide")
 ss = st.session_state
 form = state.prune_form(runner.DEFAULT_METHODS, runs.DEFAULT_OPTIONS)
@@ -64,8 +65,8 @@ with c_geom:
                  format_func={"page": "the Geometry page", "preset": "a preset here"}.get)
         if form.geo_source == "page" and page_fits:
             geom, nnz = chosen
-            st.markdown(f"**{md(geom.name or 'free-form')}**, nnz = {nnz} · "
-                        f"{md(geom.describe())}")
+            st.markdown(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+                        f"{geom.describe()}")
             st.page_link("pages/geometry.py", label="Change it on the Geometry page",
                          icon=":material/grid_view:")
         else:
@@ -91,7 +92,7 @@ with c_geom:
                     errors["nnz"] = str(err)
                     geom = None
                 else:
-                    st.caption(md(geom.describe()))
+                    st.caption(geom.describe())
         st.text_input("Damping", key=bind("damp"), on_change=changed, args=("damp",),
                       max_chars=24,
                       help="λ added to the Hessian's diagonal: damp × mean(diag H) when "
@@ -114,42 +115,33 @@ with c_geom:
 st.subheader("Methods")
 st.multiselect(
     "Methods", METHODS, key=bind("methods"), on_change=changed, args=("methods",),
-    help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}.",
+    format_func=lambda m: f"{m} · {REGISTRY[m].label}",
+    help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}. "
+         + " ".join(f"**{m}**: {REGISTRY[m].help}." for m in METHODS),
     placeholder="Choose one or more methods")
 methods = [m for m in METHODS if m in form.methods]
 dtypes = runner.c_dtype_options(device)
 if form.options["c_dtype"] not in dtypes:   # e.g. float16 chosen on CUDA, then the CPU chosen
     form.options["c_dtype"] = "auto"
 
-if {"split", "interleaved"} & set(methods) or "true_obs" in methods:
+# every option of the chosen methods, as the registry declares it (one value per option name)
+panel = [o for name, o in OPTIONS.items() if any(name in REGISTRY[m].option_names
+                                                 for m in methods)]
+if panel:
     with st.container(border=True):
-        cols = st.columns(6)
-        if {"split", "interleaved"} & set(methods):
-            cols[0].number_input("n_splits", 1, 64, step=1, key=bind_opt("n_splits"),
-                                 on_change=changed_opt, args=("n_splits",),
-                                 help="split / interleaved: chunks of scopes; each chunk "
-                                      "recomputes C on the columns still free.")
-        if "true_obs" in methods:
-            cols[1].number_input("ng (true_obs)", 1, 4096, step=1, key=bind_opt("ng"),
-                                 on_change=changed_opt, args=("ng",),
-                                 help="Scopes decided per batch. Smaller is more sequential: "
-                                      "each decision sees more earlier ones (the API default "
-                                      "64 batches decisions coarsely; 8 here).")
-            cols[2].number_input("chunk_size", 1, 4096, step=1, key=bind_opt("chunk_size"),
-                                 on_change=changed_opt, args=("chunk_size",),
-                                 help="Rows processed together, each with its own K × K C: "
-                                      "memory grows with it.")
-            cols[3].selectbox("order", ORDERS, key=bind_opt("order"), on_change=changed_opt,
-                              args=("order",), help="Which scopes are decided first.")
-            cols[4].selectbox("scoring", SCORINGS, key=bind_opt("scoring"),
-                              on_change=changed_opt, args=("scoring",),
-                              help="joint: enumerate subsets; independent: Σ w²/C_cc per "
-                                   "block.")
-            cols[5].selectbox("C dtype", dtypes, key=bind_opt("c_dtype"), on_change=changed_opt,
-                              args=("c_dtype",),
-                              help="Per-row C precision; auto = fp16 on CUDA, fp32 on CPU. "
-                                   "Half precision is offered on CUDA only (the CPU emulates "
-                                   "it, many times slower).")
+        cols = st.columns(max(len(panel), 4))
+        for col, option in zip(cols, panel, strict=False):
+            users = [m for m in methods if option.name in REGISTRY[m].option_names]
+            label = f"{option.name} ({', '.join(users)})"
+            key = bind_opt(option.name)
+            if option.choices is not None:
+                choices = dtypes if option.name == "c_dtype" else list(option.choices)
+                col.selectbox(label, choices, key=key, on_change=changed_opt,
+                              args=(option.name,), help=option.help)
+            else:
+                low = option.type(option.minimum) if option.minimum is not None else None
+                col.number_input(label, min_value=low, step=option.type(1), key=key,
+                                 on_change=changed_opt, args=(option.name,), help=option.help)
 
 c_sample, c_n = st.columns([2, 1])
 c_sample.radio("Rows", ["all", "first", "every"], key=bind("sample"), on_change=changed,

@@ -95,7 +95,7 @@ def test_invalid_input_shows_the_engine_message(field, text, argument):
 
 
 def test_invalid_nnz_and_preset_shape_show_messages():
-    at = open_geometry(pattern="4:8", weight="64, 128", nnz="2")
+    at = open_geometry(pattern="2:4-pairs", weight="64, 128", nnz="2")
     at.text_input(key="_g_nnz").set_value("9").run()
     assert not at.exception
     assert errors(at)[0].startswith("nnz=9")

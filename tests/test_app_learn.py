@@ -79,16 +79,16 @@ def test_changing_the_row_or_pattern_restarts_the_lesson():
     at.number_input(key="_l_row").set_value(3).run()
     assert not at.exception, at.exception
     assert at.session_state["learn_step"] == 0
-    at.selectbox(key="_l_pattern").set_value("4:8").run()
+    at.selectbox(key="_l_pattern").set_value("2:4-pairs").run()
     assert not at.exception, at.exception
     assert counter(at) == "**Step 0 of 2**"
     for _ in range(2):
         click(at, "learn_forward")
     toy = obsviz.load_sample_layer("toy")
     assert_close(torch.tensor(at.session_state["learn_weights"], dtype=torch.float64),
-                 true_obs_row(toy.weight, toy.hessian, "4:8", 3), rtol=0, atol=1e-12)
+                 true_obs_row(toy.weight, toy.hessian, "2:4-pairs", 3), rtol=0, atol=1e-12)
     assert any("flips" in md.value for md in at.markdown) is False  # past the flip: done
-    assert at.session_state["learn_setup"] == {"source": "toy", "k": 16, "pattern": "4:8",
+    assert at.session_state["learn_setup"] == {"source": "toy", "k": 16, "pattern": "2:4-pairs",
                                                "row": 3, "damp": 0.01}
 
 

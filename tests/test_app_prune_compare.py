@@ -1,9 +1,11 @@
 """The Prune and Compare pages, driven through Streamlit's AppTest on the 8 × 16 toy layer."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from obsviz import modes
+from obsviz import methods
 from obsviz.metrics import format_rel_error
 
 from apptest import errors, open_app, plain
@@ -11,6 +13,12 @@ from apptest import errors, open_app, plain
 
 def open_page(page: str, layer: str = "toy", **state):
     return open_app(page, state={"layer_name": layer, **state})
+
+
+def patch_run(monkeypatch, method: str, run) -> None:
+    """Make ``method`` run ``run(problem, **options)`` (its one home: the method registry)."""
+    monkeypatch.setitem(methods.REGISTRY, method,
+                        dataclasses.replace(methods.REGISTRY[method], run=run))
 
 
 def run_methods(at, methods: list[str]):
@@ -63,7 +71,7 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
     def broken(p, n_splits):
         raise ValueError("method='interleaved' is broken on purpose")
 
-    monkeypatch.setattr(modes, "interleaved", broken)
+    patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
     assert any("broken on purpose" in e for e in errors(at))
     runs = list(at.session_state["results"].values())
@@ -98,7 +106,7 @@ def test_an_unforeseen_error_fails_only_its_method_and_clears_pending(monkeypatc
     def broken(p, n_splits):
         raise KeyError("a bug, not a ValueError")
 
-    monkeypatch.setattr(modes, "interleaved", broken)
+    patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
     assert any("KeyError" in e and "a bug" in e for e in errors(at))
     assert [r.method for r in at.session_state["results"].values()] == ["full"]
@@ -115,7 +123,7 @@ def test_a_stop_passes_through_and_leaves_the_rest_pending(monkeypatch):
     def stopped(p):
         raise StopException()   # what Streamlit raises into a script the user stopped
 
-    monkeypatch.setattr(modes, "full", stopped)
+    patch_run(monkeypatch, "full", stopped)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
     assert not at.error
     assert at.session_state["run_pending"] == ["full", "sparsegpt"]
@@ -132,7 +140,7 @@ def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     released = []
-    monkeypatch.setattr(modes, "full", oom)
+    patch_run(monkeypatch, "full", oom)
     monkeypatch.setattr(runner, "release_device_memory", released.append)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
     assert any("ran out of memory on cpu; try a row sample" in e for e in errors(at))

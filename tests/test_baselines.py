@@ -28,7 +28,7 @@ def test_score_baselines_match_reference(method, case):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "obd"])
 def test_score_baselines_leave_kept_weights_untouched(method):
-    case = ref.CASES["4:8"]
+    case = ref.CASES["2:4-pairs"]
     W, H = ref.random_layer(*case.shape, seed=42)
     res = obsviz.prune(W, H, case.geometry(), case.nnz, method=method)
     assert torch.equal(res.weight, W * res.mask)

@@ -96,7 +96,7 @@ def test_layout_hover_has_row_col_block_and_scope():
 
 
 def test_example_mask_prunes_gs_minus_nnz_blocks_per_scope():
-    geom = Geometry.preset("4:8", (8, 32))
+    geom = Geometry.preset("2:4-pairs", (8, 32))
     window = layout_window(compute_maps(geom))
     pruned = window.pruned(2)
     assert pruned.mean() == pytest.approx(geom.sparsity(2))

@@ -1,9 +1,10 @@
 """The geometry engine against hand-worked cases and an independent slow enumeration.
 
-The reference enumeration below is written from DESIGN.md section 1 alone: walk every view index,
-take its flat offset ``sum(i_k * stride_k)``, and read off the block (``i_k // b_k`` in the block
-grid) and the scope (``g_k // s_k`` in the scope grid). Blocks, scopes and the elements inside a
-block are numbered row-major, as ``obsviz/geometry.py`` documents.
+The reference enumeration below is written from the vocabulary of docs/ALGORITHMS.md alone: walk
+every view index, take its flat offset ``sum(i_k * stride_k)``, and read off the block
+(``i_k // b_k`` in the block grid) and the scope (``g_k // s_k`` in the scope grid). Blocks,
+scopes and the elements inside a block are numbered row-major, as ``obsviz/geometry.py``
+documents.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import torch
 import obsviz
 from obsviz import Geometry
 
-# ---- the reference patterns, copied from DESIGN.md's table ----------------------------------
+# ---- the reference patterns, as docs/ALGORITHMS.md describes them ---------------------------
 
 
 def preset_spec(name: str, M: int, K: int) -> dict:
-    """View, block, scope and default nnz of a preset, as DESIGN.md's table writes them."""
+    """View, block, scope and default nnz of a preset, as docs/ALGORITHMS.md describes them."""
     if name == "2:4":
         return dict(view_shape=(M, K), view_stride=(K, 1), block=(1, 1), scope=(1, 4), nnz=2)
-    if name == "4:8":
+    if name == "2:4-pairs":
         return dict(view_shape=(M, K), view_stride=(K, 1), block=(1, 2), scope=(1, 4), nnz=2)
     if name == "coupled-2:4":
         return dict(view_shape=(M, K // 16, 8, 2), view_stride=(K, 16, 1, 8),
@@ -111,7 +112,7 @@ FREE_FORM = {
                                     view_shape=(12,), view_stride=(1,)),
 }
 
-PRESET_CASES = [("2:4", 16, 32), ("4:8", 16, 32), ("coupled-2:4", 16, 32),
+PRESET_CASES = [("2:4", 16, 32), ("2:4-pairs", 16, 32), ("coupled-2:4", 16, 32),
                 ("coupled-2:4", 32, 32), ("block16", 32, 32), ("block16", 16, 48)]
 
 
@@ -185,8 +186,8 @@ def test_2_4_blocks_are_single_weights_and_scopes_four_contiguous_columns():
     assert geom.column_map().flatten().tolist() == list(range(8)) * 2
 
 
-def test_4_8_blocks_are_column_pairs_and_scopes_eight_columns():
-    geom = Geometry.preset("4:8", (2, 8))
+def test_2_4_pairs_blocks_are_column_pairs_and_scopes_eight_columns():
+    geom = Geometry.preset("2:4-pairs", (2, 8))
     assert geom.block_map().tolist() == [[0, 0, 1, 1, 2, 2, 3, 3], [4, 4, 5, 5, 6, 6, 7, 7]]
     assert geom.scope_map().tolist() == [[0] * 8, [1] * 8]
     assert geom.column_map().tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]] * 2
@@ -244,7 +245,7 @@ def test_block16_couples_rows_r_and_r_plus_8_of_each_16_row_group():
     assert geom.is_row_coupled
 
 
-@pytest.mark.parametrize("name", ["2:4", "4:8", "coupled-2:4", "1:4", "3:8"])
+@pytest.mark.parametrize("name", ["2:4", "2:4-pairs", "coupled-2:4", "1:4", "3:8"])
 def test_row_local_presets_are_not_row_coupled(name):
     geom = Geometry.preset(name, (16, 32))
     rows_per_scope = 32 // (geom.blocks_per_scope * geom.block_numel)
@@ -318,7 +319,7 @@ def test_default_view_is_w_itself():
 # ---- presets, N:M, counts -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["2:4", "4:8", "coupled-2:4", "block16"])
+@pytest.mark.parametrize("name", ["2:4", "2:4-pairs", "coupled-2:4", "block16"])
 def test_preset_is_the_design_table_geometry_with_its_default_nnz(name):
     M, K = 32, 64
     spec = preset_spec(name, M, K)
@@ -345,7 +346,7 @@ def test_nm_and_nm_string_keep_n_of_every_m_contiguous_columns(n, m):
     [
         # (n_blocks, n_scopes, block_numel, blocks_per_scope, n_subsets, pruned, sparsity)
         ("2:4", (32, 32), (1024, 256, 1, 4, 6, 2, 0.5)),
-        ("4:8", (32, 32), (512, 128, 2, 4, 6, 2, 0.5)),
+        ("2:4-pairs", (32, 32), (512, 128, 2, 4, 6, 2, 0.5)),
         ("coupled-2:4", (32, 32), (512, 128, 2, 4, 6, 2, 0.5)),
         ("block16", (32, 32), (64, 32, 16, 2, 2, 1, 0.5)),
         ("1:4", (32, 32), (1024, 256, 1, 4, 4, 3, 0.75)),
@@ -490,15 +491,15 @@ def test_bad_geometry_raises_value_error_naming_argument_value_and_valid_range(k
          ["coupled-2:4", "K divisible by 16", "K=24"]),
         (lambda: Geometry.preset("block16", (24, 32)),
          ["block16", "M and K divisible by 16", r"\(24, 32\)"]),
-        (lambda: Geometry.preset("4:8", (4, 12)),
+        (lambda: Geometry.preset("2:4-pairs", (4, 12)),
          [r"scope=\(1, 4\)", "block-grid size 6"]),
         (lambda: Geometry.preset("bogus", (4, 8)),
-         ["preset='bogus'", "2:4, 4:8, coupled-2:4, block16", "'N:M'"]),
+         ["preset='bogus'", "2:4, 2:4-pairs, coupled-2:4, block16", "'N:M'"]),
         (lambda: Geometry.preset("2:4", (4, 8, 1)), [r"weight_shape=\(4, 8, 1\)", "2-D"]),
         (lambda: Geometry.nm(5, 4, (4, 8)), ["n=5", r"\[0, m=4\]"]),
         (lambda: Geometry.nm(1, 0, (4, 8)), ["m=0", "positive integer"]),
     ],
-    ids=["nm-string-not-dividing", "coupled-k-not-16", "block16-m-not-16", "4-8-k-not-8",
+    ids=["nm-string-not-dividing", "coupled-k-not-16", "block16-m-not-16", "2-4-pairs-k-not-8",
          "unknown-preset", "preset-weight-not-2d", "nm-n-above-m", "nm-m-zero"],
 )
 def test_bad_preset_raises_value_error_naming_argument_and_value(call, fragments):
@@ -548,3 +549,76 @@ def test_maps_of_a_4096_by_11008_weight_are_computed(name):
     else:
         assert int(scopes[0, 0]) == int(scopes[8, 15]) != int(scopes[1, 0])
         assert int(blocks[M - 1, K - 16]) == int(blocks[M - 1, K - 1]) == geom.n_blocks - 1
+
+
+# ---- preset names say what they are; errors name their argument --------------------------------
+
+
+@pytest.mark.parametrize("n, m", [(4, 8), (2, 4), (1, 4), (3, 8), (8, 16)])
+def test_plain_n_m_means_any_n_of_m_consecutive_weights(n, m):
+    geom = Geometry.preset(f"{n}:{m}", (4, 32))
+    assert geom == Geometry.nm(n, m, (4, 32))
+    assert (geom.block, geom.scope, geom.nnz) == ((1, 1), (1, m), n)
+    assert geom.scope_map()[0].tolist() == [c // m for c in range(32)]
+
+
+def test_2_4_pairs_is_2_of_4_column_pairs_not_4_of_8():
+    pairs, nm48 = Geometry.preset("2:4-pairs", (2, 16)), Geometry.preset("4:8", (2, 16))
+    assert (pairs.block, pairs.scope, pairs.nnz) == ((1, 2), (1, 4), 2)
+    assert pairs != nm48 and pairs.key != nm48.key
+    assert "4:8" not in obsviz.PRESETS
+
+
+def test_a_view_that_does_not_fit_w_is_blamed_on_the_view_not_the_scope():
+    with pytest.raises(obsviz.ArgumentError) as info:
+        Geometry((384, 384), block=(1, 1), scope=(1, 4), view_shape=(384, 385))
+    assert info.value.argument == "view_shape"
+    assert str(info.value).startswith("view_shape=(384, 385)")
+
+
+@pytest.mark.parametrize("kwargs, argument", [
+    (dict(weight_shape=(4, 8, 1), block=(1, 1), scope=(1, 4)), "weight_shape"),
+    (dict(weight_shape=(4, 8), block=(1, 3), scope=(1, 4)), "block"),
+    (dict(weight_shape=(4, 8), block=(1, 1, 1), scope=(1, 4)), "block"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 3)), "scope"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 1, 1)), "scope"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 4), view_stride=(8, 1)), "view_stride"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 4), view_shape=(4, 8),
+          view_stride=(8, 2)), "view_stride"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 4), view_shape=(4, 8),
+          view_stride=(1, 1)), "view_stride"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 4), view_shape=(4, 8),
+          view_stride=(8, -1)), "view_stride"),
+    (dict(weight_shape=(4, 8), block=(1, 1), scope=(1, 4), nnz=5), "nnz"),
+    (dict(weight_shape=(4, 8), block="ab", scope=(1, 4)), "block"),
+])
+def test_every_geometry_error_carries_its_argument(kwargs, argument):
+    with pytest.raises(obsviz.ArgumentError) as info:
+        Geometry(**kwargs)
+    assert info.value.argument == argument
+    assert argument in str(info.value)
+
+
+@pytest.mark.parametrize("call, argument", [
+    (lambda: Geometry.preset("bogus", (4, 8)), "preset"),
+    (lambda: Geometry.preset("coupled-2:4", (4, 24)), "preset"),
+    (lambda: Geometry.preset("2:5", (4, 8)), "scope"),
+    (lambda: Geometry.nm(5, 4, (4, 8)), "n"),
+    (lambda: Geometry.nm(1, 0, (4, 8)), "m"),
+    (lambda: Geometry.preset("2:4", (4, 8)).check_nnz(7), "nnz"),
+])
+def test_preset_and_nnz_errors_carry_their_argument(call, argument):
+    with pytest.raises(obsviz.ArgumentError) as info:
+        call()
+    assert info.value.argument == argument
+
+
+def test_one_key_is_the_identity_used_by_eq_and_hash():
+    a = Geometry.preset("2:4", (8, 16))
+    b = Geometry((8, 16), (1, 1), (1, 4), view_shape=(8, 16), view_stride=(16, 1), name="x", nnz=1)
+    c = Geometry.preset("1:4", (8, 16))  # same geometry, another budget and name
+    assert a.key == b.key == c.key
+    assert a == b == c and len({a, b, c}) == 1 and hash(a) == hash(a.key)
+    d = Geometry.preset("2:4-pairs", (8, 16))
+    assert d != a and d.key != a.key
+    assert Geometry.from_dict(d.to_dict()).key == d.key

@@ -32,7 +32,7 @@ def engine_row(W, H, geom, row, damp=0.01) -> torch.Tensor:
     return res.weight[row]
 
 
-@pytest.mark.parametrize("preset", ["2:4", "4:8", "coupled-2:4", "1:4", "2:8"])
+@pytest.mark.parametrize("preset", ["2:4", "2:4-pairs", "coupled-2:4", "1:4", "2:8"])
 def test_toy_final_row_equals_true_obs_ng1_joint(preset):
     W, H = toy()
     geom = obsviz.Geometry.preset(preset, tuple(W.shape))
@@ -61,7 +61,7 @@ def test_float32_final_row_within_1e_5_of_true_obs():
 
 def test_each_step_prunes_the_argmin_of_its_listed_costs():
     W, H = toy()
-    for preset in ("2:4", "4:8", "coupled-2:4"):
+    for preset in ("2:4", "2:4-pairs", "coupled-2:4"):
         geom = obsviz.Geometry.preset(preset, tuple(W.shape))
         lesson = Lesson.start(W, H, geom, geom.nnz, 3)
         for step in lesson.steps:
@@ -128,7 +128,7 @@ def test_steps_walk_the_row_left_to_right_and_chain():
 def test_first_step_prices_like_local_and_full():
     """Before anything is pruned the two ways of pricing agree; afterwards they may not."""
     W, H = toy()
-    geom = obsviz.Geometry.preset("4:8", tuple(W.shape))
+    geom = obsviz.Geometry.preset("2:4-pairs", tuple(W.shape))
     lesson = Lesson.start(W, H, geom, 2, 3)
     first = lesson.steps[0]
     assert_close(first.costs, first.frozen_costs, rtol=1e-12, atol=0)
@@ -173,7 +173,7 @@ def test_lesson_geometry_refuses_row_coupled_patterns_whatever_the_shape():
         lesson_geometry("block16", (8, 16))        # block16 could not even be built here
     with pytest.raises(ValueError, match="divisible by 16"):
         lesson_geometry("coupled-2:4", (8, 8))
-    assert lesson_geometry("4:8", (8, 16)) == obsviz.Geometry.preset("4:8", (8, 16))
+    assert lesson_geometry("2:4-pairs", (8, 16)) == obsviz.Geometry.preset("2:4-pairs", (8, 16))
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -214,7 +214,7 @@ def test_greedy_selection_when_subsets_are_too_many():
 
 def test_largest_move_is_the_free_column_the_step_moved_most():
     W, H = toy()
-    geom = obsviz.Geometry.preset("4:8", tuple(W.shape))
+    geom = obsviz.Geometry.preset("2:4-pairs", tuple(W.shape))
     lesson = Lesson.start(W, H, geom, geom.nnz, 3)
     for n, step in enumerate(lesson.steps, start=1):
         free = lesson.free_cols_after(n)
@@ -229,7 +229,7 @@ def test_largest_move_is_the_free_column_the_step_moved_most():
 
 def test_max_cost_change_compares_the_downdated_and_frozen_prices():
     W, H = toy()
-    geom = obsviz.Geometry.preset("4:8", tuple(W.shape))
+    geom = obsviz.Geometry.preset("2:4-pairs", tuple(W.shape))
     lesson = Lesson.start(W, H, geom, geom.nnz, 3)
     first, later = lesson.steps[0], lesson.steps[1]
     assert first.max_cost_change == pytest.approx(0.0, abs=1e-12)   # nothing pruned yet

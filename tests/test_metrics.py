@@ -48,7 +48,7 @@ def test_row_error_is_each_rows_squared_output_error():
 
 def test_element_contribution_sums_to_row_error():
     _, W0, H = layer_with_inputs(seed=54)
-    res = obsviz.prune(W0, H, obsviz.Geometry.preset("4:8", W0.shape), 2, method="full")
+    res = obsviz.prune(W0, H, obsviz.Geometry.preset("2:4-pairs", W0.shape), 2, method="full")
     contrib = metrics.element_contribution(W0, res.weight, H)
     assert contrib.shape == W0.shape
     assert_close(contrib.sum(1), metrics.row_error(W0, res.weight, H), rtol=1e-10, atol=1e-12)

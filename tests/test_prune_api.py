@@ -111,7 +111,7 @@ def test_true_obs_with_dead_inputs_solves_normal_equations_on_live_columns():
 
 
 def test_keeping_every_block_returns_the_weight_unchanged():
-    case = ref.CASES["4:8"]
+    case = ref.CASES["2:4-pairs"]
     W, H = ref.random_layer(*case.shape, seed=67)
     for method in METHODS:
         res = obsviz.prune(W, H, case.geometry(), 4, method=method)

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 
+import obsviz
 from obsviz import ArgumentError
 
 from ui import forms
@@ -94,3 +95,25 @@ def test_the_chosen_nnz_travels_beside_the_geometry_which_keeps_its_own():
     geom, nnz, errors = build_geometry(form, None)
     assert not errors and nnz == 3
     assert geom.nnz == 2      # the preset's default: the object is never given the user's budget
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(view="M, K + 1"), "view"),
+    (dict(view="M, K", stride="K, 2"), "stride"),
+    (dict(block="1, 5"), "block"),
+    (dict(scope="1, 5"), "scope"),
+    (dict(nnz="9"), "nnz"),
+    (dict(nnz="two"), "nnz"),
+])
+def test_errors_go_to_the_field_the_engine_names_not_by_message_text(change, field):
+    form = replace(default_form((384, 384)), **{"pattern": "free-form", "block": "1, 1",
+                                                "scope": "1, 4", "view": "", "stride": "",
+                                                **change})
+    _, _, errors = build_geometry(form, None)
+    assert list(errors) == [field], errors
+
+
+def test_a_message_that_merely_starts_like_an_argument_is_not_routed_by_its_text():
+    # routing reads ArgumentError.argument, never the wording
+    assert forms.field_of(ValueError("block=(1, 3) …")) == "pattern"
+    assert forms.field_of(obsviz.ArgumentError("scope", "anything")) == "scope"

@@ -1,23 +1,24 @@
 """Downloads: the metrics report of runs as rows, CSV or JSON, and a pruned layer as
-safetensors."""
+``.safetensors`` (``obsviz.save_pruned``)."""
 
 from __future__ import annotations
 
 import json
 
+from obsviz import save_pruned
+
 from ui.runs import Run
 
 
 def safetensors_bytes(run: Run) -> bytes:
-    """The pruned weight ``(M, K)`` float32 and its mask ``(M, K)`` bool (True = kept)."""
-    from safetensors.torch import save
-
-    meta = {"method": run.method, "layer": run.layer.label,
-            "rel_error": f"{run.result.rel_error:.6g}",
-            "geometry": json.dumps(run.job.geometry.to_dict()), "nnz": str(run.job.nnz),
-            "options": json.dumps(run.result.options, default=str)}
-    return save({"weight": run.result.weight.detach().cpu().contiguous().clone(),
-                 "mask": run.result.mask.detach().cpu().contiguous().clone()}, metadata=meta)
+    """The pruned layer as ``.safetensors``, written by the engine's one writer
+    (``obsviz.save_pruned``): the pruned weight ``(M, K)``, its mask (True = kept), the Hessian
+    it was pruned with and the run's report; ``obsviz.load_layer`` reads it back."""
+    layer = run.layer.layer
+    return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
+                       report=json.loads(json.dumps(run.report, default=str)),
+                       nsamples=layer.nsamples, source=run.layer.label,
+                       notes=[f"pruned with {run.method}, nnz={run.job.nnz}"])
 
 
 REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",

@@ -149,7 +149,7 @@ def parse_shape(name: str, text: str, M: int | None = None, K: int | None = None
     """``"M, K/16, 8, 2"`` -> ``(M, K // 16, 8, 2)``. Brackets are optional; ``-1`` is allowed.
 
     Raises:
-        ValueError: naming ``name``, the text and what went wrong.
+        ArgumentError: naming ``name`` (its ``.argument``), the text and what went wrong.
     """
     if len(text) > MAX_FIELD_CHARS:
         raise ArgumentError(name, f"{name}={_short(text)} is {len(text):,} characters long; a "
@@ -181,7 +181,7 @@ def parse_weight_shape(text: str) -> tuple[int, int]:
     """``"M, K"`` -> ``(M, K)``, refusing shapes of more than ``MAX_WEIGHTS`` weights.
 
     Raises:
-        ValueError: starting ``weight_shape=``, saying what is wrong and the limit.
+        ArgumentError: ``"weight_shape"``, saying what is wrong and the limit.
     """
     M, K = _two(parse_shape("weight_shape", text))
     if M * K > MAX_WEIGHTS:
@@ -221,11 +221,8 @@ def _raise(err: ArgumentError) -> int:
 
 def field_of(err: ValueError) -> str:
     """The form field an error is about: its ``ArgumentError.argument``; anything else is shown
-    at the pattern."""
-    argument = getattr(err, "argument", None)
-    if argument is None:   # TODO(registry merge): the engine raises ArgumentError everywhere
-        argument = str(err).split("=", 1)[0].split(" ", 1)[0].split("(", 1)[0].strip()
-    return _ARG_FIELD.get(argument, "pattern")
+    at ``pattern``."""
+    return _ARG_FIELD.get(getattr(err, "argument", None), "pattern")
 
 
 def build_geometry(form: GeometryForm, layer_shape: tuple[int, int] | None

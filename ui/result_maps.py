@@ -24,16 +24,15 @@ def _row_ref(digest: str, _layer) -> np.ndarray:
 def maps(key: str, _run: Run) -> rfig.ResultMaps:
     """A run's maps (error contribution, kept fraction, |ΔW| as previews of at most
     ``rfig.PREVIEW_CELLS`` tiles each, per-row error), once per run key."""
-    layer = _run.layer.layer
-    return rfig.result_maps(layer.weight, layer.hessian, _run.result.weight, _run.result.mask,
-                            _run.result.rows, row_ref=_row_ref(_run.layer.digest, layer))
+    layer, result = _run.layer.layer, _run.result
+    return rfig.result_maps(layer.weight, layer.hessian, result.weight, result.mask, result.rows,
+                            row_ref=_row_ref(_run.layer.digest, layer))
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _window(key: str, window: rfig.Window, _run: Run) -> tuple[dict[str, rfig.Tiles], np.ndarray]:
-    layer = _run.layer.layer
-    return rfig.window_maps(layer.weight, layer.hessian, _run.result.weight, _run.result.mask,
-                            window)
+    layer, result = _run.layer.layer, _run.result
+    return rfig.window_maps(layer.weight, layer.hessian, result.weight, result.mask, window)
 
 
 def window(run: Run, window: rfig.Window) -> tuple[dict[str, rfig.Tiles], np.ndarray]:

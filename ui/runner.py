@@ -18,33 +18,25 @@ import torch
 
 from obsviz import metrics, prune
 from obsviz.estimate import format_bytes, time_estimate
+from obsviz.methods import C_DTYPES, METHODS, OPTIONS
 from obsviz.metrics import format_rel_error
-from obsviz.prune import C_DTYPES
 
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
 from ui.runs import Job, Run, add, run_key, store
 from ui.text import md
 
+#: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
 DEFAULT_METHODS = ["full", "interleaved", "true_obs", "sparsegpt"]
-#: What "Run the fast modes" runs (true_obs only where it is quick, see ``fast_methods``).
-FAST_METHODS = ["magnitude", "full", "interleaved", "true_obs", "sparsegpt"]
-
-
-def c_dtype(name: str) -> torch.dtype | None:
-    return None if name == "auto" else C_DTYPES[name]
 
 
 def c_dtype_options(device: str) -> list[str]:
-    """C dtypes worth offering on ``device``: ``auto`` first, then one name per dtype.
-
-    Half precision is a GPU format: on the CPU it is emulated and many times slower than
-    float32, so the CPU gets only 32 and 64 bits.
-    """
+    """``true_obs``'s C dtypes worth offering on ``device`` (``obsviz.methods`` ``c_dtype``
+    choices): half precision is a GPU format, emulated many times slower on the CPU, so the CPU
+    gets ``auto`` and the 32 and 64 bit ones only."""
     on_cuda = torch.device(device).type == "cuda"
-    # one name per dtype, torch's own ("float16", not the aliases "fp16", "half")
-    canonical = [n for n, d in C_DTYPES.items() if n == str(d).removeprefix("torch.")]
-    return ["auto", *(n for n in canonical if on_cuda or torch.finfo(C_DTYPES[n]).bits >= 32)]
+    return [name for name in OPTIONS["c_dtype"].choices
+            if name == "auto" or on_cuda or torch.finfo(C_DTYPES[name]).bits >= 32]
 
 
 # ---- estimates --------------------------------------------------------------------------------
@@ -54,9 +46,7 @@ def estimate(job: Job, methods: list[str]) -> list[dict]:
     """Per method: memory needed, free memory, rough seconds, and whether it fits."""
     rows = job.rows()
     n_rows = None if rows is None else int(rows.numel())
-    table = memory_fits(job.geometry, methods, job.device, rows=n_rows,
-                        chunk_size=job.options["chunk_size"],
-                        c_dtype=c_dtype(job.options["c_dtype"]))
+    table = memory_fits(job.geometry, methods, job.device, rows=n_rows, options=job.options)
     for entry in table:
         entry["seconds"] = time_estimate(job.geometry, entry["method"], rows=n_rows,
                                          device=job.device, n_splits=job.options["n_splits"])
@@ -64,14 +54,10 @@ def estimate(job: Job, methods: list[str]) -> list[dict]:
 
 
 def fast_methods(job: Job, budget_s: float = 10.0) -> list[str]:
-    """``FAST_METHODS``, without ``true_obs`` when it would take longer than ``budget_s``."""
-    quick = []
-    for method in FAST_METHODS:
-        if method == "true_obs" and time_estimate(job.geometry, method, device=job.device
-                                                  ) > budget_s:
-            continue
-        quick.append(method)
-    return quick
+    """The methods (``obsviz.methods`` order) estimated to take at most ``budget_s`` each on
+    ``job``'s layer and device."""
+    return [m for m in METHODS if time_estimate(job.geometry, m, device=job.device,
+                                                n_splits=job.options["n_splits"]) <= budget_s]
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -176,8 +162,7 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
     try:
         result = prune(W, H, job.geometry, job.nnz, method=method, damp=job.damp,
                        device=job.device, progress=progress, rows=rows,
-                       c_dtype=c_dtype(job.options["c_dtype"]),
-                       **{k: v for k, v in job.method_options(method).items() if k != "c_dtype"})
+                       **job.method_options(method))
         report = metrics.summarize(W, H, job.geometry, result)
     except torch.cuda.OutOfMemoryError:
         message = (f"ran out of memory on {job.device}; try a row sample (first N rows or "

@@ -35,7 +35,7 @@ from obsviz.estimate import available_memory, format_bytes
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
 
-from ui import layers
+from ui import layers, runs
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
 from ui.layers import ActiveLayer, sample_layer
 from ui.text import md
@@ -43,7 +43,7 @@ from ui.widgets import copy_widget, device_options, device_select, form_widgets,
 
 __all__ = ["KEYS", "WIDGET_PREFIXES", "chosen_geometry", "copy_widget", "current_layer",
            "device", "device_select", "draw_sidebar", "form_widgets", "init_state", "layer_shape",
-           "loaded_layer", "mark_in_error", "sample_layer", "sidebar"]
+           "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer", "sidebar"]
 
 FALLBACK_SHAPE = (384, 384)
 
@@ -59,6 +59,7 @@ class Key:
 #: Every session-state key the app uses, with its one owner (the only code that writes it).
 #: Pages read shared keys through the functions above, not by name.
 KEYS: dict[str, Key] = {
+    "entered": Key("ui.state", "True once a run of this session went through the entrypoint"),
     "device": Key("app.py sidebar (ui.state)", '"cuda" | "cpu": where pruning runs'),
     "layer_source": Key("ui.layers", '"sample" | "upload" | "checkpoint": the current layer'),
     "layer_name": Key("ui.layers", "str | None: the sample layer chosen"),
@@ -66,7 +67,9 @@ KEYS: dict[str, Key] = {
     "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
-    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs"),
+    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs, and the stored "
+                              "runs of the layers it used"),
+    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
@@ -86,6 +89,28 @@ WIDGET_PREFIXES: dict[str, str] = {
 #: Form fields that travel in the URL (see ``form_to_query``).
 _QUERY_FIELDS = ("pattern", "weight", "nnz", "n", "m", "view", "stride", "block", "scope", "r0",
                  "c0", "win")
+
+
+def require_entrypoint() -> None:
+    """Make sure this page runs with what the entrypoint (``app.py``) gives every page: the
+    navigation and the shared sidebar. Call it first thing in a page.
+
+    Streamlit runs a page file on its own, without the entrypoint, when a ``pages/`` folder
+    exists and the entrypoint has not yet run in this server process (the first session of a
+    fresh server opened at a page link; every AppTest run), and lists the raw files of
+    ``pages/`` as the navigation. That legacy mode (Streamlit's
+    ``PagesManager.uses_pages_directory``, which ``st.navigation`` itself turns off) is turned
+    off here; a session's first run then starts again through ``app.py`` (it has no click to
+    lose), a later one draws the shared sidebar here instead.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("entered"):
+        st.rerun()
+    draw_sidebar()
 
 
 def init_state() -> None:
@@ -132,6 +157,7 @@ def draw_sidebar() -> None:
     ``st.navigation``; pages never call it."""
     init_state()
     ss = st.session_state
+    ss["entered"] = True
     with st.sidebar:
         st.markdown("#### Running on")
         device_select("_w_device", help="Pruning runs here. CUDA is offered when a GPU is "
@@ -147,6 +173,7 @@ def draw_sidebar() -> None:
                               "Prune page.")
         active = current_layer()
         if active is not None:
+            runs.adopt_stored(active)   # its runs from earlier sessions are listed too
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
@@ -158,8 +185,8 @@ def draw_sidebar() -> None:
         if chosen_geom is not None:
             geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{md(geom.name or 'free-form')}**, nnz = {nnz} · "
-                       f"{md(geom.describe())}")
+            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+                       f"{geom.describe()}")
 
 
 # ---- the geometry form and the URL ------------------------------------------------------------
@@ -300,8 +327,7 @@ def geometry_maps(key: str, _geom: Geometry) -> GeometryMaps:
 
 def maps_of(geom: Geometry) -> GeometryMaps:
     """The cached maps of ``geom`` (the budget and the name do not change them)."""
-    spec = {k: v for k, v in geom.to_dict().items() if k not in ("nnz", "name")}
-    return geometry_maps(spec_key(spec), geom)
+    return geometry_maps(geom.key, geom)
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the PNG…")
@@ -313,7 +339,7 @@ def _layout_png(key: str, window: tuple[int, int, int, int], nnz: int | None,
 def layout_png_bytes(geom: Geometry, r0: int, c0: int, rows: int, cols: int,
                      nnz: int | None) -> bytes:
     """The PNG of the layout window ``rows x cols`` at ``(r0, c0)``, drawn once per window."""
-    return _layout_png(spec_key(geom.to_dict()), (r0, c0, rows, cols), nnz, geom)
+    return _layout_png(geom.key, (r0, c0, rows, cols), nnz, geom)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

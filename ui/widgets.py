@@ -81,12 +81,17 @@ def form_widgets(form_key: str | Callable[[], Any], prefix: str,
 ERROR_RED = "#ff4b4b"
 
 
+#: The element that draws a widget's border (text input, number input, selectbox).
+_BOXES = ('[data-testid="stTextInputRootElement"]', '[data-testid="stNumberInputContainer"]',
+          '[data-baseweb="select"] > div', '[data-baseweb="input"]')
+
+
 def mark_in_error(prefix: str, fields: list[str]) -> None:
     """Draw a red ring around the widgets of ``fields`` (keys ``prefix + field``), and only those:
     a field in error is marked, a focused one is not."""
     if not fields:
         return
-    boxes = [f'.st-key-{prefix}{field} [data-baseweb="{kind}"]'
-             for field in fields if field.isidentifier() for kind in ("input", "select")]
+    boxes = [f".st-key-{prefix}{field} {box}" for field in fields if field.isidentifier()
+             for box in _BOXES]
     st.html(f"<style>{', '.join(boxes)} {{ border-color: {ERROR_RED} !important; "
             f"box-shadow: 0 0 0 1px {ERROR_RED}; }}</style>")

@@ -24,7 +24,6 @@ INK = "#262730"          # text, outlines
 SCOPE_LINE = "#1B1E2B"   # scope outlines
 MUTED = "#8A8FA3"        # secondary text, guides
 KEPT = "#2E7D32"
-PRUNED = "#9E9E9E"
 
 FONT = dict(family="Source Sans Pro, Helvetica, Arial, sans-serif", size=13, color=INK)
 

@@ -32,8 +32,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from obsviz.estimate import METHODS
 from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool_shape, tile_edges
+from obsviz.methods import REGISTRY
 from obsviz.metrics import format_rel_error, row_error
 
 #: Most tiles a result's whole-layer preview keeps per map kind.
@@ -43,18 +43,8 @@ MAX_PIXELS = 600_000
 #: Kept for callers that bound a figure's cells (the difference view's image uses it).
 MAX_CELLS = 250_000
 
-#: One colour per method, the same in every figure of the app.
-METHOD_COLOURS: dict[str, str] = dict(zip(METHODS, (
-    "#72B7B2",  # local
-    "#4C78A8",  # full
-    "#9D755D",  # split
-    "#F58518",  # interleaved
-    "#E45756",  # true_obs
-    "#8A8FA3",  # magnitude
-    "#B279A2",  # wanda
-    "#EECA3B",  # obd
-    "#54A24B",  # sparsegpt
-), strict=True))
+#: One colour per method, the same in every figure of the app (declared in ``obsviz.methods``).
+METHOD_COLOURS: dict[str, str] = {name: m.color for name, m in REGISTRY.items()}
 
 #: Diverging scale for signed error: blue below zero, white at zero, red above.
 DIVERGING = [[0.0, "#2166AC"], [0.25, "#92C5DE"], [0.5, "#F7F7F7"], [0.75, "#F4A582"],
@@ -88,7 +78,7 @@ Window = tuple[int, int, int, int]  # (first row, end row, first column, end col
 def method_colour(method: str) -> str:
     """The colour of ``method`` (a method name, or a label that starts with one)."""
     head = method.split(" ", 1)[0]
-    return METHOD_COLOURS.get(head, INK)
+    return REGISTRY[head].color if head in REGISTRY else INK
 
 
 def _check_kind(kind: str) -> MapKind:
@@ -192,7 +182,7 @@ def settings_of(labels: Sequence[Label]) -> list[str]:
 def variants_of(labels: Sequence[Label]) -> list[str]:
     """The distinct variants of ``labels``: by method (the registry's order), then as they
     come."""
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(REGISTRY)}
     first = {v: i for i, v in enumerate(dict.fromkeys(label.variant for label in labels))}
     method = {label.variant: label.method for label in labels}
     return sorted(first, key=lambda v: (order.get(method[v], len(order)), first[v]))

@@ -146,7 +146,9 @@ class Server:
                "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none", "--logger.enableRich", "false"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the server's own run store, beside its log (never the user's)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "OBSVIZ_STORE": str(self.log.parent / "runs.sqlite")}
         with self.log.open("ab") as out:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()

@@ -1,0 +1,343 @@
+"""Every pruning method, declared once: name, kind, options, run function, cost model, colour.
+
+``obsviz.prune``, the estimates, the figures, the app's option panels and the command line all
+read this registry; adding a method is one :class:`Method` entry here (plus its run function).
+
+Two kinds:
+
+- ``"obs_mode"``: the OBS compensation modes (``local``, ``full``, ``split``, ``interleaved``,
+  ``true_obs``, see :mod:`obsviz.modes`);
+- ``"baseline"``: the methods they are compared with (``magnitude``, ``wanda``, ``obd``,
+  ``sparsegpt``, see :mod:`obsviz.baselines`).
+
+An option's name is unique across methods: ``n_splits`` means the same thing to ``split`` and
+``interleaved``. So one set of options can be passed with every method (a comparison runs many
+methods with the same settings): each method takes the options it declares and ignores those
+that belong to other methods; a name no method declares is an error.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from obsviz import baselines, modes
+from obsviz.errors import ArgumentError
+from obsviz.geometry import Geometry
+from obsviz.layout import layout_bytes, layout_shape
+
+__all__ = ["Option", "Method", "REGISTRY", "METHODS", "OBS_MODES", "BASELINES", "OPTIONS",
+           "C_DTYPES", "get", "resolve_options", "default_c_dtype", "c_dtype_of"]
+
+#: Names accepted for ``true_obs``'s ``c_dtype`` -> the torch dtype. ``"auto"`` (or ``None``) is
+#: the device default (:func:`default_c_dtype`), fp64 whenever W is fp64.
+C_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+            "float64": torch.float64, "fp64": torch.float64, "double": torch.float64}
+
+
+def default_c_dtype(device: str | torch.device) -> torch.dtype:
+    """Per-row C dtype of ``true_obs``: fp16 on CUDA (tensor-core Schur updates), fp32 on CPU."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def c_dtype_of(name: str, device: str | torch.device, w_dtype: torch.dtype = torch.float32
+               ) -> torch.dtype:
+    """The torch dtype a (checked) ``c_dtype`` option stands for on ``device``."""
+    if name == "auto":  # float64 work stays float64 (exactness checks); else the device default
+        return torch.float64 if w_dtype == torch.float64 else default_c_dtype(device)
+    return C_DTYPES[name]
+
+
+def _parse_c_dtype(value) -> str:
+    """``None``/``"auto"``, a float ``torch.dtype`` or one of :data:`C_DTYPES`' names -> the
+    canonical name (``"auto"``, ``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        value = str(value)
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key == "auto":
+            return "auto"
+        if key in C_DTYPES:
+            return str(C_DTYPES[key]).removeprefix("torch.")
+    raise ArgumentError("c_dtype", f"c_dtype={value!r} is not a float dtype; use 'auto' (or None), "
+                        "'float16', 'bfloat16', 'float32' or 'float64'")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tunable of a method: its default, type, help text and what values are valid."""
+
+    name: str
+    default: Any
+    type: type                          # int | float | str
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    parse: Callable[[Any], Any] | None = None   # custom check/normaliser (replaces the type check)
+
+    def check(self, value):
+        """``value`` checked (and normalised); :class:`ArgumentError` naming the option if bad."""
+        if self.parse is not None:
+            return self.parse(value)
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ArgumentError(self.name, f"{self.name}={value!r} must be an integer"
+                                    + self._range())
+            value = int(value)
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+                raise ArgumentError(self.name, f"{self.name}={value!r} must be a number"
+                                    + self._range())
+            value = float(value)
+        elif not isinstance(value, self.type):
+            raise ArgumentError(self.name, f"{self.name}={value!r} must be a "
+                                f"{self.type.__name__}" + self._range())
+        if self.choices is not None and value not in self.choices:
+            raise ArgumentError(self.name, f"{self.name}={value!r} is unknown; valid: "
+                                + ", ".join(str(c) for c in self.choices))
+        if self.minimum is not None and value < self.minimum:
+            raise ArgumentError(self.name, f"{self.name}={value!r} must be >= {self.minimum:g}"
+                                + (" (a positive integer)" if self.type is int
+                                   and self.minimum == 1 else ""))
+        return value
+
+    def _range(self) -> str:
+        if self.choices is not None:
+            return f"; valid: {', '.join(str(c) for c in self.choices)}"
+        if self.minimum is not None:
+            return f" >= {self.minimum:g}"
+        return ""
+
+    def describe(self) -> str:
+        """``name (type, default …): help`` — one line of the docs."""
+        kind = self.type.__name__
+        valid = (f"; one of {', '.join(repr(c) for c in self.choices)}" if self.choices
+                 else f"; >= {self.minimum:g}" if self.minimum is not None else "")
+        return f"``{self.name}`` ({kind}, default ``{self.default!r}``{valid}): {self.help}"
+
+
+# ---- the options --------------------------------------------------------------------------------
+
+N_SPLITS = Option(
+    "n_splits", 4, int, "chunks the scope sequence is cut into; each chunk re-inverts the damped "
+    "Hessian restricted to the columns not yet frozen", minimum=1)
+NG = Option(
+    "ng", 64, int, "scope steps decided per batch on the batch's small system before the "
+    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes",
+    minimum=1)
+CHUNK_SIZE = Option(
+    "chunk_size", 16, int, "rows processed together (each holds its own K × K C); "
+    "row-coupled scopes widen a chunk to whole coupling groups", minimum=1)
+ORDER = Option(
+    "order", "left_to_right", str, "order in which a row's scope steps are decided: left to "
+    "right, or largest pre-scored OBS cost first", choices=("left_to_right", "largest_first"))
+SCORING = Option(
+    "scoring", "independent", str, "how a step's blocks are scored: each weight's w²/C_cc summed "
+    "per block (independent), or the exact joint OBS cost of each subset (joint)",
+    choices=("independent", "joint"))
+C_DTYPE = Option(
+    "c_dtype", "auto", str, "dtype of the per-row C: 'auto' is fp16 on CUDA, fp32 on CPU and "
+    "fp64 whenever W is fp64; also 'float16', 'bfloat16', 'float32', 'float64' or a torch dtype",
+    choices=("auto", "float16", "bfloat16", "float32", "float64"), parse=_parse_c_dtype)
+
+
+# ---- cost models --------------------------------------------------------------------------------
+# Memory in bytes (within a small factor) and floating-point operations (leading order) to prune
+# `rows` rows (default all) of a layer with a geometry.
+
+_F32 = 4
+
+
+def _rows(geometry: Geometry, rows: int | None) -> int:
+    return geometry.weight_shape[0] if rows is None else rows
+
+
+def _weights_bytes(geometry: Geometry, rows: int | None) -> int:
+    return 4 * _rows(geometry, rows) * geometry.weight_shape[1] * _F32  # W, copy, mask, error map
+
+
+def _score_memory(geometry, rows=None, device="cpu", **options) -> int:
+    return _weights_bytes(geometry, rows)
+
+
+def _obs_memory(extra_kk: int = 0):
+    """Weights, the row-step layout, H_d and C, plus ``extra_kk`` more K × K fp32 matrices."""
+    def memory(geometry, rows=None, device="cpu", **options) -> int:
+        K = geometry.weight_shape[1]
+        return (_weights_bytes(geometry, rows) + layout_bytes(geometry)
+                + (2 + extra_kk) * K * K * _F32)
+    return memory
+
+
+def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="auto",
+                     **options) -> int:
+    K = geometry.weight_shape[1]
+    item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
+    chunk_rows = max(chunk_size, min(_rows(geometry, rows), geometry.rows_per_scope))
+    return _obs_memory()(geometry, rows) + 2 * chunk_rows * K * K * item
+
+
+def _inverse_flops(geometry: Geometry) -> float:
+    return geometry.weight_shape[1] ** 3 / 3
+
+
+def _score_flops(geometry, rows=None, **options) -> float:
+    return 10.0 * _rows(geometry, rows) * geometry.weight_shape[1]
+
+
+def _local_flops(geometry, rows=None, **options) -> float:
+    # one Cholesky of the scope's part of a row, per (row, step)
+    _, T, gs, Lb = layout_shape(geometry)
+    return _inverse_flops(geometry) + _rows(geometry, rows) * T * (
+        (gs * Lb) ** 3 / 3 + 4 * (gs * Lb) ** 2)
+
+
+def _sweep_flops(chunks_option: str | None = None):
+    """One (or ``n_splits``) inverses plus a rank-update sweep over every row."""
+    def flops(geometry, rows=None, **options) -> float:
+        K = geometry.weight_shape[1]
+        chunks = options.get(chunks_option, N_SPLITS.default) if chunks_option else 1
+        return chunks * _inverse_flops(geometry) + 2.0 * _rows(geometry, rows) * K * K
+    return flops
+
+
+def _true_obs_flops(geometry, rows=None, **options) -> float:
+    # every pruned column of every row downdates a K × K inverse
+    K = geometry.weight_shape[1]
+    sparsity = 1 - 1 / max(1, geometry.blocks_per_scope)  # the largest np, a safe bound
+    return _inverse_flops(geometry) + 2.0 * _rows(geometry, rows) * K * K * K * sparsity
+
+
+# ---- run functions ------------------------------------------------------------------------------
+
+def _run_true_obs(p: modes.Problem, ng: int, chunk_size: int, order: str, scoring: str,
+                  c_dtype: str) -> torch.Tensor:
+    dtype = c_dtype_of(c_dtype, p.W.device, p.C.dtype)
+    p.notes["c_dtype"] = str(dtype).removeprefix("torch.")
+    return modes.true_obs(p, ng, chunk_size, order, scoring, dtype)
+
+
+# ---- the registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    """One pruning method. ``run(problem, **options)`` prunes ``problem.W`` in place and returns
+    the kept mask; ``options`` are exactly the method's own, checked, defaults filled."""
+
+    name: str
+    kind: str                        # "obs_mode" | "baseline"
+    label: str                       # a short human name
+    help: str                        # one sentence: what it does
+    color: str                       # a fixed hex colour, the same in every figure
+    options: tuple[Option, ...]
+    run: Callable[..., torch.Tensor]
+    memory_model: Callable[..., int] = _obs_memory()
+    flop_model: Callable[..., float] = _sweep_flops()
+    overhead_s: Callable[[int], float] = lambda K: 0.2 + 1e-3 * K  # Python-side seconds, given K
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
+
+    def defaults(self) -> dict:
+        return {o.name: o.default for o in self.options}
+
+    def memory(self, geometry: Geometry, rows: int | None = None, device="cpu",
+               **options) -> int:
+        """Peak working memory in bytes (an estimate within a small factor) to prune ``rows``
+        rows (default all). Options of other methods are ignored."""
+        return int(self.memory_model(geometry, rows, device, **self._own(options)))
+
+    def flops(self, geometry: Geometry, rows: int | None = None, **options) -> float:
+        """Floating-point operations, to the leading order, to prune ``rows`` rows."""
+        return float(self.flop_model(geometry, rows, **self._own(options)))
+
+    def _own(self, options: dict) -> dict:
+        return resolve_options(self.name, **options)
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("local", "obs_mode", "local OBS",
+           "select per (row, scope) by exhaustive OBS cost; compensate only the scope's own kept "
+           "weights, with the shared fixed C",
+           "#72B7B2", (), modes.local, flop_model=_local_flops, overhead_s=lambda K: 0.2),
+    Method("full", "obs_mode", "full OBS",
+           "select once with the shared C; then scope by scope, each row's pruned set "
+           "compensates every not-yet-pruned column of its row",
+           "#4C78A8", (), modes.full),
+    Method("split", "obs_mode", "split OBS",
+           "as full, the scope sequence cut into n_splits chunks, each with C re-inverted on the "
+           "columns not yet frozen",
+           "#9D755D", (N_SPLITS,), modes.split, _obs_memory(1), _sweep_flops("n_splits")),
+    Method("interleaved", "obs_mode", "interleaved OBS",
+           "as split, each chunk's masks re-selected with that chunk's C and the current W",
+           "#F58518", (N_SPLITS,), modes.interleaved, _obs_memory(1), _sweep_flops("n_splits")),
+    Method("true_obs", "obs_mode", "true OBS",
+           "exact OBS per row: every row keeps its own C, Schur-downdated as its weights go, so "
+           "every decision sees all earlier ones",
+           "#E45756", (NG, CHUNK_SIZE, ORDER, SCORING, C_DTYPE), _run_true_obs,
+           _true_obs_memory, _true_obs_flops),
+    Method("magnitude", "baseline", "magnitude",
+           "prune the blocks of least L2 norm; no compensation",
+           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, lambda K: 0.05),
+    Method("wanda", "baseline", "Wanda",
+           "prune the blocks of least |w|·‖x‖ (Wanda's score); no compensation",
+           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, lambda K: 0.05),
+    Method("obd", "baseline", "OBD",
+           "Optimal Brain Damage: prune the blocks of least w²/C_cc; no compensation",
+           "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops, lambda K: 0.05),
+    Method("sparsegpt", "baseline", "SparseGPT",
+           "SparseGPT: sweep the columns left to right, compensating later columns through the "
+           "Cholesky factor of C, with lazy batch updates",
+           "#54A24B", (), baselines.sparsegpt, overhead_s=lambda K: 0.1 + 5e-4 * K),
+)}
+
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+OBS_MODES: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.kind == "obs_mode")
+BASELINES: tuple[str, ...] = tuple(n for n, m in REGISTRY.items() if m.kind == "baseline")
+
+
+def _all_options() -> dict[str, Option]:
+    found: dict[str, Option] = {}
+    for method in REGISTRY.values():
+        for option in method.options:
+            if found.setdefault(option.name, option) is not option:
+                raise RuntimeError(f"option {option.name!r} is declared twice, differently")
+    return found
+
+
+#: Every option of every method, by name (one definition per name).
+OPTIONS: dict[str, Option] = _all_options()
+
+
+def get(name: str) -> Method:
+    """The method called ``name``; :class:`ArgumentError` (``"method"``) when there is none."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ArgumentError("method", f"method={name!r} is unknown; valid: {', '.join(METHODS)}")
+    return REGISTRY[name]
+
+
+def resolve_options(name: str, **given) -> dict:
+    """The options of method ``name``: ``given`` ones checked, the rest at their defaults.
+
+    Options that belong to other methods are checked and left out; a name that no method
+    declares raises :class:`ArgumentError` naming it. ``None`` means "the default".
+    """
+    method = get(name)
+    for key, value in given.items():
+        if key not in OPTIONS:
+            valid = ", ".join(method.option_names) or "none"
+            raise ArgumentError(key, f"{key}={value!r} is not an option of any method; "
+                                f"{name}'s options: {valid}; all: {', '.join(OPTIONS)}")
+        if value is not None:
+            OPTIONS[key].check(value)
+    return {o.name: o.check(o.default if given.get(o.name) is None else given[o.name])
+            for o in method.options}

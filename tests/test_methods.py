@@ -1,0 +1,178 @@
+"""The method registry (``obsviz.methods``): one declaration per method, read by every consumer."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+import obsviz
+from obsviz import ArgumentError, methods
+from obsviz.estimate import flop_estimate, memory_estimate, time_estimate
+from obsviz.methods import OPTIONS, REGISTRY, Method, Option, get, resolve_options
+
+import reference as ref
+
+
+def test_registry_order_and_kinds():
+    assert methods.METHODS == ("local", "full", "split", "interleaved", "true_obs", "magnitude",
+                               "wanda", "obd", "sparsegpt")
+    assert methods.OBS_MODES == ("local", "full", "split", "interleaved", "true_obs")
+    assert methods.BASELINES == ("magnitude", "wanda", "obd", "sparsegpt")
+    assert (obsviz.METHODS, obsviz.OBS_MODES, obsviz.BASELINES) == (
+        methods.METHODS, methods.OBS_MODES, methods.BASELINES)
+    assert all(m.kind in ("obs_mode", "baseline") for m in REGISTRY.values())
+    assert all(name == m.name for name, m in REGISTRY.items())
+
+
+def test_every_method_has_its_own_fixed_hex_colour_label_and_help():
+    colours = [m.color for m in REGISTRY.values()]
+    assert all(re.fullmatch(r"#[0-9A-Fa-f]{6}", c) for c in colours)
+    assert len(set(colours)) == len(colours)
+    assert all(m.label and m.help for m in REGISTRY.values())
+
+
+def test_one_definition_per_option_name_and_defaults_pass_their_own_check():
+    for method in REGISTRY.values():
+        for option in method.options:
+            assert OPTIONS[option.name] is option
+            assert option.check(option.default) == option.default
+
+
+def test_every_option_is_documented_in_prune_docstring():
+    doc = obsviz.prune.__doc__
+    for option in OPTIONS.values():
+        assert f"``{option.name}``" in doc, option.name
+        assert repr(option.default) in doc
+
+
+def test_resolve_options_fills_defaults_and_keeps_only_the_methods_own():
+    assert resolve_options("local") == {}
+    assert resolve_options("split") == {"n_splits": 4}
+    assert resolve_options("interleaved", n_splits=2, ng=8) == {"n_splits": 2}
+    assert resolve_options("true_obs", ng=8, c_dtype=torch.float64) == {
+        "ng": 8, "chunk_size": 16, "order": "left_to_right", "scoring": "independent",
+        "c_dtype": "float64"}
+    assert resolve_options("true_obs", c_dtype="fp16")["c_dtype"] == "float16"
+    assert resolve_options("true_obs", c_dtype=None)["c_dtype"] == "auto"
+
+
+@pytest.mark.parametrize("given, argument", [
+    (dict(lr=0.1), "lr"),
+    (dict(n_splits=0), "n_splits"),
+    (dict(n_splits=2.0), "n_splits"),
+    (dict(n_splits=True), "n_splits"),
+    (dict(ng=-1), "ng"),
+    (dict(order="random"), "order"),
+    (dict(scoring=3), "scoring"),
+    (dict(c_dtype="int8"), "c_dtype"),
+    (dict(c_dtype=torch.int32), "c_dtype"),
+])
+@pytest.mark.parametrize("method", ["local", "true_obs"])
+def test_bad_options_are_argument_errors_naming_the_option(method, given, argument):
+    # checked even for a method that does not use them: a typo never passes silently
+    with pytest.raises(ArgumentError) as info:
+        resolve_options(method, **given)
+    assert info.value.argument == argument
+    assert argument in str(info.value)
+
+
+def test_unknown_method_is_an_argument_error():
+    for bad in ("prune_harder", None, 3):
+        with pytest.raises(ArgumentError) as info:
+            get(bad)
+        assert info.value.argument == "method"
+        assert "sparsegpt" in str(info.value)
+
+
+def test_option_check_covers_int_float_str_choices_and_minimum():
+    o = Option("x", 1.0, float, "a float", minimum=0.5)
+    assert o.check(2) == 2.0 and isinstance(o.check(2), float)
+    for bad in ("2", float("nan"), 0.1, True):
+        with pytest.raises(ArgumentError, match=r"^x="):
+            o.check(bad)
+
+
+def test_estimates_read_the_registry():
+    geom = obsviz.Geometry.preset("2:4", (64, 128))
+    for name, method in REGISTRY.items():
+        assert memory_estimate(geom, name) == method.memory(geom)
+        assert flop_estimate(geom, name, n_splits=3) == method.flops(geom, n_splits=3)
+        assert time_estimate(geom, name) > 0
+    assert flop_estimate(geom, "split", n_splits=8) > flop_estimate(geom, "split", n_splits=2)
+    fp16 = memory_estimate(geom, "true_obs", c_dtype="float16")
+    fp32 = memory_estimate(geom, "true_obs", c_dtype=torch.float32)
+    assert fp32 - fp16 == 2 * 16 * 128 * 128 * 2   # two C-sized buffers of 16 rows, 2 bytes more
+    with pytest.raises(ArgumentError, match="method="):
+        memory_estimate(geom, "nope")
+
+
+def test_prune_records_the_resolved_options():
+    case = ref.CASES["2:4"]
+    W, H = ref.random_layer(*case.shape, seed=3)
+    res = obsviz.prune(W, H, case.geometry(), case.nnz, method="true_obs", device="cpu", ng=4)
+    assert {k: res.options[k] for k in ("ng", "chunk_size", "order", "scoring", "c_dtype")} == {
+        "ng": 4, "chunk_size": 16, "order": "left_to_right", "scoring": "independent",
+        "c_dtype": "float64"}   # W is float64: auto resolves to float64
+    res = obsviz.prune(W, H, case.geometry(), case.nnz, method="split", device="cpu", ng=4)
+    assert res.options["n_splits"] == 4 and "ng" not in res.options
+
+
+def test_prune_names_an_unknown_option():
+    case = ref.CASES["2:4"]
+    W, H = ref.random_layer(*case.shape, seed=3)
+    with pytest.raises(ArgumentError) as info:
+        obsviz.prune(W, H, case.geometry(), case.nnz, method="full", lazy_batch=8)
+    assert info.value.argument == "lazy_batch"
+
+
+def test_a_method_added_to_the_registry_alone_is_runnable_estimated_and_coloured(monkeypatch):
+    """Adding a method = one registry entry: prune, estimates and figure colours pick it up."""
+    from obsviz import baselines
+    from obsviz.figures.results import method_colour
+
+    def random_blocks(p, seed):
+        g = torch.Generator().manual_seed(seed)
+        return baselines.score_and_zero(p, torch.rand(p.W.shape, generator=g,
+                                                      dtype=p.W.dtype))
+
+    seed = Option("seed", 0, int, "random seed", minimum=0)
+    new = Method("random", "baseline", "random", "prune random blocks", "#123456", (seed,),
+                 random_blocks, flop_model=lambda geometry, rows=None, **o: 1.0)
+    monkeypatch.setitem(REGISTRY, "random", new)
+    monkeypatch.setitem(OPTIONS, "seed", seed)
+    case = ref.CASES["2:4"]
+    W, H = ref.random_layer(*case.shape, seed=4)
+    res = obsviz.prune(W, H, case.geometry(), case.nnz, method="random", seed=7, device="cpu")
+    assert res.options["seed"] == 7
+    assert (res.mask.view(-1, 4).sum(1) == 2).all()
+    assert flop_estimate(case.geometry(), "random") == 1.0
+    assert method_colour("random") == "#123456"
+
+
+def test_methods_are_frozen_declarations():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        REGISTRY["full"].color = "#000000"
+
+
+def test_every_method_has_a_readable_plain_version_the_docs_point_to():
+    from pathlib import Path
+
+    from obsviz import modes, reference
+
+    for name in methods.METHODS:
+        assert callable(getattr(reference, name)), name
+    for name in methods.OBS_MODES:
+        assert f"obsviz.reference.{name}" in getattr(modes, name).__doc__, name
+    root = Path(__file__).resolve().parent.parent
+    assert "obsviz/reference.py" in (root / "docs" / "ALGORITHMS.md").read_text()
+
+
+def test_no_docstring_or_doc_points_to_a_file_outside_the_repo():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*root.glob("obsviz/**/*.py"), *root.glob("docs/*.md"), root / "README.md"]
+    assert not [str(f.relative_to(root)) for f in files if "DESIGN.md" in f.read_text()]
