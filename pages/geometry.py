@@ -129,19 +129,19 @@ with left:
     show_mask = st.toggle("Show an example mask", value=True,
                           help="Fade and hatch the last gs − nnz blocks of every scope: one of "
                                "the candidate subsets the pruner chooses between.")
-    window = gfig.layout_window(maps, r0, c0, rows, cols)
-    rows, cols = window.shape
     where = "the whole layer" if not big else f"rows {r0}–{r0 + rows - 1}, " \
         f"columns {c0}–{c0 + cols - 1}"
     st.caption(f"Showing {where}. Each cell is a weight, coloured by its block (same colour, "
                "same block); dark lines outline scopes. Hover a cell for its block and scope.")
-    st.plotly_chart(gfig.layout_figure(window, nnz if show_mask else None),
+    st.plotly_chart(state.geometry_figure("layout", geom, r0, c0, rows, cols,
+                                          nnz if show_mask else None),
                     config={"displaylogo": False})
     png_name = f"obsviz-{(geom.name or 'free-form').replace(':', '_')}-{M}x{K}-r{r0}-c{c0}.png"
+    # drawn when clicked (a PNG takes seconds; a preset switch must not wait for it)
     st.download_button("Download this drawing (PNG)",
-                       state.layout_png_bytes(geom, r0, c0, rows, cols,
-                                              nnz if show_mask else None),
-                       file_name=png_name, mime="image/png")
+                       lambda: state.layout_png_bytes(geom, r0, c0, rows, cols,
+                                                      nnz if show_mask else None),
+                       file_name=png_name, mime="image/png", on_click="ignore")
 
 with right:
     st.subheader("Facts")
@@ -175,10 +175,12 @@ with c_cols:
     st.caption("Which W columns each block touches, for the blocks met along the window's first "
                "row. One line per block, a square on each of its columns; the colours are the "
                "blocks' colours above.")
-    st.plotly_chart(gfig.column_map_figure(maps, r0, c0, 32), config={"displayModeBar": False})
+    st.plotly_chart(state.geometry_figure("columns", geom, r0, c0, 32),
+                    config={"displayModeBar": False})
 with c_rows:
     st.subheader("Row coupling")
     st.caption("Which W rows share a scope, for the scopes met along the window's first column. "
                "One vertical line per scope, a square on each W row it spans: rows joined by a "
                "line are pruned together.")
-    st.plotly_chart(gfig.row_coupling_figure(maps, c0, r0, 32), config={"displayModeBar": False})
+    st.plotly_chart(state.geometry_figure("rows", geom, c0, r0, 32),
+                    config={"displayModeBar": False})

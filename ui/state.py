@@ -33,7 +33,15 @@ from obsviz import ArgumentError, Geometry
 from obsviz import layers as L
 from obsviz.estimate import available_memory, format_bytes
 from obsviz.figures.common import pool2d
-from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
+from obsviz.figures.geometry import (
+    GeometryMaps,
+    column_map_figure,
+    compute_maps,
+    layout_figure,
+    layout_png,
+    layout_window,
+    row_coupling_figure,
+)
 
 from ui import layers, runs
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
@@ -328,6 +336,25 @@ def geometry_maps(key: str, _geom: Geometry) -> GeometryMaps:
 def maps_of(geom: Geometry) -> GeometryMaps:
     """The cached maps of ``geom`` (the budget and the name do not change them)."""
     return geometry_maps(geom.key, geom)
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def _figure(kind: str, key: str, args: tuple, _geom: Geometry):
+    """A Geometry-page figure, built once per geometry and arguments and shared read-only (a
+    preset switch back and forth redraws nothing on the server)."""
+    maps = maps_of(_geom)
+    if kind == "layout":
+        r0, c0, rows, cols, nnz = args
+        return layout_figure(layout_window(maps, r0, c0, rows, cols), nnz)
+    if kind == "columns":
+        return column_map_figure(maps, *args)
+    return row_coupling_figure(maps, *args)
+
+
+def geometry_figure(kind: str, geom: Geometry, *args):
+    """``kind`` = ``"layout"`` (``r0, c0, rows, cols, nnz``), ``"columns"`` (the column map,
+    ``r0, c0, n``) or ``"rows"`` (the row coupling, ``c0, r0, n``) of ``geom``."""
+    return _figure(kind, f"{geom.key} · {geom.name}", tuple(args), geom)
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the PNG…")
