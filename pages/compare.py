@@ -13,6 +13,7 @@ from obsviz.figures import results as rfig
 from obsviz.metrics import format_rel_error
 
 from ui import exports, labels, layers, result_maps, runner, runs, state
+from ui.text import md
 
 state.require_entrypoint()
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
@@ -45,7 +46,7 @@ if not everything:
         st.info("No sample layer is available; upload one on the Prune page.")
         st.stop()
     fast = runner.fast_methods(job)
-    st.caption(f"{', '.join(fast)} on **{job.layer.label}** "
+    st.caption(f"{', '.join(fast)} on **{md(job.layer.label)}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
                f"**{job.geometry.name or 'free-form'}**, nnz = {job.nnz}, on {job.device}.")
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
@@ -166,7 +167,7 @@ if len(by_layer) > 1:
                                "(the same W); the charts above span every layer.")
 here = by_layer[digest]
 M, K = layer_of[digest].layer.shape
-st.caption(f"W {M} × {K}.")
+st.caption(f"{md(layer_of[digest].label)} · W {M} × {K}")
 c_view, c_r0, c_c0, c_size = st.columns([1.4, 1, 1, 1])
 view = c_view.segmented_control("View", ["Whole layer", "Window"], default="Whole layer",
                                 key="_c_view",
@@ -258,6 +259,6 @@ for i, r in enumerate(chosen):
     label = shown[r.key].short
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
     cols[i % len(cols)].download_button(
-        label, data=lambda r=r: exports.safetensors_bytes(r), file_name=f"{safe}.safetensors",
+        md(label), data=lambda r=r: exports.safetensors_bytes(r), file_name=f"{safe}.safetensors",
         mime="application/octet-stream", icon=":material/download:", key=f"_c_dl_{r.key}",
         on_click="ignore")

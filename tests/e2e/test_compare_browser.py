@@ -1,0 +1,120 @@
+"""Compare in a real browser, as an analyst finds it: a layer file of their own (a long layer
+name) uploaded on Prune, all nine methods run on two geometries, then compared.
+
+What is checked is what people see: panel titles that never overlap, bar labels and values that
+are not cut, a legend beside the curves rather than on them, a row of maps per geometry.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_browser import METHODS_ALL, choose, pick_methods
+
+from obsviz import layers as L
+
+pytestmark = pytest.mark.e2e
+
+LONG_NAME = "encoder.layer.3.intermediate.dense"
+#: Rows pruned per method: a row sample keeps nine methods × two geometries short on a CPU.
+ROWS = 16
+
+
+@pytest.fixture(scope="module")
+def layer_file(tmp_path_factory):
+    """The real 1536 × 384 MiniLM MLP layer, saved under its full module name."""
+    sample = L.load_sample_layer("layer0.mlp_up")
+    path = tmp_path_factory.mktemp("upload") / "my-minilm-layers.safetensors"
+    L.save_layers(path, [L.Layer(name=LONG_NAME, weight=sample.weight, hessian=sample.hessian,
+                                 nsamples=sample.nsamples)])
+    return path
+
+
+def boxes(app, selector: str) -> list[dict]:
+    """Bounding boxes (page pixels) of every visible element matching ``selector``."""
+    return app.page.evaluate(
+        """(sel) => [...document.querySelectorAll(sel)].map(e => {
+            const r = e.getBoundingClientRect();
+            return {x: r.left, y: r.top, w: r.width, h: r.height, text: e.textContent};
+        }).filter(b => b.w > 0 && b.h > 0)""", selector)
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["w"] - 0.5 and b["x"] < a["x"] + a["w"] - 0.5
+            and a["y"] < b["y"] + b["h"] - 0.5 and b["y"] < a["y"] + a["h"] - 0.5)
+
+
+def run_all(app, preset: str) -> None:
+    """Run every method with ``preset`` (from the Prune page's own preset box)."""
+    app.page.get_by_text("a preset here", exact=True).click()
+    app.settle().check()
+    choose(app, "Preset", preset)
+    app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
+    done = app.page.locator('[data-testid="stExpanderIconCheck"]')
+    done.nth(len(METHODS_ALL) - 1).wait_for(timeout=app.SETTLE_TIMEOUT * 3)
+    app.settle().check()
+
+
+def test_nine_methods_on_two_geometries_of_an_uploaded_layer(app, layer_file):
+    app.open("/prune").check()
+    app.page.get_by_role("button", name="Upload a file", exact=True).click()
+    app.settle().check()
+    app.page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+        str(layer_file))
+    app.page.get_by_text(LONG_NAME).first.wait_for(timeout=120_000)
+    app.settle().check()
+    pick_methods(app, tuple(METHODS_ALL))
+    app.page.get_by_text("First N rows", exact=True).click()
+    app.settle().check()
+    n_box = app.page.get_by_role("spinbutton", name="N", exact=True)
+    n_box.fill(str(ROWS))
+    n_box.press("Enter")
+    app.settle().check()
+    run_all(app, "2:4")
+    run_all(app, "block16")
+
+    app.go("Compare").check()
+    # the latest run is shown by default: block16's nine, called by their method only
+    tags = app.page.locator('[data-testid="stMultiSelect"] [data-tag]')
+    assert sorted(t.get_attribute("aria-label") for t in tags.all()) == sorted(METHODS_ALL)
+    app.page.get_by_role("button", name=re.compile(r"^All \(18\)")).click()
+    app.settle().check()
+    assert tags.count() == 18
+    app.shot("compare-nine-methods-two-geometries")
+
+    charts = app.page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot')
+    maps = charts.nth(2)
+    titles = [t.strip() for t in maps.locator(".annotation-text").all_text_contents()]
+    assert titles.count("2:4") == 1 and titles.count("block16") == 1   # a row per geometry
+    for method in METHODS_ALL:
+        assert titles.count(method) == 2, (method, titles)               # above each other
+    assert maps.locator("image").count() == 18                           # images, not cells
+
+    # no two titles of the maps overlap
+    found = boxes(app, ".js-plotly-plot .annotation-text")
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            assert not overlap(a, b), (a, b)
+
+    # the bar chart: every method named in full and every value printed, inside the figure
+    bar = charts.nth(0)
+    frame = bar.bounding_box()
+    for sel in (".ytick text", ".bartext"):
+        for box in bar.locator(sel).all():
+            b = box.bounding_box()
+            assert b and b["x"] >= frame["x"] - 1 and b["x"] + b["width"] <= \
+                frame["x"] + frame["width"] + 1, (sel, box.text_content())
+    names = {t.strip() for t in bar.locator(".ytick text").all_text_contents()}
+    assert names == set(METHODS_ALL)
+    assert all(re.fullmatch(r"\d+\.\d\d %", t.strip())
+               for t in bar.locator(".bartext").all_text_contents())
+
+    # the per-row distribution: its legend beside the curves, never on them
+    rows = charts.nth(1)
+    legend = rows.locator(".legend").bounding_box()
+    plot = rows.locator(".nsewdrag").first.bounding_box()
+    assert legend["x"] >= plot["x"] + plot["width"] - 1
+
+    # a layer's long name is shown in full where the layer is named
+    assert LONG_NAME in app.main_text().replace("\u2060", "")
