@@ -12,7 +12,7 @@ from obsviz import DEFAULT_SAMPLE, Geometry
 from obsviz.figures import results as rfig
 from obsviz.metrics import format_rel_error
 
-from ui import exports, labels, layers, result_maps, runner, runs, state
+from ui import exports, labels, layers, result_maps, runner, runs, state, stored_runs
 from ui.text import md
 
 state.require_entrypoint()
@@ -36,6 +36,34 @@ def first_job() -> runs.Job | None:
         chosen = geom, geom.nnz
     return runs.Job(active, *chosen, device=state.device())
 
+
+
+
+def _open(layer_hash: str) -> None:
+    entry = next((e for e in stored_runs.stored_layers() if e["layer_hash"] == layer_hash), None)
+    keys = stored_runs.open_stored(entry) if entry is not None else []
+    if keys:
+        ss["compare_pick"] = ss["_c_pick"] = keys
+
+
+stored = stored_runs.stored_layers()
+closed = [e for e in stored if e["open"]]
+if closed:
+    with st.expander(f"Runs in the run store not listed here: {sum(e['open'] for e in closed)} "
+                     f"on {len(closed)} layer{'s' if len(closed) > 1 else ''}",
+                     icon=":material/database:"):
+        st.caption("Finished runs kept from earlier sessions and sweeps. Runs of a layer open "
+                   "when its weight and Hessian are here: a shipped sample, or the file you "
+                   "upload on the Prune page.")
+        for entry in closed[:20]:
+            c_name, c_button = st.columns([3, 1])
+            M, K = entry["shape"]
+            c_name.text(f"{entry['label']} · W {M} × {K} · {entry['open']} run"
+                        f"{'s' if entry['open'] > 1 else ''}")
+            c_button.button("Open" if entry["layer"] is not None else "Layer not loaded",
+                            key=f"_c_open_{entry['layer_hash'][:16]}", on_click=_open,
+                            args=(entry["layer_hash"],), disabled=entry["layer"] is None,
+                            width="stretch")
 
 everything = runs.store()
 if not everything:

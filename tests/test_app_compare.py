@@ -160,3 +160,35 @@ def test_stored_runs_come_back_after_a_restart():
     pick = again.multiselect(key="_c_pick")
     assert sorted(pick.options) == ["full", "sparsegpt"] and set(pick.value) == set(keys)
     assert len(charts(again)) == 4
+
+
+def test_any_stored_run_opens_sweeps_included():
+    """Runs of another layer, one written with the app's keys and one with a sweep's own, open
+    from the run store's list (their layer is a shipped sample)."""
+    from obsviz import Geometry, load_sample_layer
+    from obsviz import prune as run_prune
+    from obsviz.store import RunStore, layer_hash, trial_key
+
+    path = fresh_store()
+    layer = load_sample_layer("layer0.key")
+    digest = layer_hash(layer.weight, layer.hessian)
+    geom = Geometry.preset("2:4", layer.shape)
+    db = RunStore(path)
+    stored = {}
+    for method in ("magnitude", "wanda"):
+        result = run_prune(layer.weight, layer.hessian, geom, 2, method=method)
+        key = trial_key(digest, geom, 2, method, {}, 0.01)      # a sweep's conventions
+        db.record(key=key, layer="layer0.key", source="sample", layer_hash=digest,
+                  shape=layer.shape, geometry=geom, nnz=2, method=method, options={},
+                  damp=0.01, result=result, sweep="grid")
+        stored[key] = result.rel_error
+    at = compare(open_app(state={"layer_name": "toy"}, store=path))
+    assert any("Nothing to compare yet" in m.value for m in at.markdown)
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="_c_pick").value == list(stored)
+    runs = at.session_state["results"]
+    assert {k: runs[k].rel_error for k in stored} == stored
+    # the stored weights are read back for the maps: one panel per run
+    assert titles(charts(at)["_c_fig_maps"]) == ["magnitude", "wanda"]
+    assert not [b for b in at.button if b.label == "Open"]      # nothing left to open
