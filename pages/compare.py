@@ -134,17 +134,17 @@ rows = []
 for r in chosen:
     rep, facet = r.report, labels.facets(r)
     rows.append({
-        "result": shown[r.key].short, "method": r.method,
-        "options": ", ".join(f"{k}={v}" for k, v in facet["options"].items()),
-        "geometry": facet["geometry"], "nnz": r.job.nnz, "layer": facet["layer"],
-        "rows": facet["sample"],
+        "result": shown[r.key].short,
         "relative error": format_rel_error(rep["rel_error"]),
         "row p50": format_rel_error(rep["row_rel_error_p50"]),
         "row p90": format_rel_error(rep["row_rel_error_p90"]),
         "row p99": format_rel_error(rep["row_rel_error_p99"]),
         "row max": format_rel_error(rep["row_rel_error_max"]),
         "sparsity": rep["sparsity"] * 100, "valid": rep["valid"], "seconds": rep["seconds"],
-        "device": rep["device"], "damp": r.job.damp})
+        "method": r.method,
+        "options": ", ".join(f"{k}={v}" for k, v in facet["options"].items()),
+        "geometry": facet["geometry"], "nnz": r.job.nnz, "layer": facet["layer"],
+        "rows": facet["sample"], "device": rep["device"], "damp": r.job.damp})
 st.dataframe(
     rows, hide_index=True, width="stretch",
     column_config={

@@ -519,7 +519,8 @@ def side_by_side(panels: Sequence[Panel], kind: str, width_hint: int = 1100,
                                                                    spec.signed)
 
     header = 24 if any(settings) else 0        # px: a setting's name above its rows
-    title, gap = title_px + 9, 14              # px: a panel's title; between panel rows
+    title, gap = title_px + 9, 34              # px: a panel's title; below a panel row (its
+                                               # x tick labels, then air)
     top, bottom = 8, 30
     height = top + bottom + len(settings) * (header + lines * (title + panel_h + gap))
     plot_h = height - top - bottom

@@ -76,7 +76,9 @@ def test_nine_methods_on_two_geometries_of_an_uploaded_layer(app, layer_file):
     app.settle().check()
     app.page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
         str(layer_file))
-    app.page.get_by_text(LONG_NAME).first.wait_for(timeout=120_000)
+    # the layer is loaded: the page names its shape (its name is in the layer box)
+    app.page.locator('[data-testid="stMain"]').get_by_text("W 1536 × 384").first.wait_for(
+        timeout=120_000)
     app.settle().check()
     pick_all_methods(app)
     app.page.get_by_text("First N rows", exact=True).click()
