@@ -11,6 +11,7 @@ import bisect
 import torch
 
 from obsviz import obs
+from obsviz.errors import ArgumentError
 from obsviz.modes import Problem, entries, mark_pruned
 
 
@@ -53,7 +54,8 @@ def sparsegpt(p: Problem, lazy: int = 128) -> torch.Tensor:
     M, K = W.shape
     U, info = torch.linalg.cholesky_ex(p.C, upper=True)          # C = Uᵀ U
     if int(info) > 0:
-        raise ValueError("the damped inverse Hessian is not positive definite; raise damp")
+        raise ArgumentError("damp", "the damped inverse Hessian is not positive definite; raise "
+                            "damp")
     d = torch.diagonal(U)
     score_scale = 1.0 / (d * d)
     kept = torch.ones(M, K, dtype=torch.bool, device=W.device)

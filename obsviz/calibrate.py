@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from obsviz.hessian import HessianAccumulator
-from obsviz.layers import Layer
+from obsviz.layers import Layer, LayerFileError, _reason
 
 __all__ = [
     "calibration_sequences",
@@ -65,8 +66,15 @@ def load_checkpoint(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"model_dir={str(model_dir)!r}: could not load checkpoint ({e})") from e
+    except pickle.UnpicklingError as e:
+        raise LayerFileError(
+            f"{model_dir.name}: its weights file holds objects other than tensors, which obsviz "
+            "never unpickles; use a checkpoint with model.safetensors (or a plain tensor "
+            "pytorch_model.bin)") from e
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, AttributeError, TypeError,
+            ImportError) as e:
+        raise LayerFileError(
+            f"{model_dir.name}: could not load the checkpoint ({_reason(e)})") from e
     finally:
         if bar:
             hf_logging.enable_progress_bar()

@@ -12,6 +12,7 @@ Each subcommand is one ``cmd_*`` function taking the parsed arguments and return
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -21,23 +22,32 @@ from obsviz.methods import METHODS, OPTIONS, REGISTRY
 
 
 def _print_err(msg: str) -> None:
-    print(f"obsviz: error: {msg}", file=sys.stderr)
+    print(f"obsviz: error: {terminal_safe(msg)}", file=sys.stderr)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every non-printable character (ANSI escapes, other control characters)
+    written as its Python escape (``\\x1b``), so text from a file cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    """List every layer of a file: name, weight shape, where its Hessian comes from."""
+    """List every layer of a file: name, weight shape, where its Hessian comes from (names and
+    notes from the file printed escaped)."""
     infos = list_layers(args.file, max_bytes=args.max_bytes)
-    width = max(len("name"), *(len(i.name) for i in infos))
+    names = [terminal_safe(i.name) for i in infos]
+    width = max(len("name"), *map(len, names))
     print(f"{'name':{width}s}  {'weight (M, K)':14s}  hessian")
-    for info in infos:
+    for name, info in zip(names, infos, strict=True):
         M, K = info.weight_shape
-        print(f"{info.name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
+        print(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
     if args.verbose:
         for info in infos:
             layer = load_layer(args.file, info.name, max_bytes=args.max_bytes)
-            print(f"\n{layer.name}: N = {layer.nsamples}, source: {layer.source}")
+            print(f"\n{terminal_safe(layer.name)}: N = {layer.nsamples}, source: "
+                  f"{terminal_safe(layer.source)}")
             for note in layer.notes:
-                print(f"  note: {note}")
+                print(f"  note: {terminal_safe(note)}")
     return 0
 
 
@@ -120,9 +130,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from obsviz.metrics import summarize
     from obsviz.prune import prune
 
+    if args.first_rows is not None and args.first_rows < 1:
+        _print_err(f"--first-rows {args.first_rows}: prune at least 1 row (leave it out for all)")
+        return 2
+    if args.out is not None and _same_file(args.out, args.file):
+        _print_err(f"--out {args.out} is the input file; write the pruned layer elsewhere")
+        return 2
     layer = load_layer(args.file, args.layer, max_bytes=args.max_bytes)
+    # never a path from the file's content: the layer name gives a file name in this folder only
+    out = args.out or Path(f"{safe_file_stem(layer.name)}.{args.method}.safetensors")
+    report_path = args.report or out.with_suffix(".json")
+    for path in (out, report_path):
+        if _same_file(path, args.file):
+            _print_err(f"{path} is the input file; choose another --out/--report")
+            return 2
+        if path.exists() and not args.force:
+            _print_err(f"{path} exists; pass --force to overwrite it, or choose another "
+                       "--out/--report")
+            return 2
     geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
-    rows = row_sample(geom, first=args.first_rows) if args.first_rows else None
+    rows = row_sample(geom, first=args.first_rows) if args.first_rows is not None else None
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
@@ -135,17 +162,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report = summarize(layer.weight, layer.hessian, geom, res)
     report["layer"] = {"name": layer.name, "shape": list(layer.weight.shape),
                        "source": layer.source, "nsamples": layer.nsamples}
-    out = args.out or Path(f"{layer.name}.{args.method}.safetensors")
     save_pruned(out, res, hessian=layer.hessian, name=layer.name, report=report,
                 nsamples=layer.nsamples, notes=list(layer.notes),
                 source=f"{layer.source}, pruned ({args.method}, "
                        f"{geom.name or geom.describe()}, nnz={nnz})")
-    report_path = args.report or out.with_suffix(".json")
     report_path.write_text(json.dumps(report, indent=2))
     print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
           f"valid {report['valid']}, {res.seconds:.2f} s")
-    print(f"wrote {out} and {report_path}")
+    print(terminal_safe(f"wrote {out} and {report_path}"))
     return 0
+
+
+def safe_file_stem(name: str, limit: int = 80) -> str:
+    """A file name stem from text that came from a file (a layer name): letters, digits, ``.``,
+    ``-`` and ``_`` only (everything else, ``/`` and ``\\`` included, becomes ``_``), no leading
+    dot, at most ``limit`` characters, never empty — so it names a file in the current folder and
+    nowhere else."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:limit]
+    return stem or "layer"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -242,8 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     _add_method_options(p)
     p.add_argument("--first-rows", type=int, help="prune only the first N rows (what-if)")
-    p.add_argument("--out", type=Path, help="pruned layer file (.safetensors)")
+    p.add_argument("--out", type=Path, help="pruned layer file (.safetensors; default: "
+                   "LAYER.METHOD.safetensors in the current folder, LAYER made file-safe)")
     p.add_argument("--report", type=Path, help="JSON report (default: next to --out)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite the output files if they exist")
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_prune)

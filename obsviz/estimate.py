@@ -9,6 +9,7 @@ from functools import lru_cache
 import torch
 
 from obsviz import methods
+from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry
 from obsviz.methods import BASELINES, METHODS, OBS_MODES, default_c_dtype
 
@@ -18,11 +19,14 @@ __all__ = ["memory_estimate", "flop_estimate", "time_estimate", "available_memor
 
 def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
                     device: str | torch.device = "cpu", chunk_size: int = 16,
-                    c_dtype: torch.dtype | str | None = None) -> int:
+                    c_dtype: torch.dtype | str | None = None, ng: int | None = None) -> int:
     """Peak working memory in bytes (an estimate within a small factor) to prune ``rows`` rows
-    (default all) of a layer with this geometry: the method's model in :mod:`obsviz.methods`."""
-    return methods.get(method).memory(geometry, rows, device, chunk_size=chunk_size,
-                                      c_dtype=c_dtype)
+    (default all) of a layer with this geometry: the method's model in :mod:`obsviz.methods`
+    (measured peaks are 0.7–1.0 of it, see ``tests/test_hostile.py``)."""
+    opts = {"chunk_size": chunk_size, "c_dtype": c_dtype}
+    if ng is not None:
+        opts["ng"] = ng
+    return methods.get(method).memory(geometry, rows, device, **opts)
 
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
@@ -40,6 +44,32 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     except OSError:
         return None
     return None
+
+
+#: Peak bytes per weight of a geometry's maps (block, scope and position maps plus the scope
+#: elements, as :func:`obsviz.figures.geometry.compute_maps` builds them): measured 38–46 on
+#: 1024² and 2048² weights, rounded up.
+MAP_BYTES_PER_WEIGHT = 64
+
+
+def geometry_maps_bytes(weight_shape: tuple[int, int]) -> int:
+    """Peak working memory in bytes to build a geometry over ``weight_shape`` and its maps."""
+    M, K = weight_shape
+    return MAP_BYTES_PER_WEIGHT * int(M) * int(K)
+
+
+def require_memory(need: int, device: str | torch.device = "cpu", what: str = "this run",
+                   argument: str = "geometry") -> None:
+    """Refuse up front, before allocating, work whose estimate ``need`` (bytes) exceeds the memory
+    free on ``device`` (CPU: ``MemAvailable``; CUDA: free plus cached). Raises
+    :class:`~obsviz.errors.ArgumentError` naming ``argument``, with both numbers in words.
+    Nothing is refused when the free memory cannot be read."""
+    free = available_memory(device)
+    if free is not None and need > free:
+        where = torch.device(device).type.upper()
+        raise ArgumentError(
+            argument, f"{what} needs about {format_bytes(need)} but only {format_bytes(free)} "
+            f"of {where} memory is free; refused before allocating anything")
 
 
 def format_bytes(n: float) -> str:

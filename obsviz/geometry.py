@@ -29,6 +29,8 @@ from obsviz.errors import ArgumentError
 #: consecutive weights of a row (``Geometry.nm``). ``2:4-pairs`` keeps 2 of every 4 column pairs
 #: of a row (block ``(1, 2)``, scope ``(1, 4)``): 4 of every 8 weights, but in pairs.
 PRESETS = ("2:4", "2:4-pairs", "coupled-2:4", "block16")
+#: Most dimensions a view may have (torch tensors have at most 64; real views have 2–5).
+MAX_RANK = 16
 
 
 def _is_int(v) -> bool:
@@ -66,6 +68,19 @@ def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
         strides.append(acc)
         acc *= n
     return tuple(reversed(strides))
+
+
+def _is_mixed_radix(shape: Sequence[int], stride: Sequence[int]) -> bool:
+    """True when the view is a row-major layout of a permutation of its dims (dims of size 1
+    aside): strides, smallest first, are 1, n₀, n₀n₁, … — a bijection onto ``[0, prod(shape))``,
+    seen in ``O(rank)`` without enumerating a single offset."""
+    dims = sorted((s, n) for n, s in zip(shape, stride, strict=True) if n > 1)
+    expected = 1
+    for s, n in dims:
+        if s != expected:
+            return False
+        expected *= n
+    return True
 
 
 def _linear_index(shape: Sequence[int], coeff: Sequence[int], steps: Sequence[int] | None = None,
@@ -137,6 +152,9 @@ class Geometry:
                                     "both or neither")
             view_shape, view_stride = (M, K), (K, 1)
         view_shape = _as_shape("view_shape", view_shape, allow_whole=False)
+        if len(view_shape) > MAX_RANK:
+            raise ArgumentError("view_shape", f"view_shape has rank {len(view_shape)}; a view has "
+                                f"at most {MAX_RANK} dimensions")
         if view_stride is None:
             view_stride = _row_major_strides(view_shape)
         if not _is_int_sequence(view_stride):
@@ -151,6 +169,8 @@ class Geometry:
             raise ArgumentError(
                 "view_stride",
                 f"view_stride={view_stride} has a negative stride; strides must be >= 0")
+        # Before anything that costs time or memory in the size of the numbers (divisors, maps):
+        # the view must hold exactly M×K elements and reach each once.
         _check_view_is_bijection((M, K), view_shape, view_stride)
 
         block_given = block = _as_shape("block", block, allow_whole=True)
@@ -161,11 +181,10 @@ class Geometry:
         block = tuple(v if b == -1 else b for b, v in zip(block, view_shape, strict=True))
         for k, (b, v) in enumerate(zip(block, view_shape, strict=True)):
             if v % b:
-                divisors = [d for d in range(1, v + 1) if v % d == 0]
                 raise ArgumentError(
                     "block",
                     f"block={block_given}: size {b} in dim {k} does not divide view size {v}; "
-                    f"valid sizes: {_short(divisors)} or -1")
+                    f"valid sizes: {_short(divisors(v))} or -1")
         grid = tuple(v // b for v, b in zip(view_shape, block, strict=True))
 
         scope_given = scope = _as_shape("scope", scope, allow_whole=True)
@@ -177,11 +196,10 @@ class Geometry:
         scope = tuple(g if s == -1 else s for s, g in zip(scope, grid, strict=True))
         for k, (s, g) in enumerate(zip(scope, grid, strict=True)):
             if g % s:
-                divisors = [d for d in range(1, g + 1) if g % d == 0]
                 raise ArgumentError(
                     "scope", f"scope={scope_given}: size {s} in dim {k} does not divide block-grid "
                     f"size {g}; "
-                    f"valid sizes: {_short(divisors)} or -1")
+                    f"valid sizes: {_short(divisors(g))} or -1")
 
         self.weight_shape: tuple[int, int] = (M, K)
         self.view_shape: tuple[int, ...] = view_shape
@@ -429,6 +447,8 @@ def _check_view_is_bijection(weight_shape: tuple[int, int], view_shape: tuple[in
             "view_stride",
             f"view_shape={view_shape}, view_stride={view_stride} reaches flat offset {reach}, "
             f"outside W of shape {weight_shape} (offsets 0..{numel - 1})")
+    if _is_mixed_radix(view_shape, view_stride):
+        return  # a row-major layout of some permutation of the dims: a bijection, no count
     offsets = _linear_index(view_shape, view_stride)
     hits = torch.bincount(offsets, minlength=numel)
     missed = torch.nonzero(hits == 0).flatten()
@@ -452,6 +472,19 @@ def distinct_sorted(values: torch.Tensor) -> torch.Tensor:
     s, _ = torch.sort(s, dim=1)
     s = s[:, :width]
     return torch.where(s == big, torch.full_like(s, -1), s)
+
+
+#: Most candidates :func:`divisors` tries: the list is a hint in an error message, so it stays
+#: cheap however large the number is (all divisors up to ``n`` ≤ 2**32, the small ones above).
+_DIVISOR_TRIALS = 2**16
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of ``n`` ascending, in ``O(min(√n, 2**16))`` steps: complete for ``n ≤ 2**32``;
+    above that, only the divisors ``≤ 2**16`` and their cofactors."""
+    small = [d for d in range(1, min(math.isqrt(n), _DIVISOR_TRIALS) + 1) if n % d == 0]
+    large = [n // d for d in reversed(small) if n // d != d]
+    return small + large
 
 
 def _short(items: list, n: int = 8) -> str:

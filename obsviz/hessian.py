@@ -21,8 +21,8 @@ class HessianAccumulator:
     def add(self, X: torch.Tensor) -> None:
         X = X.reshape(-1, X.shape[-1]).to(self.H)
         if X.shape[1] != self.H.shape[0]:
-            raise ValueError(
-                f"inputs have {X.shape[1]} features but the Hessian is {tuple(self.H.shape)}")
+            raise ArgumentError(
+                "X", f"inputs have {X.shape[1]} features but the Hessian is {tuple(self.H.shape)}")
         n = X.shape[0]
         if n == 0:
             return
@@ -49,7 +49,7 @@ def hessian_from_inputs(X: torch.Tensor | Iterable[torch.Tensor], batch: int = 4
             acc = HessianAccumulator(chunk.shape[-1])
         acc.add(chunk)
     if acc is None:
-        raise ValueError("X is empty: no calibration inputs to build a Hessian from")
+        raise ArgumentError("X", "X is empty: no calibration inputs to build a Hessian from")
     return acc.result(), acc.nsamples
 
 
@@ -84,17 +84,64 @@ def damped(H: torch.Tensor, damp: float) -> torch.Tensor:
     return Hd
 
 
+def check_hessian(H: torch.Tensor, damp: float | None = None,
+                  dtype: torch.dtype = torch.float32) -> None:
+    """Raise :class:`~obsviz.errors.ArgumentError` for an ``H`` that cannot be ``XᵀX / N``, from
+    checks in ``O(K²)``: a negative diagonal entry, or a zero diagonal entry whose row is not zero
+    (then H is indefinite). With ``damp``: also when the damping ``λ`` would overflow ``dtype``
+    (the precision the pruning works in). Indefinite matrices that pass these checks are named by
+    :func:`spd_inverse` when their factorisation fails.
+    """
+    d = torch.diagonal(H)
+    negative = torch.nonzero(d < 0).flatten()
+    if negative.numel():
+        i = int(negative[0])
+        raise ArgumentError(
+            "H", f"H has {negative.numel()} negative diagonal entries (first H[{i}, {i}] = "
+            f"{float(d[i]):.4g}); a Hessian H = XᵀX / N has a non-negative diagonal (was it "
+            "negated?)")
+    zero_rows = torch.nonzero(d == 0).flatten()
+    if zero_rows.numel():
+        live = H[zero_rows].abs().amax(1) > 0
+        if bool(live.any()):
+            i = int(zero_rows[torch.nonzero(live).flatten()[0]])
+            raise ArgumentError(
+                "H", f"H is indefinite: H[{i}, {i}] = 0 but row {i} is not zero; in H = XᵀX / N a "
+                "zero diagonal entry (an input that never fires) has an all-zero row")
+    if damp is not None:
+        limit = torch.finfo(dtype).max
+        lam = damping(H.double(), damp) + float(d.double().max()) if d.numel() else 0.0
+        if not lam < limit:
+            raise ArgumentError(
+                "damp", f"damp={damp!r} is too large: the damped diagonal ({lam:.3g}) overflows "
+                f"{str(dtype).removeprefix('torch.')} (largest {limit:.3g}); use a damp below 1 "
+                "(a fraction of the mean diagonal of H, e.g. 0.01) or a smaller absolute value")
+
+
 def spd_inverse(A: torch.Tensor) -> torch.Tensor:
     """Inverse of a symmetric positive-definite matrix through its Cholesky factor.
 
-    Raises ``ArgumentError("damp")`` when ``A`` is not positive definite (e.g. zero damping on a
-    singular H).
+    Raises :class:`~obsviz.errors.ArgumentError` when ``A`` is not positive definite, saying
+    whether it is indefinite (``"H"``: a negative eigenvalue) or singular (``"damp"``: zero damping
+    on a singular H); the diagnosis costs one eigenvalue solve, on failure only.
     """
     L, info = torch.linalg.cholesky_ex(A)
     if int(info.max()) > 0:
-        raise ArgumentError("damp",
-            "the damped Hessian is not positive definite (singular H with no damping?); "
-            "raise damp, e.g. damp=0.01")
+        if not bool(torch.isfinite(A).all()):
+            raise ArgumentError(
+                "H", "the damped Hessian has non-finite values: H or the damping overflowed; "
+                "use a smaller damp or rescale H")
+        low = float(torch.linalg.eigvalsh(A.double()).min())
+        scale = float(torch.diagonal(A).abs().max())
+        if low < -1e-6 * scale:
+            raise ArgumentError(
+                "H", f"the damped Hessian is indefinite (smallest eigenvalue {low:.3g}, largest "
+                f"diagonal {scale:.3g}): H itself is not positive semi-definite, which H = XᵀX / "
+                "N always is; check how H was built (raising damp above the negative eigenvalue "
+                "only hides it)")
+        raise ArgumentError(
+            "damp", "the damped Hessian is singular (not positive definite; singular H with no or "
+                 "too little damping); raise damp, e.g. damp=0.01")
     return torch.cholesky_inverse(L)
 
 

@@ -23,7 +23,9 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -165,11 +167,12 @@ class _DictReader(_Reader):
 class _SafetensorsFileReader(_Reader):
     """Reads shapes from the header and tensors (or row slices) on demand."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keys: list[str], meta: dict[str, str]):
         from safetensors import safe_open
 
         self.handle = safe_open(str(path), framework="pt")
-        self._keys = list(self.handle.keys())
+        self._keys = keys  # the header's order, not safe_open's (sorted by name)
+        self.meta = meta
 
     def keys(self) -> list[str]:
         return self._keys
@@ -187,7 +190,7 @@ class _SafetensorsFileReader(_Reader):
             yield sl[i:i + batch]
 
     def metadata(self) -> dict[str, str]:
-        return self.handle.metadata() or {}
+        return self.meta
 
 
 def _check_size(nbytes: int, max_bytes: int, display: str, what: str = "is") -> None:
@@ -201,6 +204,16 @@ def _fmt_bytes(n: int) -> str:
     if n < 2**20:
         return f"{n} bytes"
     return f"{n / 2**20:.1f} MiB ({n} bytes)"
+
+
+def _reason(e: BaseException) -> str:
+    """What a library said about a bad file, fit to show a user: its first line, no filesystem
+    paths (they become their last part), at most 160 characters."""
+    lines = str(e).strip().splitlines()
+    text = re.sub(r"(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/:]+[\\/])+([^\s'\"\\/:]*)", r"\1",
+                  lines[0] if lines else "")
+    text = text or type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 #: How deep and how big a ``.pt`` container may be: a layer file is a flat or shallow dict of
@@ -291,7 +304,7 @@ def _open(path_or_bytes: str | os.PathLike | bytes, filename: str | None,
     if unpacked is not None:
         _check_size(unpacked, max_bytes, display, what="unpacks to")
     if ext == ".npz":
-        return _open_npz(src, display), display, stem
+        return _open_npz(src, display, max_bytes), display, stem
     return _open_torch(src, display), display, stem
 
 
@@ -299,29 +312,73 @@ def _open_safetensors(src: bytes | Path, display: str) -> _Reader:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    if isinstance(src, Path):
+        with open(src, "rb") as f:
+            keys, meta = _safetensors_header(f.read(8), f.read, display)
+    else:
+        view = memoryview(src)
+        keys, meta = _safetensors_header(bytes(view[:8]), lambda n: bytes(view[8:8 + n]),
+                                         display)
     try:
         if isinstance(src, Path):
-            return _SafetensorsFileReader(src)
-        meta = _safetensors_bytes_metadata(src)
-        return _DictReader(load(src), meta)
-    except (SafetensorError, ValueError, OSError) as e:
-        raise LayerFileError(f"{display}: not a readable safetensors file ({e})") from e
+            return _SafetensorsFileReader(src, keys, meta)
+        tensors = load(src)
+    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
+        raise LayerFileError(f"{display}: not a readable safetensors file ({_reason(e)})") from e
+    return _DictReader({k: tensors[k] for k in keys}, meta)
 
 
-def _safetensors_bytes_metadata(data: bytes) -> dict[str, str]:
-    # header: u64 little-endian length, then JSON with an optional "__metadata__" entry
-    if len(data) < 8:
-        raise ValueError("file too short for a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}
+#: Largest safetensors JSON header read (a layer file's header is ~100 bytes a tensor) and how
+#: deep it may nest (a valid one nests 3 deep).
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_HEADER_DEPTH = 8
 
 
-def _open_npz(src: bytes | Path, display: str) -> _Reader:
+def _safetensors_header(first8: bytes, read, display: str) -> tuple[list[str], dict[str, str]]:
+    """Tensor names in the header's order and the ``__metadata__`` strings, parsed here with a
+    size cap and a nesting check made before ``json.loads`` (so neither a huge nor a 100 000-deep
+    header costs memory, time or recursion), then checked for the layout safetensors defines."""
+    def bad(why: str) -> LayerFileError:
+        return LayerFileError(f"{display}: not a readable safetensors file ({why})")
+
+    if len(first8) < 8:
+        raise bad("too short for a safetensors header")
+    n = int.from_bytes(first8, "little")
+    if n > MAX_HEADER_BYTES:
+        raise bad(f"its header declares {n} bytes, over the {MAX_HEADER_BYTES} read at most")
+    raw = read(n)
+    if len(raw) < n:
+        raise bad("the file ends inside its header")
+    text = raw.decode("utf-8", errors="replace")
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)  # strings out: their brackets don't nest
+    steps = np.frombuffer(bare.encode("ascii", errors="replace"), dtype=np.uint8)
+    depth = np.cumsum((steps == ord("{")) | (steps == ord("[")), dtype=np.int64) - np.cumsum(
+        (steps == ord("}")) | (steps == ord("]")), dtype=np.int64)
+    if depth.size and int(depth.max()) > MAX_HEADER_DEPTH:
+        raise bad(f"its header nests {int(depth.max())} deep; a safetensors header nests 3 deep")
+    try:
+        header = json.loads(text)
+    except ValueError as e:
+        raise bad(f"its header is not JSON: {_reason(e)}") from e
+    if not isinstance(header, dict):
+        raise bad(f"its header is a JSON {type(header).__name__}, not an object of tensors")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("its __metadata__ is not an object of strings")
+    for key, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                        for d in entry["shape"])):
+            raise bad(f"tensor {key!r} in its header has no valid shape")
+    return list(header), meta
+
+
+def _open_npz(src: bytes | Path, display: str, max_bytes: int = DEFAULT_MAX_BYTES) -> _Reader:
     if not zipfile.is_zipfile(io.BytesIO(src) if isinstance(src, bytes) else src):
         raise LayerFileError(f"{display}: not a readable .npz archive (not a zip file); save one "
                              "with np.savez(path, **arrays)")
+    _check_npy_headers(src, display, max_bytes)
     try:
         with np.load(io.BytesIO(src) if isinstance(src, bytes) else src,
                      allow_pickle=False) as npz:
@@ -331,9 +388,9 @@ def _open_npz(src: bytes | Path, display: str) -> _Reader:
             raise LayerFileError(
                 f"{display}: holds object arrays, which need unpickling; obsviz never unpickles. "
                 "Save plain numeric arrays (np.savez with float arrays)") from e
-        raise LayerFileError(f"{display}: not a readable .npz archive ({e})") from e
+        raise LayerFileError(f"{display}: not a readable .npz archive ({_reason(e)})") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise LayerFileError(f"{display}: not a readable .npz archive ({e})") from e
+        raise LayerFileError(f"{display}: not a readable .npz archive ({_reason(e)})") from e
     tensors = {}
     for k, a in arrays.items():
         if a.dtype.kind not in "fiub":
@@ -343,7 +400,80 @@ def _open_npz(src: bytes | Path, display: str) -> _Reader:
     return _DictReader(tensors)
 
 
+def _check_npy_headers(src: bytes | Path, display: str, limit: int) -> None:
+    """Every array's bytes from its ``.npy`` header (shape × itemsize), before any is read: a tiny
+    member may declare 10¹² elements."""
+    total = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(src) if isinstance(src, bytes) else src) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                total += math.prod(shape) * dtype.itemsize
+                if total > limit:
+                    raise LayerFileError(
+                        f"{display}: its arrays declare {_fmt_bytes(total)} (array "
+                        f"{info.filename[:-4]!r} has shape {tuple(shape)}), over the limit of "
+                        f"{_fmt_bytes(limit)}")
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise LayerFileError(f"{display}: not a readable .npz archive ({_reason(e)})") from e
+
+
+#: Largest pickle part of a ``.pt`` file: a layer file's pickle holds names and tensor
+#: references (~100 bytes a tensor), its numbers are in separate storage records.
+MAX_PICKLE_BYTES = 4 * 2**20
+
+
+def _check_pickle_size(src: bytes | Path, display: str) -> None:
+    """Refuse, before unpickling, a ``.pt`` whose pickle is larger than ``MAX_PICKLE_BYTES``
+    (e.g. millions of Python numbers): read from the zip directory, or for the legacy format by
+    walking the opcodes without running them, stopping at the limit."""
+    stream = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
+    with stream:
+        if zipfile.is_zipfile(stream):
+            stream.seek(0)
+            with zipfile.ZipFile(stream) as zf:
+                size = sum(i.file_size for i in zf.infolist() if i.filename.endswith(".pkl"))
+        else:
+            stream.seek(0)
+            size = 0
+            try:
+                for _ in range(4):  # legacy: magic, protocol, sys info, then the object
+                    for _op in pickletools.genops(stream):
+                        if stream.tell() > MAX_PICKLE_BYTES:
+                            break
+                    if stream.tell() > MAX_PICKLE_BYTES:
+                        break
+            except (ValueError, EOFError, pickle.UnpicklingError, UnicodeDecodeError,
+                    struct.error):
+                pass  # not a pickle stream: torch.load says so
+            size = stream.tell()
+    if size > MAX_PICKLE_BYTES:
+        raise LayerFileError(
+            f"{display}: its pickle part is over {_fmt_bytes(MAX_PICKLE_BYTES)}; a layer file is a "
+            "dict of a few tensors per layer (store numbers as tensors, not Python lists)")
+
+
+def _check_tensor(t: torch.Tensor, display: str, key: str) -> torch.Tensor:
+    """A dense CPU tensor of real numbers, or :class:`LayerFileError` (sparse, quantized, meta
+    and nested tensors would otherwise fail deep inside torch)."""
+    kind = ("sparse" if t.layout != torch.strided else "quantized" if t.is_quantized
+            else "meta" if t.is_meta else "nested" if t.is_nested
+            else None if t.device.type == "cpu" else f"on {t.device.type}")
+    if kind is not None:
+        raise LayerFileError(
+            f"{display}: {key!r} is a {kind} tensor; layer tensors must be dense real numbers")
+    return t
+
+
 def _open_torch(src: bytes | Path, display: str) -> _Reader:
+    _check_pickle_size(src, display)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "pickle protocol 4": the refusal says enough
@@ -363,9 +493,11 @@ def _open_torch(src: bytes | Path, display: str) -> _Reader:
             f"than tensors and plain containers ({why}). obsviz never unpickles arbitrary objects; "
             "save a dict of tensors (torch.save({'name.weight': W, 'name.hessian': H}, f)) or, "
             "better, a .safetensors file") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise LayerFileError(f"{display}: not a readable torch file ({e})") from e
-    tensors = _flatten_container(obj, display)
+    except (RuntimeError, EOFError, OSError, ValueError, NotImplementedError, MemoryError,
+            AttributeError, TypeError, KeyError, IndexError, zipfile.BadZipFile) as e:
+        raise LayerFileError(f"{display}: not a readable torch file ({_reason(e)})") from e
+    tensors = {k: _check_tensor(t, display, k)
+               for k, t in _flatten_container(obj, display).items()}
     if not tensors:
         raise LayerFileError(
             f"{display}: holds no tensors (found {type(obj).__name__}); save a dict of tensors "
@@ -491,6 +623,10 @@ def _info(reader: _Reader, display: str, name: str, roles: dict[str, str],
         _check_hessian_size(K, 4, max_bytes, display, name, f"Hessian {roles['hessian']!r}")
         return LayerInfo(name, (M, K), f"hessian ({K}, {K})")
     N, _ = _input_shape(reader.shape(roles["inputs"]), display, name, roles["inputs"], K)
+    if N == 0:  # from the shape, before the (K, K) accumulator is allocated
+        raise LayerFileError(
+            f"{display}, layer {name!r}: inputs {roles['inputs']!r} are empty (N = 0); need "
+            f"(N, {K}) with N >= 1")
     _check_hessian_size(K, 8, max_bytes, display, name,
                         f"the Hessian built from inputs {roles['inputs']!r}")
     return LayerInfo(name, (M, K), f"inputs ({N}, {K})")
@@ -588,6 +724,10 @@ def _load(reader: _Reader, display: str, name: str, roles: dict[str, str],
                 f"{display}, layer {name!r}: inputs {x_key!r} are empty (N = 0); need (N, {K}) "
                 "with N >= 1")
         H = acc.result()
+        if not bool(torch.isfinite(H).all()):
+            raise LayerFileError(
+                f"{display}, layer {name!r}: H = XᵀX / N built from inputs {x_key!r} overflows "
+                "float32 (the inputs are too large); scale the inputs down or store the Hessian")
         if nsamples and nsamples != acc.nsamples:
             notes.append(f"{roles['nsamples']!r} = {nsamples} replaced by the N = {acc.nsamples} "
                          "rows of the inputs")

@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import torch
 
+from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry, distinct_sorted
 
 
@@ -187,14 +188,14 @@ def row_sample(geometry: Geometry, first: int | None = None, every: int | None =
     whole coupling groups so the geometry stays valid on them."""
     M = geometry.weight_shape[0]
     if first is not None and every is not None:
-        raise ValueError("give first or every, not both")
+        raise ArgumentError("every", "give first or every, not both")
     if first is not None:
         if not 1 <= first <= M:
-            raise ValueError(f"first={first} must be in [1, M={M}]")
+            raise ArgumentError("first", f"first={first} must be in [1, M={M}]")
         rows = torch.arange(first)
     elif every is not None:
         if not 1 <= every <= M:
-            raise ValueError(f"every={every} must be in [1, M={M}]")
+            raise ArgumentError("every", f"every={every} must be in [1, M={M}]")
         rows = torch.arange(0, M, every)
     else:
         return torch.arange(M)

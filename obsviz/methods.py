@@ -10,6 +10,17 @@ Two kinds:
 - ``"baseline"``: the methods they are compared with (``magnitude``, ``wanda``, ``obd``,
   ``sparsegpt``, see :mod:`obsviz.baselines`).
 
+Adding a method:
+
+1. write ``run(problem, **options) -> kept mask`` (it prunes ``problem.W`` in place; see
+   :class:`obsviz.modes.Problem`) in ``modes.py`` or ``baselines.py``;
+2. declare it below: ``Method(name, kind, label, help, colour, options, run, memory model,
+   flop model)``, with any new :class:`Option`;
+3. write its plain-loop twin in ``obsviz/reference.py`` and a test that the two agree.
+
+``obsviz.prune``, its docstring, ``estimate``'s memory/flop/time estimates, the figures' colours
+and the CLI's ``--method`` choices and option flags follow from the declaration.
+
 An option's name is unique across methods: ``n_splits`` means the same thing to ``split`` and
 ``interleaved``. So one set of options can be passed with every method (a comparison runs many
 methods with the same settings): each method takes the options it declares and ignores those
@@ -130,8 +141,9 @@ N_SPLITS = Option(
     "n_splits", 4, int, "chunks the scope sequence is cut into; each chunk re-inverts the damped "
     "Hessian restricted to the columns not yet frozen", minimum=1)
 NG = Option(
-    "ng", 64, int, "scope steps decided per batch on the batch's small system before the "
-    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes",
+    "ng", 16, int, "scope steps decided per batch on the batch's small system before the "
+    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes "
+    "(16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
     minimum=1)
 CHUNK_SIZE = Option(
     "chunk_size", 16, int, "rows processed together (each holds its own K × K C); "
@@ -169,20 +181,28 @@ def _score_memory(geometry, rows=None, device="cpu", **options) -> int:
 
 
 def _obs_memory(extra_kk: int = 0):
-    """Weights, the row-step layout, H_d and C, plus ``extra_kk`` more K × K fp32 matrices."""
+    """Weights, the row-step layout, H, H_d, their unit-scale copies, C and one temporary, plus
+    ``extra_kk`` more K × K fp32 matrices."""
     def memory(geometry, rows=None, device="cpu", **options) -> int:
         K = geometry.weight_shape[1]
         return (_weights_bytes(geometry, rows) + layout_bytes(geometry)
-                + (2 + extra_kk) * K * K * _F32)
+                + (6 + extra_kk) * K * K * _F32)
     return memory
 
 
-def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="auto",
+def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="auto", ng=16,
                      **options) -> int:
     K = geometry.weight_shape[1]
     item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
-    chunk_rows = max(chunk_size, min(_rows(geometry, rows), geometry.rows_per_scope))
-    return _obs_memory()(geometry, rows) + 2 * chunk_rows * K * K * item
+    # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
+    # more than the rows pruned. Per row of a chunk: its own C (K × K), the batch's small system
+    # C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes an entry), and
+    # the columns of C an update reads (K × up to n).
+    chunk_rows = min(_rows(geometry, rows), max(chunk_size, geometry.rows_per_scope))
+    _, T, gs, Lb = layout_shape(geometry)
+    n = min(ng, T) * gs * Lb
+    per_row = K * K * item + 12 * n * n + 4 * K * n
+    return _obs_memory()(geometry, rows) + K * K * item + chunk_rows * per_row
 
 
 def _inverse_flops(geometry: Geometry) -> float:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from obsviz import obs
+from obsviz.errors import ArgumentError
 from obsviz.hessian import spd_inverse
 from obsviz.layout import RowSteps, row_chunks
 
@@ -139,7 +140,8 @@ def interleaved(p: Problem, n_splits: int) -> torch.Tensor:
     """As ``split``, with the masks of each chunk re-selected with that chunk's C and the
     current W. Plain version: :func:`obsviz.reference.interleaved`."""
     if not p.layout.aligned:
-        raise ValueError(
+        raise ArgumentError(
+            "method",
             "method='interleaved' needs every scope at the same step in all its rows; this "
             "geometry's scopes are not aligned across rows (use 'split' or 'full')")
     return chunked(p, n_splits=n_splits, reselect=True)
@@ -197,7 +199,8 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
     M, K = p.W.shape
     chunks = row_chunks(layout, chunk_size)
     if any(c.numel() > 1 for c in chunks) and not layout.aligned:
-        raise ValueError(
+        raise ArgumentError(
+            "method",
             "method='true_obs' on a row-coupled geometry needs every scope at the same step in "
             "all its rows; this geometry's scopes are not aligned across rows")
     step_order = scope_step_order(p) if order == "largest_first" else torch.arange(

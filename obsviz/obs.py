@@ -12,6 +12,8 @@ from itertools import combinations
 
 import torch
 
+from obsviz.errors import ArgumentError
+
 #: Subset counts above this are not enumerated; selection falls back to greedy.
 MAX_SUBSETS = 10_000
 
@@ -46,7 +48,7 @@ def _cholesky(A: torch.Tensor) -> torch.Tensor:
         scale = torch.diagonal(A, dim1=-2, dim2=-1).abs().mean(-1, keepdim=True).unsqueeze(-1)
         L, info = torch.linalg.cholesky_ex(A + 1e-7 * scale * eye)
         if int(info.max()) > 0:
-            raise ValueError("a C_PP block is not positive definite; raise damp")
+            raise ArgumentError("damp", "a C_PP block is not positive definite; raise damp")
     return L
 
 

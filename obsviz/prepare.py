@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from obsviz.hessian import check_damp, damped, damping, dead_columns, spd_inverse
+from obsviz.hessian import check_damp, check_hessian, damped, damping, dead_columns, spd_inverse
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ def prepare(W: torch.Tensor, H: torch.Tensor, damp: float = 0.01,
             device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Prepared:
     """``W`` ``(M, K)`` and ``H`` ``(K, K)`` -> :class:`Prepared` (steps 1–6 of the module doc).
 
-    ``W`` and ``H`` are never modified. Raises ``ArgumentError("damp")`` for a bad ``damp`` and
-    ``ValueError`` when the damped Hessian is not positive definite.
+    ``W`` and ``H`` are never modified. Raises ``ArgumentError`` for a bad ``damp`` (``"damp"``),
+    an H that cannot be XᵀX/N (``"H"``: negative diagonal, indefinite) or a singular damped H.
     """
     damp = check_damp(damp)
     dtype = dtype or working_dtype(W)
+    check_hessian(H, damp, dtype)  # O(K²): a negated or impossible H, a damping that overflows
     W0 = W.detach().to(device, dtype)
     H0 = H.detach().to(device, dtype)
     H0 = (H0 + H0.T) / 2

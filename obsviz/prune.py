@@ -11,7 +11,7 @@ import torch
 
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
-from obsviz.estimate import available_memory, format_bytes
+from obsviz.estimate import available_memory, format_bytes, require_memory
 from obsviz.geometry import Geometry
 from obsviz.layout import (
     coupled_closure,
@@ -142,6 +142,10 @@ def prune(
     geometry.check_nnz(nnz)
     dev = resolve_device(device)
     report = progress or (lambda fraction, message: None)
+    n_rows = None if rows is None else _check_rows(rows, geometry.weight_shape[0]).numel()
+    require_memory(spec.memory(geometry, n_rows, dev, **opts), dev,
+                   f"method={method!r} on W {geometry.weight_shape}",
+                   "chunk_size" if method == "true_obs" else "geometry")
 
     t_start = time.perf_counter()
     report(0.0, "inverting the damped Hessian")
@@ -198,6 +202,18 @@ def _check_layout_fits(geometry: Geometry) -> None:
 
 
 def _check_rows(rows, M: int) -> torch.Tensor:
+    dtype = getattr(rows, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        bad = dtype == torch.bool or dtype.is_floating_point or dtype.is_complex
+    elif dtype is not None:  # numpy
+        bad = getattr(dtype, "kind", "i") in ("f", "c", "b")
+    else:
+        bad = isinstance(rows, list | tuple) and any(isinstance(r, bool | float) for r in rows)
+    if bad:
+        raise ArgumentError(
+            "rows", f"rows must be integer row indices, not {dtype or 'bools/floats'}: a bool "
+            "mask would be read as rows 0 and 1 and floats would be truncated; for a mask pass "
+            "torch.nonzero(mask).flatten()")
     try:
         rows = torch.as_tensor(rows, dtype=torch.long).flatten().cpu()
     except (TypeError, ValueError, RuntimeError):

@@ -15,6 +15,17 @@ Start with :func:`true_obs` (exact OBS per row): each step picks a scope's block
 current ``C``, removes them with the OBS update :func:`obs_remove` and shrinks ``C`` with the Schur
 complement :func:`schur_downdate`.
 
+Example (a toy layer; every function here takes the same arguments)::
+
+    import obsviz
+    from obsviz import reference
+
+    layer = obsviz.load_sample_layer("toy")                 # W (8, 16)
+    geom = obsviz.Geometry.preset("2:4", layer.shape)
+    slow = reference.true_obs(layer.weight, layer.hessian, geom, 2)
+    fast = obsviz.prune(layer.weight.double(), layer.hessian.double(), geom, 2, method="true_obs")
+    assert (slow.mask == fast.mask).all()
+
 Conventions: ``W`` is ``(M, K)``, masks are ``(M, K)`` bool with True = kept, a scope's blocks are
 named by their position ``j`` in the scope (``0..gs-1``), and a pruning choice of a scope is a
 tuple of such positions. Each function takes ``(W, H, geometry, nnz, ..., damp)`` and returns a
@@ -45,7 +56,7 @@ class Layout:
 
     ``cells[s][j]`` lists the ``(row, col)`` of block ``j`` of scope ``s``; ``steps[r]`` lists the
     scopes touching row ``r`` by (leftmost W column, scope id); ``step_of[s]`` is the scope's step
-    index (the layouts tested here are aligned).
+    index (this reference handles aligned layouts only, which every preset is).
     """
 
     def __init__(self, geometry: Geometry) -> None:
@@ -247,14 +258,20 @@ def _chunked(W, H, geometry, nnz, damp, n_splits: int, reselect: bool) -> Result
 
 
 def full(W, H, geometry, nnz, damp=0.01) -> Result:
+    """Select every scope once with the shared C; then step by step, each row's pruned elements
+    are removed by the OBS update with that same fixed C."""
     return _chunked(W, H, geometry, nnz, damp, 1, reselect=False)
 
 
 def split(W, H, geometry, nnz, n_splits, damp=0.01) -> Result:
+    """As :func:`full`, the steps cut into ``n_splits`` chunks; chunk ``k`` uses ``C_k``, the
+    inverse of ``H_d`` on the columns not frozen by earlier chunks."""
     return _chunked(W, H, geometry, nnz, damp, n_splits, reselect=False)
 
 
 def interleaved(W, H, geometry, nnz, n_splits, damp=0.01) -> Result:
+    """As :func:`split`, each chunk's masks selected at its start with ``C_k`` and the current
+    weights."""
     return _chunked(W, H, geometry, nnz, damp, n_splits, reselect=True)
 
 
@@ -284,11 +301,12 @@ def true_obs(W, H, geometry, nnz, order="left_to_right", scoring="independent",
                                     for subset in itertools.combinations(range(lay.gs), n_prune))
         sequence = sorted(range(T), key=lambda t: (-score[t], t))
     Wk = p.W.clone()
-    Cs = [p.C.clone() for _ in range(M)]
+    Cs = [p.C.clone() for _ in range(M)]     # every row starts from the same C = H_d⁻¹ ...
     pruned, greedy = {}, False
-    gone = [set() for _ in range(M)]
+    gone = [set() for _ in range(M)]         # columns each row has lost so far
     for t in sequence:
         for s in [s for s in lay.scopes if lay.step_of[s] == t]:
+            # 1. choose the scope's blocks with each row's *current* C and weights
             if scoring == "joint":
                 pruned[s], g = select(lay, Wk, lambda r: Cs[r], s, n_prune)
                 greedy |= g
@@ -296,6 +314,9 @@ def true_obs(W, H, geometry, nnz, order="left_to_right", scoring="independent",
                 scores = [sum(float(Wk[r, c] ** 2 / Cs[r][c, c]) for r, c in lay.cells[s][j])
                           for j in range(lay.gs)]
                 pruned[s] = least_blocks(scores, n_prune)
+            # 2. remove them from every row of the scope: the OBS update compensates the row's
+            #    other weights, and the Schur downdate (the Schur complement of C_PP in C) makes
+            #    the row's C the inverse of H_d on the columns it still has, exactly
             for r in lay.rows_of[s]:
                 P = lay.cols(s, r, pruned[s])
                 if P:
@@ -318,15 +339,18 @@ def _score_and_zero(W, H, geometry, nnz, damp, element_score) -> Result:
 
 
 def magnitude(W, H, geometry, nnz, damp=0.01) -> Result:
+    """Prune the blocks of least ``Σ w²``; no compensation."""
     return _score_and_zero(W, H, geometry, nnz, damp, lambda p, r, c: float(p.W[r, c] ** 2))
 
 
 def wanda(W, H, geometry, nnz, damp=0.01) -> Result:
+    """Prune the blocks of least ``Σ |w| · sqrt(H_cc)``; no compensation."""
     return _score_and_zero(W, H, geometry, nnz, damp,
                            lambda p, r, c: float(p.W[r, c].abs() * p.H[c, c].sqrt()))
 
 
 def obd(W, H, geometry, nnz, damp=0.01) -> Result:
+    """Optimal Brain Damage: prune the blocks of least ``Σ w² / C_cc``; no compensation."""
     return _score_and_zero(W, H, geometry, nnz, damp,
                            lambda p, r, c: float(p.W[r, c] ** 2 / p.C[c, c]))
 

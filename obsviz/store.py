@@ -96,13 +96,8 @@ def layer_hash(weight: torch.Tensor, hessian: torch.Tensor) -> str:
 
 def geometry_key(geometry: Geometry) -> str:
     """A canonical string for a geometry's structure (two geometries with equal keys prune
-    alike); ``Geometry.key`` when the geometry has one."""
-    key = getattr(geometry, "key", None)
-    if key is not None:
-        return str(key() if callable(key) else key)
-    return json.dumps({k: list(getattr(geometry, k)) for k in
-                       ("weight_shape", "view_shape", "view_stride", "block", "scope")},
-                      separators=(",", ":"))
+    alike): ``Geometry.key``, the one identity ``==``, hashes and caches use too."""
+    return geometry.key
 
 
 def geometry_label(geometry: Geometry) -> str:

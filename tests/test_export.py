@@ -102,14 +102,14 @@ def test_a_mask_that_is_not_zero_or_one_is_refused_on_load(tmp_path: Path, prune
 
 
 def test_the_apps_download_is_the_same_format_and_loads_back(pruned):
-    from ui import results
+    from ui import exports, runs
     from ui.layers import ActiveLayer
 
     layer, geom, res = pruned
-    job = results.Job(layer=ActiveLayer(layer, "digest", "toy", "sample"), geometry=geom, nnz=2)
-    run = results.Run(key="k", job=job, method="full", result=res,
+    job = runs.Job(layer=ActiveLayer(layer, "digest", "toy", "sample"), geometry=geom, nnz=2)
+    run = runs.Run(key="k", job=job, method="full", result=res,
                       report=summarize(layer.weight, layer.hessian, geom, res), label="full")
-    data = results.safetensors_bytes(run)
+    data = exports.safetensors_bytes(run)
     back = load_layer(data, filename="obsviz-full.safetensors")
     assert torch.equal(back.mask, res.mask) and torch.equal(back.weight, res.weight.float())
     torch.testing.assert_close(back.hessian, layer.hessian, rtol=0, atol=0)

@@ -176,3 +176,19 @@ def test_no_docstring_or_doc_points_to_a_file_outside_the_repo():
     root = Path(__file__).resolve().parent.parent
     files = [*root.glob("obsviz/**/*.py"), *root.glob("docs/*.md"), root / "README.md"]
     assert not [str(f.relative_to(root)) for f in files if "DESIGN.md" in f.read_text()]
+
+
+def test_the_cli_offers_every_method_and_one_flag_per_option():
+    from obsviz.cli import _method_options, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["prune", "f.safetensors", "--method", "interleaved",
+                              "--n-splits", "3", "--c-dtype", "fp16", "--order", "largest_first"])
+    assert _method_options(args) == {"n_splits": 3, "c_dtype": "fp16", "order": "largest_first"}
+    assert _method_options(parser.parse_args(["prune", "f.safetensors"])) == {}
+    prune_parser = next(a for a in parser._subparsers._group_actions[0].choices.values()
+                        if a.prog.endswith("prune"))
+    flags = {s for a in prune_parser._actions for s in a.option_strings}
+    assert {f"--{o.replace('_', '-')}" for o in OPTIONS} <= flags
+    method = next(a for a in prune_parser._actions if a.dest == "method")
+    assert tuple(method.choices) == methods.METHODS
