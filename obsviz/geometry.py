@@ -100,6 +100,33 @@ def _linear_index(shape: Sequence[int], coeff: Sequence[int], steps: Sequence[in
     return total.reshape(-1)
 
 
+def _broadcast_sum(terms: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i0, ..., id] = Σ_k terms[k][i_k]`` for 1-D ``terms``, by broadcasting. The axes are
+    added longest last, so only the final addition is full size (and it may write straight into
+    ``out``, e.g. a strided view of W's storage)."""
+    d = len(terms)
+    order = sorted(range(d), key=lambda k: terms[k].numel())
+    total = None
+    for n_done, k in enumerate(order):
+        shape = [1] * d
+        shape[k] = terms[k].numel()
+        term = terms[k].view(shape)
+        if total is None:
+            total = term
+        elif n_done == d - 1 and out is not None:
+            return torch.add(total, term, out=out)
+        else:
+            total = total + term
+    if out is not None:
+        return out.copy_(total.expand(out.shape))
+    return total.expand([t.numel() for t in terms]).contiguous()
+
+
+def _index_dtype(numel: int) -> torch.dtype:
+    """int32 when every index fits (half the memory traffic of int64), else int64."""
+    return torch.int32 if numel < 2**31 else torch.long
+
+
 @dataclass(frozen=True)
 class GeometryFacts:
     """Counts a person reads off a geometry."""
@@ -309,15 +336,29 @@ class Geometry:
         """Most distinct W rows one scope touches."""
         if not self.is_row_coupled:
             return 1
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
-        s, _ = torch.sort(rows, dim=1)
-        return int((1 + (s[:, 1:] != s[:, :-1]).sum(1)).max())
+        return int((self._scope_rows >= 0).sum(1).max())
 
     @cached_property
     def is_row_coupled(self) -> bool:
         """True when some scope spans several W rows (their decisions are made together)."""
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
-        return bool((rows.amax(1) > rows.amin(1)).any())
+        lo, hi = self._block_row_range
+        return bool((hi.amax(1) > lo.amin(1)).any())
+
+    @cached_property
+    def _block_row_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S, gs)`` first and last W row of every block of every scope."""
+        rows = self._scope_elements // self.weight_shape[1]
+        return rows.amin(-1), rows.amax(-1)
+
+    @cached_property
+    def _scope_rows(self) -> torch.Tensor:
+        """``(S, R)`` long: distinct W rows of each scope, ascending, -1 padded. When every block
+        lies in one row only the blocks' rows are compared (a sort over ``gs``, not ``gs·bk``)."""
+        lo, hi = self._block_row_range
+        if torch.equal(lo, hi):
+            return distinct_sorted(lo.long())
+        rows = self._scope_elements.reshape(self.n_scopes, -1) // self.weight_shape[1]
+        return distinct_sorted(rows.long())
 
     def facts(self) -> GeometryFacts:
         return GeometryFacts(self.n_blocks, self.n_scopes, self.block_numel,
@@ -338,28 +379,50 @@ class Geometry:
         within = _linear_index(self.scope, grid_strides, None, device)
         return base[:, None] + within[None, :]
 
-    def scope_elements(self, device: torch.device | str = "cpu") -> torch.Tensor:
+    def scope_elements(self, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.long) -> torch.Tensor:
         """Flat offsets of every element, ``(n_scopes, gs, bk)`` (computed once, then cached)."""
-        return self._scope_elements.to(device)
+        return self._scope_elements.to(device, dtype)
 
     @cached_property
     def _scope_elements(self) -> torch.Tensor:
-        return self.block_elements()[self.scope_blocks()]
+        # Element (scope g, block p in it, element w in the block) sits at view index
+        # i_k = (g_k s_k + p_k) b_k + w_k: its offset is a sum of one term per (axis, part).
+        d = len(self.view_shape)
+        dtype = _index_dtype(math.prod(self.weight_shape))
+        terms = []
+        for part in range(3):
+            for k in range(d):
+                n = (self.scope_grid, self.scope, self.block)[part][k]
+                unit = (self.scope[k] * self.block[k], self.block[k], 1)[part]
+                terms.append(torch.arange(n, dtype=dtype) * (unit * self.view_stride[k]))
+        out = _broadcast_sum(terms)
+        return out.view(self.n_scopes, self.blocks_per_scope, self.block_numel)
 
-    def block_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the block id of every weight."""
-        return self._id_map(self.block_elements(), torch.arange(self.n_blocks)[:, None])
+    def _view_map(self, per_axis, dtype: torch.dtype) -> torch.Tensor:
+        """``(M, K)``: at every element, ``Σ_k per_axis(k, g_k)`` of its block-grid index ``g``,
+        written straight through the view's strides (one pass, no index tensor)."""
+        M, K = self.weight_shape
+        terms = [per_axis(k, torch.arange(v, dtype=torch.long) // b).to(dtype)
+                 for k, (v, b) in enumerate(zip(self.view_shape, self.block, strict=True))]
+        out = torch.empty(M * K, dtype=dtype)
+        _broadcast_sum(terms, torch.as_strided(out, self.view_shape, self.view_stride))
+        return out.view(M, K)
 
-    def scope_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the scope id of every weight."""
-        elements = self.scope_elements().reshape(self.n_scopes, -1)
-        return self._id_map(elements, torch.arange(self.n_scopes)[:, None])
+    def block_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the block id of every weight."""
+        strides = _row_major_strides(self.grid)
+        return self._view_map(lambda k, g: g * strides[k], dtype)
 
-    def block_in_scope_map(self) -> torch.Tensor:
-        """``(M, K)`` long: the position of every weight's block inside its scope."""
-        elements = self.scope_elements()
-        ids = torch.arange(self.blocks_per_scope)[None, :, None]
-        return self._id_map(elements, ids)
+    def scope_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the scope id of every weight."""
+        strides = _row_major_strides(self.scope_grid)
+        return self._view_map(lambda k, g: (g // self.scope[k]) * strides[k], dtype)
+
+    def block_in_scope_map(self, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(M, K)``: the position of every weight's block inside its scope."""
+        strides = _row_major_strides(self.scope)
+        return self._view_map(lambda k, g: (g % self.scope[k]) * strides[k], dtype)
 
     def column_map(self) -> torch.Tensor:
         """``(n_blocks, bk)`` long: the W column of every element of every block."""
@@ -372,16 +435,9 @@ class Geometry:
 
     @cached_property
     def _row_coupling(self) -> torch.Tensor:
-        rows = self.scope_elements().reshape(self.n_scopes, -1) // self.weight_shape[1]
         if not self.is_row_coupled:
-            return rows[:, :1].clone()
-        return distinct_sorted(rows)
-
-    def _id_map(self, elements: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        M, K = self.weight_shape
-        out = torch.empty(M * K, dtype=torch.long)
-        out[elements.reshape(-1)] = ids.expand_as(elements).reshape(-1)
-        return out.view(M, K)
+            return self._block_row_range[0][:, :1].long()
+        return self._scope_rows
 
     # ---- presentation ---------------------------------------------------------------------
 

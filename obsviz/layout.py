@@ -81,6 +81,9 @@ def row_steps(geometry: Geometry) -> RowSteps:
     Only two global sorts, over scopes and over (scope, row) pairs; everything else works inside
     a scope or a block.
     """
+    fast = _row_steps_in_order(geometry)
+    if fast is not None:
+        return fast
     M, K = geometry.weight_shape
     elements = geometry.scope_elements()                          # (S, gs, bk)
     S, gs, bk = elements.shape
@@ -131,6 +134,35 @@ def row_steps(geometry: Geometry) -> RowSteps:
     return RowSteps(cols=out_cols, scope=out_scope, scope_step=step_lo,
                     scope_start=scope_start, scope_end=scope_end, n_scopes=S,
                     aligned=bool((step_lo == step_of.amax(1)).all()))
+
+
+def _row_steps_in_order(geometry: Geometry) -> RowSteps | None:
+    """The layout without any sort or scatter, when the scope ids already list it: no scope spans
+    two rows, scope ids run row by row in scope order with the same number per row, and every
+    block's elements are in ascending columns (all presets that do not couple rows). Then
+    ``cols`` is the element columns, reshaped. ``None`` when the geometry is not like that."""
+    if geometry.is_row_coupled:
+        return None
+    M, K = geometry.weight_shape
+    elements = geometry.scope_elements(dtype=geometry._scope_elements.dtype)   # narrow ints
+    S, gs, bk = elements.shape
+    if S % M:
+        return None
+    T = S // M
+    first = elements[:, 0, 0]
+    if not torch.equal(first // K, torch.arange(M, dtype=first.dtype).repeat_interleave(T)):
+        return None
+    cols = elements % K
+    flat = cols.view(S, gs * bk)
+    start, end = flat.amin(1), flat.amax(1)
+    if T > 1 and not bool((start.view(M, T)[:, 1:] > start.view(M, T)[:, :-1]).all()):
+        return None
+    if bk > 1 and not bool((cols[..., 1:] > cols[..., :-1]).all()):
+        return None
+    steps = torch.arange(T).repeat(M)
+    return RowSteps(cols=cols.view(M, T, gs, bk).long(),
+                    scope=torch.arange(S).view(M, T), scope_step=steps,
+                    scope_start=start.long(), scope_end=end.long(), n_scopes=S, aligned=True)
 
 
 def row_groups(layout: RowSteps) -> torch.Tensor:

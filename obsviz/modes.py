@@ -66,7 +66,8 @@ def entries(layout: RowSteps, t0: int = 0, t1: int | None = None,
 
 def weights_at(W: torch.Tensor, e: Entries) -> torch.Tensor:
     """``(E, gs, Lb)`` weights of the entries' elements (0 at padding)."""
-    return W[e.rows[:, None, None], e.cols.clamp(min=0)] * (e.cols >= 0)
+    flat = e.rows[:, None, None] * W.shape[1] + e.cols.clamp(min=0)
+    return W.reshape(-1)[flat] * (e.cols >= 0)
 
 
 def select_shared(p: Problem, C: torch.Tensor, e: Entries) -> torch.Tensor:
@@ -103,21 +104,29 @@ def local(p: Problem) -> torch.Tensor:
     p.progress(0.5, "compensating within scopes")
     E, gs, Lb = e.cols.shape
     n = gs * Lb
-    step = max(1, (1 << 22) // (n * n))
+    q = p.n_prune * Lb
+    Wf = p.W.reshape(-1)
+    step = max(1, (1 << 22) // (q * n + n))
     for e0 in range(0, E, step):
         sl = slice(e0, min(E, e0 + step))
         idx = e.cols[sl].reshape(-1, n)
         ok = idx >= 0
+        flat = e.rows[sl, None] * p.W.shape[1] + idx.clamp(min=0)       # (e, n) into W
+        w = (Wf[flat] * ok).to(p.C.dtype)
         pm = (pruned[sl].unsqueeze(-1) & (e.cols[sl] >= 0)).reshape(-1, n)
-        w = weights_at(p.W, Entries(e.rows[sl], e.steps[sl], e.cols[sl], e.scope[sl]))
-        w = w.reshape(-1, n).to(p.C.dtype)
-        C_SS = obs.principal(p.C, idx)
-        eye = torch.eye(n, dtype=C_SS.dtype, device=C_SS.device)
-        C_PP = torch.where(pm.unsqueeze(-1) & pm.unsqueeze(-2), C_SS, eye)
-        z = obs.spd_solve(C_PP, w * pm)
-        new = torch.where(pm, torch.zeros_like(w), w - (z.unsqueeze(-2) @ C_SS).squeeze(-2))
-        r = e.rows[sl][:, None].expand_as(idx)
-        p.W[r[ok], idx[ok]] = new[ok].to(p.W.dtype)
+        pos = obs.compact(torch.arange(n, device=idx.device).expand_as(idx), pm)  # (e, q')
+        okP = pos >= 0
+        pc = pos.clamp(min=0)
+        K = p.C.shape[0]
+        C_PS = p.C.reshape(-1)[idx.gather(1, pc).clamp(min=0).unsqueeze(-1) * K
+                               + idx.clamp(min=0).unsqueeze(1)]
+        C_PS = C_PS * (okP.unsqueeze(-1) & ok.unsqueeze(1))              # (e, q', n)
+        G = obs.small_spd_inverse(obs.with_identity(C_PS.gather(
+            2, pc.unsqueeze(1).expand(-1, pos.shape[1], -1)), okP))
+        G = G * (okP.unsqueeze(-1) & okP.unsqueeze(-2))
+        z = (G @ (w.gather(1, pc) * okP).unsqueeze(-1)).transpose(1, 2)  # (e, 1, q')
+        new = torch.where(pm, torch.zeros_like(w), w - (z @ C_PS).squeeze(1))
+        Wf[flat[ok]] = new[ok].to(p.W.dtype)
     return kept
 
 
@@ -161,18 +170,76 @@ def chunked(p: Problem, n_splits: int, reselect: bool) -> torch.Tensor:
     steps = torch.arange(T, device=p.W.device)[None, :, None, None].expand_as(layout.cols)
     last_step = torch.full((K,), -1, dtype=torch.long, device=p.W.device)
     last_step.scatter_reduce_(0, layout.cols[valid], steps[valid], "amax")
-    alive = torch.ones(M, K, dtype=p.W.dtype, device=p.W.device)
+    regular = column_regular(layout)
+    alive = None if regular else torch.ones(M, K, dtype=p.W.dtype, device=p.W.device)
     for t0 in range(0, T, per_chunk):
         t1 = min(T, t0 + per_chunk)
         C = p.C if t0 == 0 else restricted_inverse(p.Hd, last_step >= t0)
         if reselect:
             e = entries(layout, t0, t1)
             mark_pruned(kept, e, select_shared(p, C, e))
+        if regular:
+            compensate_steps(p, C, kept, t0, t1)
+            continue
         for t in range(t0, t1):
             obs.obs_update_shared(p.W, C, pruned_at_step(layout, kept, t), alive)
             if t % 16 == 0:
                 p.progress(t / T, f"scope step {t + 1}/{T}")
     return kept
+
+
+#: Columns whose updates are applied step by step before the rest of W catches up (as
+#: SparseGPT's lazy batches).
+LAZY_COLUMNS = 128
+
+
+def column_regular(layout: RowSteps) -> bool:
+    """Whether every row's step ``t`` holds the same columns, for every ``t`` (all presets)."""
+    return bool((layout.cols == layout.cols[:1]).all())
+
+
+def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t1: int) -> None:
+    """Steps ``t0 .. t1-1`` of ``full``/``split``/``interleaved`` on a column-regular layout: each
+    row removes its pruned elements of the step with the OBS update under the shared ``C``.
+
+    A pruned element is only read at its own step, so updates to already-pruned columns need
+    not be masked: they are zeroed at the end (those of these steps only). Steps are taken in
+    blocks of about ``LAZY_COLUMNS`` columns: inside a block the update touches the block's
+    columns alone; the rest of W receives the block's accumulated update in one product."""
+    W = p.W
+    M = W.shape[0]
+    U = p.layout.cols[0, t0:t1].reshape(t1 - t0, -1)                   # (steps, m)
+    m = U.shape[1]
+    per_block = max(1, LAZY_COLUMNS // m)
+    for b0 in range(0, t1 - t0, per_block):
+        b1 = min(t1 - t0, b0 + per_block)
+        Ub = U[b0:b1].reshape(-1)
+        ok = Ub >= 0
+        Uc = Ub.clamp(min=0)
+        Cb = C[Uc][:, Uc] * (ok[:, None] & ok[None, :])                 # (nb, nb)
+        Wb = W[:, Uc] * ok
+        pruned_b = ~kept[:, Uc] & ok
+        Zb = torch.zeros_like(Wb)
+        for s in range(b1 - b0):
+            sl = slice(s * m, (s + 1) * m)
+            P = obs.compact(torch.arange(m, device=W.device).expand(M, m), pruned_b[:, sl])
+            if P.shape[1] == 0:
+                continue
+            okP = P >= 0
+            Pc = P.clamp(min=0)
+            Cm = Cb[sl, sl]
+            G = obs.small_spd_inverse(obs.with_identity(Cm[Pc[:, :, None], Pc[:, None, :]], okP))
+            z = (G @ (Wb[:, sl].gather(1, Pc) * okP).unsqueeze(-1)).squeeze(-1) * okP
+            Zs = torch.zeros(M, m, dtype=W.dtype, device=W.device).scatter_add_(1, Pc, z)
+            Wb.sub_(Zs @ Cb[sl])
+            Zb[:, sl] = Zs
+        delta = Zb @ (C[Uc] * ok[:, None])                              # the rest of W
+        delta[:, Uc[ok]] = 0
+        W.sub_(delta)
+        W[:, Uc[ok]] = Wb[:, ok]
+        p.progress((t0 + b1) / p.layout.n_steps, f"scope step {t0 + b1}/{p.layout.n_steps}")
+    done = U[U >= 0]
+    W[:, done] *= kept[:, done]   # later steps' pruned weights are still to be read
 
 
 def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -197,8 +264,9 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
     (the same masks and weights; ``ng`` and ``chunk_size`` only change the speed)."""
     layout = p.layout
     M, K = p.W.shape
+    coupled = shares_scopes(layout)
     chunks = row_chunks(layout, chunk_size)
-    if any(c.numel() > 1 for c in chunks) and not layout.aligned:
+    if coupled and not layout.aligned:
         raise ArgumentError(
             "method",
             "method='true_obs' on a row-coupled geometry needs every scope at the same step in "
@@ -213,15 +281,18 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         C = p.C.to(c_dtype).expand(rows.numel(), K, K).clone()
         kept_c = torch.ones_like(W, dtype=torch.bool)
         cols_c, scope_c = layout.cols[rows], layout.scope[rows]
-        for ts in batches:
+        for bi, ts in enumerate(batches):
             cols = cols_c[:, ts]                                           # (B, nt, gs, Lb)
             scope = scope_c[:, ts]                                         # (B, nt)
             S = cols.reshape(rows.numel(), -1)                             # the batch's columns
             if not bool((S >= 0).any()):
                 continue
-            pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring)
+            pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
             P = obs.compact(S, pruned_S)
-            obs.obs_update_per_row(W, C, P)
+            # Only the columns of later batches are read again: downdate just those (none
+            # after the last batch).
+            later = later_columns(cols_c, batches, bi)
+            obs.obs_update_per_row(W, C, P, keep_exact=later)
             obs.zero_at(kept_c, P)
             W.mul_(kept_c)  # earlier pruned weights stay exactly zero
         p.W[rows] = W
@@ -229,49 +300,174 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
     return kept
 
 
+def later_columns(cols: torch.Tensor, batches: list[torch.Tensor], bi: int
+                  ) -> torch.Tensor | slice:
+    """The W columns the steps of batches after ``bi`` hold in rows ``cols`` ``(B, T, gs, Lb)``
+    (of all rows together): a slice when they form one range, else sorted indices."""
+    if bi + 1 >= len(batches):
+        return torch.zeros(0, dtype=torch.long, device=cols.device)
+    c = cols[:, torch.cat(batches[bi + 1:])].reshape(-1)
+    c = torch.unique(c[c >= 0])
+    if c.numel() and int(c[-1]) - int(c[0]) + 1 == c.numel():
+        return slice(int(c[0]), int(c[-1]) + 1)
+    return c
+
+
+def shares_scopes(layout: RowSteps) -> bool:
+    """Whether some scope holds elements of several rows (a row-coupled geometry)."""
+    s = layout.scope[layout.scope >= 0]
+    return s.numel() > 0 and int(torch.bincount(s, minlength=layout.n_scopes).max()) > 1
+
+
+#: Steps decided on one contiguous small system inside a batch (see :func:`decide_batch`).
+SUB_STEPS = 8
+
+
 def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
-                 scope: torch.Tensor, block_shape: tuple[int, int], scoring: str) -> torch.Tensor:
+                 scope: torch.Tensor, block_shape: tuple[int, int], scoring: str,
+                 coupled: bool = True) -> torch.Tensor:
     """The masks of one batch of steps, decided one step after another.
 
     The decisions only read C and w on the batch's own columns ``S`` ``(B, n)``, so they run on
     the small system ``(C_SS, w_S)``, which the same OBS update + Schur downdate keeps exact after
     each step; the ``K × K`` downdate is then applied once for the whole batch (OBS removals
-    compose). So every decision sees all earlier ones, whatever ``ng`` is.
+    compose). So every decision sees all earlier ones, whatever ``ng`` is. Without ``coupled``
+    (no scope spans two rows) each row chooses its own blocks.
+
+    The same composition is used once more inside the batch: ``SUB_STEPS`` steps at a time are
+    decided on their own (smaller) system, and their union is then removed from the rest of the
+    batch's system in one update.
 
     Returns ``(B, n)`` bool: the positions of ``S`` pruned.
     """
     B, n = S.shape
     gs, Lb = block_shape
-    rows = torch.arange(B, device=S.device)
-    C_SS = obs.principal(C, S, rows)                                    # (B, n, n)
+    m = gs * Lb
+    nt = scope.shape[1]
+    C_SS = obs.principal_per_row(C, S)                                  # (B, n, n)
     w_S = obs.gather_masked(W, S).to(C_SS.dtype)                        # (B, n)
+    valid = (S >= 0).view(B, nt, gs, Lb)
+    present = (scope >= 0).any(0).tolist()
+    full = bool(valid.all())
+    if full and scoring == "independent" and not coupled:
+        return decide_batch_independent(p, C_SS, w_S, nt, gs, Lb)
     pruned_S = torch.zeros(B, n, dtype=torch.bool, device=S.device)
-    here = torch.arange(gs * Lb, device=S.device).view(gs, Lb)
-    for j in range(scope.shape[1]):
-        r = torch.nonzero(scope[:, j] >= 0).flatten()
-        if r.numel() == 0:
+    for s0 in range(0, nt, SUB_STEPS):
+        s1 = min(nt, s0 + SUB_STEPS)
+        lo, hi = s0 * m, s1 * m
+        if not any(present[s0:s1]):
             continue
-        pos = j * gs * Lb + here                                        # positions in S
-        pos = torch.where(S[r][:, pos] >= 0, pos, -1)                   # (E, gs, Lb)
-        e = Entries(r, torch.full_like(r, j), pos, scope[r, j])
+        C2, w2 = C_SS[:, lo:hi, lo:hi].clone(), w_S[:, lo:hi].clone()
+        diag = torch.diagonal(C2, dim1=-2, dim2=-1)                     # a view: follows updates
+        for j in range(s0, s1):
+            if present[j]:
+                pruned_S[:, j * m:(j + 1) * m] = decide_step(
+                    p, w2, C2, diag, (j - s0) * m, valid[:, j], scope[:, j], scoring, coupled, full)
+        if hi < n:   # remove the sub-batch's pruned positions from the rest of the system
+            P = obs.compact(torch.arange(lo, hi, device=S.device).expand(B, -1),
+                            pruned_S[:, lo:hi])
+            obs.obs_remove_small(w_S[:, lo:], C_SS[:, lo:, lo:], torch.where(P >= 0, P - lo, -1),
+                                 start=hi - lo)
+    return pruned_S
+
+
+def decide_batch_independent(p: Problem, C_SS: torch.Tensor, w_S: torch.Tensor, nt: int,
+                             gs: int, Lb: int) -> torch.Tensor:
+    """:func:`decide_batch` for the common case — independent scoring, no scope over two rows,
+    no padding — with the fewest operations per step.
+
+    The weights ride along as one more row and column of the system,
+    ``A = [[C_SS, w_Sᵀ], [w_S, ·]]``: eliminating ``P`` from ``A`` (its Schur complement) is the
+    OBS update of ``w`` and the downdate of ``C`` at once. Pruned positions of ``w`` are left as
+    they are (rounding-size values): they are not read again here, and the pruned mask is what
+    the caller applies."""
+    B, n = w_S.shape
+    m = gs * Lb
+    A = torch.empty(B, n + 1, n + 1, dtype=C_SS.dtype, device=C_SS.device)
+    A[:, :n, :n] = C_SS
+    A[:, n, :n] = w_S
+    A[:, :n, n] = w_S
+    A[:, n, n] = 0
+    pruned_S = torch.zeros(B, n, dtype=torch.bool, device=w_S.device)
+    within = torch.arange(Lb, device=w_S.device)
+    for s0 in range(0, nt, SUB_STEPS):
+        s1 = min(nt, s0 + SUB_STEPS)
+        lo, hi = s0 * m, s1 * m
+        sel = torch.cat((torch.arange(lo, hi, device=w_S.device),
+                         torch.tensor([n], device=w_S.device)))
+        A2 = A.index_select(1, sel).index_select(2, sel)                # (B, m2 + 1, m2 + 1)
+        d = torch.diagonal(A2, dim1=-2, dim2=-1)
+        chosen = []
+        for a in range(0, hi - lo, m):
+            w_j = A2[:, -1, a:a + m]
+            score = w_j * w_j / d[:, a:a + m]
+            if Lb > 1:
+                score = score.view(B, gs, Lb).sum(-1)
+            idx = score.topk(p.n_prune, dim=1, largest=False).indices
+            P = a + (idx if Lb == 1 else (idx.unsqueeze(-1) * Lb + within).reshape(B, -1))
+            chosen.append(P)
+            schur_eliminate(A2, P, a)
+        P = torch.cat(chosen, 1)                                        # relative to lo
+        pruned_S[:, lo:hi].scatter_(1, P, True)
+        if hi < n:   # the sub-batch's removals, on the rest of the batch's system
+            schur_eliminate(A[:, lo:, lo:], P, hi - lo)
+    return pruned_S
+
+
+def schur_eliminate(A: torch.Tensor, P: torch.Tensor, start: int) -> None:
+    """``A ← A − A_:,P (A_PP)⁻¹ A_P,:`` on ``A[:, start:, start:]`` (in place; ``A`` ``(B, n, n)``
+    symmetric, ``P`` ``(B, q)`` positions without padding)."""
+    B, n, _ = A.shape
+    q = P.shape[1]
+    rows = A.gather(1, P.unsqueeze(2).expand(B, q, n))                  # (B, q, n)
+    G = obs.small_spd_inverse(rows.gather(2, P.unsqueeze(1).expand(B, q, q)))
+    tail = rows[:, :, start:]
+    A[:, start:, start:].sub_(torch.bmm(tail.transpose(1, 2), torch.bmm(G, tail)))
+
+
+def decide_step(p: Problem, w: torch.Tensor, C: torch.Tensor, diag: torch.Tensor, a0: int,
+                ok: torch.Tensor, scope_j: torch.Tensor, scoring: str, coupled: bool,
+                full: bool = False) -> torch.Tensor:
+    """Decide one step whose elements sit at positions ``a0 .. a0 + gs·Lb`` of the small system
+    ``(w, C)`` ``(B, n)``, ``(B, n, n)`` (``diag`` is C's diagonal), then remove the pruned ones
+    from it (from ``a0`` on: earlier positions are not read again). ``ok`` ``(B, gs, Lb)``: real
+    elements; ``scope_j`` ``(B,)``: each row's scope at this step (-1: none); ``full``: every
+    element is real (no padding anywhere in the step).
+
+    Returns the ``(B, gs·Lb)`` pruned mask of the step."""
+    B, gs, Lb = ok.shape
+    m = gs * Lb
+    if scoring == "independent" and not coupled:
+        w_j = w[:, a0:a0 + m].view(B, gs, Lb)
+        score = w_j * w_j / diag[:, a0:a0 + m].view(B, gs, Lb)
+        score = (score if full else torch.where(ok, score, 0)).sum(-1)
+        idx = score.topk(p.n_prune, dim=1, largest=False).indices      # (B, np)
+        if full:   # every element real: no padding to mask
+            P = idx if Lb == 1 else (idx.unsqueeze(-1) * Lb + torch.arange(
+                Lb, device=w.device)).reshape(B, -1)
+            obs.obs_remove_small(w[:, a0:], C[:, a0:, a0:], P)
+            return torch.zeros(B, m, dtype=torch.bool, device=w.device).scatter_(1, P, True)
+    else:
+        here = torch.arange(a0, a0 + m, device=w.device).view(gs, Lb)
+        r = torch.nonzero(scope_j >= 0).flatten()
+        pos = torch.where(ok[r], here, -1)                              # (E, gs, Lb)
+        e = Entries(r, torch.zeros_like(r), pos, scope_j[r])
         if scoring == "independent":
-            d = torch.diagonal(C_SS, dim1=-2, dim2=-1)
-            pruned = obs.choose_blocks(obs.block_scores(pos, w_S * w_S / d, r), e.scope,
+            pruned = obs.choose_blocks(obs.block_scores(pos, w * w / diag, r), e.scope,
                                        p.n_prune)
         else:
-            pruned, greedy = obs.select(pos, weights_at(w_S, e), C_SS, e.scope, p.n_prune,
-                                        batch=r)
+            pruned, greedy = obs.select(pos, weights_at(w, e), C, e.scope, p.n_prune, batch=r)
             if greedy:
                 p.notes["selection"] = "greedy"
-        step_pruned = torch.zeros(B, gs * Lb, dtype=torch.bool, device=S.device)
-        step_pruned[r] = (pruned.unsqueeze(-1) & (pos >= 0)).reshape(r.numel(), -1)
-        # Later steps only read positions from this step on: update that trailing block alone.
-        a0 = j * gs * Lb
-        step_pos = here.reshape(-1).expand(B, -1)
-        obs.obs_update_per_row(w_S[:, a0:], C_SS[:, a0:, a0:],
-                               obs.compact(step_pos, step_pruned))
-        pruned_S[:, j * gs * Lb:(j + 1) * gs * Lb] |= step_pruned
-    return pruned_S
+        blocks = torch.zeros(B, gs, device=w.device)
+        blocks[r] = pruned.to(blocks.dtype)
+        idx = blocks.topk(p.n_prune, dim=1).indices                     # rows without it: no P
+    okP = ok.gather(1, idx.unsqueeze(-1).expand(-1, -1, Lb)).reshape(B, -1)
+    within = torch.arange(Lb, device=w.device)
+    P = torch.where(okP, (idx.unsqueeze(-1) * Lb + within).reshape(B, -1), -1)
+    obs.obs_remove_small(w[:, a0:], C[:, a0:, a0:], P)
+    chosen = torch.zeros(B, gs, dtype=torch.bool, device=w.device).scatter_(1, idx, True)
+    return (chosen.unsqueeze(-1) & ok).reshape(B, m)
 
 
 def scope_step_order(p: Problem) -> torch.Tensor:

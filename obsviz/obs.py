@@ -127,32 +127,123 @@ def obs_update_shared(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
         zero_at(alive, P)
 
 
-def obs_update_per_row(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor) -> None:
+def obs_update_per_row(W: torch.Tensor, C: torch.Tensor, P: torch.Tensor,
+                       keep_exact: torch.Tensor | slice | None = None) -> None:
     """Remove ``P`` ``(B, q)`` from rows ``W`` ``(B, K)`` whose inverses ``C`` ``(B, K, K)`` are
     their own, in place: the optimal update, then the Schur downdate
-    ``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` (so later choices see the pruned weights as fixed at 0)."""
+    ``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` (so later choices see the pruned weights as fixed at 0).
+
+    ``keep_exact`` names the columns of C that are read afterwards (a slice or sorted indices);
+    only they are downdated (an empty set: no downdate). Reads of C must then go through those
+    columns (``C[:, :, cols]``), never through its rows. ``None``: all of C."""
     if P.shape[-1] == 0:
         return
     B, K = W.shape
-    rows = torch.arange(B, device=W.device)
-    C_PP = principal(C, P, rows)                                    # (B, q, q)
+    q = P.shape[1]
     ok = P >= 0
-    C_xP = C.gather(2, P.clamp(min=0).unsqueeze(1).expand(B, K, -1))  # (B, K, q)
-    C_xP = C_xP.to(C_PP.dtype) * ok.unsqueeze(1)
-    w_P = gather_masked(W, P).to(C_PP.dtype)
+    Pc = P.clamp(min=0)
+    C_xP = C.gather(2, Pc.unsqueeze(1).expand(B, K, q))              # (B, K, q)
+    work = torch.promote_types(C.dtype, torch.float32)
+    C_xP = C_xP.to(work) * ok.unsqueeze(1)
+    C_PP = with_identity(C_xP.gather(1, Pc.unsqueeze(2).expand(B, q, q)), ok)
+    w_P = gather_masked(W, P).to(work)
     L = _cholesky(C_PP)
     z = torch.cholesky_solve(w_P.unsqueeze(-1), L)                  # (B, q, 1)
     W.sub_(torch.bmm(C_xP, z).squeeze(-1).to(W.dtype))
     zero_at(W, P)
-    schur_downdate(C, C_xP, L)
+    if keep_exact is None:
+        schur_downdate(C, C_xP, L)
+    elif isinstance(keep_exact, slice) or keep_exact.numel():
+        F = _schur_factor(C_xP, L)
+        if isinstance(keep_exact, slice):
+            C[:, :, keep_exact].sub_(torch.bmm(F, F[:, keep_exact].transpose(1, 2)).to(C.dtype))
+        else:
+            C.index_add_(2, keep_exact, torch.bmm(F, F[:, keep_exact].transpose(1, 2)).to(
+                C.dtype), alpha=-1)
 
 
 def schur_downdate(C: torch.Tensor, C_xP: torch.Tensor, L: torch.Tensor) -> None:
     """``C ← C − C_:,P (C_PP)⁻¹ C_P,:`` in place, with ``C_PP = L Lᵀ``: ``F = C_:,P L⁻ᵀ``, then
     ``C −= F Fᵀ`` (one symmetric rank-q update per row)."""
-    F = torch.linalg.solve_triangular(L, C_xP.transpose(1, 2), upper=False).transpose(1, 2)
-    F = F.to(C.dtype)
+    F = _schur_factor(C_xP, L).to(C.dtype)
     C.baddbmm_(F, F.transpose(1, 2), alpha=-1.0)
+
+
+def _schur_factor(C_xP: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """``F = C_:,P L⁻ᵀ`` ``(B, K, q)``. ``L⁻¹`` is formed on the small ``q × q`` system (a
+    batched triangular solve against ``K`` right-hand sides is far slower on CPU)."""
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    return torch.bmm(C_xP, L_inv.transpose(1, 2))
+
+
+def small_spd_inverse(A: torch.Tensor) -> torch.Tensor:
+    """``A⁻¹`` for a batch of small SPD ``A`` ``(..., q, q)``: closed forms for q ≤ 2 (batched
+    LAPACK calls cost far more than the arithmetic at these sizes), Cholesky otherwise."""
+    q = A.shape[-1]
+    if q == 0:
+        return A.clone()
+    if q == 1:
+        return 1 / A
+    if q == 2:
+        f = A.reshape(*A.shape[:-2], 4)
+        a, c, d = f[..., 0], f[..., 1], f[..., 3]
+        neg_c = -c
+        inv = torch.stack((d, neg_c, neg_c, a), -1) / (a * d - c * c).unsqueeze(-1)
+        return inv.view(A.shape)
+    return torch.cholesky_inverse(_cholesky(A))
+
+
+def with_identity(C_PP: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """``C_PP`` ``(B, q, q)`` with padding rows/columns (``ok`` False) set to the identity's."""
+    both = ok.unsqueeze(-1) & ok.unsqueeze(-2)
+    eye = torch.eye(C_PP.shape[-1], dtype=C_PP.dtype, device=C_PP.device)
+    return torch.where(both, C_PP, eye)
+
+
+def obs_remove_small(w: torch.Tensor, C: torch.Tensor, P: torch.Tensor, start: int = 0) -> None:
+    """The OBS update and Schur downdate of :func:`obs_update_per_row` on small systems: ``w``
+    ``(B, n)``, ``C`` ``(B, n, n)`` (views are fine: both are written in place), ``P`` ``(B, q)``
+    positions (-1 padded). Only positions from ``start`` on are updated (earlier ones are not
+    read again); pruned positions among them are set to exactly 0."""
+    B, n = w.shape
+    q = P.shape[1]
+    if q == 0:
+        return
+    ok = P >= 0
+    padded = not bool(ok.all())
+    Pc = P.clamp(min=0) if padded else P
+    C_Px = C.gather(1, Pc.unsqueeze(2).expand(B, q, n))                      # (B, q, n)
+    C_PP = C_Px.gather(2, Pc.unsqueeze(1).expand(B, q, q))
+    w_P = w.gather(1, Pc)
+    if padded:
+        C_Px = C_Px * ok.unsqueeze(2)
+        C_PP = with_identity(C_PP * (ok.unsqueeze(-1) & ok.unsqueeze(-2)), ok)
+        w_P = w_P * ok
+    G = small_spd_inverse(C_PP)
+    if padded:
+        G = G * (ok.unsqueeze(-1) & ok.unsqueeze(-2))
+    z = torch.bmm(G, w_P.unsqueeze(-1))                                       # (B, q, 1)
+    C_Pt = C_Px[:, :, start:]
+    w[:, start:].sub_(torch.bmm(z.transpose(1, 2), C_Pt).squeeze(1))
+    C[:, start:, start:].sub_(torch.bmm(C_Pt.transpose(1, 2), torch.bmm(G, C_Pt)))  # C: a view
+    if padded:
+        hit = torch.zeros_like(w).scatter_add_(1, Pc, ok.to(w.dtype))  # add: padding clamps to 0
+        w.masked_fill_(hit > 0, 0)
+    else:
+        w.scatter_(1, P, 0.0)
+
+
+def principal_per_row(C: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``C_r[idx_r, idx_r]`` ``(B, n, n)`` for per-row ``C`` ``(B, K, K)`` and ``idx`` ``(B, n)``
+    (-1 = padding → identity), by two gathers (columns first: only they need be exact, see
+    :func:`obs_update_per_row`); float32 or wider."""
+    B, n = idx.shape
+    K = C.shape[-1]
+    ok = idx >= 0
+    i = idx.clamp(min=0)
+    sub = C.gather(2, i.unsqueeze(1).expand(B, K, n)).gather(1, i.unsqueeze(2).expand(B, n, n))
+    return with_identity(sub.to(torch.promote_types(sub.dtype, torch.float32)), ok)
 
 
 def zero_at(x: torch.Tensor, idx: torch.Tensor) -> None:
@@ -205,6 +296,26 @@ def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: 
     q = n_prune * cols.shape[2]
     out = torch.empty(E, n_sub, dtype=torch.promote_types(C.dtype, torch.float32),
                       device=cols.device)
+    if batch is None and E > 1:
+        # A shared C: entries with the same columns (a step of a regular geometry, in every
+        # row) share each subset's (C_PP)⁻¹; form those once and only gather them.
+        flat = cols.reshape(E, -1)
+        # Candidate groups by the first column (a 1-D unique is cheap), then checked whole.
+        key, which = torch.unique(flat[:, 0], return_inverse=True)
+        first = torch.full((key.numel(),), E, dtype=torch.long, device=cols.device)
+        first.scatter_reduce_(0, which, torch.arange(E, device=cols.device), "amin")
+        sets = flat[first]
+        if 4 * sets.shape[0] <= E and bool((sets[which] == flat).all()):
+            sets = sets.view(-1, *cols.shape[1:])
+            P = sets[:, subsets].reshape(sets.shape[0], n_sub, q)
+            G = small_spd_inverse(principal(C, P))                      # (D, n_sub, q, q)
+            step = max(1, max_elems // max(1, n_sub * q * q))
+            for e0 in range(0, E, step):
+                e1 = min(E, e0 + step)
+                w_P = (w[e0:e1] * (cols[e0:e1] >= 0))[:, subsets].reshape(e1 - e0, n_sub, q)
+                w_P = w_P.to(out.dtype)
+                out[e0:e1] = ((G[which[e0:e1]] @ w_P.unsqueeze(-1)).squeeze(-1) * w_P).sum(-1)
+            return out
     step = max(1, max_elems // max(1, n_sub * q * q))
     for e0 in range(0, E, step):
         e1 = min(E, e0 + step)

@@ -155,5 +155,5 @@ def test_bad_arguments_say_what_is_valid(minilm: Path, tmp_path: Path) -> None:
 
 def test_missing_transformers_says_how_to_install(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
-    with pytest.raises(ImportError, match=r"pip install obsviz\[hf\]"):
+    with pytest.raises(ImportError, match=r"needs transformers \(pip install"):
         hessians_from_checkpoint(tmp_path, "text", None)

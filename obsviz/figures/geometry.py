@@ -73,9 +73,9 @@ def compute_maps(geometry: Geometry) -> GeometryMaps:
     stored as int32 when W is small enough (the app keeps these cached)."""
     M, K = geometry.weight_shape
     dtype = torch.int32 if M * K < 2**31 else torch.long
-    return GeometryMaps(geometry, geometry.block_map().to(dtype), geometry.scope_map().to(dtype),
-                        geometry.block_in_scope_map().to(dtype),
-                        geometry.scope_elements().to(dtype), geometry.facts())
+    return GeometryMaps(geometry, geometry.block_map(dtype), geometry.scope_map(dtype),
+                        geometry.block_in_scope_map(dtype),
+                        geometry.scope_elements(dtype=dtype), geometry.facts())
 
 
 # ---- the window -------------------------------------------------------------------------------

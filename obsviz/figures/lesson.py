@@ -8,6 +8,7 @@ most, so nothing here pools.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 
 from obsviz.figures.common import INK, MUTED, base_layout, fade
 from obsviz.figures.results import METHOD_COLOURS
+from obsviz.lesson import column_runs
+from obsviz.metrics import format_rel_error
 
 #: Diverging scale centred at 0 (blue negative, red positive), used by every matrix.
 DIVERGING = "RdBu_r"
@@ -40,6 +43,27 @@ def fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def tex_number(v: float, digits: int = 3) -> str:
+    """A number for KaTeX in ``digits`` significant digits: ``0.00048`` → ``4.8 \\times 10^{-4}``,
+    ``0.0123`` → ``0.0123``, ``-2.5`` → ``-2.5`` (never ``e`` notation, which KaTeX sets as a
+    letter and a binary minus: "4.8e − 4")."""
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else r"\text{" + str(v) + "}"
+    a = abs(v)
+    if 1e-3 <= a < 10 ** digits:
+        return f"{v:.{digits}g}"
+    mantissa, exponent = f"{v:.{digits - 1}e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return rf"{mantissa} \times 10^{{{int(exponent)}}}"
+
+
+def tex_matrix(rows: Sequence[Sequence[float]]) -> str:
+    """A KaTeX ``bmatrix`` of the numbers in ``rows``, each written with :func:`tex_number`."""
+    body = r" \\ ".join(" & ".join(tex_number(v) for v in r) for r in rows)
+    return r"\begin{bmatrix}" + body + r"\end{bmatrix}"
+
+
 def cell(v: float) -> str:
     """At most 4 characters for a heatmap cell: ``.24``, ``-.71``, ``2.7``, ``15``, ``0``."""
     a = abs(v)
@@ -62,12 +86,7 @@ def _outline(cols: Sequence[int], K: int, colour: str, width: float = 2.5,
              dash: str | None = None) -> list[dict]:
     """Rectangles (data coordinates of a ``K × K`` heatmap) around the rows and the columns of
     each contiguous run of ``cols``."""
-    runs: list[list[int]] = []
-    for c in sorted(cols):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
+    runs = column_runs(cols)
     line = dict(color=colour, width=width, dash=dash)
     shapes: list[dict] = []
     for a, b in runs:
@@ -221,8 +240,12 @@ def row_figure(w_before: torch.Tensor, w_after: torch.Tensor | None = None, *,
         fig.add_bar(x=x, y=a, name=names[1], marker=dict(color=colours, line_width=0),
                     text=[fmt(v) if c in labelled else "" for c, v in enumerate(a)],
                     textposition="outside", cliponaxis=False, textfont_size=11,
-                    constraintext="none",
+                    constraintext="none", showlegend=False, legendgroup="after",
                     hovertemplate="column %{x}: %{y:.4f}<extra>" + names[1] + "</extra>")
+        # The legend's swatch: the row's colour, whatever colour the first bar has.
+        # (a marker, not a bar: an empty bar trace would still take a slot in each group)
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=names[1], legendgroup="after",
+                        marker=dict(symbol="square", size=11, color=ROW), hoverinfo="skip")
         top = max(np.abs(a).max(), np.abs(b).max())
     else:
         top = np.abs(b).max()
@@ -256,33 +279,42 @@ def row_figure(w_before: torch.Tensor, w_after: torch.Tensor | None = None, *,
 
 
 def error_figure(rel_errors: Sequence[float], n_steps: int,
-                 finals: Mapping[str, float] | None = None, height: int = 280) -> go.Figure:
-    """The row's relative error after each step taken so far (step 0 = before any), on an axis
-    that already spans the whole row; ``finals`` draws each mode's final error as a dotted
-    line to compare the path with."""
+                 finals: Mapping[str, float] | None = None, height: int = 300) -> go.Figure:
+    """The rows' relative error after each step taken so far (step 0 = before any), on an axis
+    that already spans the whole lesson; ``finals`` marks where each mode ends, as short
+    ticks right of the last step with the mode's name and error beside them (labels nudged apart
+    when close), so no value written on the path sits on them."""
     y = [100 * v for v in rel_errors]
     fig = go.Figure()
-    top = max([*y, 1e-9])
-    for method, value in (finals or {}).items():
+    top = max([*y, 1e-9, *(100 * v for v in (finals or {}).values())])
+    x0, x1 = n_steps + 0.35, n_steps + 0.85            # the finals' ticks, right of the path
+    gap = 0.09 * top                                   # least vertical distance between labels
+    placed: list[float] = []
+    annotations = []
+    for method, value in sorted((finals or {}).items(), key=lambda kv: kv[1]):
         v = 100 * value
-        top = max(top, v)
         colour = METHOD_COLOURS.get(method, MUTED)
-        fig.add_scatter(x=[0, n_steps], y=[v, v], mode="lines", name=method,
-                        line=dict(color=colour, width=1.5, dash="dot"),
-                        hovertemplate=f"{method} final: {v:.2f}%<extra></extra>")
+        fig.add_scatter(x=[x0, x1], y=[v, v], mode="lines", name=method, showlegend=False,
+                        line=dict(color=colour, width=3),
+                        hovertemplate=f"{method} ends at {format_rel_error(value)}<extra></extra>")
+        at = max(v, placed[-1] + gap) if placed else v
+        placed.append(at)
+        annotations.append(dict(x=x1, y=at, xref="x", yref="y", xanchor="left", showarrow=False,
+                                text=f"{method} {format_rel_error(value)}",
+                                font=dict(size=10, color=colour)))
     fig.add_scatter(x=list(range(len(y))), y=y, mode="lines+markers+text", name="this lesson",
                     line=dict(color=CHOSEN, width=3), marker=dict(size=9, color=CHOSEN),
-                    text=[f"{v:.1f}%" for v in y], textposition="top center",
-                    textfont=dict(size=10, color=CHOSEN), cliponaxis=False,
-                    hovertemplate="after step %{x}: %{y:.3f}%<extra></extra>")
+                    text=[format_rel_error(v / 100) for v in y], textposition="top center",
+                    textfont=dict(size=10, color=CHOSEN), cliponaxis=False, showlegend=False,
+                    hovertemplate="after step %{x}: %{y:.3f} %<extra></extra>")
+    top = max(top, placed[-1] if placed else 0)
     fig.update_layout(**base_layout(
-        height=height, showlegend=bool(finals),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, font_size=11),
-        margin=dict(l=48, r=12, t=48, b=40)))
-    fig.update_xaxes(range=[-0.3, n_steps + 0.3], dtick=1, title_text="steps taken",
-                     showgrid=False)
-    fig.update_yaxes(range=[0, top * 1.2], ticksuffix="%", gridcolor="#EEE",
-                     title_text="row error")
+        height=height, showlegend=False, annotations=annotations,
+        margin=dict(l=48, r=112 if finals else 12, t=24, b=40)))
+    fig.update_xaxes(range=[-0.3, (x1 if finals else n_steps) + 0.05], title_text="steps taken",
+                     showgrid=False, tickvals=list(range(n_steps + 1)))
+    fig.update_yaxes(range=[0, top * 1.25], ticksuffix=" %", gridcolor="#EEE",
+                     title_text="error")
     return fig
 
 
@@ -296,9 +328,9 @@ def modes_figure(rel_errors: Mapping[str, float], highlight: str = "true_obs",
                else fade(METHOD_COLOURS.get(m, ROW), 0.35) for m in methods]
     fig = go.Figure(go.Bar(
         x=v, y=methods, orientation="h", marker=dict(color=colours, line_width=0),
-        text=[f"{x:.2f}%" for x in v], textposition="outside", cliponaxis=False,
-        hovertemplate="%{y}: %{x:.3f}%<extra></extra>"))
-    fig.update_layout(**base_layout(height=height, margin=dict(l=84, r=44, t=8, b=32)))
-    fig.update_xaxes(range=[0, max([*v, 1e-9]) * 1.25], ticksuffix="%", gridcolor="#EEE")
+        text=[format_rel_error(rel_errors[m]) for m in methods], textposition="outside",
+        cliponaxis=False, hovertemplate="%{y}: %{x:.3f} %<extra></extra>"))
+    fig.update_layout(**base_layout(height=height, margin=dict(l=84, r=56, t=8, b=32)))
+    fig.update_xaxes(range=[0, max([*v, 1e-9]) * 1.3], ticksuffix=" %", gridcolor="#EEE")
     fig.update_yaxes(autorange="reversed")
     return fig

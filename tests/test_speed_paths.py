@@ -1,0 +1,145 @@
+"""The fast paths of the engine against the plain formulas they replace.
+
+Each check runs in float64 on small random SPD systems and must agree to rounding: the closed-form
+small inverses, the small-system OBS removal (`obs_remove_small`), the column-restricted Schur
+downdate, the lazy column blocks of `full`/`split`/`interleaved` against the step-by-step update,
+and the strided-write geometry maps against a scatter of the element offsets.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import obsviz
+from obsviz import modes, obs
+from obsviz.geometry import Geometry
+
+import reference as ref
+
+TIGHT = dict(rtol=1e-9, atol=1e-11)
+
+
+def spd(B: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(B, n, 3 * n, generator=g, dtype=torch.float64)
+    return X @ X.transpose(1, 2) / (3 * n) + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 5])
+def test_small_spd_inverse_is_the_inverse(q):
+    A = spd(7, q, seed=q)
+    assert_close(obs.small_spd_inverse(A), torch.linalg.inv(A), **TIGHT)
+
+
+def direct_removal(w, C, P):
+    """Plain formulas, one row at a time: w ← w − w_P (C_PP)⁻¹ C_P,:, w_P = 0,
+    C ← C − C_:,P (C_PP)⁻¹ C_P,:."""
+    w, C = w.clone(), C.clone()
+    for r in range(w.shape[0]):
+        p = [int(i) for i in P[r] if i >= 0]
+        if not p:
+            continue
+        G = torch.linalg.inv(C[r][p][:, p])
+        w[r] -= w[r, p] @ G @ C[r][p]
+        w[r, p] = 0
+        C[r] -= C[r][:, p] @ G @ C[r][p]
+    return w, C
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_obs_remove_small_matches_the_plain_formulas_including_padding(start):
+    B, n = 4, 9
+    C = spd(B, n, seed=1)
+    w = torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    P = torch.tensor([[3, 5], [4, -1], [-1, -1], [8, 3]])
+    w_ref, C_ref = direct_removal(w, C, P)
+    obs.obs_remove_small(w, C, P, start=start)
+    assert_close(w[:, start:], w_ref[:, start:], **TIGHT)
+    assert_close(C[:, start:, start:], C_ref[:, start:, start:], **TIGHT)
+
+
+@pytest.mark.parametrize("keep", [slice(6, 12), torch.tensor([1, 7, 10])])
+def test_downdate_restricted_to_later_columns_keeps_those_columns_exact(keep):
+    B, K = 3, 12
+    C = spd(B, K, seed=3)
+    W = torch.randn(B, K, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    P = torch.tensor([[0, 2, 4], [1, 3, -1], [5, 0, 2]])
+    W_ref, C_ref = direct_removal(W, C, P)
+    obs.obs_update_per_row(W, C, P, keep_exact=keep)
+    assert_close(W, W_ref, **TIGHT)
+    assert_close(C[:, :, keep], C_ref[:, :, keep], **TIGHT)
+
+
+@pytest.mark.parametrize("method", ["full", "split", "interleaved"])
+@pytest.mark.parametrize("preset", ["2:4", "coupled-2:4", "block16"])
+def test_lazy_column_blocks_equal_the_step_by_step_update(method, preset, monkeypatch):
+    W, H = ref.random_layer(32, 64, seed=5)
+    geom = Geometry.preset(preset, (32, 64))
+    monkeypatch.setattr(modes, "LAZY_COLUMNS", 16)   # several blocks per chunk
+    fast = obsviz.prune(W, H, geom, geom.nnz, method=method, n_splits=3)
+    monkeypatch.setattr(modes, "column_regular", lambda layout: False)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method=method, n_splits=3)
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+
+
+@pytest.mark.parametrize("sub", [1, 3, 64])
+def test_true_obs_sub_batches_change_speed_not_result(sub, monkeypatch):
+    W, H = ref.random_layer(8, 64, seed=6)
+    geom = Geometry.preset("2:4", (8, 64))
+    base = obsviz.prune(W, H, geom, geom.nnz, method="true_obs", ng=1)
+    monkeypatch.setattr(modes, "SUB_STEPS", sub)
+    res = obsviz.prune(W, H, geom, geom.nnz, method="true_obs", ng=16)
+    assert torch.equal(res.mask, base.mask)
+    assert_close(res.weight, base.weight, **TIGHT)
+
+
+@pytest.mark.parametrize("geom", [
+    Geometry.preset("coupled-2:4", (32, 64)), Geometry.preset("block16", (32, 64)),
+    Geometry((12, 20), block=(2, 1, 2), scope=(1, 5), view_shape=(4, 5, 12)),
+], ids=["coupled-2:4", "block16", "free-form"])
+def test_strided_maps_equal_a_scatter_of_element_offsets(geom):
+    M, K = geom.weight_shape
+    blocks = geom.block_elements()[geom.scope_blocks()]             # (S, gs, bk), int64
+    assert torch.equal(geom.scope_elements(), blocks)
+    S, gs, bk = blocks.shape
+    expect = {"scope": torch.arange(S)[:, None, None], "position": torch.arange(gs)[None, :, None]}
+    for name, ids in expect.items():
+        out = torch.empty(M * K, dtype=torch.long)
+        out[blocks.reshape(-1)] = ids.expand_as(blocks).reshape(-1)
+        got = geom.scope_map() if name == "scope" else geom.block_in_scope_map()
+        assert torch.equal(got, out.view(M, K))
+        got32 = (geom.scope_map(torch.int32) if name == "scope"
+                 else geom.block_in_scope_map(torch.int32))
+        assert got32.dtype == torch.int32 and torch.equal(got32.long(), out.view(M, K))
+    out = torch.empty(M * K, dtype=torch.long)
+    be = geom.block_elements()
+    out[be.reshape(-1)] = torch.arange(be.shape[0])[:, None].expand_as(be).reshape(-1)
+    assert torch.equal(geom.block_map(), out.view(M, K))
+
+
+@pytest.mark.parametrize("geom", [
+    Geometry.preset("2:4", (32, 64)), Geometry.preset("4:8", (48, 96)),
+    Geometry.preset("2:4-pairs", (32, 64)), Geometry.preset("coupled-2:4", (48, 96)),
+    Geometry((32, 64), block=(1, 1, 4), scope=(1, 2, 1), view_shape=(32, 16, 4),
+             view_stride=(64, 1, 16)),
+], ids=["2:4", "4:8", "2:4-pairs", "coupled-2:4", "strided-free-form"])
+def test_layout_read_off_in_order_equals_the_sorted_construction(geom, monkeypatch):
+    from obsviz import layout
+    fast = layout._row_steps_in_order(geom)
+    assert fast is not None
+    monkeypatch.setattr(layout, "_row_steps_in_order", lambda g: None)
+    layout.row_steps.cache_clear()
+    slow = layout.row_steps(geom)
+    layout.row_steps.cache_clear()
+    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
+        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
+    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+
+
+def test_layout_of_row_coupled_or_unordered_geometries_takes_the_sorted_construction():
+    from obsviz import layout
+    assert layout._row_steps_in_order(Geometry.preset("block16", (32, 64))) is None
+    assert layout._row_steps_in_order(Geometry((32, 64), block=(2, 2), scope=(1, 4))) is None
