@@ -115,7 +115,6 @@ with c_geom:
 st.subheader("Methods")
 st.multiselect(
     "Methods", METHODS, key=bind("methods"), on_change=changed, args=("methods",),
-    format_func=lambda m: f"{m} · {REGISTRY[m].label}",
     help=f"OBS modes: {', '.join(OBS_MODES)}. Baselines: {', '.join(BASELINES)}. "
          + " ".join(f"**{m}**: {REGISTRY[m].help}." for m in METHODS),
     placeholder="Choose one or more methods")
@@ -213,8 +212,8 @@ if last and not run:
                 valid = "valid" if rep["valid"] else f"**invalid** ({rep['bad_scopes']} scopes)"
                 st.markdown(
                     f":green[:material/check_circle:] **{md(labels.describe(r.job, r.method))}**"
-                    f" · relative error **{format_rel_error(r.result.rel_error)}** · sparsity "
-                    f"{rep['sparsity']:.1%} · {valid} · {r.result.seconds:.2f} s on "
+                    f" · relative error **{format_rel_error(r.rel_error)}** · sparsity "
+                    f"{rep['sparsity']:.1%} · {valid} · {r.seconds:.2f} s on "
                     f"{rep['device']}" + (" · cached" if entry["status"] == "cached" else ""))
             else:
                 icon = (":orange[:material/pause_circle:]" if entry["status"] == "stopped"

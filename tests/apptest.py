@@ -43,6 +43,15 @@ def open_app(page: str | None = None, params: dict[str, str] | None = None,
     return at
 
 
+def run_methods(at, methods: list[str]):
+    """On the Prune page: choose ``methods`` and press Run."""
+    at.multiselect(key="_p_methods").set_value(methods).run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 
 

@@ -8,7 +8,7 @@ import torch
 from obsviz import methods
 from obsviz.metrics import format_rel_error
 
-from apptest import errors, open_app, plain
+from apptest import errors, open_app, plain, run_methods
 
 
 def open_page(page: str, layer: str = "toy", **state):
@@ -19,14 +19,6 @@ def patch_run(monkeypatch, method: str, run) -> None:
     """Make ``method`` run ``run(problem, **options)`` (its one home: the method registry)."""
     monkeypatch.setitem(methods.REGISTRY, method,
                         dataclasses.replace(methods.REGISTRY[method], run=run))
-
-
-def run_methods(at, methods: list[str]):
-    at.multiselect(key="_p_methods").set_value(methods).run()
-    assert not at.exception, at.exception
-    next(b for b in at.button if b.label == "Run").click().run()
-    assert not at.exception, at.exception
-    return at
 
 
 def texts(at) -> str:

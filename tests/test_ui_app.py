@@ -15,18 +15,10 @@ import torch
 from obsviz import Geometry, prune
 from obsviz import layers as L
 
-from apptest import ROOT, errors, fresh_store, open_app, plain
+from apptest import ROOT, errors, fresh_store, open_app, plain, run_methods
 from ui import runs, state
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-def run_methods(at, methods: list[str]):
-    at.multiselect(key="_p_methods").set_value(methods).run()
-    assert not at.exception, at.exception
-    next(b for b in at.button if b.label == "Run").click().run()
-    assert not at.exception, at.exception
-    return at
 
 
 def upload(at, name: str, data: bytes):
@@ -209,14 +201,17 @@ def test_nnz_zero_warns_that_everything_is_pruned():
 
 def test_a_typed_shape_beyond_free_memory_is_refused_before_its_maps(monkeypatch):
     computed = []
-    monkeypatch.setattr(state, "available_memory", lambda device="cpu": 64 * 2**20)
+    from obsviz import estimate
+
+    monkeypatch.setattr(estimate, "available_memory", lambda device="cpu": 64 * 2**20)
     monkeypatch.setattr(state, "compute_maps", lambda geom: computed.append(geom))
     at = open_app("pages/geometry.py", params={"pattern": "2:4", "weight": "4096, 4096",
                                                "nnz": "2"})
     shown = errors(at)
-    assert len(shown) == 1 and shown[0].startswith("weight_shape=(4096, 4096): labelling every "
-                                                   "weight needs about 768.0 MiB, but only "
-                                                   "64.0 MiB is free")
+    need = estimate.format_bytes(estimate.geometry_maps_bytes((4096, 4096)))
+    assert len(shown) == 1 and shown[0].startswith(
+        f"labelling every weight of W 4096 × 4096 needs about {need} but only 64.0 MiB"), shown
+    assert ".st-key-_g_weight" in " ".join(h.value for h in at.html)   # the shape's field
     assert not computed and not at.metric
 
 

@@ -11,14 +11,13 @@ from ui.runs import Run
 
 
 def safetensors_bytes(run: Run) -> bytes:
-    """The pruned layer as ``.safetensors``, written by the engine's one writer
-    (``obsviz.save_pruned``): the pruned weight ``(M, K)``, its mask (True = kept), the Hessian
-    it was pruned with and the run's report; ``obsviz.load_layer`` reads it back."""
+    """The pruned layer as ``obsviz.save_pruned`` writes it (weight, mask, Hessian, report), so
+    ``obsviz.load_layer`` reads the download back."""
     layer = run.layer.layer
     return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
                        report=json.loads(json.dumps(run.report, default=str)),
-                       nsamples=layer.nsamples, source=run.layer.label,
-                       notes=[f"pruned with {run.method}, nnz={run.job.nnz}"])
+                       nsamples=layer.nsamples,
+                       source=f"{run.layer.label}, pruned ({run.label or run.method})")
 
 
 REPORT_COLUMNS = ("label", "method", "layer", "rel_error", "row_rel_error_p50",

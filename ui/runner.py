@@ -188,6 +188,5 @@ def _failed(method: str, label: str, slot, message: str) -> dict:
 
 
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
-    seconds = "cached" if cached else f"{run.result.seconds:.2f} s"
-    return (f"{md(label)} · relative error {format_rel_error(run.result.rel_error)} · "
-            f"{seconds}")
+    seconds = "cached" if cached else f"{run.seconds:.2f} s"
+    return f"{md(label)} · relative error {format_rel_error(run.rel_error)} · {seconds}"

@@ -31,7 +31,7 @@ import streamlit as st
 
 from obsviz import ArgumentError, Geometry
 from obsviz import layers as L
-from obsviz.estimate import available_memory, format_bytes
+from obsviz.estimate import geometry_maps_bytes, require_memory
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import (
     GeometryMaps,
@@ -111,14 +111,26 @@ def require_entrypoint() -> None:
     off here; a session's first run then starts again through ``app.py`` (it has no click to
     lose), a later one draws the shared sidebar here instead.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    if not _leave_legacy_pages_mode():
         return
-    PagesManager.uses_pages_directory = False
     if not st.session_state.get("entered"):
         st.rerun()
     draw_sidebar()
+
+
+def _leave_legacy_pages_mode() -> bool:
+    """Turn Streamlit's ``pages/`` folder mode off; whether it was on."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    was_on = bool(PagesManager.uses_pages_directory)
+    PagesManager.uses_pages_directory = False
+    return was_on
+
+
+# A page that runs before the entrypoint ever did (a cold deep link) imports this module: from
+# its next run on, every page goes through app.py, also pages that do not call
+# ``require_entrypoint``.
+_leave_legacy_pages_mode()
 
 
 def init_state() -> None:
@@ -302,26 +314,17 @@ def spec_key(spec: dict) -> str:
 
 # ---- the geometry's maps ----------------------------------------------------------------------
 
-#: Bytes per weight while the layout maps are computed: four int32 maps kept, and int64
-#: intermediates while each is built.
-MAPS_BYTES_PER_WEIGHT = 48
-
-
 def require_maps_memory(geom: Geometry) -> None:
     """Refuse, before anything is allocated, a geometry whose maps would not fit in the memory
-    free now (a typed shape of 2**28 weights needs ~12 GiB).
+    free now (a typed shape of 2**28 weights needs ~16 GiB): ``obsviz.estimate``'s estimate and
+    check.
 
     Raises:
         ArgumentError: ``weight_shape``, with what is needed and what is free.
     """
     M, K = geom.weight_shape
-    need = M * K * MAPS_BYTES_PER_WEIGHT
-    free = available_memory("cpu")
-    if free is not None and need > free // 2:
-        raise ArgumentError(
-            "weight_shape", f"weight_shape=({M}, {K}): labelling every weight needs about "
-                            f"{format_bytes(need)}, but only {format_bytes(free)} is free; "
-                            "choose a smaller shape")
+    require_memory(geometry_maps_bytes((M, K)), "cpu",
+                   what=f"labelling every weight of W {M} × {K}", argument="weight_shape")
 
 
 # Maps hold (M, K) int tensors (hundreds of MB for a 4096 x 11008 layer): cache_resource keeps

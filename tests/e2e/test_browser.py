@@ -26,14 +26,16 @@ PAGES = {
 #: Two quick methods for the Prune scenario (an OBS mode and a baseline).
 METHODS = ("local", "sparsegpt")
 
-#: Records, for the whole life of the tab, every element type of a running script that showed.
+#: Records, for the whole life of the tab, every progress bar text seen in view (not inside a
+#: collapsed box) while a script runs.
 WATCH_PROGRESS = """() => {
     window.__obsvizSeen = new Set();
-    const ids = ["stProgress", "stExpanderIconSpinner"];
-    const look = () => ids.forEach(id => {
-        if (document.querySelector(`[data-testid="${id}"]`)) window.__obsvizSeen.add(id);
+    const look = () => document.querySelectorAll('[data-testid="stProgress"]').forEach(bar => {
+        const shown = bar.checkVisibility() && !bar.closest('details:not([open])');
+        if (shown) window.__obsvizSeen.add(bar.innerText.trim());
     });
-    new MutationObserver(look).observe(document.body, {childList: true, subtree: true});
+    new MutationObserver(look).observe(document.body, {childList: true, subtree: true,
+                                                      characterData: true});
 }"""
 
 
@@ -75,11 +77,10 @@ def pick_methods(app, wanted: tuple[str, ...]) -> None:
     assert sorted(chosen()) == sorted(wanted), chosen()
 
 
-def finished_statuses(app) -> list[str]:
-    """Labels of the finished ``st.status`` boxes (one per method run)."""
-    done = app.page.locator('[data-testid="stExpander"]').filter(
-        has=app.page.locator('[data-testid="stExpanderIconCheck"]'))
-    return [t.split("\n")[-1].strip() for t in done.locator("summary").all_inner_texts()]
+def finished_methods(app) -> list[str]:
+    """Texts of the finished methods' success boxes (one per method run)."""
+    done = app.page.locator('[data-testid="stMain"] [data-testid="stAlertContentSuccess"]')
+    return [t.strip() for t in done.all_inner_texts()]
 
 
 def assert_results(text: str, methods) -> None:
@@ -143,13 +144,16 @@ def test_prune_runs_two_methods(session_tab):
 
     app.page.evaluate(WATCH_PROGRESS)
     app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
-    app.page.locator('[data-testid="stExpanderIconCheck"]').nth(len(METHODS) - 1).wait_for(
+    app.page.locator('[data-testid="stAlertContentSuccess"]').nth(len(METHODS) - 1).wait_for(
         timeout=app.SETTLE_TIMEOUT)
     app.settle().check()
     seen = app.page.evaluate("() => [...window.__obsvizSeen]")
-    assert seen, "no progress (progress bar or running status) showed during the run"
+    # a bar per method, in view without expanding anything, each saying how long is left
+    for method in METHODS:
+        assert any(t.startswith(method) for t in seen), (method, seen)
+    assert any(re.search(r"(about \d+ (s|min)|under a second) left", t) for t in seen), seen
 
-    labels = finished_statuses(app)
+    labels = finished_methods(app)
     assert len(labels) == len(METHODS), labels
     assert_results("\n".join(labels), METHODS)
     app.shot("prune-results")
