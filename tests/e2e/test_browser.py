@@ -187,8 +187,9 @@ def test_compare_shows_heatmaps_for_both(session_tab):
 
 
 def test_compare_from_nothing_runs_the_fast_modes(app):
-    """A fresh session has nothing to compare: Compare offers the fast modes and runs them."""
-    app.open("/compare").check()
+    """A fresh session on a layer nobody ran yet has nothing to compare (the run store keeps
+    the other scenarios' runs, of other layers): Compare offers the fast modes and runs them."""
+    app.open("/compare?layer=layer5.key").check()
     run = app.page.get_by_role("button", name=re.compile("Run the fast modes"))
     run.wait_for()
     offer = app.page.locator('[data-testid="stCaptionContainer"]').filter(has_text=" with ")
