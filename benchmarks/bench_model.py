@@ -1,0 +1,93 @@
+"""Whole-model what-if on all-MiniLM-L6-v2: end metrics and seconds of each method, as ratios to
+SparseGPT measured in the same run.
+
+    python benchmarks/bench_model.py                       # 2:4, coupled-2:4, block16 (MLP layers)
+    python benchmarks/bench_model.py --geometries 2:4 --methods sparsegpt true_obs
+
+Every target Linear of the 6 blocks is pruned in sequence (H from the pruned-so-far model), on the
+shipped calibration text (Jargon File); the end metrics are measured on the shipped held-out text
+(The Devil's Dictionary). `block16` is applied to the MLP layers only (intermediate and output
+dense), the others to all 36 Linear layers. Writes the raw numbers as JSON (default:
+benchmarks/results/model.json) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from obsviz.calibrate import minilm_checkpoint_dir
+from obsviz.metrics import format_rel_error
+from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, Plan, run_methods
+
+METHODS = ["magnitude", "wanda", "sparsegpt", "interleaved", "true_obs"]
+MLP = {"include": ("*.intermediate.dense", "*.output.dense"), "exclude": ("*.attention.*",)}
+
+
+def plan_for(geometry: str) -> Plan:
+    if geometry == "block16":
+        return Plan(geometry, **MLP)
+    return Plan(geometry)
+
+
+def markdown_table(results: dict) -> str:
+    """One row per (geometry, method): end metrics, and ratios to SparseGPT of the same run:
+    (1 − cosine), the last hidden state's error, wall and CPU seconds of the pruning."""
+    lines = ["| geometry | method | cosine | last hidden error | drift, block 0 | "
+             "(1 − cos) ÷ SparseGPT | hidden error ÷ SparseGPT | seconds | time ÷ SparseGPT | "
+             "CPU time ÷ SparseGPT |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for geometry, report in results.items():
+        ref = report["methods"].get("sparsegpt")
+        for m, e in report["methods"].items():
+            cos, err = e["metrics"]["cosine"], e["metrics"]["last_hidden_rel_error"]
+            ratios = ["–"] * 4
+            if ref:
+                rc, re_ = ref["metrics"]["cosine"], ref["metrics"]["last_hidden_rel_error"]
+                ratios = [f"{(1 - cos) / (1 - rc):.3f}", f"{err / re_:.3f}",
+                          f"{e['seconds'] / ref['seconds']:.1f}",
+                          f"{e['cpu_seconds'] / ref['cpu_seconds']:.1f}"
+                          if ref.get("cpu_seconds") else "–"]
+            lines.append(f"| {geometry} | {m} | {cos:.4f} | {format_rel_error(err)} | "
+                         f"{format_rel_error(e['drift'][0])} | {ratios[0]} | {ratios[1]} | "
+                         f"{e['seconds']:.0f} | {ratios[2]} | {ratios[3]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--geometries", nargs="+", default=["2:4", "coupled-2:4", "block16"])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--max-eval-tokens", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path,
+                        default=Path(__file__).parent / "results" / "model.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = ModelRun.from_dir(minilm_checkpoint_dir(), CALIBRATION_TEXT.read_text(),
+                            HELD_OUT_TEXT.read_text(), max_tokens=args.max_tokens,
+                            max_eval_tokens=args.max_eval_tokens, device=args.device,
+                            name="all-MiniLM-L6-v2")
+    results = {}
+    t0 = time.perf_counter()
+    for geometry in args.geometries:
+        def progress(f, msg, g=geometry):
+            print(f"\r{g:12s} {f:6.1%} {msg[:80]:80s}", end="", flush=True)
+        results[geometry] = run_methods(run, plan_for(geometry), args.methods, progress=progress)
+        print()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))   # kept after every geometry
+    print(f"\n{run.describe()}\ntotal {time.perf_counter() - t0:.0f} s, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print(markdown_table(results))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

