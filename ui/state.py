@@ -45,13 +45,14 @@ from obsviz.figures.geometry import (
 
 from ui import labels, layers, runs
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
-from ui.layers import ActiveLayer, sample_layer
+from ui.layers import ActiveLayer, sample_layer, sample_layer_names
 from ui.text import md
 from ui.widgets import copy_widget, device_options, device_select, form_widgets, mark_in_error
 
 __all__ = ["KEYS", "WIDGET_PREFIXES", "chosen_geometry", "copy_widget", "current_layer",
            "device", "device_select", "draw_sidebar", "form_widgets", "init_state", "layer_shape",
-           "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer", "sidebar"]
+           "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer",
+           "sample_layer_names", "sidebar"]
 
 FALLBACK_SHAPE = (384, 384)
 
@@ -84,6 +85,11 @@ KEYS: dict[str, Key] = {
     "learn_setup": Key("pages/learn.py", "dict: the Learn page's choices"),
     "learn_step": Key("pages/learn.py", "int: scopes of the lesson's row decided so far"),
     "learn_weights": Key("pages/learn.py", "list[float]: that row's weights after those steps"),
+    "model_form": Key("pages/model.py", "the Model page's inputs"),
+    "model_result": Key("pages/model.py", "the Model page's latest whole-model result"),
+    "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
+    "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
+    "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
 }
 
 #: Widget keys: Streamlit's own, one prefix per owner; forgotten when their page is left, so
