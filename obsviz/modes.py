@@ -275,6 +275,8 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         layout.n_steps, device=p.W.device)
     kept = torch.ones(M, K, dtype=torch.bool, device=p.W.device)
     batches = [step_order[i:i + ng] for i in range(0, layout.n_steps, ng)]
+    first = (first_batch_decisions(p, batches[0], chunk_size, c_dtype)
+             if scoring == "independent" and not coupled and batches else None)
     for ci, rows in enumerate(chunks):
         p.progress(ci / len(chunks), f"rows chunk {ci + 1}/{len(chunks)} ({rows.numel()} rows)")
         W = p.W[rows]
@@ -287,7 +289,10 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
             S = cols.reshape(rows.numel(), -1)                             # the batch's columns
             if not bool((S >= 0).any()):
                 continue
-            pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
+            if bi == 0 and first is not None:
+                pruned_S = first[rows]
+            else:
+                pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
             P = obs.compact(S, pruned_S)
             # Only the columns of later batches are read again: downdate just those (none
             # after the last batch).
@@ -298,6 +303,39 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         p.W[rows] = W
         kept[rows] = kept_c
     return kept
+
+
+def first_batch_decisions(p: Problem, steps: torch.Tensor, chunk_size: int,
+                          c_dtype: torch.dtype) -> torch.Tensor | None:
+    """The first batch's masks of every row, decided for many rows at a time.
+
+    Every row enters the first batch with the shared C and its original weights, so its small
+    system needs no per-row ``K × K`` C: rows are taken in groups as large as the memory of one
+    chunk of per-row C allows (far fewer steps of Python for the same arithmetic). Only for the
+    case :func:`decide_batch_independent` covers; ``None`` otherwise (e.g. padding)."""
+    layout = p.layout
+    M, K = p.W.shape
+    cols = layout.cols[:, steps]                                          # (M, nt, gs, Lb)
+    S = cols.reshape(M, -1)
+    if not bool((S >= 0).all()):
+        return None
+    nt, gs, Lb = cols.shape[1:]
+    n = S.shape[1]
+    C = p.C.to(c_dtype)
+    per_row = 12 * n * n + 8 * n
+    budget = min(M, chunk_size) * (K * K * C.element_size() + per_row + 4 * K * n)
+    group = max(chunk_size, budget // per_row)
+    regular = bool((S == S[:1]).all())
+    out = torch.zeros(M, n, dtype=torch.bool, device=p.W.device)
+    for g0 in range(0, M, group):
+        rows = torch.arange(g0, min(M, g0 + group), device=p.W.device)
+        if regular:   # the same columns in every row: one gather, shared
+            C_SS = obs.principal(C, S[0]).expand(rows.numel(), n, n)
+        else:
+            C_SS = obs.principal(C, S[rows])                              # (B, n, n)
+        w_S = obs.gather_masked(p.W[rows], S[rows]).to(C_SS.dtype)
+        out[rows] = decide_batch_independent(p, C_SS, w_S, nt, gs, Lb)
+    return out
 
 
 def later_columns(cols: torch.Tensor, batches: list[torch.Tensor], bi: int
