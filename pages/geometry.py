@@ -162,11 +162,12 @@ with right:
     coupled = (f"Yes: {counts.rows_per_scope} rows per scope" if counts.is_row_coupled
                else "No: every row decides alone")
     st.markdown(f"**Row-coupled:** {coupled}")
-    st.markdown(f"**Memory on {ss['device']}** for all {M} rows")
-    table, free = facts.memory_table(geom, ss["device"])
+    device = state.device()
+    st.markdown(f"**Memory on {device}** for all {M} rows")
+    table, free = facts.memory_table(geom, device)
     st.dataframe(table, hide_index=True, width="stretch")
     if free is not None:
-        st.caption(f"{format_bytes(free)} free now on {ss['device']}.")
+        st.caption(f"{format_bytes(free)} free now on {device}.")
 
 st.divider()
 c_cols, c_rows = st.columns(2, gap="large")

@@ -108,14 +108,14 @@ def test_an_uploaded_layer_is_the_current_layer_of_every_page_and_survives_leavi
     assert any("In use: **mine.safetensors · toy**" in plain(c.value) for c in at.caption)
     assert any(b.label == "Run" for b in at.button)
 
-    at.sidebar.selectbox(key="_w_layer").set_value("sample:toy").run()   # one choice
+    at.sidebar.selectbox(key="_w_layer").set_value("toy").run()   # one choice
     assert at.session_state["layer_source"] == "sample"
     assert at.sidebar.selectbox(key="_w_layer").options[-1] == "mine.safetensors · toy"
 
 
 def test_the_latest_run_names_its_layer_after_the_layer_is_switched():
     at = run_methods(open_app("pages/prune.py", state={"layer_name": "toy"}), ["local"])
-    at.sidebar.selectbox(key="_w_layer").set_value("sample:layer0.query").run()
+    at.sidebar.selectbox(key="_w_layer").set_value("layer0.query").run()
     assert not at.exception, at.exception
     shown = [plain(m.value) for m in at.markdown]
     assert "On **toy**" in shown, shown
@@ -138,6 +138,7 @@ def test_results_survive_a_restart_through_the_run_store():
     assert [e["status"] for e in again.session_state["last_run"]] == ["cached", "cached"]
     for key, run in again.session_state["results"].items():
         assert run.result.rel_error == done[key]
+        assert run.label and run.report["valid"] and run.report["sparsity"] == 0.5
 
 
 def test_beyond_the_memory_cap_runs_stay_listed_and_come_back_exactly(monkeypatch):

@@ -152,14 +152,18 @@ def current() -> ActiveLayer | None:
     return user
 
 
+#: The sidebar's value for the uploaded or checkpoint layer (samples are listed by name).
+USER = ":user"
+
+
 def choices() -> dict[str, str]:
-    """What the sidebar offers: ``{choice: label}``, every sample (``sample:<name>``), then the
-    uploaded or checkpoint layer when there is one (``user``)."""
+    """What the sidebar offers: ``{choice: label}``, every sample (by name), then the uploaded
+    or checkpoint layer when there is one (``USER``)."""
     ss = st.session_state
     init()
-    options = {f"sample:{name}": name for name in sample_layer_names()}
+    options = {name: name for name in sample_layer_names()}
     if ss["user_layer"] is not None:
-        options["user"] = ss["user_layer"].label
+        options[USER] = ss["user_layer"].label
     return options
 
 
@@ -167,17 +171,18 @@ def current_choice() -> str | None:
     ss = st.session_state
     init()
     if ss["layer_source"] == "sample":
-        return f"sample:{ss['layer_name']}" if ss["layer_name"] else None
-    return "user" if ss["user_layer"] is not None else None
+        return ss["layer_name"]
+    return USER if ss["user_layer"] is not None else None
 
 
 def choose(choice: str) -> None:
     """Make ``choice`` (a key of ``choices()``) the current layer."""
     ss = st.session_state
-    if choice == "user" and ss.get("user_layer") is not None:
-        ss["layer_source"] = ss["user_layer"].kind
-    elif choice.startswith("sample:"):
-        ss["layer_source"], ss["layer_name"] = "sample", choice.removeprefix("sample:")
+    if choice == USER:
+        if ss.get("user_layer") is not None:
+            ss["layer_source"] = ss["user_layer"].kind
+    else:
+        ss["layer_source"], ss["layer_name"] = "sample", choice
 
 
 # ---- widgets ----------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ def _load_result(run: Run) -> PruneResult:
     tensors = db.tensors(run.stored_id)
     return PruneResult(weight=tensors["weight"], mask=tensors["mask"], rel_error=run.rel_error,
                        seconds=run.seconds, method=run.method,
-                       options=run.job.trial_options(run.method), rows=run.job.rows())
+                       options={"nnz": run.job.nnz, "damp": run.job.damp,
+                                **run.job.trial_options(run.method)}, rows=run.job.rows())
 
 
 def _evict(keep: str | None = None) -> None:

@@ -43,7 +43,7 @@ from obsviz.figures.geometry import (
     row_coupling_figure,
 )
 
-from ui import layers, runs
+from ui import labels, layers, runs
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
 from ui.layers import ActiveLayer, sample_layer
 from ui.text import md
@@ -111,26 +111,14 @@ def require_entrypoint() -> None:
     off here; a session's first run then starts again through ``app.py`` (it has no click to
     lose), a later one draws the shared sidebar here instead.
     """
-    if not _leave_legacy_pages_mode():
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
         return
+    PagesManager.uses_pages_directory = False
     if not st.session_state.get("entered"):
         st.rerun()
     draw_sidebar()
-
-
-def _leave_legacy_pages_mode() -> bool:
-    """Turn Streamlit's ``pages/`` folder mode off; whether it was on."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    was_on = bool(PagesManager.uses_pages_directory)
-    PagesManager.uses_pages_directory = False
-    return was_on
-
-
-# A page that runs before the entrypoint ever did (a cold deep link) imports this module: from
-# its next run on, every page goes through app.py, also pages that do not call
-# ``require_entrypoint``.
-_leave_legacy_pages_mode()
 
 
 def init_state() -> None:
@@ -167,8 +155,9 @@ def layer_shape() -> tuple[int, int] | None:
 
 
 def sidebar() -> None:
-    """Nothing: the entrypoint draws the sidebar (``draw_sidebar``) around ``st.navigation``.
-    Kept while pages written before that still call it; remove with the last call."""
+    """The old name of ``require_entrypoint``, for pages written before the entrypoint drew the
+    sidebar (it draws it only where the entrypoint did not); remove with the last call."""
+    require_entrypoint()
 
 
 def draw_sidebar() -> None:
@@ -193,7 +182,8 @@ def draw_sidebar() -> None:
                               "Prune page.")
         active = current_layer()
         if active is not None:
-            runs.adopt_stored(active)   # its runs from earlier sessions are listed too
+            if runs.adopt_stored(active):   # its runs from earlier sessions are listed too
+                labels.relabel()
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
