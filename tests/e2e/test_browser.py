@@ -21,7 +21,6 @@ PAGES = {
     "/prune": ("Prune", "Prune"),
     "/compare": ("Compare", "Compare"),
     "/learn": ("Learn", "Learn"),
-    "/sweep": ("Sweep", "Sweep"),
 }
 
 #: Two quick methods for the Prune scenario (an OBS mode and a baseline).
@@ -164,7 +163,7 @@ def test_prune_runs_two_methods(session_tab):
 def assert_heatmaps(app, methods) -> None:
     """Compare shows its charts, and the error heatmaps have one panel per method."""
     app.page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for()
-    # the maps (error contribution first) are the figure drawn as images
+    # the maps (error contribution first; one kind at a time) are the figure drawn as images
     error_maps = app.page.locator(".js-plotly-plot").filter(
         has=app.page.locator("image")).first
     error_maps.wait_for()
@@ -232,19 +231,3 @@ def test_learn_steps_forward_and_back(app):
     app.settle().check()
     assert step() == (2, total)
     app.shot("learn-step-back")
-
-
-def test_sweep_runs_the_default_grid_and_draws_it(app):
-    app.open("/sweep").check()
-    app.page.get_by_role("button", name="Run the sweep").click()
-    app.page.get_by_text("Sweep finished in").wait_for(timeout=240_000)
-    app.settle().check()
-    app.shot("sweep-finished")
-    text = app.main_text()
-    assert re.search(r"6 trials run, \d+ already done, 0 failed|\d+ trials run, 6 already done",
-                     text), text
-    assert app.page.locator(".js-plotly-plot").count() >= 1  # the Pareto chart (first tab)
-    assert app.page.locator('[data-testid="stDataFrame"]').count() == 1
-    app.page.get_by_role("tab", name="Layer × geometry").click()
-    app.settle().check()
-    assert set(plot_titles(app)) >= {"magnitude", "wanda", "sparsegpt"}
