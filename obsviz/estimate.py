@@ -47,9 +47,9 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
 
 
 #: Peak bytes per weight of a geometry's maps (block, scope and position maps plus the scope
-#: elements, as :func:`obsviz.figures.geometry.compute_maps` builds them): measured 38–46 on
-#: 1024² and 2048² weights, rounded up.
-MAP_BYTES_PER_WEIGHT = 64
+#: elements, as :func:`obsviz.figures.geometry.compute_maps` builds them, in int32 written
+#: through the view's strides): measured about 25 on a 2048² weight, rounded up.
+MAP_BYTES_PER_WEIGHT = 32
 
 
 def geometry_maps_bytes(weight_shape: tuple[int, int]) -> int:
