@@ -102,6 +102,8 @@ def local(p: Problem) -> torch.Tensor:
     pruned = select_shared(p, p.C, e)
     mark_pruned(kept, e, pruned)
     p.progress(0.5, "compensating within scopes")
+    if local_regular(p, e, pruned, kept):
+        return kept
     E, gs, Lb = e.cols.shape
     n = gs * Lb
     q = p.n_prune * Lb
@@ -128,6 +130,51 @@ def local(p: Problem) -> torch.Tensor:
         new = torch.where(pm, torch.zeros_like(w), w - (z @ C_PS).squeeze(1))
         Wf[flat[ok]] = new[ok].to(p.W.dtype)
     return kept
+
+
+def local_regular(p: Problem, e: Entries, pruned: torch.Tensor, kept: torch.Tensor) -> bool:
+    """``local``'s compensation when the entries run row by row through the same ``D`` column
+    sets (a column-regular layout without padding, every row holding every step): per (set,
+    subset) the compensation ``(C_PP)⁻¹ C_P,S`` is formed once, and each entry applies its own.
+    Returns False (nothing done) when the layout is not like that."""
+    E, gs, Lb = e.cols.shape
+    M = p.W.shape[0]
+    if E % M or not bool((e.cols >= 0).all()):
+        return False
+    D = E // M
+    cols = e.cols.view(M, D, gs, Lb)
+    if not (torch.equal(e.rows, torch.arange(M, device=e.rows.device).repeat_interleave(D))
+            and bool((cols == cols[:1]).all())):
+        return False
+    subsets = obs.prune_subsets(gs, p.n_prune, p.W.device)
+    if subsets is None or gs > 62:
+        return False
+    n, q = gs * Lb, p.n_prune * Lb
+    within = torch.arange(Lb, device=p.W.device)
+    Ppos = (subsets.unsqueeze(-1) * Lb + within).reshape(-1, q)            # (n_sub, q) in S
+    # The subset index of every entry's pruned blocks, through their bit codes.
+    bits = 1 << torch.arange(gs, device=p.W.device)
+    sub_code = (bits[subsets]).sum(1)
+    order = torch.argsort(sub_code)
+    which = order[torch.searchsorted(sub_code[order], (pruned.long() * bits).sum(1))]
+    which = which.view(M, D)
+    S = cols[0].reshape(D, n)
+    C_SS = p.C[S.unsqueeze(-1), S.unsqueeze(-2)]                              # (D, n, n)
+    C_PS = C_SS[:, Ppos]                                                      # (D, n_sub, q, n)
+    G = obs.small_spd_inverse(C_PS.gather(3, Ppos[None, :, None, :].expand(D, -1, q, -1)))
+    comp = G @ C_PS                                                           # (D, n_sub, q, n)
+    flat_S = S.reshape(-1)
+    step = max(1, (1 << 22) // max(1, D * q * n))
+    for r0 in range(0, M, step):
+        r1 = min(M, r0 + step)
+        w = p.W[r0:r1, flat_S].view(r1 - r0, D, n).to(comp.dtype)
+        idx = which[r0:r1]                                                    # (R, D)
+        w_P = w.gather(2, Ppos[idx])                                          # (R, D, q)
+        c = comp[torch.arange(D, device=w.device), idx]                      # (R, D, q, n)
+        new = w - (w_P.unsqueeze(-2) @ c).squeeze(-2)
+        new = new * kept[r0:r1, flat_S].view(r1 - r0, D, n)
+        p.W[r0:r1, flat_S] = new.reshape(r1 - r0, -1).to(p.W.dtype)
+    return True
 
 
 # ---- full / split / interleaved ---------------------------------------------------------------

@@ -314,12 +314,27 @@ def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: 
             sets = sets.view(-1, *cols.shape[1:])
             P = sets[:, subsets].reshape(sets.shape[0], n_sub, q)
             G = small_spd_inverse(principal(C, P))                      # (D, n_sub, q, q)
+            D = sets.shape[0]
+            if E % D == 0 and torch.equal(which.view(-1, D), torch.arange(
+                    D, device=cols.device).expand(E // D, D)):
+                # Entries cycle through the sets (row by row, step by step): one batched
+                # product per (set, subset) over all rows.
+                wm = (w * (cols >= 0)).view(E // D, D, *cols.shape[1:])
+                res = out.view(E // D, D, n_sub)
+                step = max(1, max_elems // max(1, D * n_sub * q))
+                for r0 in range(0, E // D, step):
+                    w_P = wm[r0:r0 + step][:, :, subsets].reshape(-1, D, n_sub, q)
+                    w_P = w_P.to(out.dtype)
+                    wG = torch.einsum("rdsq,dsqp->rdsp", w_P, G)
+                    res[r0:r0 + step] = (wG * w_P).sum(-1)
+                return out
             step = max(1, max_elems // max(1, n_sub * q * q))
             for e0 in range(0, E, step):
                 e1 = min(E, e0 + step)
                 w_P = (w[e0:e1] * (cols[e0:e1] >= 0))[:, subsets].reshape(e1 - e0, n_sub, q)
                 w_P = w_P.to(out.dtype)
-                out[e0:e1] = ((G[which[e0:e1]] @ w_P.unsqueeze(-1)).squeeze(-1) * w_P).sum(-1)
+                outer = w_P.unsqueeze(-1) * w_P.unsqueeze(-2)                 # no tiny matmuls
+                out[e0:e1] = (G[which[e0:e1]] * outer).sum((-2, -1))
             return out
     step = max(1, max_elems // max(1, n_sub * q * q))
     for e0 in range(0, E, step):

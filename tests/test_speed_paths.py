@@ -162,3 +162,19 @@ def test_layout_placed_block_by_block_equals_the_element_construction(geom, monk
     for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
         assert torch.equal(getattr(fast, k), getattr(slow, k)), k
     assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+
+
+@pytest.mark.parametrize("preset", ["2:4", "4:8", "coupled-2:4", "2:4-pairs"])
+def test_local_per_subset_compensation_equals_the_per_entry_solve(preset, monkeypatch):
+    W, H = ref.random_layer(24, 64, seed=7)
+    geom = Geometry.preset(preset, (24, 64))
+    used = []
+    real = modes.local_regular
+    monkeypatch.setattr(modes, "local_regular", lambda *a: used.append(real(*a)) or used[-1])
+    fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert used == [True]
+    monkeypatch.setattr(modes, "local_regular", lambda *a: False)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)
