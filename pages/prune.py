@@ -173,7 +173,7 @@ except ValueError as err:
 # ---- estimate and run -------------------------------------------------------------------------
 if methods:
     table = runner.estimate(job, methods)
-    cached = {m for m in methods if runs.run_key(job, m) in runs.store()}
+    cached = {m for m in methods if runs.known(job, m)}
     st.dataframe(
         {"method": [e["method"] for e in table],
          "memory": [format_bytes(e["memory"]) for e in table],

@@ -23,7 +23,7 @@ from obsviz.metrics import format_rel_error
 
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, run_key, store
+from ui.runs import Job, Run, add, lookup, run_key, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -108,8 +108,10 @@ def run_methods(job: Job, methods: list[str]) -> list[dict]:
 
 def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str, slot) -> dict:
     key = run_key(job, method)
-    if key in store():
-        slot.success(_done_text(label, store()[key], cached=True), icon=":material/check:")
+    done = lookup(job, method)   # this session's, or the run store's (an earlier session's)
+    if done is not None:
+        relabel()
+        slot.success(_done_text(label, done, cached=True), icon=":material/check:")
         return {"status": "cached", "key": key}
     fit = estimate(job, [method])[0]   # free memory as it is now, after the methods before
     if not fit["fits"]:

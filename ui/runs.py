@@ -4,11 +4,12 @@ in the run database (``obsviz.store.RunStore`` at its default path) as well.
 
 Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
 
-- ``results``: ``dict[str, Run]``, every finished result of this session and the stored runs
-  of the layers it used, oldest first, keyed by ``run_key``. Nothing is ever dropped from it:
+- ``results``: ``dict[str, Run]``, every finished result of this session (and the stored runs
+  it asked for again), oldest first, keyed by ``run_key``. Nothing is ever dropped from it:
   beyond ``MAX_IN_MEMORY`` results, the oldest pruned weights leave memory and are read back
   from the run store when asked for (``Run.result``).
-- ``results_adopted``: ``list[str]``, layer digests whose stored runs are in ``results``.
+- ``results_adopted``: ``list[str]``, layer digests whose stored runs were listed in
+  ``results`` (``adopt_stored``, e.g. when Compare opens them).
 
 A run's key is the run store's trial key (``obsviz.store.trial_key``: the layer's content, the
 geometry, nnz, the method, its options and the device, damping, the row sample), so asking again
@@ -35,8 +36,6 @@ DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
 #: Pruned weights (a copy of W each) kept in memory per session; older ones are read back from
 #: the run store on demand.
 MAX_IN_MEMORY = 8
-#: Stored runs of a layer listed when a session first uses it (newest first).
-MAX_ADOPTED = 200
 
 
 @dataclass(frozen=True)
@@ -189,10 +188,41 @@ def add(run: Run) -> None:
     _evict(keep=run.key)
 
 
-def adopt_stored(layer: ActiveLayer) -> int:
-    """List the run store's finished runs of ``layer`` in the session (once per layer and
-    session; their weights stay on disk until asked for). Only runs whose key this app would
-    give them are taken. Returns how many were added."""
+def lookup(job: Job, method: str) -> Run | None:
+    """The finished run of ``method`` on ``job``: from this session, else from the run store
+    (a run of an earlier session or before a restart; then added to this session, its weights
+    left on disk until asked for), else ``None``."""
+    key = run_key(job, method)
+    runs = store()
+    if key in runs:
+        return runs[key]
+    db = run_store()
+    try:
+        row = None if db is None else db.find(key)
+    except Exception:
+        row = None
+    run = None if row is None else _from_row(row, job.layer)
+    if run is not None:
+        runs[key] = run
+    return run
+
+
+def known(job: Job, method: str) -> bool:
+    """Whether ``method`` on ``job`` is finished already (this session, or the run store)."""
+    key = run_key(job, method)
+    if key in store():
+        return True
+    db = run_store()
+    try:
+        return db is not None and bool(db.done_keys([key]))
+    except Exception:
+        return False
+
+
+def adopt_stored(layer: ActiveLayer, limit: int = 200) -> int:
+    """List the run store's finished runs of ``layer`` (at most ``limit``, newest) in the
+    session, once per layer and session; their weights stay on disk until asked for. Only runs
+    whose key this app would give them are taken. Returns how many were added."""
     ss = st.session_state
     adopted = ss.setdefault("results_adopted", [])
     db = run_store()
@@ -200,7 +230,7 @@ def adopt_stored(layer: ActiveLayer) -> int:
         return 0
     adopted.append(layer.digest)
     try:
-        rows = db.runs(layer_hash=layer.digest, status="done", limit=MAX_ADOPTED)
+        rows = db.runs(layer_hash=layer.digest, status="done", limit=limit)
     except Exception:
         return 0
     runs, added = store(), 0

@@ -43,7 +43,7 @@ from obsviz.figures.geometry import (
     row_coupling_figure,
 )
 
-from ui import labels, layers, runs
+from ui import layers
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
 from ui.layers import ActiveLayer, sample_layer, sample_layer_names
 from ui.text import md
@@ -76,8 +76,8 @@ KEYS: dict[str, Key] = {
     "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
-    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs, and the stored "
-                              "runs of the layers it used"),
+    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
+                              "ones it asked for again)"),
     "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
@@ -188,8 +188,6 @@ def draw_sidebar() -> None:
                               "Prune page.")
         active = current_layer()
         if active is not None:
-            if runs.adopt_stored(active):   # its runs from earlier sessions are listed too
-                labels.relabel()
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
