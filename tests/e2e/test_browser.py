@@ -21,6 +21,8 @@ PAGES = {
     "/prune": ("Prune", "Prune"),
     "/compare": ("Compare", "Compare"),
     "/learn": ("Learn", "Learn"),
+    "/model": ("Model", "Model"),
+    "/sweep": ("Sweep", "Sweep"),
 }
 
 #: Quick methods for the Prune scenario (OBS modes and a baseline); true_obs runs long enough
@@ -233,3 +235,19 @@ def test_learn_steps_forward_and_back(app):
     app.settle().check()
     assert step() == (2, total)
     app.shot("learn-step-back")
+
+
+def test_sweep_runs_the_default_grid_and_draws_it(app):
+    app.open("/sweep").check()
+    app.page.get_by_role("button", name="Run the sweep").click()
+    app.page.get_by_text("Sweep finished in").wait_for(timeout=240_000)
+    app.settle().check()
+    app.shot("sweep-finished")
+    text = app.main_text()
+    assert re.search(r"6 trials run, \d+ already done, 0 failed|\d+ trials run, 6 already done",
+                     text), text
+    assert app.page.locator(".js-plotly-plot").count() >= 1  # the Pareto chart (first tab)
+    assert app.page.locator('[data-testid="stDataFrame"]').count() == 1
+    app.page.get_by_role("tab", name="Layer × geometry").click()
+    app.settle().check()
+    assert set(plot_titles(app)) >= {"magnitude", "wanda", "sparsegpt"}
