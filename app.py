@@ -1,6 +1,8 @@
 """obsviz: the app's entry point (``streamlit run app.py``) and its home page.
 
 The pages are listed here (``st.navigation``); each page is a short script under ``pages/``.
+What every page shares (the device, the current layer, the chosen geometry) is drawn here once,
+in the sidebar, before the page runs (``ui.state.draw_sidebar``).
 """
 
 import streamlit as st
@@ -9,6 +11,7 @@ from obsviz import Geometry
 from obsviz.figures import geometry as gfig
 
 from ui import state
+from ui.text import md
 
 PAGES = {
     "geometry": ("pages/geometry.py", "Geometry", ":material/grid_view:",
@@ -32,7 +35,6 @@ PAGES = {
 
 def home() -> None:
     """What obsviz is, a geometry drawn, the path through the app, the device and layer."""
-    state.sidebar()
     st.title("obsviz")
     st.markdown(
         "#### A workbench for structured Optimal Brain Surgeon pruning\n"
@@ -60,21 +62,22 @@ def home() -> None:
             st.caption(text)
 
         st.subheader("Running on")
-        layer = state.loaded_layer()
-        device = st.session_state["device"]
+        active = state.current_layer()
         c1, c2 = st.columns(2)
-        c1.metric("Device", device.upper())
-        if layer is not None:
-            M, K = layer.weight.shape
-            c2.metric("Loaded layer", f"{M} × {K}")
-            st.caption(f"**{layer.name}**: {getattr(layer, 'source', '')}")
+        c1.metric("Device", state.device().upper())
+        if active is not None:
+            M, K = active.layer.shape
+            c2.metric("Current layer", f"{M} × {K}")
+            st.caption(f"**{md(active.label)}**: {md(getattr(active.layer, 'source', ''))}")
         else:
-            c2.metric("Loaded layer", "none")
-            st.caption("No sample layer is available; the pages work on a shape you choose.")
+            c2.metric("Current layer", "none")
+            st.caption("No layer is loaded; the pages work on a shape you choose.")
 
 
 NAV = {key: st.Page(path, title=title, icon=icon, url_path=key)
        for key, (path, title, icon, _) in PAGES.items()}
 st.set_page_config(page_title="obsviz", page_icon=":material/grid_view:", layout="wide")
-st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True),
-               *NAV.values()]).run()
+page = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True),
+                      *NAV.values()])
+state.draw_sidebar()
+page.run()

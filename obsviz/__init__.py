@@ -23,10 +23,12 @@ from obsviz.layers import (
 )
 from obsviz.methods import BASELINES, METHODS, OBS_MODES
 from obsviz.prune import PruneResult, prune, resolve_device
+from obsviz.store import RunStore, default_store_path
+from obsviz.sweep import sweep  # the function; the module is sys.modules["obsviz.sweep"]
 
 __all__ = ["ArgumentError", "Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES",
            "BASELINES",
            "memory_estimate", "resolve_device", "Layer", "LayerFileError", "DEFAULT_SAMPLE",
            "list_layers", "load_layer", "load_sample_layer", "sample_layer_names", "save_layers",
-           "save_pruned"]
+           "save_pruned", "RunStore", "default_store_path", "sweep"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@
                                                 Hessians of a local checkpoint's Linear layers
     obsviz prune …                              prune a layer file
     obsviz bench …                              time the modes
+    obsviz sweep SPEC.toml [--executor ray]     a grid of trials into the run database
     obsviz model MODEL_DIR --preset 2:4 --methods true_obs sparsegpt --out DIR
                                                 prune a whole model, compare methods
 
@@ -207,6 +208,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep spec (TOML) into the run database; a progress bar with ETA, then a summary
+    of mean relative error and seconds per geometry × method."""
+    from obsviz.metrics import format_rel_error
+    from obsviz.store import RunStore
+    from obsviz.sweep import load_spec, summary_table, sweep
+
+    spec = load_spec(args.spec)
+    store = RunStore(args.store)
+    width = 30
+
+    def progress(s) -> None:
+        if args.quiet:
+            return
+        frac = s.finished / s.total if s.total else 1.0
+        bar = "#" * int(round(frac * width))
+        print(f"\r[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
+              f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
+              f"{s.last[:60]:60s}", end="", file=sys.stderr, flush=True)
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    report = sweep(spec, executor=args.executor, store=store, address=args.address,
+                   progress=progress, device=args.device, max_retries=args.max_retries, log=log)
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
+          f"already done, {report.failed} failed, in {report.seconds:.1f} s "
+          f"({report.executor}); store: {store.path}")
+    rows = summary_table(store, report.run_ids)
+    if rows:
+        head = ("geometry", "method", "trials", "failed", "rel. error (mean)", "seconds (mean)")
+        cells = [(r["geometry"], r["method"], str(r["trials"]), str(r["failed"]),
+                  "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
+                  "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        for c in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+    for run in store.runs(id=report.run_ids, status="failed") if report.failed else []:
+        print(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
+    return 0 if report.failed == 0 else 3
 def _option_value(text: str):
     """``"8"`` -> 8, ``"0.1"`` -> 0.1, anything else stays a string."""
     for kind in (int, float):
@@ -438,6 +491,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, help="write the raw numbers as JSON")
     p.set_defaults(func=cmd_bench)
+
+    from obsviz.store import default_store_path
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of layers × geometries × methods into the run database",
+        description="Run every trial of a sweep spec (TOML: [[layers]] and [grid]) that the run "
+                    "database does not hold yet, locally or on Ray; show progress with ETA and "
+                    "a summary. Exit code 3 when some trials failed (they are recorded).")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml")
+    p.add_argument("--executor", default="local", choices=["local", "ray"])
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--store", type=Path, default=None,
+                   help=f"run database (default: $OBSVIZ_STORE or {default_store_path()})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the spec's, else "
+                   "cuda when present)")
+    p.add_argument("--max-retries", type=int, default=3,
+                   help="Ray: retries of a trial whose worker died (default %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser(
         "model", help="prune a whole model with each method; compare end metrics",
         description="Prune every Linear inside the transformer blocks of a local Hugging Face "

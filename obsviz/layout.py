@@ -79,20 +79,25 @@ def row_steps(geometry: Geometry) -> RowSteps:
     """Build the row-step layout of ``geometry`` (cached; vectorised, no loop over elements).
 
     Only two global sorts, over scopes and over (scope, row) pairs; everything else works inside
-    a scope or a block.
+    a scope or a block. Two shortcuts give the same layout with less work: geometries whose
+    scope ids already list the layout (:func:`_row_steps_in_order`), and geometries whose blocks
+    each lie in one row with ascending columns (all presets), handled block by block.
     """
     fast = _row_steps_in_order(geometry)
     if fast is not None:
         return fast
     M, K = geometry.weight_shape
+    lo, hi = geometry._block_row_range
+    if torch.equal(lo, hi):
+        elements = geometry.scope_elements(dtype=geometry._scope_elements.dtype)
+        cols = elements % K
+        if elements.shape[2] == 1 or bool((cols[..., 1:] > cols[..., :-1]).all()):
+            return _row_steps_by_blocks(geometry, lo.long(), cols)
     elements = geometry.scope_elements()                          # (S, gs, bk)
     S, gs, bk = elements.shape
     rows, cols = elements // K, elements % K
     scope_start = cols.reshape(S, -1).amin(1)
     scope_end = cols.reshape(S, -1).amax(1)
-    # Scope order: leftmost column, then id; rank[s] is the scope's place in it.
-    rank = torch.empty(S, dtype=torch.long)
-    rank[torch.argsort(scope_start * S + torch.arange(S))] = torch.arange(S)
 
     # The rows of each scope, and the slot (index into them) of every element.
     if geometry.is_row_coupled:
@@ -102,18 +107,8 @@ def row_steps(geometry: Geometry) -> RowSteps:
     else:
         scope_rows = rows[:, 0, :1]
         slot = torch.zeros(S, gs * bk, dtype=torch.long)
-
-    # One step per (scope, row) pair; the steps of a row are numbered in scope order.
-    ok = scope_rows >= 0
-    pair_row = scope_rows[ok]
-    pair_scope = torch.arange(S)[:, None].expand_as(scope_rows)[ok]
-    order = torch.argsort(pair_row * S + rank[pair_scope])
-    row_first = torch.searchsorted(pair_row[order], torch.arange(M))
-    pair_step = torch.empty_like(order)
-    pair_step[order] = torch.arange(order.numel()) - row_first[pair_row[order]]
+    pair_row, pair_scope, pair_step, step_of = _scope_steps(M, scope_start, scope_rows)
     T = int(pair_step.max()) + 1
-    step_of = torch.full(scope_rows.shape, -1, dtype=torch.long)
-    step_of[ok] = pair_step
 
     # Position of each element among its block's elements in the same row, columns ascending.
     key, perm = torch.sort(rows * K + cols, dim=-1)
@@ -128,12 +123,63 @@ def row_steps(geometry: Geometry) -> RowSteps:
     block = torch.arange(gs)[None, :, None].expand(S, gs, bk)
     out_cols = torch.full((M, T, gs, Lb), -1, dtype=torch.long)
     out_cols[rows, step, block, pos] = cols
+    return _finish(out_cols, pair_row, pair_scope, pair_step, step_of, scope_start, scope_end)
+
+
+def _scope_steps(M: int, scope_start: torch.Tensor, scope_rows: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step per (scope, row) pair, numbered in scope order (leftmost column, then id) within
+    each row: ``pair_row``, ``pair_scope``, ``pair_step`` and ``step_of`` ``(S, R)`` (-1 where
+    ``scope_rows`` is padding)."""
+    S = scope_start.numel()
+    rank = torch.empty(S, dtype=torch.long)
+    rank[torch.argsort(scope_start * S + torch.arange(S))] = torch.arange(S)
+    ok = scope_rows >= 0
+    pair_row = scope_rows[ok]
+    pair_scope = torch.arange(S)[:, None].expand_as(scope_rows)[ok]
+    order = torch.argsort(pair_row * S + rank[pair_scope])
+    row_first = torch.searchsorted(pair_row[order], torch.arange(M))
+    pair_step = torch.empty_like(order)
+    pair_step[order] = torch.arange(order.numel()) - row_first[pair_row[order]]
+    step_of = torch.full(scope_rows.shape, -1, dtype=torch.long)
+    step_of[ok] = pair_step
+    return pair_row, pair_scope, pair_step, step_of
+
+
+def _finish(out_cols, pair_row, pair_scope, pair_step, step_of, scope_start, scope_end
+            ) -> RowSteps:
+    M, T = out_cols.shape[:2]
     out_scope = torch.full((M, T), -1, dtype=torch.long)
     out_scope[pair_row, pair_step] = pair_scope
-    step_lo = torch.where(ok, step_of, T).amin(1)
+    step_lo = torch.where(step_of >= 0, step_of, T).amin(1)
     return RowSteps(cols=out_cols, scope=out_scope, scope_step=step_lo,
-                    scope_start=scope_start, scope_end=scope_end, n_scopes=S,
+                    scope_start=scope_start, scope_end=scope_end,
+                    n_scopes=scope_start.numel(),
                     aligned=bool((step_lo == step_of.amax(1)).all()))
+
+
+def _row_steps_by_blocks(geometry: Geometry, block_row: torch.Tensor, cols: torch.Tensor
+                         ) -> RowSteps:
+    """:func:`row_steps` when every block lies in one row (``block_row`` ``(S, gs)``) with its
+    columns ``cols`` ``(S, gs, bk)`` ascending: an element's position in its block is its index,
+    so whole blocks are placed at once instead of single elements."""
+    M, _ = geometry.weight_shape
+    S, gs, bk = cols.shape
+    scope_start = cols[..., 0].long().amin(1)
+    scope_end = cols[..., -1].long().amax(1)
+    if geometry.is_row_coupled:
+        scope_rows = geometry._scope_rows                         # (S, R), -1 padded
+        slot = torch.searchsorted(torch.where(scope_rows < 0, M, scope_rows), block_row)
+    else:
+        scope_rows = block_row[:, :1]
+        slot = torch.zeros(S, gs, dtype=torch.long)
+    pair_row, pair_scope, pair_step, step_of = _scope_steps(M, scope_start, scope_rows)
+    T = int(pair_step.max()) + 1
+    step = step_of.gather(1, slot)                                # (S, gs)
+    out_cols = torch.full((M, T, gs, bk), -1, dtype=torch.long)
+    at = (block_row * T + step) * gs + torch.arange(gs)
+    out_cols.view(M * T * gs, bk)[at.reshape(-1)] = cols.reshape(S * gs, bk).long()
+    return _finish(out_cols, pair_row, pair_scope, pair_step, step_of, scope_start, scope_end)
 
 
 def _row_steps_in_order(geometry: Geometry) -> RowSteps | None:

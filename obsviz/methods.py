@@ -195,13 +195,16 @@ def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=16, c_dtype="
     K = geometry.weight_shape[1]
     item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
     # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
-    # more than the rows pruned. Per row of a chunk: its own C (K × K), the batch's small system
-    # C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes an entry), and
-    # the columns of C an update reads (K × up to n).
+    # more than the rows pruned. Per row of a chunk: its own C (K × K), the K × K product its
+    # downdate subtracts (in fp32 or wider, then cast back when C is narrower), the batch's
+    # small system C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes
+    # an entry), and the columns of C an update reads (K × up to n). Measured peaks (resident
+    # memory of real runs, tests/test_hostile.py) are 0.5–1.2 of this.
     chunk_rows = min(_rows(geometry, rows), max(chunk_size, geometry.rows_per_scope))
     _, T, gs, Lb = layout_shape(geometry)
     n = min(ng, T) * gs * Lb
-    per_row = K * K * item + 12 * n * n + 4 * K * n
+    work = max(item, _F32)  # the dtype the downdate product is formed in
+    per_row = K * K * (item + work + (item if item < work else 0)) + 12 * n * n + 4 * K * n
     return _obs_memory()(geometry, rows) + K * K * item + chunk_rows * per_row
 
 

@@ -102,6 +102,8 @@ def local(p: Problem) -> torch.Tensor:
     pruned = select_shared(p, p.C, e)
     mark_pruned(kept, e, pruned)
     p.progress(0.5, "compensating within scopes")
+    if local_regular(p, e, pruned, kept):
+        return kept
     E, gs, Lb = e.cols.shape
     n = gs * Lb
     q = p.n_prune * Lb
@@ -128,6 +130,51 @@ def local(p: Problem) -> torch.Tensor:
         new = torch.where(pm, torch.zeros_like(w), w - (z @ C_PS).squeeze(1))
         Wf[flat[ok]] = new[ok].to(p.W.dtype)
     return kept
+
+
+def local_regular(p: Problem, e: Entries, pruned: torch.Tensor, kept: torch.Tensor) -> bool:
+    """``local``'s compensation when the entries run row by row through the same ``D`` column
+    sets (a column-regular layout without padding, every row holding every step): per (set,
+    subset) the compensation ``(C_PP)⁻¹ C_P,S`` is formed once, and each entry applies its own.
+    Returns False (nothing done) when the layout is not like that."""
+    E, gs, Lb = e.cols.shape
+    M = p.W.shape[0]
+    if E % M or not bool((e.cols >= 0).all()):
+        return False
+    D = E // M
+    cols = e.cols.view(M, D, gs, Lb)
+    if not (torch.equal(e.rows, torch.arange(M, device=e.rows.device).repeat_interleave(D))
+            and bool((cols == cols[:1]).all())):
+        return False
+    subsets = obs.prune_subsets(gs, p.n_prune, p.W.device)
+    if subsets is None or gs > 62:
+        return False
+    n, q = gs * Lb, p.n_prune * Lb
+    within = torch.arange(Lb, device=p.W.device)
+    Ppos = (subsets.unsqueeze(-1) * Lb + within).reshape(-1, q)            # (n_sub, q) in S
+    # The subset index of every entry's pruned blocks, through their bit codes.
+    bits = 1 << torch.arange(gs, device=p.W.device)
+    sub_code = (bits[subsets]).sum(1)
+    order = torch.argsort(sub_code)
+    which = order[torch.searchsorted(sub_code[order], (pruned.long() * bits).sum(1))]
+    which = which.view(M, D)
+    S = cols[0].reshape(D, n)
+    C_SS = p.C[S.unsqueeze(-1), S.unsqueeze(-2)]                              # (D, n, n)
+    C_PS = C_SS[:, Ppos]                                                      # (D, n_sub, q, n)
+    G = obs.small_spd_inverse(C_PS.gather(3, Ppos[None, :, None, :].expand(D, -1, q, -1)))
+    comp = G @ C_PS                                                           # (D, n_sub, q, n)
+    flat_S = S.reshape(-1)
+    step = max(1, (1 << 22) // max(1, D * q * n))
+    for r0 in range(0, M, step):
+        r1 = min(M, r0 + step)
+        w = p.W[r0:r1, flat_S].view(r1 - r0, D, n).to(comp.dtype)
+        idx = which[r0:r1]                                                    # (R, D)
+        w_P = w.gather(2, Ppos[idx])                                          # (R, D, q)
+        c = comp[torch.arange(D, device=w.device), idx]                      # (R, D, q, n)
+        new = w - (w_P.unsqueeze(-2) @ c).squeeze(-2)
+        new = new * kept[r0:r1, flat_S].view(r1 - r0, D, n)
+        p.W[r0:r1, flat_S] = new.reshape(r1 - r0, -1).to(p.W.dtype)
+    return True
 
 
 # ---- full / split / interleaved ---------------------------------------------------------------
@@ -275,6 +322,8 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         layout.n_steps, device=p.W.device)
     kept = torch.ones(M, K, dtype=torch.bool, device=p.W.device)
     batches = [step_order[i:i + ng] for i in range(0, layout.n_steps, ng)]
+    first = (first_batch_decisions(p, batches[0], chunk_size, c_dtype)
+             if scoring == "independent" and not coupled and batches else None)
     for ci, rows in enumerate(chunks):
         p.progress(ci / len(chunks), f"rows chunk {ci + 1}/{len(chunks)} ({rows.numel()} rows)")
         W = p.W[rows]
@@ -287,7 +336,10 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
             S = cols.reshape(rows.numel(), -1)                             # the batch's columns
             if not bool((S >= 0).any()):
                 continue
-            pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
+            if bi == 0 and first is not None:
+                pruned_S = first[rows]
+            else:
+                pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
             P = obs.compact(S, pruned_S)
             # Only the columns of later batches are read again: downdate just those (none
             # after the last batch).
@@ -298,6 +350,39 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         p.W[rows] = W
         kept[rows] = kept_c
     return kept
+
+
+def first_batch_decisions(p: Problem, steps: torch.Tensor, chunk_size: int,
+                          c_dtype: torch.dtype) -> torch.Tensor | None:
+    """The first batch's masks of every row, decided for many rows at a time.
+
+    Every row enters the first batch with the shared C and its original weights, so its small
+    system needs no per-row ``K × K`` C: rows are taken in groups as large as the memory of one
+    chunk of per-row C allows (far fewer steps of Python for the same arithmetic). Only for the
+    case :func:`decide_batch_independent` covers; ``None`` otherwise (e.g. padding)."""
+    layout = p.layout
+    M, K = p.W.shape
+    cols = layout.cols[:, steps]                                          # (M, nt, gs, Lb)
+    S = cols.reshape(M, -1)
+    if not bool((S >= 0).all()):
+        return None
+    nt, gs, Lb = cols.shape[1:]
+    n = S.shape[1]
+    C = p.C.to(c_dtype)
+    per_row = 12 * n * n + 8 * n
+    budget = min(M, chunk_size) * (K * K * C.element_size() + per_row + 4 * K * n)
+    group = max(chunk_size, budget // per_row)
+    regular = bool((S == S[:1]).all())
+    out = torch.zeros(M, n, dtype=torch.bool, device=p.W.device)
+    for g0 in range(0, M, group):
+        rows = torch.arange(g0, min(M, g0 + group), device=p.W.device)
+        if regular:   # the same columns in every row: one gather, shared
+            C_SS = obs.principal(C, S[0]).expand(rows.numel(), n, n)
+        else:
+            C_SS = obs.principal(C, S[rows])                              # (B, n, n)
+        w_S = obs.gather_masked(p.W[rows], S[rows]).to(C_SS.dtype)
+        out[rows] = decide_batch_independent(p, C_SS, w_S, nt, gs, Lb)
+    return out
 
 
 def later_columns(cols: torch.Tensor, batches: list[torch.Tensor], bi: int

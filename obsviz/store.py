@@ -27,6 +27,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,7 @@ __all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredRun", "StoreError",
            "default_store_path", "geometry_key", "geometry_label", "layer_hash", "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("done", "failed")
 _BUSY_TIMEOUT_S = 60.0
 _FILE_RE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
@@ -245,8 +246,20 @@ CREATE INDEX runs_sweep ON runs(sweep);
 CREATE INDEX runs_layer_method ON runs(layer, method);
 """
 
+# v2: a run belongs to every sweep that asked for it (a trial done by one sweep and skipped by
+# another shows in both); ``runs.sweep`` stays the sweep that ran it.
+_SCHEMA_V2 = """
+CREATE TABLE sweep_runs (
+    sweep   TEXT NOT NULL,
+    run_id  INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    PRIMARY KEY (sweep, run_id)
+) WITHOUT ROWID;
+CREATE INDEX sweep_runs_run ON sweep_runs(run_id);
+INSERT INTO sweep_runs (sweep, run_id) SELECT sweep, id FROM runs WHERE sweep IS NOT NULL;
+"""
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 
 def _versions() -> tuple[str, str]:
@@ -260,8 +273,8 @@ def _versions() -> tuple[str, str]:
 
 class RunStore:
     """A run database at ``path`` (``None``: :func:`default_store_path`); created or migrated
-    on open. Safe to use from several threads and processes: each call opens its own
-    connection."""
+    on open. Safe to use from several threads and processes: each thread (of each process) has
+    its own connection."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
@@ -270,27 +283,49 @@ class RunStore:
                              "runs.sqlite")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.files_dir = self.path.with_name(self.path.name + ".files")
-        self._migrate()
+        self._local = threading.local()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
     # -- connections
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened once: closing the last one checkpoints the WAL,
+        which would cost a write per call)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # never reuse one across a fork
+            con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                                  check_same_thread=True)
+            con.row_factory = sqlite3.Row
+            # WAL + NORMAL: a commit survives a killed process (the consistency promised
+            # here); only a power cut may lose the last commits, never half of one
+            con.execute("PRAGMA synchronous = NORMAL")
+            con.execute("PRAGMA foreign_keys = ON")
+            local.con, local.pid = con, os.getpid()
+        return local.con
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA foreign_keys = ON")
-            yield con
+            yield self._connection()
         except sqlite3.DatabaseError as e:
             if "not a database" in str(e) or "malformed" in str(e):
                 raise StoreError(f"store={str(self.path)!r} is not an obsviz run database "
                                  f"({e})") from e
             raise
-        finally:
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        con = getattr(self._local, "con", None)
+        if con is not None and getattr(self._local, "pid", None) == os.getpid():
             con.close()
+        self._local.__dict__.clear()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -428,18 +463,31 @@ class RunStore:
         names = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
         with self._write() as con:
+            run_id = None
             if key is not None:
                 found = con.execute("SELECT id FROM runs WHERE key = ? AND status = 'done'",
                                     (key,)).fetchone()
                 if found is not None:  # finished already (a racing writer, a late failure)
-                    return int(found[0])
-                # a new attempt replaces the trial's earlier failures: one row per trial
-                con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed'", (key,))
-            cur = con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})", row)
-            return int(cur.lastrowid)
+                    run_id = int(found[0])
+                else:  # a new attempt replaces the trial's earlier failures: one row per trial
+                    con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed'", (key,))
+            if run_id is None:
+                run_id = int(con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})",
+                                         row).lastrowid)
+            if sweep is not None:
+                con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) VALUES (?, ?)",
+                            (sweep, run_id))
+            return run_id
+
+    def add_to_sweep(self, sweep: str, run_ids: list[int]) -> None:
+        """File existing runs under ``sweep`` too (a sweep that found them already done)."""
+        with self._write() as con:
+            con.executemany("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) SELECT ?, id "
+                            "FROM runs WHERE id = ?", [(sweep, int(i)) for i in run_ids])
 
     def delete(self, run_id: int) -> None:
-        """Remove a run's row (its files stay: other runs may share them)."""
+        """Remove a run's row and its sweep memberships (its files stay: other runs may share
+        them)."""
         with self._write() as con:
             con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
 
@@ -447,21 +495,26 @@ class RunStore:
 
     def runs(self, *, limit: int | None = None, **where) -> list[StoredRun]:
         """Runs newest first, filtered by column: ``runs(layer="layer0.query", method=[...])``;
-        a list/tuple/set value matches any of its items, ``None`` matches NULL."""
+        a list/tuple/set value matches any of its items, ``None`` matches NULL. ``sweep=``
+        matches every run filed under that sweep (``None``: runs of no sweep)."""
         clauses, params = [], []
         for col, value in where.items():
             if col not in FILTERS:
                 raise ArgumentError(col, f"{col}= is not a filter; valid: {', '.join(FILTERS)}")
+            # sweep=: every run filed under it (run by it, or found done by it)
+            target = "id IN (SELECT run_id FROM sweep_runs WHERE sweep {})" if col == "sweep" \
+                else f"{col} {{}}"
             if isinstance(value, list | tuple | set | frozenset):
                 items = list(value)
                 if not items:
                     return []
-                clauses.append(f"{col} IN ({', '.join('?' * len(items))})")
+                clauses.append(target.format(f"IN ({', '.join('?' * len(items))})"))
                 params.extend(items)
             elif value is None:
-                clauses.append(f"{col} IS NULL")
+                clauses.append("id NOT IN (SELECT run_id FROM sweep_runs)" if col == "sweep"
+                               else f"{col} IS NULL")
             else:
-                clauses.append(f"{col} = ?")
+                clauses.append(target.format("= ?"))
                 params.append(value)
         sql = "SELECT * FROM runs"
         if clauses:
@@ -508,10 +561,10 @@ class RunStore:
         "failed", "first", "last"}``."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT sweep, count(*) AS runs, sum(status = 'done') AS done, "
-                "sum(status = 'failed') AS failed, min(time) AS first, max(time) AS last, "
-                "max(id) AS newest FROM runs WHERE sweep IS NOT NULL GROUP BY sweep "
-                "ORDER BY newest DESC").fetchall()
+                "SELECT s.sweep AS sweep, count(*) AS runs, sum(r.status = 'done') AS done, "
+                "sum(r.status = 'failed') AS failed, min(r.time) AS first, max(r.time) AS last, "
+                "max(r.id) AS newest FROM sweep_runs s JOIN runs r ON r.id = s.run_id "
+                "GROUP BY s.sweep ORDER BY newest DESC").fetchall()
         return [{k: r[k] for k in ("sweep", "runs", "done", "failed", "first", "last")}
                 for r in rows]
 

@@ -1,33 +1,72 @@
-"""Compare: pruning results side by side — where each method puts its error, and how much."""
+"""Compare: pruning results side by side — where each method puts its error, and how much.
+
+Choose results (any finished run, by run key; by default the latest run's), then: the metrics
+table and the what-if table (error by method and setting, across geometries and layers), error
+by method and the per-row error distribution, the maps of one layer side by side, the difference
+between two results, downloads.
+"""
 
 import streamlit as st
 
 from obsviz import DEFAULT_SAMPLE, Geometry
 from obsviz.figures import results as rfig
+from obsviz.metrics import format_rel_error
 
-from ui import exports, layers, result_maps, runner, runs, state
+from ui import exports, labels, layers, result_maps, runner, runs, state, stored_runs
+from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Compare · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
-state.sidebar()
 ss = st.session_state
 st.title("Compare")
 
+#: Most map panels one figure draws; beyond, the page says how many it left out.
+MAX_PANELS = 36
+
 
 def first_job() -> runs.Job | None:
-    """The sidebar's sample layer (else the default one) with the current geometry (else 2:4)."""
-    active = layers.sample(ss.get("layer_name") or DEFAULT_SAMPLE) or layers.sample(
-        DEFAULT_SAMPLE)
+    """The current layer (else the default sample) with the chosen geometry (else 2:4)."""
+    active = state.current_layer() or layers.sample(DEFAULT_SAMPLE)
     if active is None:
         return None
-    geom = state.current_geometry()
-    if geom is None or geom.weight_shape != active.layer.shape:
+    chosen = state.chosen_geometry()
+    if chosen is None or chosen[0].weight_shape != active.layer.shape:
         geom = Geometry.preset("2:4", active.layer.shape)
-    return runs.Job(active, geom, int(geom.nnz), device=ss["device"])
+        chosen = geom, geom.nnz
+    return runs.Job(active, *chosen, device=state.device())
 
 
-stored = runs.store()
-if not stored:
+
+
+def _open(layer_hash: str) -> None:
+    entry = next((e for e in stored_runs.stored_layers() if e["layer_hash"] == layer_hash), None)
+    keys = stored_runs.open_stored(entry) if entry is not None else []
+    if keys:
+        ss["compare_pick"] = ss["_c_pick"] = keys
+
+
+stored = stored_runs.stored_layers()
+closed = [e for e in stored if e["open"]]
+if closed:
+    with st.expander(f"Runs in the run store not listed here: {sum(e['open'] for e in closed)} "
+                     f"on {len(closed)} layer{'s' if len(closed) > 1 else ''}",
+                     icon=":material/database:"):
+        st.caption("Finished runs kept from earlier sessions and sweeps. Runs of a layer open "
+                   "when its weight and Hessian are here: a shipped sample, or the file you "
+                   "upload on the Prune page.")
+        for entry in closed[:20]:
+            c_name, c_button = st.columns([3, 1])
+            M, K = entry["shape"]
+            c_name.text(f"{entry['label']} · W {M} × {K} · {entry['open']} run"
+                        f"{'s' if entry['open'] > 1 else ''}")
+            c_button.button("Open" if entry["layer"] is not None else "Layer not loaded",
+                            key=f"_c_open_{entry['layer_hash'][:16]}", on_click=_open,
+                            args=(entry["layer_hash"],), disabled=entry["layer"] is None,
+                            width="stretch")
+
+everything = runs.store()
+if not everything:
     job = first_job()
     st.markdown("Nothing to compare yet: run some methods on the **Prune** page, or start "
                 "with the fast modes here.")
@@ -35,7 +74,7 @@ if not stored:
         st.info("No sample layer is available; upload one on the Prune page.")
         st.stop()
     fast = runner.fast_methods(job)
-    st.caption(f"{', '.join(fast)} on **{job.layer.label}** "
+    st.caption(f"{', '.join(fast)} on **{md(job.layer.label)}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
                f"**{job.geometry.name or 'free-form'}**, nnz = {job.nnz}, on {job.device}.")
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
@@ -44,78 +83,119 @@ if not stored:
     st.stop()
 
 # ---- choose -----------------------------------------------------------------------------------
-by_layer: dict[str, list[runs.Run]] = {}
-for run in stored.values():
-    by_layer.setdefault(run.layer.digest, []).append(run)
-latest = list(stored.values())[-1].layer.digest
-layer_names = {d: rs[0].layer.label for d, rs in by_layer.items()}
-c_layer, c_pick = st.columns([1, 3])
-if len(by_layer) > 1:
-    digest = c_layer.selectbox("Layer", list(by_layer), index=list(by_layer).index(latest),
-                               format_func=layer_names.get,
-                               help="Results are compared on one layer at a time.")
-else:
-    digest = latest
-    c_layer.markdown(f"**Layer**  \n{layer_names[digest]}")
-group = {r.label: r for r in by_layer[digest]}
-wanted = ss.get("compare_pick") or []
-default = [label for label in wanted if label in group] or list(group)[-6:]
-picked = c_pick.multiselect("Results", list(group), default=default,
-                            help="Two or more results to compare; any finished run of this "
-                                 "layer (from the Prune page) is listed.")
-ss["compare_pick"] = picked
-chosen = [group[label] for label in picked]
+keys = list(everything)                               # oldest first
+names = labels.shown_labels(list(everything.values()))  # unique among every run
+latest = [e["key"] for e in ss.get("last_run", []) if e.get("key") in everything]
+newest_layer = everything[keys[-1]].layer.digest
+default = latest or [k for k in keys if everything[k].layer.digest == newest_layer]
+if ss.get("_c_for") != default:         # a new run since the last pick: show it
+    ss["_c_for"] = default
+    ss["compare_pick"] = default
+ss["_c_pick"] = [k for k in ss.get("compare_pick", default) if k in everything]
+
+
+def _pick(chosen: list[str]) -> None:
+    ss["compare_pick"] = chosen
+    ss["_c_pick"] = chosen
+
+
+st.multiselect(
+    f"Results ({len(keys)} in this session)", keys, key="_c_pick",
+    format_func=lambda k: names[k].short, on_change=state.copy_widget,
+    args=("_c_pick", "compare_pick"), placeholder="Pick results to compare",
+    help="Every finished run of this session, on any layer and geometry. By default the "
+         "latest run's results are shown.")
+b_latest, b_all, b_layer, _ = st.columns([1, 1, 1.3, 3])
+b_latest.button(f"Latest run ({len(latest)})", on_click=_pick, args=(latest,),
+                disabled=not latest, width="stretch")
+b_all.button(f"All ({len(keys)})", on_click=_pick, args=(keys,), width="stretch")
+same_layer = [k for k in keys if everything[k].layer.digest == newest_layer]
+b_layer.button(f"Newest layer ({len(same_layer)})", on_click=_pick, args=(same_layer,),
+               width="stretch")
+chosen = [everything[k] for k in ss["_c_pick"]]
 if not chosen:
     st.info("Pick at least one result.")
     st.stop()
 
-layer = chosen[0].layer.layer
-M, K = layer.shape
-geoms = {r.job.geometry.name or "free-form" for r in chosen}
-st.caption(f"**{layer_names[digest]}** · W {M} × {K} · {', '.join(sorted(geoms))} · "
-           f"{len(chosen)} result{'s' if len(chosen) > 1 else ''}. Each colour is a method, "
-           "the same in every chart.")
+shown = labels.shown_labels(chosen)
+by_layer: dict[str, list[runs.Run]] = {}
+for r in chosen:
+    by_layer.setdefault(r.layer.digest, []).append(r)
+settings = rfig.settings_of(list(shown.values()))
+st.caption(
+    f"{len(chosen)} result{'s' if len(chosen) > 1 else ''} on {len(by_layer)} layer"
+    f"{'s' if len(by_layer) > 1 else ''}. Colour is the method, the same in every chart"
+    + ("; each setting (what differs beside the method) has its own bar pattern, line dash "
+       "and row of maps." if len(settings) > 1 else "."))
 
 # ---- metrics ----------------------------------------------------------------------------------
 st.subheader("Metrics")
-rows = exports.report_rows(chosen)
+rows = []
+for r in chosen:
+    rep, facet = r.report, labels.facets(r)
+    rows.append({
+        "result": shown[r.key].short,
+        "relative error": format_rel_error(rep["rel_error"]),
+        "row p50": format_rel_error(rep["row_rel_error_p50"]),
+        "row p90": format_rel_error(rep["row_rel_error_p90"]),
+        "row p99": format_rel_error(rep["row_rel_error_p99"]),
+        "row max": format_rel_error(rep["row_rel_error_max"]),
+        "sparsity": rep["sparsity"] * 100, "valid": rep["valid"], "seconds": rep["seconds"],
+        "method": r.method,
+        "options": ", ".join(f"{k}={v}" for k, v in facet["options"].items()),
+        "geometry": facet["geometry"], "nnz": r.job.nnz, "layer": facet["layer"],
+        "rows": facet["sample"], "device": rep["device"], "damp": r.job.damp})
 st.dataframe(
-    [{"result": r["label"], "relative error": r["rel_error"],
-      "row p50": r["row_rel_error_p50"], "row p90": r["row_rel_error_p90"],
-      "row p99": r["row_rel_error_p99"], "row max": r["row_rel_error_max"],
-      "sparsity": r["sparsity"] * 100, "valid": r["valid"], "seconds": r["seconds"],
-      "device": r["device"], "rows": r["rows"]} for r in rows],
-    hide_index=True, width="stretch",
+    rows, hide_index=True, width="stretch",
     column_config={
-        "relative error": st.column_config.NumberColumn(format="%.4f",
-                                                        help="‖XΔWᵀ‖ / ‖XW₀ᵀ‖"),
-        "row p50": st.column_config.NumberColumn(format="%.4f",
-                                                 help="median per-row relative error"),
-        "row p90": st.column_config.NumberColumn(format="%.4f"),
-        "row p99": st.column_config.NumberColumn(format="%.4f"),
-        "row max": st.column_config.NumberColumn(format="%.4f"),
+        "result": st.column_config.TextColumn(pinned=True),
+        "relative error": st.column_config.TextColumn(help="‖XΔWᵀ‖ / ‖XW₀ᵀ‖"),
+        "row p50": st.column_config.TextColumn(help="median per-row relative error"),
         "sparsity": st.column_config.NumberColumn(format="%.1f%%"),
         "valid": st.column_config.CheckboxColumn(
             help="every block kept or pruned whole, every scope keeps exactly nnz"),
         "seconds": st.column_config.NumberColumn(format="%.2f"),
     })
-maps = {r.label: result_maps.maps(r.key, r) for r in chosen}
+
+if len(settings) > 1:
+    st.markdown("**Relative error by method and setting**")
+    variants, cols, cells = rfig.error_by_variant(list(shown.values()),
+                                                  [r.rel_error for r in chosen])
+    st.dataframe([{"method": v, **{c or "–": ("—" if e is None else format_rel_error(e))
+                                   for c, e in zip(cols, row, strict=True)}}
+                  for v, row in zip(variants, cells, strict=True)],
+                 hide_index=True, width="stretch")
+    st.caption("Each column a setting (what differs beside the method: geometry, nnz, layer, "
+               "…): the what-if question, one line per method. Error and sparsity compare "
+               "across layers; the maps below need one W.")
+
 c_bar, c_rows = st.columns(2, gap="large")
 with c_bar:
     st.markdown("**Relative error by method**")
-    st.plotly_chart(rfig.error_bar_figure({r.label: r.result.rel_error for r in chosen},
-                                          height=max(300, 100 + 34 * len(chosen))),
-                    config={"displayModeBar": False})
+    st.plotly_chart(rfig.error_bar_figure(list(shown.values()),
+                                          [r.rel_error for r in chosen]),
+                    config={"displayModeBar": False}, key="_c_fig_bar", theme=None)
+maps = {r.key: result_maps.maps(r.key, r) for r in chosen}
 with c_rows:
     st.markdown("**Per-row error distribution**")
-    st.plotly_chart(rfig.row_error_figure({label: m.row_rel_error for label, m in maps.items()},
-                                          height=max(300, 100 + 34 * len(chosen))),
-                    config={"displayModeBar": False})
+    st.plotly_chart(rfig.row_error_figure(list(shown.values()),
+                                          [maps[r.key].row_rel_error for r in chosen]),
+                    config={"displayModeBar": False}, key="_c_fig_rows", theme=None)
     st.caption("Fraction of rows at or below each per-row relative error: further left is "
                "better; a long right tail means a few rows carry the error.")
 
-# ---- heatmaps ---------------------------------------------------------------------------------
+# ---- maps -------------------------------------------------------------------------------------
 st.subheader("Where the error is")
+layer_of = {d: rs[0].layer for d, rs in by_layer.items()}
+digest = list(by_layer)[-1]
+if len(by_layer) > 1:
+    digest = st.selectbox("Layer", list(by_layer), index=len(by_layer) - 1,
+                          format_func=lambda d: layer_of[d].label, key="_c_layer",
+                          help="Maps and the difference view compare results of one layer "
+                               "(the same W); the charts above span every layer.")
+here = by_layer[digest]
+M, K = layer_of[digest].layer.shape
+st.caption(f"{md(layer_of[digest].label)} · W {M} × {K}")
 c_view, c_r0, c_c0, c_size = st.columns([1.4, 1, 1, 1])
 view = c_view.segmented_control("View", ["Whole layer", "Window"], default="Whole layer",
                                 key="_c_view",
@@ -130,45 +210,68 @@ if view == "Window":
     r0 = c_r0.number_input("First row", 0, max(0, M - h), 0, step=8, key="_c_r0")
     c0 = c_c0.number_input("First column", 0, max(0, K - w), 0, step=16, key="_c_c0")
     window = (int(r0), int(r0) + h, int(c0), int(c0) + w)
-columns = 4 if len(chosen) != 5 else 3
-tab_err, tab_mask, tab_delta = st.tabs(["Error contribution", "Kept mask", "|ΔW|"])
+drawn = here[:MAX_PANELS]
+if len(here) > MAX_PANELS:
+    st.warning(f"{len(here)} results of this layer are picked; the maps show the first "
+               f"{MAX_PANELS}. Pick fewer to see the others.", icon=":material/info:")
+here_labels = labels.shown_labels(drawn)
+
+
+def tiles_of(run: runs.Run, kind: str) -> rfig.Tiles:
+    return result_maps.window(run, window)[0][kind] if window else maps[run.key].get(kind)
+
+
+KINDS = {
+    "error": ("Error contribution", "Per-weight contribution ΔW ⊙ (ΔW H) to the output error "
+              "(each row sums to the row's error); red adds error, blue (rare) cancels some."),
+    "mask": ("Kept mask", "Kept weights (green) and pruned ones (grey); pooled tiles show the "
+             "fraction kept."),
+    "delta": ("|ΔW|", "How much each weight moved: pruned weights move by their whole value, "
+              "compensated ones by the OBS update."),
+}
+kind = st.segmented_control("Map", list(KINDS), default="error", key="_c_kind",
+                            format_func=lambda k: KINDS[k][0]) or "error"
 config = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
-for tab, kind, text in (
-        (tab_err, "error", "Per-weight contribution ΔW ⊙ (ΔW H) to the output error (each "
-                           "row sums to the row's error); red adds error, blue (rare) "
-                           "cancels some."),
-        (tab_mask, "mask", "Kept weights (green) and pruned ones (grey); pooled tiles show the "
-                           "fraction kept."),
-        (tab_delta, "delta", "How much each weight moved: pruned weights move by their whole "
-                             "value, compensated ones by the OBS update.")):
-    with tab:
-        fig = rfig.side_by_side({label: m.get(kind) for label, m in maps.items()}, kind,
-                                window=window, columns=columns)
-        st.plotly_chart(fig, config=config, key=f"_c_fig_{kind}")
-        st.caption(f"{text} One colour scale for all panels; zoom one and the others follow"
-                   f"{fig.layout.meta['tiles']}.")
-if any(r.result.rows is not None for r in chosen):
+fig = result_maps.side_by_side(
+    kind, window, [(r.key, here_labels[r.key]) for r in drawn],
+    lambda: [rfig.Panel(here_labels[r.key], tiles_of(r, kind)) for r in drawn])
+st.plotly_chart(fig, config=config, key="_c_fig_maps", theme=None)
+st.caption(f"{KINDS[kind][1]} One colour scale for all panels; zoom one and the others follow"
+           f"{fig.layout.meta['tiles']}. Hover a title for the full description.")
+if any(r.job.sample is not None for r in drawn):
     st.caption("Results of a row sample change only the sampled rows; the others show no "
                "error.")
 
 # ---- difference -------------------------------------------------------------------------------
-if len(chosen) >= 2:
+if len(here) >= 2:
     st.subheader("Difference between two results")
-    labels = [r.label for r in chosen]
-    by_err = sorted(labels, key=lambda k: group[k].result.rel_error)
+    keys_here = [r.key for r in here]
+    by_key = {r.key: r for r in here}
+    by_err = sorted(keys_here, key=lambda k: by_key[k].rel_error)
     c_a, c_b = st.columns(2)
-    a = c_a.selectbox("A", labels, index=labels.index(by_err[-1]), key="_c_a")
-    b = c_b.selectbox("B", labels, index=labels.index(by_err[0]), key="_c_b")
+    all_here = labels.shown_labels(here)
+    a = c_a.selectbox("A", keys_here, index=keys_here.index(by_err[-1]), key="_c_a",
+                      format_func=lambda k: all_here[k].short)
+    b = c_b.selectbox("B", keys_here, index=keys_here.index(by_err[0]), key="_c_b",
+                      format_func=lambda k: all_here[k].short)
     if a == b:
         st.info("Pick two different results.")
     else:
-        worse = rfig.rows_losing_more(maps[a].error, maps[b].error)
-        st.plotly_chart(rfig.difference_figure(maps[a].error, maps[b].error, a, b,
-                                               window=window),
-                        config=config, key="_c_fig_diff")
-        st.caption(f"Red: **{a}** loses error there that **{b}** does not; blue: the reverse. "
-                   f"{a} has the larger error in {worse:,} of {M:,} rows; the bars on the right "
-                   "sum each row.")
+        if window:
+            (ma, rows_a), (mb, rows_b) = (result_maps.window(by_key[k], window) for k in (a, b))
+            ta, tb, row_diff = ma["error"], mb["error"], rows_a - rows_b
+        else:
+            ea, eb = result_maps.maps(a, by_key[a]), result_maps.maps(b, by_key[b])
+            ta, tb, row_diff = ea.error, eb.error, ea.row_error - eb.row_error
+        whole_a = result_maps.maps(a, by_key[a]).row_error
+        whole_b = result_maps.maps(b, by_key[b]).row_error
+        worse = rfig.rows_losing_more(whole_a, whole_b)
+        la, lb = all_here[a].short, all_here[b].short
+        st.plotly_chart(rfig.difference_figure(ta, tb, row_diff, la, lb), config=config,
+                        key="_c_fig_diff", theme=None)
+        st.caption("Red: A loses error there that B does not; blue: the reverse. The bars on "
+                   "the right sum each row.")
+        st.text(f"A = {la}: larger error than B = {lb} in {worse:,} of {M:,} rows.")
 
 # ---- downloads --------------------------------------------------------------------------------
 st.subheader("Downloads")
@@ -181,8 +284,9 @@ c_json.download_button("Report (JSON)", exports.report_json(chosen),
 st.caption("Pruned weight and mask (True = kept) of each result, as `.safetensors`:")
 cols = st.columns(min(4, len(chosen)))
 for i, r in enumerate(chosen):
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in r.label)
+    label = shown[r.key].short
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
     cols[i % len(cols)].download_button(
-        r.label, data=lambda r=r: exports.safetensors_bytes(r), file_name=f"{safe}.safetensors",
+        md(label), data=lambda r=r: exports.safetensors_bytes(r), file_name=f"{safe}.safetensors",
         mime="application/octet-stream", icon=":material/download:", key=f"_c_dl_{r.key}",
         on_click="ignore")

@@ -101,8 +101,9 @@ current_label = "" if current is None else current.name
 sources = [TOY] + ([CURRENT] if current is not None and current_label != TOY else [])
 if form["source"] not in sources:
     form["source"] = TOY
-layer, layer_label = (state.sample_layer(TOY), TOY) if form["source"] == TOY else (
-    current, current_label)
+# The layer's name can come from a user's file: it is shown only as a widget's option text,
+# never inside markdown.
+layer = state.sample_layer(TOY) if form["source"] == TOY else current
 M, K_all = layer.weight.shape
 ks = [k for k in COLUMNS if k <= K_all] or [K_all]
 if form["k"] not in ks:
@@ -147,7 +148,7 @@ except ValueError as err:         # ArgumentError names the field; others (e.g. 
     st.error(f"This choice does not fit the lesson: {err}", icon=":material/warning:")
     if (getattr(err, "argument", None) == "pattern" and form["source"] == TOY
             and CURRENT in sources):
-        st.button(f"Use the layer in use ({current_label}) instead", key="learn_use_layer",
+        st.button("Use the layer in use instead", key="learn_use_layer",
                   on_click=choose, kwargs={"source": CURRENT}, icon=":material/swap_horiz:")
     else:
         st.info("Try pattern **2:4** (keep 2 of every 4 weights in a row) on 16 columns.")
@@ -164,7 +165,7 @@ gs = geom.blocks_per_scope
 rows_txt = ", ".join(map(str, lesson.rows))
 scopes = [s.scope_cols(lesson.index) for s in lesson.steps]
 st.caption(
-    f"**{layer_label}**, {'rows ' + rows_txt if lesson.coupled else f'row {lesson.row}'} of "
+    f"{'Rows ' + rows_txt if lesson.coupled else f'Row {lesson.row}'} of "
     f"W {M} × {K} · **{geom.name}**: blocks of {geom.block_numel} "
     f"weight{'s' if geom.block_numel > 1 else ''}, scopes of {gs} blocks that keep "
     f"nnz = {lesson.nnz} (prune np = {lesson.n_prune}) · {T} scopes, "

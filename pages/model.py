@@ -2,6 +2,7 @@
 to the model (end metrics on held-out text, per-layer error, block-by-block drift)."""
 
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -161,16 +162,17 @@ with c_geo:
              format_func={"page": "the Geometry page (sized per layer)",
                           "preset": "a preset here"}.get)
     geometry, nnz = form["preset"], int(form["nnz"])
-    if form["geo_source"] == "page" and page_form:
-        page_form = {**page_form, "use_layer": True}
+    if form["geo_source"] == "page" and page_form is not None:
+        page_form = dataclasses.replace(page_form, use_layer=True)
 
         def geometry(shape, page_form=page_form):
-            geom, _, errors = build_geometry(page_form, shape)
+            geom, chosen, errors = build_geometry(page_form, shape)
             if geom is None:
                 raise ArgumentError("geometry", "; ".join(errors.values()))
+            geom.nnz = chosen   # the budget chosen on the Geometry page
             return geom
 
-        geometry.__name__ = f"Geometry page: {page_form['pattern']}"
+        geometry.__name__ = f"Geometry page: {page_form.pattern}"
         nnz = None
         st.caption("The Geometry page's pattern, built for each layer's shape with its nnz.")
         st.page_link("pages/geometry.py", label="Change it on the Geometry page",

@@ -109,13 +109,15 @@ def test_loaded_layer_first_columns():
     W, H = first_columns(layer.weight, layer.hessian, 16)
     assert_close(torch.tensor(at.session_state["learn_weights"], dtype=torch.float64),
                  true_obs_row(W, H, "2:4", 5), rtol=0, atol=1e-12)
-    assert any(c.value.startswith(f"**{name}**, row 5") for c in at.caption)
+    assert f"{name} (first columns)" in at.selectbox(key="_l_source").options
+    assert any(c.value.startswith("Row 5 of W") for c in at.caption)
 
     other = next(n for n in obsviz.sample_layer_names() if n not in (name, "toy"))
     at.selectbox(key="_w_layer").set_value(other).run()     # another layer in use
     assert not at.exception, at.exception
     assert at.session_state["learn_step"] == 0              # the lesson starts over on it
-    assert any(c.value.startswith(f"**{other}**, row 5") for c in at.caption)
+    assert f"{other} (first columns)" in at.selectbox(key="_l_source").options
+    assert any(c.value.startswith("Row 5 of W") for c in at.caption)
     layer = obsviz.load_sample_layer(other)
     assert_close(torch.tensor(at.session_state["learn_weights"], dtype=torch.float64),
                  layer.weight[5, :16].double())

@@ -1,25 +1,18 @@
 """The Prune and Compare pages, driven through Streamlit's AppTest on the 8 × 16 toy layer."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 
 from obsviz import methods
+from obsviz.metrics import format_rel_error
 
-AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
-
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # seconds per run; the first run imports torch and plotly
+from apptest import errors, open_app, plain, run_methods
 
 
-def open_page(page: str, layer: str = "toy"):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["layer_name"] = layer
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
+def open_page(page: str, layer: str = "toy", **state):
+    return open_app(page, state={"layer_name": layer, **state})
 
 
 def patch_run(monkeypatch, method: str, run) -> None:
@@ -28,16 +21,9 @@ def patch_run(monkeypatch, method: str, run) -> None:
                         dataclasses.replace(methods.REGISTRY[method], run=run))
 
 
-def run_methods(at, methods: list[str]):
-    at.multiselect(key="_p_methods").set_value(methods).run()
-    assert not at.exception, at.exception
-    next(b for b in at.button if b.label == "Run").click().run()
-    assert not at.exception, at.exception
-    return at
-
-
 def texts(at) -> str:
-    return "\n".join([m.value for m in at.markdown] + [e.label for e in at.get("status")])
+    """Everything the page says in markdown, success and error boxes, as text."""
+    return "\n".join(plain(m.value) for m in [*at.markdown, *at.success, *at.error])
 
 
 def test_prune_runs_two_methods_and_shows_each_error():
@@ -50,12 +36,12 @@ def test_prune_runs_two_methods_and_shows_each_error():
     shown = texts(at)
     for r in runs:
         assert r.report["valid"] and r.report["sparsity"] == pytest.approx(0.5)
-        assert f"{r.method} · relative error {r.result.rel_error:.4f}" in shown
+        assert f"{r.method} · relative error {format_rel_error(r.result.rel_error)}" in shown
     at.run()  # the next rerun lists the run's outcome
     shown = texts(at)
     assert "Latest run" in [s.value for s in at.subheader]
     for r in runs:
-        assert r.method in shown and f"{r.result.rel_error:.4f}" in shown
+        assert r.method in shown and format_rel_error(r.result.rel_error) in shown
 
     # Asking again is instant: both come from the store.
     next(b for b in at.button if b.label == "Run").click().run()
@@ -64,10 +50,10 @@ def test_prune_runs_two_methods_and_shows_each_error():
 
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
-    assert at.multiselect[0].value == [r.label for r in runs]
+    assert at.multiselect(key="_c_pick").value == [r.key for r in runs]   # by run key
     assert len(at.dataframe) == 1
     charts = at.get("plotly_chart")
-    assert len(charts) >= 5  # bar, row distribution, 3 heatmaps, difference
+    assert len(charts) >= 4  # bar, row distribution, the maps (one kind at a time), difference
     assert "Where the error is" in [s.value for s in at.subheader]
     assert "Difference between two results" in [s.value for s in at.subheader]
     assert len(at.get("download_button")) == 4  # CSV, JSON, one per result
@@ -79,22 +65,19 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
 
     patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
-    assert any("broken on purpose" in e.value for e in at.error)
+    assert any("broken on purpose" in e for e in errors(at))
     runs = list(at.session_state["results"].values())
     assert [r.method for r in runs] == ["full"]
     assert [e["status"] for e in at.session_state["last_run"]] == ["done", "failed"]
 
 
 def test_a_bad_upload_shows_the_loader_message():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["layer_source"] = "upload"
-    at.switch_page("pages/prune.py").run()
-    assert not at.exception, at.exception
+    at = open_page("pages/prune.py", layer_source="upload")
     at.file_uploader(key="_p_upload").set_value(
         ("broken.safetensors", b"this is not a safetensors file", "application/octet-stream"))
     at.run()
     assert not at.exception, at.exception
-    assert any("broken.safetensors" in e.value for e in at.error)
+    assert any("broken.safetensors" in e for e in errors(at))
     assert not any(b.label == "Run" for b in at.button)   # nothing to run on
 
 
@@ -105,7 +88,7 @@ def test_compare_first_visit_offers_the_fast_modes():
     assert not at.exception, at.exception
     methods = [r.method for r in at.session_state["results"].values()]
     assert {"full", "sparsegpt", "magnitude"} <= set(methods)
-    assert len(at.get("plotly_chart")) >= 5
+    assert len(at.get("plotly_chart")) >= 4
 
 
 # ---- failures of every kind stay on the page --------------------------------------------------
@@ -117,7 +100,7 @@ def test_an_unforeseen_error_fails_only_its_method_and_clears_pending(monkeypatc
 
     patch_run(monkeypatch, "interleaved", broken)
     at = run_methods(open_page("pages/prune.py"), ["interleaved", "full"])
-    assert any("KeyError" in e.value and "a bug" in e.value for e in at.error)
+    assert any("KeyError" in e and "a bug" in e for e in errors(at))
     assert [r.method for r in at.session_state["results"].values()] == ["full"]
     assert [e["status"] for e in at.session_state["last_run"]] == ["done", "failed"]
     assert at.session_state["run_pending"] == []
@@ -152,7 +135,7 @@ def test_out_of_memory_suggests_a_row_sample_and_memory_is_released(monkeypatch)
     patch_run(monkeypatch, "full", oom)
     monkeypatch.setattr(runner, "release_device_memory", released.append)
     at = run_methods(open_page("pages/prune.py"), ["full", "sparsegpt"])
-    assert any("ran out of memory on cpu; try a row sample" in e.value for e in at.error)
+    assert any("ran out of memory on cpu; try a row sample" in e for e in errors(at))
     assert [e["status"] for e in at.session_state["last_run"]] == ["failed", "done"]
     assert released == ["cpu", "cpu"]   # after each method, whatever its outcome
 
@@ -180,7 +163,7 @@ def test_c_dtype_offers_half_precision_on_cuda_only():
     at.session_state["device"] = "cpu"
     at.multiselect(key="_p_methods").set_value(["true_obs"]).run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="_p_c_dtype").options == ["auto", "float32", "float64"]
+    assert at.selectbox(key="_p_opt_c_dtype").options == ["auto", "float32", "float64"]
 
 
 def test_a_failing_checkpoint_build_shows_its_message(monkeypatch):
@@ -193,13 +176,10 @@ def test_a_failing_checkpoint_build_shows_its_message(monkeypatch):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     monkeypatch.setattr(calibrate, "hessians_from_checkpoint", broken)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["layer_source"] = "checkpoint"
-    at.switch_page("pages/prune.py").run()
-    assert not at.exception, at.exception
+    at = open_page("pages/prune.py", layer_source="checkpoint")
     next(b for b in at.button if b.label == "Compute the Hessian").click().run()
     assert not at.exception, at.exception
-    assert any("RuntimeError: mat1 and mat2" in e.value for e in at.error)
+    assert any("RuntimeError: mat1 and mat2" in e for e in errors(at))
 
 
 # ---- uploads --------------------------------------------------------------------------------
@@ -226,9 +206,7 @@ def test_an_upload_is_hashed_and_parsed_once(monkeypatch, tmp_path):
 
     monkeypatch.setattr(L, "list_layers", counting_list)
     monkeypatch.setattr(ui_layers, "digest_bytes", counting_digest)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["layer_source"] = "upload"
-    at.switch_page("pages/prune.py").run()
+    at = open_page("pages/prune.py", layer_source="upload")
     at.file_uploader(key="_p_upload").set_value(
         ("mine.safetensors", data, "application/octet-stream"))
     at.run()

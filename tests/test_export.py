@@ -108,7 +108,7 @@ def test_the_apps_download_is_the_same_format_and_loads_back(pruned):
     layer, geom, res = pruned
     job = runs.Job(layer=ActiveLayer(layer, "digest", "toy", "sample"), geometry=geom, nnz=2)
     run = runs.Run(key="k", job=job, method="full", result=res,
-                      report=summarize(layer.weight, layer.hessian, geom, res), label="full")
+                   report=summarize(layer.weight, layer.hessian, geom, res), label="full")
     data = exports.safetensors_bytes(run)
     back = load_layer(data, filename="obsviz-full.safetensors")
     assert torch.equal(back.mask, res.mask) and torch.equal(back.weight, res.weight.float())

@@ -104,8 +104,9 @@ def test_estimates_read_the_registry():
     assert flop_estimate(geom, "split", n_splits=8) > flop_estimate(geom, "split", n_splits=2)
     fp16 = memory_estimate(geom, "true_obs", c_dtype="float16")
     fp32 = memory_estimate(geom, "true_obs", c_dtype=torch.float32)
-    # a chunk's 16 per-row Cs plus the shared C cast to c_dtype: 2 bytes more an entry in fp32
-    assert fp32 - fp16 == (16 + 1) * 128 * 128 * 2
+    # per row of a chunk: C plus the downdate's fp32 product, plus its fp16 cast when C is fp16
+    # (4 + 4 vs 2 + 4 + 2 bytes an entry: the same); the shared C cast: 2 bytes more in fp32
+    assert fp32 - fp16 == 128 * 128 * 2
     # a chunk never holds more rows than the layer has (chunk_size 4096 on 64 rows: 64 rows)
     assert memory_estimate(geom, "true_obs", chunk_size=4096) == memory_estimate(
         geom, "true_obs", chunk_size=64)

@@ -143,3 +143,38 @@ def test_layout_of_row_coupled_or_unordered_geometries_takes_the_sorted_construc
     from obsviz import layout
     assert layout._row_steps_in_order(Geometry.preset("block16", (32, 64))) is None
     assert layout._row_steps_in_order(Geometry((32, 64), block=(2, 2), scope=(1, 4))) is None
+
+
+@pytest.mark.parametrize("geom", [
+    Geometry.preset("block16", (48, 96)), Geometry((32, 64), block=(1, 4), scope=(4, 2)),
+    Geometry.preset("2:4", (32, 64)),
+], ids=["block16", "coupled-free-form", "2:4"])
+def test_layout_placed_block_by_block_equals_the_element_construction(geom, monkeypatch):
+    from obsviz import layout
+    layout.row_steps.cache_clear()
+    monkeypatch.setattr(layout, "_row_steps_in_order", lambda g: None)
+    fast = layout.row_steps(geom)
+    lo, hi = geom._block_row_range
+    monkeypatch.setitem(geom.__dict__, "_block_row_range", (lo, hi + 1))  # not "one row each"
+    layout.row_steps.cache_clear()
+    slow = layout.row_steps(geom)
+    layout.row_steps.cache_clear()
+    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
+        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
+    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+
+
+@pytest.mark.parametrize("preset", ["2:4", "4:8", "coupled-2:4", "2:4-pairs"])
+def test_local_per_subset_compensation_equals_the_per_entry_solve(preset, monkeypatch):
+    W, H = ref.random_layer(24, 64, seed=7)
+    geom = Geometry.preset(preset, (24, 64))
+    used = []
+    real = modes.local_regular
+    monkeypatch.setattr(modes, "local_regular", lambda *a: used.append(real(*a)) or used[-1])
+    fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert used == [True]
+    monkeypatch.setattr(modes, "local_regular", lambda *a: False)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)

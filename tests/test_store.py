@@ -185,6 +185,41 @@ def test_newer_and_foreign_schemas_refused(tmp_path):
         RunStore(foreign)
 
 
+def test_a_version_1_store_is_migrated(tmp_path):
+    from obsviz.store import MIGRATIONS
+
+    path = tmp_path / "v1.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    con.execute(
+        "INSERT INTO runs (time, key, sweep, layer, shape, geometry, geometry_spec, nnz, method, "
+        "obsviz_version, torch_version, status, error) VALUES ('2026-01-01T00:00:00+00:00', "
+        "'k', 'old sweep', 'toy', '[8, 16]', '2:4', '{}', 2, 'wanda', '0.1.0', '2.13', "
+        "'failed', 'x')")
+    con.commit()
+    con.close()
+    store = RunStore(path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    (run,) = store.runs(sweep="old sweep")
+    assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
+                                                              "old sweep")
+    assert store.sweeps()[0]["sweep"] == "old sweep"
+    assert RunStore(path).schema_version == 2  # opening again changes nothing
+
+
+def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    a = _record(store, toy, geom, res, sweep="A")
+    assert _record(store, toy, geom, res, sweep="B") == a  # done already: filed under B too
+    store.add_to_sweep("C", [a, 12345])  # an id that is not there is ignored
+    assert [r.id for r in store.runs(sweep="B")] == [a] == [r.id for r in store.runs(sweep="C")]
+    assert store.get(a).sweep == "A"  # the sweep that ran it
+    assert sorted(s["sweep"] for s in store.sweeps()) == ["A", "B", "C"]
+    store.delete(a)
+    assert store.sweeps() == [] and store.runs(sweep="A") == []
+
+
 def test_tampered_row_never_becomes_a_path(tmp_path, toy, toy_result):
     geom, res = toy_result
     store = RunStore(tmp_path / "runs.sqlite")

@@ -1,5 +1,5 @@
 """Downloads: the metrics report of runs as rows, CSV or JSON, and a pruned layer as
-safetensors."""
+``.safetensors`` (``obsviz.save_pruned``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def safetensors_bytes(run: Run) -> bytes:
     ``obsviz.load_layer`` reads the download back."""
     layer = run.layer.layer
     return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
-                       report=run.report, nsamples=layer.nsamples,
+                       report=json.loads(json.dumps(run.report, default=str)),
+                       nsamples=layer.nsamples,
                        source=f"{run.layer.label}, pruned ({run.label or run.method})")
 
 

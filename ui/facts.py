@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-
 from obsviz import Geometry
-from obsviz.estimate import METHODS, available_memory, format_bytes, memory_estimate
+from obsviz.estimate import available_memory, format_bytes
+from obsviz.methods import METHODS, get
 from obsviz.obs import MAX_SUBSETS, count_subsets
 
 
@@ -33,16 +32,14 @@ def subsets_per_scope(blocks_per_scope: int, pruned: int) -> tuple[str, bool]:
 
 
 def memory_fits(geometry: Geometry, methods: Sequence[str], device: str,
-                rows: int | None = None, chunk_size: int = 16,
-                c_dtype: torch.dtype | None = None) -> list[dict]:
-    """Per method: ``method``, ``memory`` (bytes needed for ``rows`` rows, default all),
-    ``free`` (bytes free on ``device`` now, ``None`` when unknown) and ``fits`` (``True`` when
-    the free memory is unknown)."""
+                rows: int | None = None, options: dict | None = None) -> list[dict]:
+    """Per method: ``method``, ``memory`` (bytes needed for ``rows`` rows, default all, with
+    ``options``, see ``obsviz.methods``), ``free`` (bytes free on ``device`` now, ``None`` when
+    unknown) and ``fits`` (``True`` when the free memory is unknown)."""
     free = available_memory(device)
     table = []
     for method in methods:
-        need = memory_estimate(geometry, method, rows=rows, device=device, chunk_size=chunk_size,
-                               c_dtype=c_dtype)
+        need = get(method).memory(geometry, rows, device, **(options or {}))
         table.append({"method": method, "memory": need, "free": free,
                       "fits": free is None or need < free})
     return table

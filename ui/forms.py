@@ -1,13 +1,19 @@
-"""The geometry form: what the user typed -> a ``Geometry`` plus an error per field.
+"""The app's forms, declared: what each page's inputs are (``GeometryForm``, ``PruneForm``), and
+the geometry form read into a ``Geometry`` plus an error per field.
 
 Pure (no Streamlit), so tests and other pages can use it. Shape fields accept comma-separated
-integers and small expressions in ``M`` and ``K`` (the weight shape): ``M, K/16, 8, 2``.
+integers and small expressions in ``M`` and ``K`` (the weight shape): ``M, K/16, 8, 2``. Numbers a
+user types (nnz, damping) are kept as the text typed and read here, so what the page shows is
+what is used, or the field says why it is not (``parse_int``/``parse_float``).
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import operator
+import re
+from dataclasses import asdict, dataclass, field
 
 from obsviz import PRESETS, ArgumentError, Geometry
 
@@ -16,9 +22,6 @@ PATTERNS = (*PRESETS, "N:M", "free-form")
 #: Window sizes (rows, cols) the layout is drawn through, cell by cell, on big layers.
 WINDOWS = {"16 × 32": (16, 32), "32 × 64": (32, 64), "64 × 128": (64, 128)}
 
-#: Form fields, in the order the page shows them. Errors are reported against these names.
-FIELDS = ("pattern", "weight", "view", "stride", "block", "scope", "nnz")
-
 #: The engine's argument names -> the form field that holds them.
 _ARG_FIELD = {
     "weight_shape": "weight", "view_shape": "view", "view_stride": "stride", "view": "view",
@@ -26,38 +29,115 @@ _ARG_FIELD = {
     "m": "pattern",
 }
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
-#: Longest text a shape field takes (a real shape is a few numbers; the URL can carry anything).
+#: Longest text a shape or number field takes (the URL can carry anything).
 MAX_FIELD_CHARS = 200
 #: Most weights a typed shape may have: above 4096 × 11008 (45 M), below what the per-weight maps
-#: of the layout would need on a big machine. A loaded layer's own shape is never capped here.
+#: of the layout would need on a big machine. A loaded layer's own shape is never capped here;
+#: the maps' memory is also checked against what is free before they are computed.
 MAX_WEIGHTS = 2**28
 
 
-def default_form(weight_shape: tuple[int, int] = (384, 384)) -> dict:
+@dataclass
+class GeometryForm:
+    """The Geometry page's inputs, as typed (session key ``geometry_form``)."""
+
+    pattern: str = "2:4"
+    n: int = 2                  # N:M
+    m: int = 4
+    use_layer: bool = True      # the current layer's shape, else ``weight``
+    weight: str = "384, 384"
+    nnz: str = "2"              # as typed; read by ``parse_int``
+    view: str = ""
+    stride: str = ""
+    block: str = ""
+    scope: str = ""
+    r0: int = 0                 # the drawn window's first row and column
+    c0: int = 0
+    win: str = "32 × 64"
+
+    def spec(self) -> dict:
+        """The fields that decide the geometry (not where the window is)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("r0", "c0", "win")}
+
+
+@dataclass
+class PruneForm:
+    """The Prune page's inputs (session key ``prune_form``); method options live in
+    ``options`` by option name (an option two methods share has one value)."""
+
+    geo_source: str = "page"    # "page": the Geometry page's; "preset": ``preset`` here
+    preset: str = "2:4"
+    nnz: str = "2"              # as typed
+    damp: str = "0.01"          # as typed
+    methods: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    sample: str = "all"         # "all" | "first" | "every"
+    first: int = 64
+    every: int = 8
+
+
+def parse_int(name: str, text: object, minimum: int | None = None) -> int:
+    """An integer typed by a user: ``" 12 "`` -> 12. Never guesses: ``abc``, ``1.5`` or an empty
+    field is refused, naming ``name``.
+
+    Raises:
+        ArgumentError: ``name``, with what was typed and what is expected.
+    """
+    raw = str(text).strip()
+    if len(raw) > MAX_FIELD_CHARS or not _INTEGER.fullmatch(raw):
+        raise ArgumentError(name, f"{name}={_short(str(text))} is not a whole number; type "
+                                  "digits, e.g. 2")
+    value = int(raw)
+    if minimum is not None and value < minimum:
+        raise ArgumentError(name, f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def parse_float(name: str, text: object, minimum: float | None = None) -> float:
+    """A number typed by a user: ``"0.01"``, ``"1e-3"``. ``abc``, ``nan``, ``inf`` or an empty
+    field is refused, naming ``name``.
+
+    Raises:
+        ArgumentError: ``name``, with what was typed and what is expected.
+    """
+    raw = str(text).strip()
+    try:
+        if len(raw) > MAX_FIELD_CHARS:
+            raise ValueError
+        value = float(raw)
+    except ValueError:
+        raise ArgumentError(name, f"{name}={_short(str(text))} is not a number; type e.g. "
+                                  "0.01") from None
+    if not math.isfinite(value):
+        raise ArgumentError(name, f"{name}={raw} must be a finite number")
+    if minimum is not None and value < minimum:
+        raise ArgumentError(name, f"{name}={value:g} must be at least {minimum:g}")
+    return value
+
+
+def default_form(weight_shape: tuple[int, int] = (384, 384)) -> GeometryForm:
     """A fresh form: ``2:4`` on ``weight_shape``, its free-form fields filled from the preset."""
-    form = {"pattern": "2:4", "n": 2, "m": 4, "use_layer": True,
-            "weight": f"{weight_shape[0]}, {weight_shape[1]}", "nnz": 2,
-            "view": "", "stride": "", "block": "", "scope": "", "r0": 0, "c0": 0,
-            "win": "32 × 64"}
-    return fill_from_preset(form, weight_shape)
+    form = GeometryForm(weight=f"{weight_shape[0]}, {weight_shape[1]}")
+    fill_from_preset(form, weight_shape)
+    return form
 
 
-def fill_from_preset(form: dict, weight_shape: tuple[int, int]) -> dict:
+def fill_from_preset(form: GeometryForm, weight_shape: tuple[int, int]) -> None:
     """Copy the chosen preset's view, block, scope and nnz into the free-form fields, so going
     free-form starts from it. Leaves the form unchanged when the preset does not fit the shape."""
-    pattern = form["pattern"]
-    name = f"{form['n']}:{form['m']}" if pattern == "N:M" else pattern
-    if pattern == "free-form":
-        return form
+    if form.pattern == "free-form":
+        return
+    name = f"{form.n}:{form.m}" if form.pattern == "N:M" else form.pattern
     try:
         geom = Geometry.preset(name, weight_shape)
     except ValueError:
-        return form
+        return
     d = geom.to_dict()
-    return {**form, "view": _join(d["view_shape"]), "stride": _join(d["view_stride"]),
-            "block": _join(d["block"]), "scope": _join(d["scope"]), "nnz": geom.nnz}
+    form.view, form.stride = _join(d["view_shape"]), _join(d["view_stride"])
+    form.block, form.scope, form.nnz = _join(d["block"]), _join(d["scope"]), str(geom.nnz)
 
 
 def _join(values: list[int]) -> str:
@@ -73,24 +153,23 @@ def parse_shape(name: str, text: str, M: int | None = None, K: int | None = None
     """
     if len(text) > MAX_FIELD_CHARS:
         raise ArgumentError(name, f"{name}={_short(text)} is {len(text):,} characters long; a "
-                            f"shape is at most {MAX_FIELD_CHARS}, like 1, 4 or M, K/16, 8, 2")
+                                  f"shape is at most {MAX_FIELD_CHARS}, like 1, 4 or M, K/16, 8, 2")
     body = text.strip().strip("()[]").strip()
     if not body:
-        raise ArgumentError(name,
-                            f"{name}={text!r} is empty; give comma-separated integers like 1, 4")
+        raise ArgumentError(name, f"{name}={text!r} is empty; give comma-separated integers like "
+                                  "1, 4")
     names = {k: v for k, v in (("M", M), ("K", K)) if v is not None}
     try:
         tree = ast.parse(f"({body},)", mode="eval").body
         return tuple(_eval(name, text, node, names) for node in tree.elts)
     except SyntaxError:
         raise ArgumentError(
-            name, f"{name}={text!r} is not a list of integers; write e.g. 1, 4 or M, K/16, 8, 2"
-        ) from None
+            name, f"{name}={_short(text)} is not a list of integers; write e.g. 1, 4 or M, K/16, "
+                  "8, 2") from None
     except (RecursionError, MemoryError, OverflowError):
         raise ArgumentError(
-            name,
-            f"{name}={_short(text)} is too deeply nested or too large to evaluate; write plain "
-            "integers like 1, 4 or M, K/16, 8, 2") from None
+            name, f"{name}={_short(text)} is too deeply nested or too large to evaluate; write "
+                  "plain integers like 1, 4 or M, K/16, 8, 2") from None
 
 
 def _short(text: str, n: int = 24) -> str:
@@ -107,15 +186,14 @@ def parse_weight_shape(text: str) -> tuple[int, int]:
     M, K = _two(parse_shape("weight_shape", text))
     if M * K > MAX_WEIGHTS:
         raise ArgumentError(
-            "weight_shape",
-            f"weight_shape={(M, K)} has {M * K:,} weights; a typed shape may have at most "
-            f"{MAX_WEIGHTS:,} (2**28, e.g. 16384 × 16384)")
+            "weight_shape", f"weight_shape={(M, K)} has {M * K:,} weights; a typed shape may have "
+                            f"at most {MAX_WEIGHTS:,} (2**28, e.g. 16384 × 16384)")
     return M, K
 
 
 def _eval(name: str, text: str, node: ast.AST, names: dict[str, int]) -> int:
-    def bad(why: str) -> ValueError:
-        return ArgumentError(name, f"{name}={text!r}: {why}")
+    def bad(why: str) -> ArgumentError:
+        return ArgumentError(name, f"{name}={_short(text)}: {why}")
 
     if isinstance(node, ast.Constant) and isinstance(node.value, int) \
             and not isinstance(node.value, bool):
@@ -137,7 +215,7 @@ def _eval(name: str, text: str, node: ast.AST, names: dict[str, int]) -> int:
     return _raise(bad(f"{ast.unparse(node)!r} is not an integer; use integers, M, K, + - * /"))
 
 
-def _raise(err: ValueError) -> int:
+def _raise(err: ArgumentError) -> int:
     raise err
 
 
@@ -147,31 +225,27 @@ def field_of(err: ValueError) -> str:
     return _ARG_FIELD.get(getattr(err, "argument", None), "pattern")
 
 
-def build_geometry(form: dict, layer_shape: tuple[int, int] | None
+def build_geometry(form: GeometryForm, layer_shape: tuple[int, int] | None
                    ) -> tuple[Geometry | None, int | None, dict[str, str]]:
     """The form -> ``(geometry, nnz, errors)``; ``errors`` maps a field to the engine's message.
 
-    ``geometry.nnz`` is the chosen budget (for a preset, the user's, not the preset's default).
-
-    Fields the current pattern hides (view, block, … of a preset) report at ``pattern``.
+    ``nnz`` is the chosen budget (for a preset, the user's, not the preset's default, which
+    ``geometry.nnz`` keeps). Fields the current pattern hides (view, block, … of a preset)
+    report at ``pattern``.
     """
-    errors: dict[str, str] = {}
     try:
-        if form.get("use_layer") and layer_shape is not None:
+        if form.use_layer and layer_shape is not None:
             M, K = layer_shape
         else:
-            M, K = parse_weight_shape(form["weight"])
+            M, K = parse_weight_shape(form.weight)
         geom, nnz = _geometry(form, M, K)
         geom.check_nnz(nnz)
-        geom.nnz = nnz  # a fresh object: it carries the chosen budget from here on
     except ValueError as err:
-        message = str(err)
-        field = field_of(err)
-        if form["pattern"] != "free-form" and field in ("view", "stride", "block", "scope"):
-            field = "pattern"
-        errors[field] = message
-        return None, None, errors
-    return geom, nnz, errors
+        where = field_of(err)
+        if form.pattern != "free-form" and where in ("view", "stride", "block", "scope"):
+            where = "pattern"
+        return None, None, {where: str(err)}
+    return geom, nnz, {}
 
 
 def _two(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -180,27 +254,18 @@ def _two(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _geometry(form: dict, M: int, K: int) -> tuple[Geometry, int]:
-    pattern = form["pattern"]
-    if pattern == "N:M":
-        n, m = int(form["n"]), int(form["m"])
+def _geometry(form: GeometryForm, M: int, K: int) -> tuple[Geometry, int]:
+    if form.pattern == "N:M":
+        n, m = int(form.n), int(form.m)
         return Geometry.nm(n, m, (M, K)), n
-    nnz = _int("nnz", form["nnz"])
-    if pattern != "free-form":
-        return Geometry.preset(pattern, (M, K)), nnz
-    view = parse_shape("view_shape", form["view"], M, K) if form["view"].strip() else None
-    stride = (parse_shape("view_stride", form["stride"], M, K)
-              if form["stride"].strip() else None)
+    nnz = parse_int("nnz", form.nnz)
+    if form.pattern != "free-form":
+        return Geometry.preset(form.pattern, (M, K)), nnz
+    view = parse_shape("view_shape", form.view, M, K) if form.view.strip() else None
+    stride = parse_shape("view_stride", form.stride, M, K) if form.stride.strip() else None
     if stride is not None and view is None:
-        raise ArgumentError(
-            "view_stride", f"view_stride={stride} given without a view shape; give both or neither")
-    block = parse_shape("block", form["block"], M, K)
-    scope = parse_shape("scope", form["scope"], M, K)
+        raise ArgumentError("view_stride", f"view_stride={stride} given without a view shape; "
+                                           "give both or neither")
+    block = parse_shape("block", form.block, M, K)
+    scope = parse_shape("scope", form.scope, M, K)
     return Geometry((M, K), block, scope, view, stride, name=None), nnz
-
-
-def _int(name: str, value: object) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ArgumentError(name, f"{name}={value!r} must be an integer") from None

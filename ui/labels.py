@@ -1,8 +1,16 @@
-"""Display labels of runs: ``describe`` (the method and the options that set it apart),
-``sample_text`` (the row sample in words) and ``relabel`` (short labels, unique in the session's
-collection). Labels are for display only; runs are identified by their key."""
+"""Display labels of runs. Labels are for display only; runs are identified by their key.
+
+- ``describe``: the method and the options that set it apart, while a run is in progress.
+- ``facets``: everything that describes a finished run, the input of
+  ``obsviz.figures.results.short_labels`` (one home for how labels are shortened).
+- ``shown_labels``: labels for runs shown together — the method plus only what differs between
+  them — and ``relabel``: such labels over the session's whole collection (unique there).
+"""
 
 from __future__ import annotations
+
+from obsviz import Geometry
+from obsviz.figures.results import Label, short_labels
 
 from ui.runs import DEFAULT_OPTIONS, Job, Run, store
 
@@ -22,25 +30,30 @@ def sample_text(sample: tuple[str, int] | None) -> str:
     return f"first {n} rows" if how == "first" else f"every {n}th row"
 
 
+def geometry_text(geometry: Geometry) -> str:
+    """A preset's name, or the free-form geometry's view, block and scope."""
+    return geometry.name or f"free-form {geometry.describe()}"
+
+
+def facets(run: Run) -> dict:
+    """What describes ``run``, by facet (``obsviz.figures.results.FACETS``)."""
+    job = run.job
+    return {"method": run.method, "options": job.method_options(run.method),
+            "geometry": geometry_text(job.geometry), "nnz": f"nnz={job.nnz}",
+            "sample": sample_text(job.sample), "damp": f"damp={job.damp:g}",
+            "device": job.device, "layer": run.layer.label}
+
+
+def shown_labels(runs: list[Run]) -> dict[str, Label]:
+    """``run key -> Label`` for runs shown together."""
+    return dict(zip((r.key for r in runs), short_labels([facets(r) for r in runs]),
+                    strict=True))
+
+
 def relabel() -> None:
-    """Give every stored run a short label, unique in the store: the method and its options,
-    then (only where it is needed to tell runs apart) the geometry, the row sample, the layer."""
+    """Give every run of the session's collection its short label, unique there: the method,
+    then only what sets it apart from the other runs (options, geometry, nnz, row sample, …,
+    layer)."""
     runs = list(store().values())
-    for run in runs:
-        run.label = describe(run.job, run.method)
-    extras = (
-        lambda r: r.job.geometry.name or "free-form",
-        lambda r: f"nnz={r.job.nnz}",
-        lambda r: sample_text(r.job.sample),
-        lambda r: f"damp={r.job.damp:g}",
-        lambda r: r.job.device,
-        lambda r: r.layer.label,
-    )
-    for extra in extras:
-        by_label: dict[str, list[Run]] = {}
-        for run in runs:
-            by_label.setdefault(run.label, []).append(run)
-        for same in by_label.values():
-            if len(same) > 1 and len({extra(r) for r in same}) > 1:
-                for r in same:
-                    r.label = f"{r.label} · {extra(r)}"
+    for run, label in zip(runs, shown_labels(runs).values(), strict=True):
+        run.label = label.short

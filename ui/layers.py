@@ -1,17 +1,22 @@
-"""Where the Prune page's layer comes from: a shipped sample, an uploaded file, or a layer whose
-Hessian is computed here from a local checkpoint.
+"""The current layer: one choice shared by every page, from a shipped sample, an uploaded file,
+or a layer whose Hessian is computed here from a local checkpoint.
 
-Session-state keys (see also ``ui.state``):
+Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
 
-- ``layer_source``: ``"sample" | "upload" | "checkpoint"``, the source the Prune page uses.
-- ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint.
-  Sample layers stay under ``layer_name`` (``ui.state``), shared with the sidebar.
+- ``layer_source``: ``"sample" | "upload" | "checkpoint"``, where the current layer comes from.
+- ``layer_name``: ``str | None``, the sample layer chosen (``None`` when none can be loaded).
+- ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint; it
+  stays when the Prune page (where it is uploaded) is left, until another replaces it.
+- ``layer_error``: ``str``, why the chosen sample could not be loaded (shown in the sidebar).
 - ``_p_upload_parsed``: ``dict`` for the file in the uploader: ``id`` (its file id, name and
-  size), ``digest`` (of its bytes), ``contents`` (``upload_contents``) or ``error``. Read once
-  per upload, so a rerun neither re-hashes nor re-parses a file of hundreds of MB.
+  size), ``digest`` (of its bytes), ``name`` (the file's name), ``contents``
+  (``upload_contents``) or ``error``. Read once per upload, so a rerun neither re-hashes nor
+  re-parses a file of hundreds of MB; kept after the page is left.
 
-Every layer is identified by a content digest, so results are cached by what they ran on, not
-by a name that could mean two things.
+Every layer is identified by the digest of its weight and Hessian (``obsviz.store.layer_hash``,
+the run store's own), so results are cached and stored by what they ran on, not by a name that
+could mean two things. Names (of layers, of uploaded files) come from users and
+files: show them as text (``ui.text``), never as markdown.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from pathlib import Path
 import streamlit as st
 
 from obsviz import layers as L
+from obsviz.estimate import format_bytes
+from obsviz.store import layer_hash
 
-from ui import state
+from ui.text import md
+from ui.widgets import copy_widget
 
 SOURCES = {"sample": "Sample layer", "upload": "Upload a file", "checkpoint": "From a checkpoint"}
 UPLOAD_TYPES = ["safetensors", "npz", "pt", "pth"]
@@ -36,9 +44,11 @@ class ActiveLayer:
     """A loaded layer and what identifies it."""
 
     layer: L.Layer
-    digest: str     # content digest of the weight and Hessian (or of the inputs they came from)
+    digest: str     # layer_hash of the weight and Hessian: what runs are keyed and stored by
     label: str      # how the app names it: "layer0.query", "my.safetensors · fc1", …
     kind: str       # a key of SOURCES
+    origin: str = ""  # digest of what it was made from (the file and layer name, the checkpoint
+                      # inputs): tells whether the widgets ask for this layer or another
 
 
 def digest_bytes(*parts: bytes | str) -> str:
@@ -50,20 +60,41 @@ def digest_bytes(*parts: bytes | str) -> str:
 
 
 def tensor_digest(layer: L.Layer) -> str:
-    """Digest of a layer's weight and Hessian values."""
-    return digest_bytes(layer.weight.detach().cpu().contiguous().numpy().tobytes(),
-                        layer.hessian.detach().cpu().contiguous().numpy().tobytes())
+    """Digest of a layer's weight and Hessian values (the run store's ``layer_hash``)."""
+    return layer_hash(layer.weight, layer.hessian)
+
+
+def sample_layer_names() -> list[str]:
+    try:
+        return list(L.sample_layer_names())
+    except Exception:  # a broken sample set must not take the app down
+        return []
+
+
+@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=4)
+def _load_sample(name: str) -> L.Layer:
+    return L.load_sample_layer(name)
+
+
+def sample_layer(name: str) -> L.Layer:
+    """The shipped sample layer ``name``, loaded once and shared by every page and session
+    (read-only: never modify its tensors). The one way the app loads a sample.
+
+    Raises:
+        ValueError: ``name`` is not a sample layer; OSError: its file cannot be read.
+    """
+    return _load_sample(name)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _sample_digest(name: str) -> str:
-    return tensor_digest(state.sample_layer(name))
+    return tensor_digest(sample_layer(name))
 
 
 def sample(name: str) -> ActiveLayer | None:
     """The shipped sample ``name`` (``None`` when it cannot be loaded)."""
     try:
-        layer = state.sample_layer(name)
+        layer = sample_layer(name)
     except (ValueError, OSError):
         return None
     return ActiveLayer(layer, _sample_digest(name), name, "sample")
@@ -83,36 +114,87 @@ def from_upload(data: bytes, filename: str, name: str, file_digest: str | None =
                 ) -> ActiveLayer:
     """Layer ``name`` of an uploaded file (``file_digest``: ``digest_bytes(data)`` when already
     known). Raises ``LayerFileError``."""
-    digest = digest_bytes(file_digest or digest_bytes(data), name)
+    origin = digest_bytes(file_digest or digest_bytes(data), name)
     layer = L.load_layer(data, name, filename=filename)
-    return ActiveLayer(layer, digest, f"{filename} · {name}", "upload")
+    return ActiveLayer(layer, tensor_digest(layer), f"{filename} · {name}", "upload", origin)
 
 
-def active() -> ActiveLayer | None:
-    """The layer the Prune page runs on (per ``layer_source``)."""
+def init() -> None:
+    """Defaults for the layer keys (idempotent): a sample (the URL's ``layer`` when it names one,
+    else the default sample)."""
     ss = st.session_state
-    if ss.get("layer_source", "sample") == "sample":
-        state.init_state()
-        name = ss.get("layer_name")
-        return sample(name) if name else None
-    user = ss.get("user_layer")
+    ss.setdefault("layer_source", "sample")
+    ss.setdefault("user_layer", None)
+    if "layer_name" not in ss:
+        names = sample_layer_names()
+        wanted = st.query_params.get("layer")
+        default = L.DEFAULT_SAMPLE
+        ss["layer_name"] = (wanted if wanted in names
+                            else default if default in names
+                            else names[0] if names else None)
+
+
+def current() -> ActiveLayer | None:
+    """The current layer, the one every page works on (``None`` when none is loaded)."""
+    ss = st.session_state
+    init()
+    if ss["layer_source"] == "sample":
+        name = ss["layer_name"]
+        if not name:
+            return None
+        found = sample(name)
+        if found is None:
+            ss["layer_error"] = f"{name} could not be loaded"
+        return found
+    user = ss["user_layer"]
     if user is None or user.kind != ss["layer_source"]:
         return None
-    if user.kind == "checkpoint" and user.digest != ss.get("_p_ckpt_wanted", user.digest):
-        return None  # the widgets ask for another layer than the one computed
     return user
+
+
+#: The sidebar's value for the uploaded or checkpoint layer (samples are listed by name).
+USER = ":user"
+
+
+def choices() -> dict[str, str]:
+    """What the sidebar offers: ``{choice: label}``, every sample (by name), then the uploaded
+    or checkpoint layer when there is one (``USER``)."""
+    ss = st.session_state
+    init()
+    options = {name: name for name in sample_layer_names()}
+    if ss["user_layer"] is not None:
+        options[USER] = ss["user_layer"].label
+    return options
+
+
+def current_choice() -> str | None:
+    ss = st.session_state
+    init()
+    if ss["layer_source"] == "sample":
+        return ss["layer_name"]
+    return USER if ss["user_layer"] is not None else None
+
+
+def choose(choice: str) -> None:
+    """Make ``choice`` (a key of ``choices()``) the current layer."""
+    ss = st.session_state
+    if choice == USER:
+        if ss.get("user_layer") is not None:
+            ss["layer_source"] = ss["user_layer"].kind
+    else:
+        ss["layer_source"], ss["layer_name"] = "sample", choice
 
 
 # ---- widgets ----------------------------------------------------------------------------------
 
 
 def picker() -> ActiveLayer | None:
-    """The layer source widgets; returns the layer in use (``None`` until one is loaded)."""
+    """The layer source widgets; returns the current layer (``None`` until one is loaded)."""
     ss = st.session_state
-    ss.setdefault("layer_source", "sample")
+    init()
     ss["_p_source"] = ss["layer_source"]
     st.segmented_control("Layer from", list(SOURCES), format_func=SOURCES.get, key="_p_source",
-                         on_change=state.copy_widget, args=("_p_source", "layer_source"),
+                         on_change=copy_widget, args=("_p_source", "layer_source"),
                          selection_mode="single")
     source = ss["layer_source"]
     if source == "sample":
@@ -121,56 +203,85 @@ def picker() -> ActiveLayer | None:
         _upload_widgets()
     else:
         _checkpoint_widgets()
-    return active()
+    return current()
 
 
 def _sample_widgets() -> None:
     ss = st.session_state
-    names = state.sample_layer_names()
+    names = sample_layer_names()
     if not names:
         st.warning("No sample layers are installed; upload a layer file instead.")
         return
     ss["_p_layer"] = ss.get("layer_name") if ss.get("layer_name") in names else names[0]
-    st.selectbox("Sample layer", names, key="_p_layer", on_change=state.copy_widget,
+    st.selectbox("Sample layer", names, key="_p_layer", on_change=copy_widget,
                  args=("_p_layer", "layer_name"),
                  help="Real layers of all-MiniLM-L6-v2 with Hessians from real text, and an "
                       "8 × 16 toy. The same choice as the sidebar's.")
 
 
+def upload_limit_mib() -> int:
+    """The upload widget's limit, in Streamlit's MB (2**20 bytes): the loader's own limit."""
+    return max(1, -(-L.DEFAULT_MAX_BYTES // 2**20))
+
+
 def _upload_widgets() -> None:
     ss = st.session_state
-    limit = L.DEFAULT_MAX_BYTES
     upload = st.file_uploader(
-        "Layer file", type=UPLOAD_TYPES, key="_p_upload",
+        "Layer file", type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
+        on_change=_load_upload,
         help=f"A weight (M, K) plus a Hessian (K, K) or calibration inputs (N, K); "
              f".safetensors preferred, .npz or .pt (loaded without unpickling code). At most "
-             f"{limit / 2**20:.0f} MiB.")
+             f"{format_bytes(L.DEFAULT_MAX_BYTES)}.")
+    user = ss.get("user_layer")
     if upload is None:
-        if ss.get("user_layer") is not None and ss["user_layer"].kind == "upload":
-            ss["user_layer"] = None
-        st.caption("Keys like `fc1.weight` + `fc1.hessian` (or `fc1.inputs`); a file with one "
-                   "layer may use plain `weight` and `hessian`.")
+        if user is not None and user.kind == "upload":
+            st.caption(f"In use: **{md(user.label)}**, uploaded earlier (it stays until you "
+                       "upload another file). Upload the file again to pick another of its "
+                       "layers.")
+        else:
+            st.caption("Keys like `fc1.weight` + `fc1.hessian` (or `fc1.inputs`); a file with "
+                       "one layer may use plain `weight` and `hessian`.")
         return
     parsed = _parsed_upload(upload)
     if parsed["error"] is not None:
-        st.error(parsed["error"], icon="⚠️")
+        st.error(md(parsed["error"]), icon="⚠️")
         return
     contents = parsed["contents"]
     names = [name for name, _, _ in contents]
     describe = {name: f"{name} · {M} × {K} · H from {src}" for name, (M, K), src in contents}
+    # (a selectbox shows its options as plain text: names from the file are safe there)
     if ss.get("_p_upload_layer") not in names:
         ss["_p_upload_layer"] = names[0]
-    name = st.selectbox("Layer in the file", names, key="_p_upload_layer",
-                        format_func=describe.get)
+    st.selectbox("Layer in the file", names, key="_p_upload_layer", format_func=describe.get,
+                 on_change=_load_upload)
+    if parsed.get("load_error"):
+        st.error(md(parsed["load_error"]), icon="⚠️")
+
+
+def _load_upload() -> None:
+    """``on_change`` of the uploader and of its layer choice: read the file once, load the
+    chosen layer and make it the current one, before the script (and the sidebar) runs."""
+    ss = st.session_state
+    upload = ss.get("_p_upload")
+    if upload is None:
+        return      # cleared: the layer uploaded earlier stays current
+    parsed = _parsed_upload(upload)
+    if parsed["error"] is not None:
+        return
+    names = [name for name, _, _ in parsed["contents"]]
+    name = ss.get("_p_upload_layer")
+    if name not in names:
+        name = ss["_p_upload_layer"] = names[0]
     user = ss.get("user_layer")
-    if user is None or user.digest != digest_bytes(parsed["digest"], name):
-        try:
-            with st.spinner(f"Loading {name}…"):
-                ss["user_layer"] = from_upload(upload.getvalue(), upload.name, name,
-                                               parsed["digest"])
-        except Exception as err:
-            st.error(_message(err), icon="⚠️")
-            ss["user_layer"] = None
+    if user is not None and user.origin == digest_bytes(parsed["digest"], name):
+        ss["layer_source"] = "upload"
+        return
+    try:
+        ss["user_layer"] = from_upload(upload.getvalue(), upload.name, name, parsed["digest"])
+        ss["layer_source"] = "upload"
+        parsed["load_error"] = None
+    except Exception as err:
+        parsed["load_error"] = _message(err)
 
 
 def _parsed_upload(upload) -> dict:
@@ -210,7 +321,7 @@ def _checkpoint_widgets() -> None:
     try:
         names = _linear_layers(str(model_dir))
     except Exception as err:
-        st.info(f"The checkpoint cannot be read here: {_message(err)}")
+        st.info(f"The checkpoint cannot be read here: {md(_message(err))}")
         return
     c_layer, c_tokens = st.columns([2, 1])
     c_layer.selectbox("Linear layer of all-MiniLM-L6-v2", names, key="_p_ckpt_layer",
@@ -223,9 +334,8 @@ def _checkpoint_widgets() -> None:
                "of 128 tokens; H = XᵀX / N over every token position.")
     name, tokens = ss["_p_ckpt_layer"], int(ss["_p_ckpt_tokens"])
     wanted = digest_bytes(str(model_dir), name, str(tokens), CALIBRATION_TEXT.name)
-    ss["_p_ckpt_wanted"] = wanted
     user = ss.get("user_layer")
-    if user is not None and user.digest == wanted:
+    if user is not None and user.origin == wanted:
         return
     if st.button("Compute the Hessian", icon=":material/calculate:"):
         bar = st.progress(0.0, "Running the model…")
@@ -236,9 +346,10 @@ def _checkpoint_widgets() -> None:
                 progress=lambda f, m: bar.progress(min(1.0, f), m))[0]
         except Exception as err:   # ValueError, OSError, RuntimeError from the model, …
             bar.empty()
-            st.error(_message(err), icon="⚠️")
+            st.error(md(_message(err)), icon="⚠️")
             return
-        ss["user_layer"] = ActiveLayer(layer, wanted, f"MiniLM · {name}", "checkpoint")
+        ss["user_layer"] = ActiveLayer(layer, tensor_digest(layer), f"MiniLM · {name}",
+                                       "checkpoint", wanted)
         st.rerun()
     elif user is None or user.kind != "checkpoint":
         st.caption("Press the button to run the checkpoint on the text (a few seconds).")

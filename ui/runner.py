@@ -18,31 +18,25 @@ import torch
 
 from obsviz import metrics, prune
 from obsviz.estimate import format_bytes, time_estimate
-from obsviz.methods import C_DTYPES
+from obsviz.methods import C_DTYPES, METHODS, OPTIONS
+from obsviz.metrics import format_rel_error
 
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, run_key, store
+from ui.runs import Job, Run, add, lookup, run_key, store
+from ui.text import md
 
+#: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
 DEFAULT_METHODS = ["full", "interleaved", "true_obs", "sparsegpt"]
-#: What "Run the fast modes" runs (true_obs only where it is quick, see ``fast_methods``).
-FAST_METHODS = ["magnitude", "full", "interleaved", "true_obs", "sparsegpt"]
-
-
-def c_dtype(name: str) -> torch.dtype | None:
-    return None if name == "auto" else C_DTYPES[name]
 
 
 def c_dtype_options(device: str) -> list[str]:
-    """C dtypes worth offering on ``device``: ``auto`` first, then one name per dtype.
-
-    Half precision is a GPU format: on the CPU it is emulated and many times slower than
-    float32, so the CPU gets only 32 and 64 bits.
-    """
+    """``true_obs``'s C dtypes worth offering on ``device`` (``obsviz.methods`` ``c_dtype``
+    choices): half precision is a GPU format, emulated many times slower on the CPU, so the CPU
+    gets ``auto`` and the 32 and 64 bit ones only."""
     on_cuda = torch.device(device).type == "cuda"
-    # one name per dtype, torch's own ("float16", not the aliases "fp16", "half")
-    canonical = [n for n, d in C_DTYPES.items() if n == str(d).removeprefix("torch.")]
-    return ["auto", *(n for n in canonical if on_cuda or torch.finfo(C_DTYPES[n]).bits >= 32)]
+    return [name for name in OPTIONS["c_dtype"].choices
+            if name == "auto" or on_cuda or torch.finfo(C_DTYPES[name]).bits >= 32]
 
 
 # ---- estimates --------------------------------------------------------------------------------
@@ -52,9 +46,7 @@ def estimate(job: Job, methods: list[str]) -> list[dict]:
     """Per method: memory needed, free memory, rough seconds, and whether it fits."""
     rows = job.rows()
     n_rows = None if rows is None else int(rows.numel())
-    table = memory_fits(job.geometry, methods, job.device, rows=n_rows,
-                        chunk_size=job.options["chunk_size"],
-                        c_dtype=c_dtype(job.options["c_dtype"]))
+    table = memory_fits(job.geometry, methods, job.device, rows=n_rows, options=job.options)
     for entry in table:
         entry["seconds"] = time_estimate(job.geometry, entry["method"], rows=n_rows,
                                          device=job.device, n_splits=job.options["n_splits"])
@@ -62,14 +54,10 @@ def estimate(job: Job, methods: list[str]) -> list[dict]:
 
 
 def fast_methods(job: Job, budget_s: float = 10.0) -> list[str]:
-    """``FAST_METHODS``, without ``true_obs`` when it would take longer than ``budget_s``."""
-    quick = []
-    for method in FAST_METHODS:
-        if method == "true_obs" and time_estimate(job.geometry, method, device=job.device
-                                                  ) > budget_s:
-            continue
-        quick.append(method)
-    return quick
+    """The methods (``obsviz.methods`` order) estimated to take at most ``budget_s`` each on
+    ``job``'s layer and device."""
+    return [m for m in METHODS if time_estimate(job.geometry, m, device=job.device,
+                                                n_splits=job.options["n_splits"]) <= budget_s]
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -87,7 +75,8 @@ def note_stopped() -> None:
 
 
 def run_methods(job: Job, methods: list[str]) -> list[dict]:
-    """Run ``methods`` one after the other, each in its own status box with a progress bar.
+    """Run ``methods`` one after the other, each with its own progress bar, all visible from the
+    start (waiting, running with the step and the time left, then the outcome).
 
     Each finished result is stored before the next method starts, so stopping the run (any
     click makes Streamlit rerun the page) keeps what is done. A method that fails, whatever the
@@ -98,36 +87,40 @@ def run_methods(job: Job, methods: list[str]) -> list[dict]:
     ss["last_run"] = []
     ss["run_pending"] = list(methods)
     rows = job.rows()
+    st.caption(f"Running on {md(job.layer.label)} ({job.device}):")
+    slots = {method: st.empty() for method in methods}
+    for method in methods:
+        slots[method].progress(0.0, f"{md(describe(job, method))}: waiting")
     for method in methods:
         label = describe(job, method)
         entry: dict = {"method": method, "label": label}
-        with st.status(f"{label}: waiting…", expanded=True) as box:
-            # Exception, not BaseException: Streamlit's Stop/Rerun (ScriptControlException) must
-            # pass through, leaving ``run_pending`` for ``note_stopped`` to report.
-            try:
-                entry |= _run_or_refuse(job, method, rows, label, box)
-            except Exception as err:
-                entry |= _failed(method, label, box, f"{type(err).__name__}: {err}")
+        slot = slots[method]
+        # Exception, not BaseException: Streamlit's Stop/Rerun (ScriptControlException) must
+        # pass through, leaving ``run_pending`` for ``note_stopped`` to report.
+        try:
+            entry |= _run_or_refuse(job, method, rows, label, slot)
+        except Exception as err:
+            entry |= _failed(method, label, slot, f"{type(err).__name__}: {err}")
         ss["last_run"].append(entry)
         ss["run_pending"] = [m for m in ss["run_pending"] if m != method]
     return ss["last_run"]
 
 
-def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str, box) -> dict:
+def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str, slot) -> dict:
     key = run_key(job, method)
-    if key in store():
-        box.update(label=_done_text(label, store()[key], cached=True), state="complete",
-                   expanded=False)
+    done = lookup(job, method)   # this session's, or the run store's (an earlier session's)
+    if done is not None:
+        relabel()
+        slot.success(_done_text(label, done, cached=True), icon=":material/check:")
         return {"status": "cached", "key": key}
     fit = estimate(job, [method])[0]   # free memory as it is now, after the methods before
     if not fit["fits"]:
         message = (f"needs about {format_bytes(fit['memory'])} but "
                    f"{format_bytes(fit['free'])} is free on {job.device}; try a row "
                    "sample (first N rows) or a smaller chunk size")
-        st.error(f"{method} was not run: {message}.", icon="⚠️")
-        box.update(label=f"{label}: would not fit in memory", state="error")
+        slot.error(f"{md(label)} was not run: {message}.", icon="⚠️")
         return {"status": "refused", "message": message}
-    return _run_one(job, method, key, rows, label, box)
+    return _run_one(job, method, key, rows, label, slot, fit["seconds"])
 
 
 def release_device_memory(device: str) -> None:
@@ -137,24 +130,41 @@ def release_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def eta_text(elapsed: float, fraction: float, estimate_s: float | None = None) -> str:
+    """The time left, in words: from the pace so far once there is some progress, else from the
+    estimate made before the run."""
+    if fraction >= 0.02 and elapsed > 0:
+        left = elapsed * (1 - fraction) / fraction
+    elif estimate_s is not None:
+        left = max(estimate_s - elapsed, 0.0)
+    else:
+        return "estimating the time left"
+    if left < 1:
+        return "under a second left"
+    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left"
+
+
 def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: str,
-             box) -> dict:
-    bar = st.progress(0.0, "starting")
+             slot, estimate_s: float | None = None) -> dict:
+    start = time.perf_counter()
     last = [0.0]
+    shown = md(label)
+    bar = slot.progress(0.0, f"{shown}: starting on {job.device} · "
+                             f"{eta_text(0.0, 0.0, estimate_s)}")
 
     def progress(fraction: float, message: str) -> None:
         now = time.perf_counter()
         if now - last[0] > 0.15 or fraction >= 1.0:   # a few updates a second, not thousands
             last[0] = now
-            bar.progress(min(max(float(fraction), 0.0), 1.0), message)
+            f = min(max(float(fraction), 0.0), 1.0)
+            bar.progress(f, f"{shown}: {md(message)} · {f:.0%} · "
+                            f"{eta_text(now - start, f, estimate_s)}")
 
-    box.update(label=f"{label}: running on {job.device}…", state="running")
     W, H = job.layer.layer.weight, job.layer.layer.hessian
     try:
         result = prune(W, H, job.geometry, job.nnz, method=method, damp=job.damp,
                        device=job.device, progress=progress, rows=rows,
-                       c_dtype=c_dtype(job.options["c_dtype"]),
-                       **{k: v for k, v in job.method_options(method).items() if k != "c_dtype"})
+                       **job.method_options(method))
         report = metrics.summarize(W, H, job.geometry, result)
     except torch.cuda.OutOfMemoryError:
         message = (f"ran out of memory on {job.device}; try a row sample (first N rows or "
@@ -167,21 +177,18 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
         report["layer"] = job.layer.label
         add(Run(key, job, method, result, report))
         relabel()
-        bar.empty()
-        box.update(label=_done_text(label, store()[key]), state="complete", expanded=False)
+        slot.success(_done_text(label, store()[key]), icon=":material/check:")
         return {"status": "done", "key": key}
     finally:
         release_device_memory(job.device)
-    bar.empty()
-    return _failed(method, label, box, message)
+    return _failed(method, label, slot, message)
 
 
-def _failed(method: str, label: str, box, message: str) -> dict:
-    st.error(f"{method} failed: {message}", icon="⚠️")
-    box.update(label=f"{label}: failed", state="error", expanded=True)
+def _failed(method: str, label: str, slot, message: str) -> dict:
+    slot.error(f"{md(label)} failed: {md(message)}", icon="⚠️")
     return {"status": "failed", "message": message}
 
 
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
-    seconds = "cached" if cached else f"{run.result.seconds:.2f} s"
-    return f"{label} · relative error {run.result.rel_error:.4f} · {seconds}"
+    seconds = "cached" if cached else f"{run.seconds:.2f} s"
+    return f"{md(label)} · relative error {format_rel_error(run.rel_error)} · {seconds}"

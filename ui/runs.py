@@ -1,33 +1,41 @@
 """The run model: what a run prunes with (``Job``), one finished result (``Run``), the key that
-names it (``run_key``), and the session's collection of finished runs (``store``/``add``).
+names it (``run_key``), and the session's collection of finished runs (``store``/``add``), kept
+in the run database (``obsviz.store.RunStore`` at its default path) as well.
 
-Session-state key (see also ``ui.state``): ``results``: ``dict[str, Run]``, every finished result
-of this session, oldest first, keyed by ``run_key`` (a digest of the layer's content, the
-geometry, nnz, the method, its options and the row sample), so asking again for the same run is
-instant.
+Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
+
+- ``results``: ``dict[str, Run]``, every finished result of this session (and the stored runs
+  it asked for again), oldest first, keyed by ``run_key``. Nothing is ever dropped from it:
+  beyond ``MAX_IN_MEMORY`` results, the oldest pruned weights leave memory and are read back
+  from the run store when asked for (``Run.result``).
+- ``results_adopted``: ``list[str]``, layer digests whose stored runs were listed in
+  ``results`` (``adopt_stored``, e.g. when Compare opens them).
+
+A run's key is the run store's trial key (``obsviz.store.trial_key``: the layer's content, the
+geometry, nnz, the method, its options and the device, damping, the row sample), so asking again
+for the same run, in this session or after a restart, is instant.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import streamlit as st
 import torch
 
-from obsviz import Geometry, PruneResult
+from obsviz import Geometry, PruneResult, metrics
 from obsviz.layout import row_sample
-from obsviz.methods import OPTIONS, REGISTRY
+from obsviz.methods import OPTIONS, REGISTRY, resolve_options
+from obsviz.store import RunStore, StoredRun, default_store_path, trial_key
 
 from ui.layers import ActiveLayer
 
-#: Methods each option applies to (options other methods ignore stay out of their cache key),
-#: and every option's default: both read off the method registry (``obsviz.methods``).
-METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    name: m.option_names for name, m in REGISTRY.items() if m.options}
+#: Every method option at its default, by name (``obsviz.methods.OPTIONS``): one value per name
+#: is shared by the methods that declare it.
 DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
-MAX_STORED = 32  # oldest results are dropped beyond this (each holds a pruned copy of W)
+#: Pruned weights (a copy of W each) kept in memory per session; older ones are read back from
+#: the run store on demand.
+MAX_IN_MEMORY = 8
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class Job:
     """What a run prunes with, the same for every method of one Run click."""
 
     layer: ActiveLayer
-    geometry: Geometry        # .nnz is ignored; ``nnz`` is the budget
+    geometry: Geometry        # read-only (shared); its own .nnz is ignored: ``nnz`` is the budget
     nnz: int
     damp: float = 0.01
     device: str = "cpu"
@@ -49,30 +57,121 @@ class Job:
         return row_sample(self.geometry, **{how: n})
 
     def method_options(self, method: str) -> dict:
-        return {k: self.options[k] for k in METHOD_OPTIONS.get(method, ())}
+        """The options ``method`` declares (``obsviz.methods``), checked, defaults filled."""
+        return resolve_options(method, **{k: self.options.get(k)
+                                          for k in REGISTRY[method].option_names})
+
+    def trial_options(self, method: str) -> dict:
+        """The options that decide the result: the method's own, the device (``auto`` C dtypes
+        depend on it) and the row sample. As stored in the run database."""
+        return {**self.method_options(method), "device": self.device,
+                "sample": None if self.sample is None else list(self.sample)}
 
 
-@dataclass
 class Run:
-    """One finished result and everything it was run on."""
+    """One finished result and everything it was run on. ``result`` (the pruned weight and
+    mask) is read back from the run store when it has left memory."""
 
-    key: str
-    job: Job
-    method: str
-    result: PruneResult       # tensors on the CPU
-    report: dict              # obsviz.metrics.summarize(...)
-    label: str = ""
+    def __init__(self, key: str, job: Job, method: str, result: PruneResult | None,
+                 report: dict | None, label: str = "", stored_id: int | None = None,
+                 rel_error: float | None = None) -> None:
+        self.key, self.job, self.method = key, job, method
+        self.label = label            # display only (``ui.labels``); ``key`` identifies it
+        self.stored_id = stored_id    # its row in the run store, when stored
+        self._result, self._report = result, report
+        self.rel_error = float(result.rel_error if rel_error is None else rel_error)
+        self.seconds = 0.0 if result is None else float(result.seconds)
 
     @property
     def layer(self) -> ActiveLayer:
         return self.job.layer
 
+    @property
+    def report(self) -> dict:
+        """``obsviz.metrics.summarize`` of the result, plus ``device`` and ``layer`` (computed
+        when first asked for, for a run read back from the store)."""
+        if self._report is None:
+            W, H = self.layer.layer.weight, self.layer.layer.hessian
+            self._report = {**metrics.summarize(W, H, self.job.geometry, self.result),
+                            "device": self.job.device, "layer": self.layer.label}
+        return self._report
+
+    @property
+    def in_memory(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> PruneResult:
+        if self._result is None:
+            self._result = _load_result(self)
+            _evict(keep=self.key)
+        return self._result
+
+    def evict(self) -> None:
+        """Let the pruned weight go (only when the store has it)."""
+        if self.stored_id is not None:
+            self._result = None
+
+    def __repr__(self) -> str:
+        return f"Run({self.key[:12]}…, {self.method}, {self.label!r})"
+
 
 def run_key(job: Job, method: str) -> str:
-    spec = {"layer": job.layer.digest, "geometry": job.geometry.key, "nnz": job.nnz,
-            "method": method, "damp": job.damp, "device": job.device,
-            "options": job.method_options(method), "sample": job.sample}
-    return hashlib.blake2b(json.dumps(spec, sort_keys=True).encode(), digest_size=12).hexdigest()
+    return trial_key(job.layer.digest, job.geometry, job.nnz, method, job.trial_options(method),
+                     job.damp, rows=None if job.sample is None else list(job.sample))
+
+
+# ---- the run store ----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(path: str) -> RunStore | None:
+    try:
+        return RunStore(path)
+    except Exception:   # unusable (read-only home, a file from a newer obsviz): run without it
+        return None
+
+
+def run_store() -> RunStore | None:
+    """The app's run database (``obsviz.store.default_store_path()``), or ``None`` when it
+    cannot be opened (results then stay in memory only)."""
+    return _open_store(str(default_store_path()))
+
+
+def _record(run: Run) -> int | None:
+    db = run_store()
+    if db is None:
+        return None
+    job = run.job
+    try:
+        return db.record(key=run.key, layer=job.layer.label, source=job.layer.kind,
+                         layer_hash=job.layer.digest, shape=job.layer.layer.shape,
+                         geometry=job.geometry, nnz=job.nnz, method=run.method,
+                         options=job.trial_options(run.method), damp=job.damp,
+                         result=run.result)
+    except Exception:   # a full disk must not lose the result in memory
+        return None
+
+
+def _load_result(run: Run) -> PruneResult:
+    db = run_store()
+    if db is None or run.stored_id is None:
+        raise LookupError(f"the result of {run.method} is no longer in memory nor stored")
+    tensors = db.tensors(run.stored_id)
+    return PruneResult(weight=tensors["weight"], mask=tensors["mask"], rel_error=run.rel_error,
+                       seconds=run.seconds, method=run.method,
+                       options={"nnz": run.job.nnz, "damp": run.job.damp,
+                                **run.job.trial_options(run.method)}, rows=run.job.rows())
+
+
+def _evict(keep: str | None = None) -> None:
+    """Keep at most ``MAX_IN_MEMORY`` pruned weights in memory: the newest, and ``keep``."""
+    loaded = [r for r in store().values() if r.in_memory and r.key != keep]
+    for run in loaded[:max(0, len(loaded) - MAX_IN_MEMORY + (keep is not None))]:
+        run.evict()
+
+
+# ---- the session's collection -----------------------------------------------------------------
 
 
 def store() -> dict[str, Run]:
@@ -80,8 +179,80 @@ def store() -> dict[str, Run]:
 
 
 def add(run: Run) -> None:
+    """Add a finished run to the session (last) and to the run store."""
     runs = store()
     runs.pop(run.key, None)
     runs[run.key] = run
-    while len(runs) > MAX_STORED:
-        runs.pop(next(iter(runs)))
+    if run.stored_id is None:
+        run.stored_id = _record(run)
+    _evict(keep=run.key)
+
+
+def lookup(job: Job, method: str) -> Run | None:
+    """The finished run of ``method`` on ``job``: from this session, else from the run store
+    (a run of an earlier session or before a restart; then added to this session, its weights
+    left on disk until asked for), else ``None``."""
+    key = run_key(job, method)
+    runs = store()
+    if key in runs:
+        return runs[key]
+    db = run_store()
+    try:
+        row = None if db is None else db.find(key)
+    except Exception:
+        row = None
+    run = None if row is None else _from_row(row, job.layer)
+    if run is not None:
+        runs[key] = run
+    return run
+
+
+def known(job: Job, method: str) -> bool:
+    """Whether ``method`` on ``job`` is finished already (this session, or the run store)."""
+    key = run_key(job, method)
+    if key in store():
+        return True
+    db = run_store()
+    try:
+        return db is not None and bool(db.done_keys([key]))
+    except Exception:
+        return False
+
+
+def adopt_stored(layer: ActiveLayer, limit: int = 200) -> int:
+    """List the run store's finished runs of ``layer`` (at most ``limit``, newest) in the
+    session, once per layer and session; their weights stay on disk until asked for. Only runs
+    whose key this app would give them are taken. Returns how many were added."""
+    ss = st.session_state
+    adopted = ss.setdefault("results_adopted", [])
+    db = run_store()
+    if layer.digest in adopted or db is None:
+        return 0
+    adopted.append(layer.digest)
+    try:
+        rows = db.runs(layer_hash=layer.digest, status="done", limit=limit)
+    except Exception:
+        return 0
+    runs, added = store(), 0
+    for row in reversed(rows):   # oldest first, like the session's own
+        run = _from_row(row, layer)
+        if run is not None and run.key not in runs:
+            runs[run.key] = run
+            added += 1
+    return added
+
+
+def _from_row(row: StoredRun, layer: ActiveLayer) -> Run | None:
+    try:
+        opts = dict(row.options)
+        device, sample = opts.pop("device", "cpu"), opts.pop("sample", None)
+        job = Job(layer, row.geometry_obj(), int(row.nnz), float(row.damp), str(device),
+                  {**DEFAULT_OPTIONS, **opts}, None if sample is None else tuple(sample))
+        if row.key != run_key(job, row.method):
+            return None   # stored by other code, with other conventions
+        run = Run(row.key, job, row.method, None, None, stored_id=row.id,
+                  rel_error=row.rel_error)
+        run.seconds = float(row.seconds or 0.0)
+        return run
+    except Exception:
+        return None

@@ -1,101 +1,158 @@
-"""The app's shared state: one place that says what lives in ``st.session_state`` and the URL.
+"""The app's shared state, declared: every ``st.session_state`` key with its one owner (``KEYS``),
+the current layer and device (drawn once, in the sidebar, by the entrypoint ``app.py``), the
+geometry the user chose, and the URL.
 
-Session-state keys (every page may read them; only the pages named write them):
+What pages call (keep it small and stable):
 
-- ``geometry``: ``dict`` from ``Geometry.to_dict()`` with ``nnz`` set to the chosen budget, or
-  ``None`` while the form is invalid. Written by the Geometry page; read with
-  ``current_geometry()``.
-- ``nnz``: ``int``, blocks kept per scope (same as ``geometry["nnz"]``).
-- ``layer_name``: ``str | None``, the sample layer in use (``None`` when none can be loaded).
-  Written by the sidebar; read with ``loaded_layer()``.
-- ``device``: ``"cuda"`` or ``"cpu"``, the device pruning runs on. Written by the sidebar.
-- ``geometry_form``: ``dict``, the Geometry page's inputs as typed (see ``ui.forms``), kept so
-  that leaving and re-opening the page restores them.
-- ``prune_form``: ``dict``, the Prune page's inputs (geometry source, preset, nnz, damping,
-  methods and their options, row sample), kept like ``geometry_form``. Written by the Prune page.
-- ``layer_source``, ``user_layer``: where the Prune page's layer comes from and the last
-  uploaded or checkpoint-built layer (see ``ui.layers``).
-- ``results``, ``last_run``, ``run_pending``: finished pruning results keyed by the content of
-  their inputs, the latest run's per-method outcome, the methods a stopped run left (see
-  ``ui.runs``, ``ui.runner``). ``compare_pick``: the results the Compare page shows.
-- ``learn_setup``: ``dict`` of the Learn page's choices: ``source`` (``"toy"`` or the sidebar's
-  layer name), ``k`` (first columns used), ``pattern`` (preset), ``row``, ``damp``. Written by
-  the Learn page.
-- ``learn_step``: ``int``, scopes of the lesson's row decided so far (0 … the row's scope
-  count); ``learn_weights``: ``list[float]``, that row's weights after those steps. Written by
-  the Learn page (its buttons "Step forward", "Step back", "Reset").
+- ``current_layer()``: the current layer (``ui.layers.ActiveLayer``: ``.layer`` with ``.weight
+  (M, K)``, ``.hessian (K, K)``; ``.label``; ``.digest``) or ``None``. One layer for every page:
+  a sample, an uploaded file or a checkpoint layer; the sidebar names it.
+- ``loaded_layer()``: the same, as the ``obsviz.layers.Layer`` itself; ``layer_shape()``.
+- ``chosen_geometry()``: ``(geometry, nnz)`` chosen on the Geometry page (or in the link that
+  opened the app), or ``None`` while that form is invalid. ``nnz`` is the user's budget; the
+  ``Geometry`` object is cached and shared by every session: never modify it.
+- ``device()``: where pruning runs (``"cuda"`` or ``"cpu"``).
+- ``form_widgets``/``device_select``/``copy_widget`` (``ui.widgets``), ``sample_layer`` (the
+  shipped samples, ``ui.layers``).
 
 The URL: the Geometry page mirrors ``geometry_form`` into ``st.query_params`` (``pattern``,
 ``weight``, ``layer``, ``nnz``, free-form ``view``/``stride``/``block``/``scope``, ``n``/``m``
-for N:M, the window ``r0``/``c0``), so a copied link reproduces the geometry. A session that
-starts from such a link reads them once.
+for N:M, the window ``r0``/``c0``/``win``), so a copied link reproduces the geometry. A session
+that starts from such a link reads them once. URL values are hostile text: they go through the
+form's parsers, and are shown only as text (``ui.text.md``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, fields
 
 import streamlit as st
-import torch
 
-from obsviz import Geometry, layers
+from obsviz import ArgumentError, Geometry
+from obsviz import layers as L
+from obsviz.estimate import geometry_maps_bytes, require_memory
 from obsviz.figures.common import pool2d
-from obsviz.figures.geometry import GeometryMaps, compute_maps, layout_png, layout_window
+from obsviz.figures.geometry import (
+    GeometryMaps,
+    column_map_figure,
+    compute_maps,
+    layout_figure,
+    layout_png,
+    layout_window,
+    row_coupling_figure,
+)
 
-from ui.forms import PATTERNS, WINDOWS, build_geometry, default_form
+from ui import layers
+from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
+from ui.layers import ActiveLayer, sample_layer, sample_layer_names
+from ui.text import md
+from ui.widgets import copy_widget, device_options, device_select, form_widgets, mark_in_error
+
+__all__ = ["KEYS", "WIDGET_PREFIXES", "chosen_geometry", "copy_widget", "current_layer",
+           "device", "device_select", "draw_sidebar", "form_widgets", "init_state", "layer_shape",
+           "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer",
+           "sample_layer_names", "sidebar"]
 
 FALLBACK_SHAPE = (384, 384)
 
-#: Form fields that travel in the URL, and how each is read back.
-_QUERY_FIELDS: dict[str, type] = {
-    "pattern": str, "weight": str, "nnz": int, "n": int, "m": int, "view": str, "stride": str,
-    "block": str, "scope": str, "r0": int, "c0": int, "win": str,
+
+@dataclass(frozen=True)
+class Key:
+    """One session-state key: who writes it (``owner``), what it holds."""
+
+    owner: str
+    holds: str
+
+
+#: Every session-state key the app uses, with its one owner (the only code that writes it).
+#: Pages read shared keys through the functions above, not by name.
+KEYS: dict[str, Key] = {
+    "entered": Key("ui.state", "True once a run of this session went through the entrypoint"),
+    "device": Key("app.py sidebar (ui.state)", '"cuda" | "cpu": where pruning runs'),
+    "layer_source": Key("ui.layers", '"sample" | "upload" | "checkpoint": the current layer'),
+    "layer_name": Key("ui.layers", "str | None: the sample layer chosen"),
+    "user_layer": Key("ui.layers", "ActiveLayer | None: the uploaded or checkpoint layer"),
+    "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
+    "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
+    "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
+    "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
+                              "ones it asked for again)"),
+    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
+    "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
+    "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
+    "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
+    "learn_setup": Key("pages/learn.py", "dict: the Learn page's choices"),
+    "learn_step": Key("pages/learn.py", "int: scopes of the lesson's row decided so far"),
+    "learn_weights": Key("pages/learn.py", "list[float]: that row's weights after those steps"),
+    "model_form": Key("pages/model.py", "the Model page's inputs"),
+    "model_result": Key("pages/model.py", "the Model page's latest whole-model result"),
+    "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
+    "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
+    "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
 }
 
+#: Widget keys: Streamlit's own, one prefix per owner; forgotten when their page is left, so
+#: each is primed from the key above that holds the value (see ``ui.widgets``).
+WIDGET_PREFIXES: dict[str, str] = {
+    "_w_": "app.py sidebar", "_g_": "pages/geometry.py", "_p_": "pages/prune.py (and ui.layers)",
+    "_c_": "pages/compare.py", "_l_": "pages/learn.py", "_m_": "pages/model.py",
+    "_s_": "pages/sweep.py",
+}
 
-# ---- device and layer -------------------------------------------------------------------------
-
-
-def device_options() -> list[str]:
-    """Devices pruning can run on here: ``cuda`` first when available, always ``cpu``."""
-    return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-
-
-def sample_layer_names() -> list[str]:
-    try:
-        return list(layers.sample_layer_names())
-    except Exception:  # a broken sample set must not take the app down
-        return []
+#: Form fields that travel in the URL (see ``form_to_query``).
+_QUERY_FIELDS = ("pattern", "weight", "nnz", "n", "m", "view", "stride", "block", "scope", "r0",
+                 "c0", "win")
 
 
-@st.cache_resource(show_spinner="Loading the sample layer…", max_entries=4)
-def _load_layer(name: str) -> layers.Layer:
-    return layers.load_sample_layer(name)
+def require_entrypoint() -> None:
+    """Make sure this page runs with what the entrypoint (``app.py``) gives every page: the
+    navigation and the shared sidebar. Call it first thing in a page.
 
-
-def sample_layer(name: str) -> layers.Layer:
-    """The shipped sample layer ``name``, loaded once and shared by every page and session
-    (read-only: never modify its tensors). The one way the app loads a sample.
-
-    Raises:
-        ValueError: ``name`` is not a sample layer; OSError: its file cannot be read.
+    Streamlit runs a page file on its own, without the entrypoint, when a ``pages/`` folder
+    exists and the entrypoint has not yet run in this server process (the first session of a
+    fresh server opened at a page link; every AppTest run), and lists the raw files of
+    ``pages/`` as the navigation. That legacy mode (Streamlit's
+    ``PagesManager.uses_pages_directory``, which ``st.navigation`` itself turns off) is turned
+    off here; a session's first run then starts again through ``app.py`` (it has no click to
+    lose), a later one draws the shared sidebar here instead.
     """
-    return _load_layer(name)
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("entered"):
+        st.rerun()
+    draw_sidebar()
 
 
-def loaded_layer() -> layers.Layer | None:
-    """The sample layer in use (``.name``, ``.weight (M, K)``, ``.hessian (K, K)``, …) or
-    ``None`` when no layer can be loaded."""
-    name = st.session_state.get("layer_name")
-    if not name:
-        return None
-    try:
-        return sample_layer(name)
-    except Exception as err:  # shown once in the sidebar; pages fall back to a free shape
-        st.session_state["layer_error"] = f"{name}: {err}"
-        return None
+def init_state() -> None:
+    """Defaults for the shared keys (idempotent; the entrypoint calls it on every run)."""
+    ss = st.session_state
+    if "device" not in ss or ss["device"] not in device_options():
+        ss["device"] = device_options()[0]
+    layers.init()
+
+
+def device() -> str:
+    init_state()
+    return st.session_state["device"]
+
+
+# ---- the current layer ------------------------------------------------------------------------
+
+
+def current_layer() -> ActiveLayer | None:
+    """The current layer, shared by every page (``None`` when none is loaded)."""
+    return layers.current()
+
+
+def loaded_layer() -> L.Layer | None:
+    """The current layer's ``obsviz.layers.Layer`` (``.name``, ``.weight (M, K)``, ``.hessian
+    (K, K)``, …), or ``None``."""
+    active = current_layer()
+    return None if active is None else active.layer
 
 
 def layer_shape() -> tuple[int, int] | None:
@@ -103,138 +160,100 @@ def layer_shape() -> tuple[int, int] | None:
     return None if layer is None else (int(layer.weight.shape[0]), int(layer.weight.shape[1]))
 
 
-def init_state() -> None:
-    """Defaults for the shared keys (idempotent; every page calls it first)."""
-    ss = st.session_state
-    if "device" not in ss or ss["device"] not in device_options():
-        ss["device"] = device_options()[0]
-    if "layer_name" not in ss:
-        names = sample_layer_names()
-        wanted = st.query_params.get("layer")
-        default = layers.DEFAULT_SAMPLE
-        ss["layer_name"] = (wanted if wanted in names
-                            else default if default in names
-                            else names[0] if names else None)
-
-
 def sidebar() -> None:
-    """The device and the loaded layer, shown (and chosen) on every page."""
+    """The old name of ``require_entrypoint``, for pages written before the entrypoint drew the
+    sidebar (it draws it only where the entrypoint did not); remove with the last call."""
+    require_entrypoint()
+
+
+def draw_sidebar() -> None:
+    """The shared widgets: the device and the current layer, then what the pages share (the
+    layer's shape, the chosen geometry). Drawn once per run by the entrypoint, around
+    ``st.navigation``; pages never call it."""
     init_state()
     ss = st.session_state
+    ss["entered"] = True
     with st.sidebar:
         st.markdown("#### Running on")
         device_select("_w_device", help="Pruning runs here. CUDA is offered when a GPU is "
                                         "visible.")
-        names = sample_layer_names()
-        if names:
-            ss["_w_layer"] = ss["layer_name"] if ss["layer_name"] in names else names[0]
-            st.selectbox("Layer", names, key="_w_layer", on_change=copy_widget,
-                         args=("_w_layer", "layer_name"),
-                         help="A real layer shipped with obsviz (weight and Hessian).")
-        layer = loaded_layer()
-        if layer is not None:
-            M, K = layer.weight.shape
-            st.caption(f"**{layer.name}** · W {M} × {K} · {getattr(layer, 'nsamples', '?')} "
-                       f"calibration samples")
+        options = layers.choices()
+        chosen = layers.current_choice()
+        if options:
+            ss["_w_layer"] = chosen if chosen in options else next(iter(options))
+            st.selectbox("Layer", list(options), key="_w_layer", format_func=options.get,
+                         on_change=lambda: layers.choose(ss["_w_layer"]),
+                         help="The layer every page works on: a real layer shipped with "
+                              "obsviz, or one you uploaded (or built from a checkpoint) on the "
+                              "Prune page.")
+        active = current_layer()
+        if active is not None:
+            M, K = active.layer.shape
+            st.caption(f"**{md(active.label)}** · W {M} × {K} · "
+                       f"{active.layer.nsamples:,} calibration samples")
         else:
             st.caption("No layer loaded: pages use a shape you choose.")
             if ss.get("layer_error"):
-                st.caption(f"Could not load {ss['layer_error']}")
-        geom = current_geometry()
-        if geom is not None:
+                st.caption(md(ss["layer_error"]))
+        chosen_geom = chosen_geometry()
+        if chosen_geom is not None:
+            geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{geom.name or 'free-form'}**, nnz = {ss.get('nnz')} · "
+            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
                        f"{geom.describe()}")
 
 
-# ---- widgets bound to session state ------------------------------------------------------------
+# ---- the geometry form and the URL ------------------------------------------------------------
 
 
-def copy_widget(widget_key: str, target: str) -> None:
-    """An ``on_change`` callback: the widget's value into session state under ``target``
-    (a cleared widget, e.g. a segmented control, leaves ``target`` as it was)."""
-    if st.session_state[widget_key] is not None:
-        st.session_state[target] = st.session_state[widget_key]
-
-
-def device_select(key: str, where: Any = st, help: str | None = None) -> None:
-    """The device selectbox (widget key ``key``, drawn in ``where``: ``st``, a column, …),
-    showing ``device`` and writing the choice back to it."""
-    st.session_state[key] = st.session_state["device"]
-    where.selectbox("Device", device_options(), key=key, on_change=copy_widget,
-                    args=(key, "device"), help=help)
-
-
-def form_widgets(form_key: str, prefix: str, after: Callable[[str], None] | None = None
-                 ) -> tuple[Callable[[str], str], Callable[[str], None]]:
-    """``(bind, changed)`` for widgets that edit the form ``st.session_state[form_key]`` (a
-    dict) field by field. Widgets forget their state when their page is left; the form
-    remembers, so each run primes the widgets from it:
-
-    - ``bind(field)``: the widget key of ``field`` (``prefix + field``), primed with the form's
-      value; pass it as ``key=``.
-    - ``changed(field)``: the ``on_change`` callback (``args=(field,)``) that writes the
-      widget's value into the form, then calls ``after(field)`` when given.
-    """
-    ss = st.session_state
-
-    def bind(field: str) -> str:
-        key = f"{prefix}{field}"
-        ss[key] = ss[form_key][field]
-        return key
-
-    def changed(field: str) -> None:
-        ss[form_key][field] = ss[f"{prefix}{field}"]
-        if after is not None:
-            after(field)
-
-    return bind, changed
-
-
-# ---- geometry ---------------------------------------------------------------------------------
-
-
-def form_from_query(base: dict) -> dict:
-    """``base`` with every form field the URL carries replaced by the URL's value."""
-    form = dict(base)
+def form_from_query(base: GeometryForm) -> GeometryForm:
+    """``base`` with every form field the URL carries replaced by the URL's value (as text the
+    form's parsers read; a value of the wrong kind is ignored)."""
     params = st.query_params
-    for key, kind in _QUERY_FIELDS.items():
-        if key in params:
+    kinds = {f.name: f.type for f in fields(GeometryForm)}
+    form = GeometryForm(**vars(base))
+    for key in _QUERY_FIELDS:
+        if key not in params:
+            continue
+        value = params[key]
+        if kinds[key] in ("int", int):
             try:
-                form[key] = kind(params[key])
+                value = int(value)
             except ValueError:
                 continue
-    if form["pattern"] not in PATTERNS:
-        form["pattern"] = base["pattern"]
-    if form["win"] not in WINDOWS:
-        form["win"] = base["win"]
+        setattr(form, key, value)
+    if form.pattern not in PATTERNS:
+        form.pattern = base.pattern
+    if form.win not in WINDOWS:
+        form.win = base.win
     if "weight" in params:
-        form["use_layer"] = "layer" in params
+        form.use_layer = "layer" in params
     return form
 
 
-def form_to_query(form: dict) -> None:
+def form_to_query(form: GeometryForm) -> None:
     """Mirror the form into the URL (only the fields the chosen pattern uses)."""
-    wanted: dict[str, str] = {"pattern": form["pattern"], "weight": form["weight"]}
-    if form["pattern"] == "N:M":
-        wanted |= {"n": str(form["n"]), "m": str(form["m"])}
+    wanted: dict[str, str] = {"pattern": form.pattern, "weight": form.weight}
+    if form.pattern == "N:M":
+        wanted |= {"n": str(form.n), "m": str(form.m)}
     else:
-        wanted["nnz"] = str(form["nnz"])
-    if form["pattern"] == "free-form":
-        wanted |= {k: form[k] for k in ("view", "stride", "block", "scope")}
-    if form.get("use_layer") and st.session_state.get("layer_name"):
-        wanted["layer"] = st.session_state["layer_name"]
-    if form.get("r0"):
-        wanted["r0"] = str(form["r0"])
-    if form.get("c0"):
-        wanted["c0"] = str(form["c0"])
-    if form.get("win") != default_form()["win"]:
-        wanted["win"] = form["win"]
+        wanted["nnz"] = str(form.nnz)
+    if form.pattern == "free-form":
+        wanted |= {k: getattr(form, k) for k in ("view", "stride", "block", "scope")}
+    active = current_layer()
+    if form.use_layer and active is not None and active.kind == "sample":
+        wanted["layer"] = active.label
+    if form.r0:
+        wanted["r0"] = str(form.r0)
+    if form.c0:
+        wanted["c0"] = str(form.c0)
+    if form.win != GeometryForm.win:
+        wanted["win"] = form.win
     if dict(st.query_params) != wanted:
         st.query_params.from_dict(wanted)
 
 
-def geometry_form() -> dict:
+def geometry_form() -> GeometryForm:
     """The Geometry page's inputs: from this session, else from the URL, else the defaults."""
     ss = st.session_state
     if "geometry_form" not in ss:
@@ -243,48 +262,63 @@ def geometry_form() -> dict:
     return ss["geometry_form"]
 
 
-def store_geometry(geom: Geometry | None, nnz: int | None) -> None:
-    """Publish the page's geometry to the other pages (``None`` while the form is invalid)."""
+def prune_form(methods: list[str], options: dict) -> PruneForm:
+    """The Prune page's inputs (created with ``methods`` chosen and ``options`` on first use)."""
     ss = st.session_state
-    if geom is None:
-        ss["geometry"] = None
-        return
-    spec = geom.to_dict()
-    spec["nnz"] = nnz
-    ss["geometry"], ss["nnz"] = spec, nnz
+    if "prune_form" not in ss:
+        ss["prune_form"] = PruneForm(methods=list(methods), options=dict(options))
+    return ss["prune_form"]
 
 
 def resolve_geometry() -> tuple[Geometry | None, int | None, dict[str, str]]:
-    """The form -> ``(geometry, nnz, errors)`` (see ``ui.forms.build_geometry``), published under
-    ``geometry``/``nnz``. Built once per distinct form: building checks the view over all of W,
-    which takes a while on big layers."""
-    form = {k: v for k, v in geometry_form().items() if k not in ("r0", "c0", "win")}
-    shape = layer_shape()
-    geom, nnz, errors = _resolve(spec_key(form), shape)
-    store_geometry(geom, nnz)
+    """The form -> ``(geometry, nnz, errors)`` (see ``ui.forms.build_geometry``). Built once per
+    distinct form and layer shape (building checks the view over all of W, which takes a while
+    on big layers); the maps it needs are checked against free memory first."""
+    form = geometry_form()
+    geom, nnz, errors = _resolve(spec_key(form.spec()), layer_shape())
+    if geom is not None:
+        try:
+            require_maps_memory(geom)
+        except ArgumentError as err:
+            return None, None, {"weight": str(err)}
     return geom, nnz, errors
+
+
+def chosen_geometry() -> tuple[Geometry, int] | None:
+    """``(geometry, nnz)`` the user chose, or ``None`` while the form is invalid. The geometry is
+    shared by every session: read-only."""
+    geom, nnz, _ = resolve_geometry()
+    return None if geom is None else (geom, nnz)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _resolve(form_key: str, layer_shape: tuple[int, int] | None
              ) -> tuple[Geometry | None, int | None, dict[str, str]]:
     try:
-        return build_geometry(json.loads(form_key), layer_shape)
+        return build_geometry(GeometryForm(**json.loads(form_key)), layer_shape)
     except Exception as err:  # anything the engine did not foresee: a message, never a traceback
         return None, None, {"pattern": f"This geometry could not be built "
-                                       f"({type(err).__name__}: {err}); try a smaller shape."}
-
-
-def current_geometry() -> Geometry | None:
-    """The geometry the user chose (on the Geometry page, or in the link they opened), with
-    ``.nnz`` the chosen budget; ``None`` while the form is invalid. Treat it as read-only: it is
-    shared by every page and cached."""
-    return resolve_geometry()[0]
+                                       f"({type(err).__name__}); try a smaller shape."}
 
 
 def spec_key(spec: dict) -> str:
     """A canonical text form of a geometry spec (or form), for cache keys."""
     return json.dumps(spec, sort_keys=True)
+
+
+# ---- the geometry's maps ----------------------------------------------------------------------
+
+def require_maps_memory(geom: Geometry) -> None:
+    """Refuse, before anything is allocated, a geometry whose maps would not fit in the memory
+    free now (a typed shape of 2**28 weights needs ~16 GiB): ``obsviz.estimate``'s estimate and
+    check.
+
+    Raises:
+        ArgumentError: ``weight_shape``, with what is needed and what is free.
+    """
+    M, K = geom.weight_shape
+    require_memory(geometry_maps_bytes((M, K)), "cpu",
+                   what=f"labelling every weight of W {M} × {K}", argument="weight_shape")
 
 
 # Maps hold (M, K) int tensors (hundreds of MB for a 4096 x 11008 layer): cache_resource keeps
@@ -301,6 +335,25 @@ def maps_of(geom: Geometry) -> GeometryMaps:
     return geometry_maps(geom.key, geom)
 
 
+@st.cache_resource(max_entries=24, show_spinner=False)
+def _figure(kind: str, key: str, args: tuple, _geom: Geometry):
+    """A Geometry-page figure, built once per geometry and arguments and shared read-only (a
+    preset switch back and forth redraws nothing on the server)."""
+    maps = maps_of(_geom)
+    if kind == "layout":
+        r0, c0, rows, cols, nnz = args
+        return layout_figure(layout_window(maps, r0, c0, rows, cols), nnz)
+    if kind == "columns":
+        return column_map_figure(maps, *args)
+    return row_coupling_figure(maps, *args)
+
+
+def geometry_figure(kind: str, geom: Geometry, *args):
+    """``kind`` = ``"layout"`` (``r0, c0, rows, cols, nnz``), ``"columns"`` (the column map,
+    ``r0, c0, n``) or ``"rows"`` (the row coupling, ``c0, r0, n``) of ``geom``."""
+    return _figure(kind, f"{geom.key} · {geom.name}", tuple(args), geom)
+
+
 @st.cache_data(max_entries=16, show_spinner="Drawing the PNG…")
 def _layout_png(key: str, window: tuple[int, int, int, int], nnz: int | None,
                 _geom: Geometry) -> bytes:
@@ -314,11 +367,11 @@ def layout_png_bytes(geom: Geometry, r0: int, c0: int, rows: int, cols: int,
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def _pooled_layer(name: str) -> tuple:
-    return pool2d(sample_layer(name).weight.abs(), 12_000, reduce="max")
+def _pooled_layer(digest: str, _layer: L.Layer) -> tuple:
+    return pool2d(_layer.weight.abs(), 12_000, reduce="max")
 
 
 def pooled_layer() -> tuple | None:
-    """``|W|`` of the loaded layer max-pooled to a few thousand cells (``pool2d``'s triple)."""
-    name = st.session_state.get("layer_name")
-    return None if not name or loaded_layer() is None else _pooled_layer(name)
+    """``|W|`` of the current layer max-pooled to a few thousand cells (``pool2d``'s triple)."""
+    active = current_layer()
+    return None if active is None else _pooled_layer(active.digest, active.layer)

@@ -24,7 +24,6 @@ INK = "#262730"          # text, outlines
 SCOPE_LINE = "#1B1E2B"   # scope outlines
 MUTED = "#8A8FA3"        # secondary text, guides
 KEPT = "#2E7D32"
-PRUNED = "#9E9E9E"
 
 FONT = dict(family="Source Sans Pro, Helvetica, Arial, sans-serif", size=13, color=INK)
 
@@ -73,7 +72,7 @@ def base_layout(**overrides) -> dict:
     return layout
 
 
-def _edges(n: int, bins: int) -> np.ndarray:
+def tile_edges(n: int, bins: int) -> np.ndarray:
     """``bins + 1`` integer edges splitting ``range(n)`` into near-equal, non-empty parts."""
     return np.round(np.linspace(0, n, bins + 1)).astype(np.int64)
 
@@ -107,7 +106,7 @@ def pool2d(x: torch.Tensor | np.ndarray, max_cells: int,
         raise ValueError(f"x has shape {a.shape}; pool2d needs a 2-D map")
     a = a.astype(np.float64, copy=False)
     rows, cols = pool_shape(a.shape, max_cells)
-    row_edges, col_edges = _edges(a.shape[0], rows), _edges(a.shape[1], cols)
+    row_edges, col_edges = tile_edges(a.shape[0], rows), tile_edges(a.shape[1], cols)
     if (rows, cols) == a.shape:
         return a.copy(), row_edges, col_edges
     ufunc = np.add if reduce == "mean" else np.maximum

@@ -41,8 +41,9 @@ STOP_GRACE = 10.0         # s between SIGTERM and SIGKILL
 PORT_TRIES = 5            # fresh ports tried when the chosen one turns out to be taken
 LOG_TAIL = 60             # server log lines shown with a failure
 
-#: The run's state, reported by ``pytest_terminal_summary`` (set once the suite starts).
-_run: dict[str, Path] = {}
+#: The run's state, reported by ``pytest_terminal_summary`` (set once the suite starts), and what
+#: the cold server's first session showed.
+_run: dict = {}
 
 
 # ---- what the suite needs ---------------------------------------------------------------------
@@ -145,8 +146,10 @@ class Server:
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py",
                "--server.headless", "true", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--server.fileWatcherType", "none", "--logger.enableRich", "false"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+               "--logger.enableRich", "false"]   # the project's file watcher (config.toml)
+        # the server's own run store, beside its log (never the user's)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "OBSVIZ_STORE": str(self.log.parent / "runs.sqlite")}
         with self.log.open("ab") as out:
             out.write(f"\n$ {' '.join(cmd)}\n".encode())
             out.flush()
@@ -307,6 +310,14 @@ class AppPage:
                 self.page.set_viewport_size(size)
         return path
 
+    def navigation(self) -> list[str]:
+        """The link texts of the sidebar's navigation (page titles)."""
+        nav = self.page.locator('[data-testid="stSidebarNav"] a')
+        return [t.strip().split("\n")[-1] for t in nav.all_inner_texts()]
+
+    def sidebar_text(self) -> str:
+        return self.page.locator('[data-testid="stSidebar"]').inner_text()
+
     def main_text(self) -> str:
         return self.page.locator('[data-testid="stMain"]').inner_text()
 
@@ -333,11 +344,20 @@ def new_app(browser, base_url: str, shots_dir: Path) -> Iterator[Callable[[], Ap
         contexts.append(context)
         return AppPage(context.new_page(), base_url, shots_dir)
 
-    make().open("/geometry?pattern=block16").check()
+    cold = make().open("/geometry?pattern=block16").check()
+    _run["cold_nav"] = cold.navigation()        # what that first session's sidebar listed
+    _run["cold_sidebar"] = cold.sidebar_text()
     yield make
     for context in contexts:
         with contextlib.suppress(Exception):
             context.close()
+
+
+@pytest.fixture(scope="session")
+def cold_start(new_app: Callable[[], AppPage]) -> dict:
+    """What the cold server's first session (a page link, opened by ``new_app``) showed:
+    ``nav`` (the navigation's titles) and ``sidebar`` (the sidebar's text)."""
+    return {"nav": _run["cold_nav"], "sidebar": _run["cold_sidebar"]}
 
 
 @pytest.fixture

@@ -21,19 +21,24 @@ PAGES = {
     "/prune": ("Prune", "Prune"),
     "/compare": ("Compare", "Compare"),
     "/learn": ("Learn", "Learn"),
+    "/model": ("Model", "Model"),
+    "/sweep": ("Sweep", "Sweep"),
 }
 
-#: Two quick methods for the Prune scenario (an OBS mode and a baseline).
-METHODS = ("local", "sparsegpt")
+#: Quick methods for the Prune scenario (OBS modes and a baseline); true_obs runs long enough
+#: (a second or so) for its progress bar to be seen.
+METHODS = ("local", "true_obs", "sparsegpt")
 
-#: Records, for the whole life of the tab, every element type of a running script that showed.
+#: Records, for the whole life of the tab, every progress bar text seen in view (not inside a
+#: collapsed box) while a script runs.
 WATCH_PROGRESS = """() => {
     window.__obsvizSeen = new Set();
-    const ids = ["stProgress", "stExpanderIconSpinner"];
-    const look = () => ids.forEach(id => {
-        if (document.querySelector(`[data-testid="${id}"]`)) window.__obsvizSeen.add(id);
+    const look = () => document.querySelectorAll('[data-testid="stProgress"]').forEach(bar => {
+        const shown = bar.checkVisibility() && !bar.closest('details:not([open])');
+        if (shown) window.__obsvizSeen.add(bar.innerText.trim());
     });
-    new MutationObserver(look).observe(document.body, {childList: true, subtree: true});
+    new MutationObserver(look).observe(document.body, {childList: true, subtree: true,
+                                                      characterData: true});
 }"""
 
 
@@ -75,11 +80,10 @@ def pick_methods(app, wanted: tuple[str, ...]) -> None:
     assert sorted(chosen()) == sorted(wanted), chosen()
 
 
-def finished_statuses(app) -> list[str]:
-    """Labels of the finished ``st.status`` boxes (one per method run)."""
-    done = app.page.locator('[data-testid="stExpander"]').filter(
-        has=app.page.locator('[data-testid="stExpanderIconCheck"]'))
-    return [t.split("\n")[-1].strip() for t in done.locator("summary").all_inner_texts()]
+def finished_methods(app) -> list[str]:
+    """Texts of the finished methods' success boxes (one per method run)."""
+    done = app.page.locator('[data-testid="stMain"] [data-testid="stAlertContentSuccess"]')
+    return [t.strip() for t in done.all_inner_texts()]
 
 
 def assert_results(text: str, methods) -> None:
@@ -143,13 +147,17 @@ def test_prune_runs_two_methods(session_tab):
 
     app.page.evaluate(WATCH_PROGRESS)
     app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
-    app.page.locator('[data-testid="stExpanderIconCheck"]').nth(len(METHODS) - 1).wait_for(
+    app.page.locator('[data-testid="stAlertContentSuccess"]').nth(len(METHODS) - 1).wait_for(
         timeout=app.SETTLE_TIMEOUT)
     app.settle().check()
     seen = app.page.evaluate("() => [...window.__obsvizSeen]")
-    assert seen, "no progress (progress bar or running status) showed during the run"
+    # bars in view without expanding anything: the ones waiting, and the running one saying how
+    # long is left (the quick methods may finish between two frames)
+    assert any(t.endswith(": waiting") for t in seen), seen
+    assert any(t.startswith("true_obs") and re.search(r"(about \d+ (s|min)|under a second) left",
+                                                      t) for t in seen), seen
 
-    labels = finished_statuses(app)
+    labels = finished_methods(app)
     assert len(labels) == len(METHODS), labels
     assert_results("\n".join(labels), METHODS)
     app.shot("prune-results")
@@ -159,8 +167,9 @@ def test_prune_runs_two_methods(session_tab):
 def assert_heatmaps(app, methods) -> None:
     """Compare shows its charts, and the error heatmaps have one panel per method."""
     app.page.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').first.wait_for()
-    assert app.page.get_by_role("tab", name="Error contribution", selected=True).count() == 1
-    error_maps = app.page.locator('[role="tabpanel"]:visible .js-plotly-plot').first
+    # the maps (error contribution first; one kind at a time) are the figure drawn as images
+    error_maps = app.page.locator(".js-plotly-plot").filter(
+        has=app.page.locator("image")).first
     error_maps.wait_for()
     panels = [p.strip() for p in error_maps.locator(".annotation-text").all_text_contents()]
     for method in methods:
@@ -182,8 +191,9 @@ def test_compare_shows_heatmaps_for_both(session_tab):
 
 
 def test_compare_from_nothing_runs_the_fast_modes(app):
-    """A fresh session has nothing to compare: Compare offers the fast modes and runs them."""
-    app.open("/compare").check()
+    """A fresh session on a layer nobody ran yet has nothing to compare (the run store keeps
+    the other scenarios' runs, of other layers): Compare offers the fast modes and runs them."""
+    app.open("/compare?layer=layer5.key").check()
     run = app.page.get_by_role("button", name=re.compile("Run the fast modes"))
     run.wait_for()
     offer = app.page.locator('[data-testid="stCaptionContainer"]').filter(has_text=" with ")
@@ -196,7 +206,12 @@ def test_compare_from_nothing_runs_the_fast_modes(app):
     app.page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=app.SETTLE_TIMEOUT)
     app.settle().check()
     assert app.page.evaluate("() => [...window.__obsvizSeen]"), "no progress showed"
-    assert_heatmaps(app, fast)
+    # the results Compare shows by default (its own choice), each one of the fast modes run
+    box = app.page.locator('[data-testid="stMultiSelect"]').filter(
+        has=app.page.get_by_role("combobox", name=re.compile(r"^Results")))
+    shown = [t.get_attribute("aria-label").split(" ")[0] for t in box.locator("[data-tag]").all()]
+    assert shown and set(shown) <= set(fast), (shown, fast)
+    assert_heatmaps(app, shown)
     app.shot("compare-fast-modes")
 
 
@@ -220,3 +235,19 @@ def test_learn_steps_forward_and_back(app):
     app.settle().check()
     assert step() == (2, total)
     app.shot("learn-step-back")
+
+
+def test_sweep_runs_the_default_grid_and_draws_it(app):
+    app.open("/sweep").check()
+    app.page.get_by_role("button", name="Run the sweep").click()
+    app.page.get_by_text("Sweep finished in").wait_for(timeout=240_000)
+    app.settle().check()
+    app.shot("sweep-finished")
+    text = app.main_text()
+    assert re.search(r"6 trials run, \d+ already done, 0 failed|\d+ trials run, 6 already done",
+                     text), text
+    assert app.page.locator(".js-plotly-plot").count() >= 1  # the Pareto chart (first tab)
+    assert app.page.locator('[data-testid="stDataFrame"]').count() == 1
+    app.page.get_by_role("tab", name="Layer × geometry").click()
+    app.settle().check()
+    assert set(plot_titles(app)) >= {"magnitude", "wanda", "sparsegpt"}

@@ -1,0 +1,844 @@
+"""Sweeps: layers × geometries × nnz × methods × damp, run locally or on Ray, kept in a
+:class:`~obsviz.store.RunStore`.
+
+A spec is a TOML file (or the same structure as a dict)::
+
+    name = "attention-2:4"                    # optional; default: the spec file's name
+    device = "cpu"                            # optional; default: CUDA when present
+
+    [[layers]]
+    file = "layers.safetensors"               # relative to the spec's folder
+    names = ["encoder.layer.3.attention.self.query"]   # omitted: every layer in the file
+    [[layers]]
+    sample = "layer0.query"                   # a shipped sample layer (or a list of them)
+    # (from Python, an obsviz.Layer object may stand in the list of layers too)
+    [[layers]]
+    checkpoint = "model_dir"                  # every Linear (or `names`) of a local checkpoint,
+    text = "calibration.txt"                  # with dense Hessians from this text
+    max_tokens = 2000                         # optional (default 50 000)
+
+    [grid]
+    presets = ["2:4", "coupled-2:4"]          # presets or any "N:M"
+    geometries = [{ block = [1, 1], scope = [1, 8], nnz = 4 }]   # free-form (view_shape/stride)
+    nnz = [2]                                 # optional: overrides every geometry's default
+    methods = ["magnitude", "sparsegpt", { method = "interleaved", n_splits = 2 }]
+    damp = [0.01]                             # optional (default [0.01])
+    first_rows = 64                           # optional: prune only the first rows (what-if)
+
+Each trial has a key (a digest of the layer's content, the geometry, nnz, method, its resolved
+options, damp and rows); a trial already stored as done is skipped (resume).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from obsviz import methods as registry
+from obsviz.errors import ArgumentError
+from obsviz.geometry import Geometry
+from obsviz.layers import DEFAULT_MAX_BYTES, Layer, list_layers, load_layer, load_sample_layer
+from obsviz.methods import METHODS
+from obsviz.prune import PruneResult, prune, resolve_device
+from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
+
+__all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
+           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep"]
+
+EXECUTORS = ("local", "ray")
+#: The largest grid one spec may expand to (a typo such as nnz = [1, …, 1000] stops here).
+MAX_TRIALS = 100_000
+
+
+class SpecError(ArgumentError):
+    """A bad sweep spec; ``argument`` is the field's path (``"grid.methods[2]"``)."""
+
+    def __init__(self, argument: str, message: str, where: str = "") -> None:
+        super().__init__(argument, f"{where}: {argument}: {message}" if where
+                         else f"{argument}: {message}")
+
+
+# ---- the spec --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """Where layers come from: ``kind`` is ``"file"``, ``"sample"``, ``"checkpoint"`` or
+    ``"given"`` (a :class:`Layer` already in memory, from the API or the app)."""
+
+    kind: str
+    path: Path | None = None          # file or checkpoint folder
+    names: tuple[str, ...] | None = None   # None: every layer
+    text: Path | None = None          # checkpoint calibration text
+    max_tokens: int = 50_000
+    seq_len: int = 128
+    layer: Layer | None = None        # kind "given"
+
+    @classmethod
+    def given(cls, layer: Layer) -> LayerSource:
+        if not isinstance(layer, Layer):
+            raise ArgumentError("layers", f"{type(layer).__name__} is not an obsviz Layer")
+        return cls("given", names=(layer.name,), layer=layer)
+
+
+@dataclass(frozen=True)
+class GeometrySpec:
+    """A preset name (built for each layer's shape) or a free-form view/block/scope."""
+
+    preset: str | None = None
+    block: tuple[int, ...] | None = None
+    scope: tuple[int, ...] | None = None
+    view_shape: tuple[int, ...] | None = None
+    view_stride: tuple[int, ...] | None = None
+    nnz: int | None = None
+    name: str | None = None
+
+    def build(self, shape: tuple[int, int]) -> Geometry:
+        if self.preset is not None:
+            return Geometry.preset(self.preset, shape)
+        return Geometry(shape, self.block, self.scope, self.view_shape, self.view_stride,
+                        name=self.name, nnz=self.nnz)
+
+    @property
+    def label(self) -> str:
+        if self.preset is not None:
+            return self.preset
+        return self.name or f"block {list(self.block)}, scope {list(self.scope)}"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.method
+        return f"{self.method}({', '.join(f'{k}={v}' for k, v in self.options)})"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated spec (see the module docstring)."""
+
+    name: str
+    layers: tuple[LayerSource, ...]
+    geometries: tuple[GeometrySpec, ...]
+    methods: tuple[MethodSpec, ...]
+    nnz: tuple[int, ...] | None = None
+    damp: tuple[float, ...] = (0.01,)
+    device: str | None = None
+    first_rows: int | None = None
+
+
+_TOP_KEYS = {"name", "device", "layers", "grid"}
+_LAYER_KEYS = {"file", "sample", "checkpoint", "names", "text", "max_tokens", "seq_len"}
+_GRID_KEYS = {"presets", "geometries", "nnz", "methods", "damp", "first_rows"}
+_GEOM_KEYS = {"block", "scope", "view_shape", "view_stride", "nnz", "name"}
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a TOML spec; paths in it are relative to its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("spec", f"{str(path)!r}: no such file")
+    if path.stat().st_size > 1_000_000:
+        raise SpecError("spec", f"{str(path)!r} is over 1 MB; a sweep spec is a short TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SpecError("spec", f"not valid TOML ({e})", where=path.name) from None
+    data.setdefault("name", path.stem)
+    return parse_spec(data, base=path.parent, where=path.name)
+
+
+def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "") -> SweepSpec:
+    """Validate a spec given as data (the TOML's structure); ``base`` is the folder relative
+    paths start from (default: the current folder). Every error names its field."""
+
+    def err(field_: str, message: str) -> SpecError:
+        return SpecError(field_, message, where)
+
+    base = Path(base) if base is not None else Path.cwd()
+    if not isinstance(data, dict):
+        raise err("spec", "must be a table (a TOML document or a dict)")
+    _no_unknown(data, _TOP_KEYS, "", err)
+    name = data.get("name", "sweep")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise err("name", f"{name!r} must be a non-empty string of at most 200 characters")
+    device = data.get("device")
+    if device is not None and device not in ("cpu", "cuda"):
+        raise err("device", f"{device!r} is unknown; valid: 'cpu', 'cuda' (omit it: CUDA when "
+                  "present)")
+
+    layers_in = data.get("layers")
+    if not isinstance(layers_in, list) or not layers_in:
+        raise err("layers", "give at least one [[layers]] table (file = …, sample = … or "
+                  "checkpoint = …)")
+    layers = tuple(_parse_layer(i, entry, base, err) for i, entry in enumerate(layers_in))
+
+    grid = data.get("grid")
+    if not isinstance(grid, dict):
+        raise err("grid", "a [grid] table is required (presets/geometries, methods, damp)")
+    _no_unknown(grid, _GRID_KEYS, "grid.", err)
+    geoms: list[GeometrySpec] = []
+    presets = _list_of(grid, "presets", str, err, required=False)
+    for i, p in enumerate(presets or []):
+        try:  # the name only, on a shape that fits it; each layer's shape is checked per trial
+            n, colon, m = p.partition(":")
+            fits = (16 * int(m), 16 * int(m)) if colon and m.isdigit() and int(m) else (256, 256)
+            default_nnz = Geometry.preset(p, fits).nnz
+        except ValueError as e:
+            raise err(f"grid.presets[{i}]", str(e)) from None
+        geoms.append(GeometrySpec(preset=p, nnz=default_nnz))
+    for i, g in enumerate(_list_of(grid, "geometries", dict, err, required=False) or []):
+        geoms.append(_parse_geometry(f"grid.geometries[{i}]", g, err))
+    if not geoms:
+        raise err("grid.presets", "give at least one geometry: presets = [\"2:4\", …] and/or "
+                  "geometries = [{ block = […], scope = […] }]")
+    nnz = _list_of(grid, "nnz", int, err, required=False)
+    if nnz is not None:
+        for i, v in enumerate(nnz):
+            if v < 0:
+                raise err(f"grid.nnz[{i}]", f"{v} must be >= 0 (blocks kept per scope)")
+    for i, g in enumerate(geoms):
+        if nnz is None and g.preset is None and g.nnz is None:
+            raise err(f"grid.geometries[{i - len(presets or [])}].nnz",
+                      "a free-form geometry needs nnz (or give grid.nnz)")
+    methods = tuple(_parse_method(i, m, err) for i, m in
+                    enumerate(_list_of(grid, "methods", (str, dict), err, required=True)))
+    damp = _list_of(grid, "damp", (int, float), err, required=False) or [0.01]
+    for i, d in enumerate(damp):
+        if not (math.isfinite(d) and 0 <= d <= 1e6):
+            raise err(f"grid.damp[{i}]", f"{d!r} must be a finite number >= 0 (relative damping "
+                      "of H's mean diagonal)")
+    first_rows = grid.get("first_rows")
+    if first_rows is not None and (not _is_int(first_rows) or first_rows < 1):
+        raise err("grid.first_rows", f"{first_rows!r} must be a positive integer")
+    spec = SweepSpec(name=name.strip(), layers=layers, geometries=tuple(geoms), methods=methods,
+                     nnz=None if nnz is None else tuple(dict.fromkeys(nnz)),
+                     damp=tuple(float(d) for d in dict.fromkeys(damp)), device=device,
+                     first_rows=first_rows)
+    per_layer = len(spec.geometries) * len(spec.nnz or (None,)) * len(methods) * len(spec.damp)
+    if per_layer > MAX_TRIALS:
+        raise err("grid", f"{per_layer:,} trials per layer, over the limit of {MAX_TRIALS:,}")
+    return spec
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _no_unknown(table: dict, valid: set[str], prefix: str, err) -> None:
+    for k in table:
+        if k not in valid:
+            raise err(f"{prefix}{k}", f"unknown field; valid: {', '.join(sorted(valid))}")
+
+
+def _list_of(table: dict, key: str, types, err, required: bool, prefix: str = "grid."):
+    if key not in table:
+        if required:
+            raise err(f"{prefix}{key}", "is required")
+        return None
+    value = table[key]
+    if not isinstance(value, list):
+        value = [value]
+    if required and not value:
+        raise err(f"{prefix}{key}", "must not be empty")
+    if len(value) > 10_000:
+        raise err(f"{prefix}{key}", f"has {len(value):,} items; at most 10,000")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, types):
+            want = types.__name__ if isinstance(types, type) else \
+                " or ".join(t.__name__ for t in types)
+            raise err(f"{prefix}{key}[{i}]", f"{v!r} must be a {want}")
+    return value
+
+
+def _parse_layer(i: int, entry, base: Path, err) -> LayerSource:
+    at = f"layers[{i}]"
+    if isinstance(entry, Layer):  # the API and the app: a layer already in memory
+        return LayerSource.given(entry)
+    if not isinstance(entry, dict):
+        raise err(at, "must be a table with file = …, sample = … or checkpoint = …")
+    _no_unknown(entry, _LAYER_KEYS, f"{at}.", err)
+    kinds = [k for k in ("file", "sample", "checkpoint") if k in entry]
+    if len(kinds) != 1:
+        raise err(at, f"give exactly one of file, sample, checkpoint (found {kinds or 'none'})")
+    kind = kinds[0]
+    names = _list_of(entry, "names", str, err, required=False, prefix=f"{at}.")
+    names = None if names is None else tuple(dict.fromkeys(names))
+    if names == ():
+        raise err(f"{at}.names", "must not be empty (omit it for every layer)")
+    if kind == "sample":
+        from obsviz.layers import sample_layer_names
+
+        if names is not None:
+            raise err(f"{at}.names", "is for file and checkpoint layers; list samples in "
+                      "sample = [\"layer0.query\", …]")
+        samples = tuple(_list_of(entry, "sample", str, err, required=True, prefix=f"{at}."))
+        valid = sample_layer_names()
+        for j, s in enumerate(samples):
+            if s not in valid:
+                raise err(f"{at}.sample[{j}]", f"{s!r} is not a shipped sample layer; valid: "
+                          f"{', '.join(valid)}")
+        for k in ("text", "max_tokens", "seq_len"):
+            if k in entry:
+                raise err(f"{at}.{k}", "is for checkpoint layers only")
+        return LayerSource("sample", names=samples)
+    raw = entry[kind]
+    if not isinstance(raw, str) or not raw.strip():
+        raise err(f"{at}.{kind}", f"{raw!r} must be a path (relative to the spec's folder)")
+    path = base / Path(raw).expanduser()
+    if kind == "file":
+        if not path.is_file():
+            raise err(f"{at}.file", f"{raw!r}: no such file (looked for {path})")
+        for k in ("text", "max_tokens", "seq_len"):
+            if k in entry:
+                raise err(f"{at}.{k}", "is for checkpoint layers only")
+        return LayerSource("file", path=path, names=names)
+    if not (path / "config.json").is_file():
+        raise err(f"{at}.checkpoint", f"{raw!r}: not a checkpoint folder (no config.json in "
+                  f"{path})")
+    text = entry.get("text")
+    if text is None:
+        from obsviz.layers import SAMPLE_DIR
+
+        text_path = SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
+    elif not isinstance(text, str) or not (base / text).is_file():
+        raise err(f"{at}.text", f"{text!r}: no such text file")
+    else:
+        text_path = base / text
+    ints = {}
+    for k, default, lo in (("max_tokens", 50_000, 16), ("seq_len", 128, 4)):
+        v = entry.get(k, default)
+        if not _is_int(v) or v < lo:
+            raise err(f"{at}.{k}", f"{v!r} must be an integer >= {lo}")
+        ints[k] = v
+    return LayerSource("checkpoint", path=path, names=names, text=text_path, **ints)
+
+
+def _shape_field(at: str, g: dict, key: str, err, required: bool):
+    if key not in g:
+        if required:
+            raise err(f"{at}.{key}", "is required for a free-form geometry")
+        return None
+    v = g[key]
+    if not isinstance(v, list) or not v or not all(_is_int(x) for x in v) or len(v) > 8:
+        raise err(f"{at}.{key}", f"{v!r} must be a list of 1 to 8 integers")
+    return tuple(v)
+
+
+def _parse_geometry(at: str, g: dict, err) -> GeometrySpec:
+    _no_unknown(g, _GEOM_KEYS, f"{at}.", err)
+    nnz = g.get("nnz")
+    if nnz is not None and (not _is_int(nnz) or nnz < 0):
+        raise err(f"{at}.nnz", f"{nnz!r} must be an integer >= 0")
+    name = g.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > 100):
+        raise err(f"{at}.name", f"{name!r} must be a string of at most 100 characters")
+    return GeometrySpec(block=_shape_field(at, g, "block", err, True),
+                        scope=_shape_field(at, g, "scope", err, True),
+                        view_shape=_shape_field(at, g, "view_shape", err, False),
+                        view_stride=_shape_field(at, g, "view_stride", err, False),
+                        nnz=nnz, name=name)
+
+
+def _parse_method(i: int, m, err) -> MethodSpec:
+    at = f"grid.methods[{i}]"
+    if isinstance(m, str):
+        m = {"method": m}
+    method = m.get("method")
+    if method not in METHODS:
+        raise err(f"{at}", f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+    allowed = registry.get(method).option_names
+    options = []
+    for k, v in m.items():
+        if k == "method":
+            continue
+        if k not in allowed:
+            raise err(f"{at}.{k}", f"is not an option of {method}; valid: "
+                      f"{', '.join(allowed) or 'none'}")
+        try:  # the registry's own check, so a bad value is named before any trial runs
+            options.append((k, registry.OPTIONS[k].check(v)))
+        except ValueError as e:
+            raise err(f"{at}.{k}", str(e)) from None
+    return MethodSpec(method, tuple(sorted(options)))
+
+
+# ---- trials ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the grid, as plain data (travels to Ray workers)."""
+
+    index: int
+    key: str
+    layer: str            # the layer's name
+    layer_ref: int        # index into the plan's layers
+    geometry: str         # label: the preset name or the description
+    geometry_spec: dict | None   # Geometry.to_dict(), None when it could not be built
+    nnz: int
+    method: str
+    options: dict         # resolved: every option the method uses, with defaults
+    damp: float
+    device: str
+    rows: tuple[int, ...] | None = None
+    error: str | None = None   # set when the trial cannot run (geometry does not fit)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} · {self.geometry} · nnz {self.nnz} · {self.layer}"
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    layers: list[Layer]
+    hashes: list[str]
+    trials: list[Trial]
+
+
+def resolved_options(method: str, options: dict, device: str) -> dict:
+    """Every option ``method`` uses, given or the registry's default (``c_dtype="auto"``
+    resolved for the device): two trials with equal resolved options compute the same thing."""
+    out = registry.resolve_options(method, **options)
+    if "c_dtype" in out:
+        out["c_dtype"] = str(registry.c_dtype_of(out["c_dtype"], device)).removeprefix("torch.")
+    return out
+
+
+#: Bytes per Hessian entry while a checkpoint is calibrated: the float64 running mean and the
+#: float32 result.
+_HESSIAN_BYTES_PER_ENTRY = 8 + 4
+
+
+def checkpoint_hessian_bytes(src: LayerSource) -> int | None:
+    """Memory the Hessians of a checkpoint source need (``12 K²`` bytes per layer), read from
+    the weight files' headers without loading them; ``None`` when the checkpoint has no
+    ``.safetensors`` weights to read the shapes from. Every layer counts when ``names`` is
+    ``None`` (every 2-D weight: an upper bound)."""
+    from safetensors import safe_open
+
+    files = sorted(src.path.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                if k.endswith(".weight"):
+                    shapes[k.removesuffix(".weight")] = tuple(h.get_slice(k).get_shape())
+    total = 0
+    for key, shape in shapes.items():
+        if len(shape) != 2:
+            continue
+        wanted = src.names is None or any(key == n or key.endswith("." + n) for n in src.names)
+        if wanted:
+            total += _HESSIAN_BYTES_PER_ENTRY * shape[1] * shape[1]
+    return total
+
+
+def check_checkpoint_memory(src: LayerSource, free: int | None = None) -> None:
+    """Refuse, before anything is allocated, a checkpoint source whose Hessians would need more
+    than half of the free memory."""
+    from obsviz.estimate import available_memory, format_bytes
+
+    need = checkpoint_hessian_bytes(src)
+    free = available_memory("cpu") if free is None else free
+    if need is not None and free is not None and need > free // 2:
+        which = "every Linear layer" if src.names is None else f"{len(src.names)} layers"
+        raise ArgumentError("layers", f"checkpoint {src.path.name}: the dense Hessians of "
+                            f"{which} need about {format_bytes(need)}, more than half of the "
+                            f"{format_bytes(free)} free; list fewer layers in names = […] and "
+                            "sweep them in parts")
+
+
+def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer]:
+    out: list[Layer] = []
+    for src in spec.layers:
+        if src.kind == "given":
+            out.append(src.layer)
+        elif src.kind == "sample":
+            out.extend(load_sample_layer(n) for n in src.names)
+        elif src.kind == "file":
+            names = src.names or [i.name for i in list_layers(src.path)]
+            for n in names:
+                progress(f"loading {n} from {src.path.name}")
+                out.append(load_layer(src.path, n, max_bytes=DEFAULT_MAX_BYTES))
+        else:
+            from obsviz.calibrate import hessians_from_checkpoint
+
+            check_checkpoint_memory(src)
+            progress(f"calibrating {src.path.name} on {src.text.name}")
+            text = src.text.read_text(encoding="utf-8", errors="replace")
+            out.extend(hessians_from_checkpoint(
+                src.path, text, layers=list(src.names) if src.names else None,
+                max_tokens=src.max_tokens, seq_len=src.seq_len))
+    return out
+
+
+def plan(spec: SweepSpec, device: str | None = None,
+         log: Callable[[str], None] = lambda m: None, *, here: bool = True) -> Plan:
+    """Load the spec's layers and expand its grid into trials (in grid order). ``here=False``:
+    the trials run elsewhere (Ray workers), so ``device`` is taken as given, not checked
+    against this machine."""
+    from obsviz.layout import row_sample
+
+    if here:
+        dev = resolve_device(device or spec.device).type
+    elif (device or spec.device) in ("cpu", "cuda"):
+        dev = device or spec.device
+    else:
+        raise ArgumentError("device", f"device={device!r} is unknown; valid: 'cpu', 'cuda'")
+    layers = _load_layers(spec, log)
+    names = [lay.name for lay in layers]
+    hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for li, lay in enumerate(layers):
+        name = lay.name if names.count(lay.name) == 1 else f"{lay.name} ({lay.source})"
+        for gs in spec.geometries:
+            try:
+                geom: Geometry | None = gs.build(lay.shape)
+                glabel, gspec, gerr = geometry_label(geom), geom.to_dict(), None
+                rows = (tuple(row_sample(geom, first=min(spec.first_rows, lay.shape[0])).tolist())
+                        if spec.first_rows else None)
+            except ValueError as e:
+                geom, glabel, gspec, gerr, rows = None, gs.label, None, str(e), None
+            nnzs = spec.nnz or (gs.nnz,)
+            for nnz in nnzs:
+                for ms in spec.methods:
+                    for damp in spec.damp:
+                        opts = resolved_options(ms.method, dict(ms.options), dev)
+                        err = gerr
+                        if err is None:
+                            try:
+                                geom.check_nnz(nnz)
+                            except ValueError as e:
+                                err = str(e)
+                        key = trial_key(hashes[li], geom if geom is not None else
+                                        f"unbuilt:{gs}", nnz, ms.method,
+                                        {**opts, "device": dev}, damp,
+                                        list(rows) if rows else None)
+                        if key in seen:  # the same computation listed twice
+                            continue
+                        seen.add(key)
+                        trials.append(Trial(len(trials), key, name, li, glabel, gspec, nnz,
+                                            ms.method, opts, damp, dev, rows, err))
+                        if len(trials) > MAX_TRIALS:
+                            raise SpecError("grid", f"over {MAX_TRIALS:,} trials")
+    return Plan(spec, layers, hashes, trials)
+
+
+def run_trial(W: torch.Tensor, H: torch.Tensor, trial: Trial) -> dict:
+    """Prune one trial; never raises for a trial's own failure: returns ``{"status": "failed",
+    "error": message}`` then, else ``{"status": "done", "result": PruneResult}``."""
+    if trial.error is not None:
+        return {"status": "failed", "error": trial.error}
+    try:
+        geom = Geometry.from_dict(trial.geometry_spec)
+        rows = torch.tensor(trial.rows) if trial.rows else None
+        res = prune(W, H, geom, trial.nnz, method=trial.method, damp=trial.damp,
+                    device=trial.device, rows=rows, **trial.options)
+        res.weight, res.mask = res.weight.cpu(), res.mask.cpu()
+        return {"status": "done", "result": res}
+    except Exception as e:  # noqa: BLE001 - a trial's failure is data, recorded with its message
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+# ---- progress and report ---------------------------------------------------------------------
+
+
+@dataclass
+class SweepProgress:
+    """What a progress callback gets after each trial (and once at the start)."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+    last: str = ""           # the label of the trial that just ended
+    last_status: str = ""    # "done" | "failed" | "skipped" | ""
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.skipped
+
+    @property
+    def eta_s(self) -> float | None:
+        ran = self.done + self.failed
+        left = self.total - self.finished
+        if ran == 0:
+            return None if left else 0.0
+        return self.elapsed_s / ran * left
+
+
+@dataclass
+class SweepReport:
+    name: str
+    store: str
+    executor: str
+    total: int
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    stopped: bool = False
+    seconds: float = 0.0
+    run_ids: list[int] = field(default_factory=list)   # every trial's row, grid order
+
+    @property
+    def left(self) -> int:
+        return self.total - self.done - self.failed - self.skipped
+
+
+# ---- executors --------------------------------------------------------------------------------
+
+
+def _record(store: RunStore, plan_: Plan, trial: Trial, outcome: dict, name: str) -> int:
+    lay = plan_.layers[trial.layer_ref]
+    geometry: Geometry | str = (Geometry.from_dict(trial.geometry_spec)
+                                if trial.geometry_spec else trial.geometry)
+    common = dict(key=trial.key, layer=trial.layer, source=lay.source,
+                  layer_hash=plan_.hashes[trial.layer_ref], shape=lay.shape, geometry=geometry,
+                  nnz=trial.nnz, method=trial.method, damp=trial.damp, sweep=name)
+    if outcome["status"] == "done":
+        res = outcome["result"]
+        options = {**res.options, **trial.options}
+        return store.record(**common, options=options, result=res)
+    return store.record(**common, options={**trial.options, "device": trial.device},
+                        status="failed", error=str(outcome.get("error") or "failed")[:4000])
+
+
+def _run_local(plan_: Plan, todo: list[Trial], emit, stop, store, name) -> bool:
+    for trial in todo:
+        if stop():
+            return True
+        lay = plan_.layers[trial.layer_ref]
+        outcome = run_trial(lay.weight, lay.hessian, trial)
+        emit(trial, _record(store, plan_, trial, outcome, name), outcome["status"])
+    return False
+
+
+def ray_runtime_env() -> dict:
+    """The runtime environment a local Ray cluster's workers need to import this obsviz (the
+    package's parent folder first on their path)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join([root, *[p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p and p != root]])
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
+def _ray_task(trial_fn: Callable):
+    import ray
+
+    @ray.remote
+    def trial_task(layer_pair, trial: Trial) -> dict:
+        W, H = layer_pair
+        out = trial_fn(W, H, trial)
+        if out["status"] == "done":  # plain data back: the driver writes files and the row
+            r = out["result"]
+            out = {"status": "done", "weight": r.weight, "mask": r.mask,
+                   "rel_error": r.rel_error, "seconds": r.seconds, "method": r.method,
+                   "options": r.options}
+        return out
+
+    return trial_task
+
+
+def _ray_error_message(e: BaseException) -> str:
+    """The task's own exception when it raised; else Ray's reason (a dead worker), one line."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {' '.join(lines[:3])}" if lines else type(e).__name__
+
+
+def _ray(address: str | None):
+    """Ray, initialised: locally (``address=None``) or connected to a cluster, unless this
+    process has done so already."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ArgumentError("executor", "executor='ray' needs Ray (pip install 'ray>=2.30'); "
+                            f"it could not be imported ({e})") from None
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env=ray_runtime_env(), include_dashboard=False,
+                 log_to_driver=False)
+    return ray
+
+
+def _ray_device(ray, device: str | None) -> str:
+    """The trials' device on the cluster: as asked, else CUDA when the cluster has GPUs."""
+    if device is not None:
+        return device
+    return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
+             max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
+    ray = _ray(address)
+
+    task = _ray_task(trial_fn)
+    gpus = 1 if todo and todo[0].device == "cuda" else 0
+    task = task.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
+                        retry_exceptions=False)
+    layer_refs: dict[int, Any] = {}   # each layer in the object store once
+    if max_in_flight is None:
+        res = ray.cluster_resources()
+        slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
+        max_in_flight = max(2, 2 * int(slots))
+    queue = list(reversed(todo))
+    running: dict[Any, Trial] = {}
+    try:
+        return _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
+                         stop, store, name)
+    except BaseException:  # Ctrl-C, a store error: leave nothing running on the cluster
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit, stop, store,
+              name) -> bool:
+    stopped = False
+    while queue or running:
+        while queue and len(running) < max_in_flight and not stopped:
+            trial = queue.pop()
+            if trial.layer_ref not in layer_refs:
+                lay = plan_.layers[trial.layer_ref]
+                layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
+            running[task.remote(layer_refs[trial.layer_ref], trial)] = trial
+        if stop() and not stopped:
+            stopped = True
+            queue.clear()
+            for ref in running:
+                ray.cancel(ref, force=False)
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+        for ref in ready:
+            trial = running.pop(ref)
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                continue
+            except ray.exceptions.RayError as e:  # the task raised, or its worker died
+                out = {"status": "failed", "error": _ray_error_message(e)}
+            if out["status"] == "done":
+                out = {"status": "done", "result": PruneResult(
+                    weight=out["weight"], mask=out["mask"], rel_error=out["rel_error"],
+                    seconds=out["seconds"], method=out["method"], options=out["options"])}
+            emit(trial, _record(store, plan_, trial, out, name), out["status"])
+    return stopped
+
+
+def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
+          store: RunStore | str | os.PathLike | None = None, address: str | None = None,
+          progress: Callable[[SweepProgress], None] | None = None,
+          stop: Callable[[], bool] | None = None, *, name: str | None = None,
+          device: str | None = None, max_retries: int = 3, trial_fn: Callable = run_trial,
+          max_in_flight: int | None = None,
+          log: Callable[[str], None] = lambda m: None) -> SweepReport:
+    """Run every trial of ``spec`` not yet done in ``store`` and record each as it ends.
+
+    ``spec``: a :class:`SweepSpec`, a TOML file path or a dict (see the module docstring).
+    ``executor``: ``"local"`` (in this process, in grid order) or ``"ray"`` (one Ray task per
+    trial; ``ray.init()`` locally unless Ray is already initialised, or ``address=`` a cluster;
+    one GPU per trial on CUDA; a trial whose worker dies is retried ``max_retries`` times).
+    ``progress(SweepProgress)`` is called after each trial; ``stop()`` returning True ends the
+    sweep after the trials running now (the rest are left for a later resume).
+    A trial that raises is recorded as failed with its message; the others go on.
+    """
+    if executor not in EXECUTORS:
+        raise ArgumentError("executor", f"executor={executor!r} is unknown; valid: "
+                            f"{', '.join(EXECUTORS)}")
+    if executor == "local" and address is not None:
+        raise ArgumentError("address", "address= is for executor='ray'")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ArgumentError("max_retries", f"max_retries={max_retries!r} must be an integer >= 0")
+    if isinstance(spec, dict):
+        spec = parse_spec(spec)
+    elif isinstance(spec, str | os.PathLike):
+        spec = load_spec(spec)
+    elif not isinstance(spec, SweepSpec):
+        raise ArgumentError("spec", f"spec={type(spec).__name__} must be a SweepSpec, a dict "
+                            "or the path of a TOML file")
+    if not isinstance(store, RunStore):
+        store = RunStore(store)
+    stop = stop or (lambda: False)
+    name = name or spec.name
+    t0 = time.perf_counter()
+    if executor == "ray":
+        ray = _ray(address)
+        p = plan(spec, _ray_device(ray, device or spec.device), log, here=False)
+    else:
+        p = plan(spec, device, log)
+    done_keys = store.done_keys([t.key for t in p.trials])
+    ids: dict[int, int] = {}
+    state = SweepProgress(total=len(p.trials))
+    todo = []
+    for t in p.trials:
+        if t.key in done_keys:
+            found = store.find(t.key)
+            if found is not None:
+                ids[t.index] = found.id
+                state.skipped += 1
+                continue
+        todo.append(t)
+    if ids:  # found done (maybe by another sweep): filed under this one too
+        store.add_to_sweep(name, list(ids.values()))
+    notify = progress or (lambda s: None)
+    start = time.perf_counter()
+    state.elapsed_s = 0.0
+    notify(state)
+
+    def emit(trial: Trial, run_id: int, status: str) -> None:
+        ids[trial.index] = run_id
+        if status == "done":
+            state.done += 1
+        else:
+            state.failed += 1
+        state.elapsed_s = time.perf_counter() - start
+        state.last, state.last_status = trial.label, status
+        notify(state)
+
+    if executor == "local":
+        stopped = _run_local(p, todo, emit, stop, store, name)
+    else:
+        stopped = _run_ray(p, todo, emit, stop, store, name, address, max_retries, trial_fn,
+                           max_in_flight)
+    return SweepReport(name=name, store=str(store.path), executor=executor, total=len(p.trials),
+                       done=state.done, failed=state.failed, skipped=state.skipped,
+                       stopped=stopped, seconds=time.perf_counter() - t0,
+                       run_ids=[ids[i] for i in sorted(ids)])
+
+
+def summary_table(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
+    """Per geometry × method (in first-seen order): trials, failed, mean ``rel_error`` and mean
+    seconds of the finished ones (``None`` when none finished)."""
+    groups: dict[tuple[str, str], list] = {}
+    for run in sorted(store.runs(id=list(run_ids)), key=lambda r: r.id):
+        groups.setdefault((run.geometry, run.method), []).append(run)
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    out = []
+    for (geometry, method), runs in groups.items():
+        done = [r for r in runs if r.status == "done"]
+        out.append({"geometry": geometry, "method": method, "trials": len(runs),
+                    "failed": len(runs) - len(done),
+                    "rel_error": mean([r.rel_error for r in done]),
+                    "seconds": mean([r.seconds for r in done])})
+    return out
+

@@ -1,0 +1,161 @@
+"""The Sweep page through Streamlit's AppTest, on a real run database; its tables and figures
+checked against the stored runs."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from obsviz.figures import sweep as sfig
+from obsviz.metrics import format_rel_error
+from obsviz.store import RunStore
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+
+@pytest.fixture()
+def db(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("OBSVIZ_STORE", str(path))
+    return path
+
+
+def open_page(layer: str = "toy", **state):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["layer_name"] = layer
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.switch_page("pages/sweep.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def captions(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_first_open_runs_a_grid_and_shows_it(db):
+    at = open_page()
+    assert "No sweeps in the database yet" in at.info[0].value
+    assert "6 trials, 0 of them already in the database" in captions(at)
+    at.button(key="_sw_run").click().run()
+    assert not at.exception, at.exception
+    assert "6 trials run, 0 already done, 0 failed" in at.success[0].value
+    store = RunStore(db)
+    runs = store.runs(sweep="app grid")
+    assert len(runs) == 6 and {r.status for r in runs} == {"done"}
+    assert {(r.layer, r.geometry, r.method) for r in runs} == set(itertools.product(
+        ["toy"], ["2:4", "4:8"], ["magnitude", "wanda", "sparsegpt"]))
+    table = at.dataframe[0].value
+    assert len(table) == 6
+    shown = dict(zip(table["id"], table["relative error"], strict=True))
+    assert shown == {r.id: format_rel_error(r.rel_error) for r in runs}
+    assert len(at.get("plotly_chart")) == 1 + 3 + 1  # Pareto, a heatmap per method, time
+    assert [b.proto.label for b in at.get("download_button")] == ["Download CSV",
+                                                                 "Download Parquet"]
+    # running the same grid again skips every trial
+    at.button(key="_sw_run").click().run()
+    assert "0 trials run, 6 already done" in at.success[0].value and store.count() == 6
+
+
+def test_filters_narrow_the_table(db):
+    at = open_page()
+    at.button(key="_sw_run").click().run()
+    at.multiselect(key="_sw_f_method").set_value(["wanda"]).run()
+    assert not at.exception, at.exception
+    assert set(at.dataframe[0].value["method"]) == {"wanda"}
+    assert "2 of 6 runs shown" in captions(at)
+
+
+def test_a_store_written_by_another_process_is_read_after_a_restart(db, tmp_path):
+    spec = tmp_path / "cli.toml"
+    spec.write_text('name = "from the terminal"\n[[layers]]\nsample = ["toy"]\n'
+                    '[grid]\npresets = ["2:4", "block16"]\nmethods = ["obd", "local"]\n')
+    out = subprocess.run([sys.executable, "-m", "obsviz", "sweep", str(spec), "--store",
+                          str(db), "-q", "--device", "cpu"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 3, out.stderr  # block16 does not fit the 8 × 16 toy: recorded
+    at = open_page()
+    assert at.selectbox(key="_sw_open").value == "from the terminal"
+    table = at.dataframe[0].value
+    runs = RunStore(db).runs(sweep="from the terminal")
+    assert sorted(table["id"]) == sorted(r.id for r in runs) and len(runs) == 4
+    assert (table["status"] == "failed").sum() == 2
+    assert "2 done, 2 failed" in captions(at)
+
+
+def test_bad_input_is_named_never_a_traceback(db):
+    at = open_page()
+    at.text_input(key="_sw_nnz").set_value("two").run()
+    assert not at.exception
+    assert "nnz: give whole numbers" in at.error[0].value
+    assert at.button(key="_sw_run").disabled
+    at.text_input(key="_sw_nnz").set_value("").run()
+    at.multiselect(key="_sw_methods").set_value([]).run()
+    assert not at.exception
+    assert "grid.methods" in at.code[-1].value and at.button(key="_sw_run").disabled
+    at.multiselect(key="_sw_methods").set_value(["magnitude"]).run()
+    at.text_input(key="_sw_nnz").set_value("9").run()  # more than a 2:4 scope holds
+    assert "2 of them" not in captions(at) and "cannot run" in captions(at)
+
+
+def test_a_stopped_sweep_says_so_and_a_broken_store_is_explained(db, tmp_path, monkeypatch):
+    at = open_page(sweep_running={"name": "app grid", "total": 6})
+    assert "stopped before its 6 trials ended" in at.warning[0].value
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database" * 64)
+    monkeypatch.setenv("OBSVIZ_STORE", str(bad))
+    at = open_page()
+    assert "cannot be opened" in at.error[0].value and "not an obsviz run database" in \
+        at.code[0].value
+
+
+# ---- the page's tables and figures, against direct computation ------------------------------
+
+
+def test_pareto_front_matches_the_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 12))
+        s = rng.integers(0, 4, n) / 4  # ties on purpose
+        e = rng.integers(0, 5, n) / 5
+        got = sfig.pareto_front(s, e)
+        want = [not any(s[j] >= s[i] and e[j] <= e[i] and (s[j] > s[i] or e[j] < e[i])
+                        for j in range(n)) for i in range(n)]
+        assert got.tolist() == want
+
+
+def test_table_heatmap_and_exports_round_trip(tmp_path):
+    from obsviz.sweep import sweep
+
+    store = RunStore(tmp_path / "r.sqlite")
+    sweep({"layers": [{"sample": ["toy"]}], "grid": {"presets": ["2:4", "4:8"], "nnz": [1, 2],
+                                                      "methods": ["magnitude", "wanda"]}},
+          store=store)
+    runs = store.runs()
+    df = sfig.runs_table(runs)
+    assert list(df.columns) == list(sfig.TABLE_COLUMNS) and len(df) == 8
+    heat = sfig.heatmap_table(df, "wanda")
+    for geometry in ("2:4", "4:8"):
+        want = np.mean([r.rel_error for r in runs if r.method == "wanda" and
+                        r.geometry == geometry])
+        assert heat.loc["toy", geometry] == pytest.approx(want, rel=1e-12)
+    back = pd.read_csv(io.BytesIO(sfig.csv_bytes(df)))
+    assert back["rel_error"].tolist() == pytest.approx(df["rel_error"].tolist(), rel=1e-15)
+    pq = pd.read_parquet(io.BytesIO(sfig.parquet_bytes(df)))
+    pd.testing.assert_frame_equal(pq, df)
+    fig = sfig.pareto_figure(df)
+    xs = [x for t in fig.data if not t.name.endswith("front") for x in t.x]
+    assert sorted(xs) == sorted(df["sparsity"])
+    assert sfig.display_table(df)["relative error"].tolist() == [
+        format_rel_error(v) for v in df["rel_error"]]
