@@ -140,6 +140,9 @@ def session_tab(new_app):
 def test_prune_runs_two_methods(session_tab):
     app = session_tab
     app.open("/prune").check()
+    # a cold server may still be drawing the layer's line when the page first settles
+    app.page.locator('[data-testid="stMain"]').get_by_text("W 384 × 384").first.wait_for(
+        timeout=app.SETTLE_TIMEOUT)
     main = app.main_text()
     assert "Sample layer" in main and "W 384 × 384" in main, "no sample layer is loaded"
     pick_methods(app, METHODS)
