@@ -155,8 +155,11 @@ def test_stored_runs_come_back_after_a_restart():
     store = fresh_store()
     at = open_app(state={"layer_name": "toy"}, store=store)
     keys = prune(at, "2:4", ["full", "sparsegpt"])
-    # a new session on the same run store, as after a restart of the app
+    # a new session on the same run store, as after a restart of the app: the stored runs are
+    # offered (one click opens them), not silently mixed into the new session
     again = compare(open_app(state={"layer_name": "toy"}, store=store))
+    next(b for b in again.button if b.label == "Open").click().run()
+    assert not again.exception, again.exception
     pick = again.multiselect(key="_c_pick")
     assert sorted(pick.options) == ["full", "sparsegpt"] and set(pick.value) == set(keys)
     assert len(charts(again)) == 4
