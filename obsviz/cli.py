@@ -82,6 +82,9 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".safetensors":
         _print_err(f"--out {args.out}: layer files are written as .safetensors")
         return 2
+    if args.out.exists() and not args.force:
+        _print_err(f"{args.out} exists; pass --force to overwrite it, or choose another --out")
+        return 2
     text_path = args.text
     if text_path is None or not text_path.is_file():
         _print_err(f"TEXT {text_path}: no such text file")
@@ -443,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", metavar="NAME",
                    help="Linear layer names (space or comma separated), or 'all'")
     p.add_argument("--out", type=Path, metavar="FILE.safetensors", help="layer file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--list", action="store_true", help="list the checkpoint's Linear layers")
     p.add_argument("--max-tokens", type=int, default=50_000,
                    help="text tokens to use at most (default %(default)s)")

@@ -25,8 +25,8 @@ from obsviz.store import layer_hash
 
 from ui import state
 
+state.require_entrypoint()
 st.set_page_config(page_title="Learn · obsviz", page_icon=":material/school:", layout="wide")
-state.sidebar()
 ss = st.session_state
 
 TOY, CURRENT = "toy", "current"     # the Layer choice: the toy, or the layer in use

@@ -34,9 +34,9 @@ from ui import state
 from ui.forms import build_geometry
 from ui.runner import c_dtype_options
 
+state.require_entrypoint()
 st.set_page_config(page_title="Model · obsviz", page_icon=":material/account_tree:",
                    layout="wide")
-state.init_state()
 ss = st.session_state
 
 MAX_UPLOAD = 2 * 2**20  # bytes of uploaded text
@@ -87,7 +87,6 @@ def _text(which: str, shipped: Path) -> tuple[str | None, str]:
     return up.getvalue().decode("utf-8", errors="replace"), "uploaded text"
 
 
-state.sidebar()
 st.title("Model")
 st.markdown(
     "Prune **every Linear layer inside a real model's transformer blocks**, block by block, the "

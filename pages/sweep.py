@@ -15,10 +15,11 @@ from obsviz.store import RunStore, StoreError, default_store_path
 from obsviz.sweep import SpecError, parse_spec, plan, sweep
 
 from ui import state
+from ui.text import md
 
+state.require_entrypoint()
 st.set_page_config(page_title="Sweep · obsviz", page_icon=":material/grid_view:",
                    layout="wide")
-state.sidebar()
 ss = st.session_state
 st.title("Sweep")
 st.markdown("A grid of **layers × geometries × methods × nnz × damping**, each trial pruned and "
@@ -64,7 +65,7 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
         key="_sw_layers", help="Real MiniLM layers shipped with obsviz (and the 8 × 16 toy).")
     use_user = False
     if user is not None:
-        use_user = c1.checkbox(f"Also the Prune page's layer ({user.label[:60]})",
+        use_user = c1.checkbox(f"Also the Prune page's layer ({md(user.label, 60)})",
                                key="_sw_user")
     presets = c2.multiselect("Presets", list(dict.fromkeys([*PRESETS, "4:8", "1:4", "2:8"])),
                              default=["2:4", "4:8"], key="_sw_presets",

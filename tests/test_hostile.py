@@ -89,6 +89,20 @@ def test_prune_does_not_overwrite_without_force_and_never_the_input(tmp_path: Pa
     assert src.stat().st_size == size
 
 
+def test_hessian_does_not_overwrite_without_force(tmp_path: Path, capsys) -> None:
+    text = tmp_path / "cal.txt"
+    text.write_text("Some calibration text for the model.")
+    victim = tmp_path / "layers.safetensors"
+    victim.write_bytes(b"precious")
+    args = ["hessian", str(minilm_checkpoint_dir()), str(text), "--layers",
+            "encoder.layer.0.attention.self.query", "--out", str(victim), "--max-tokens", "16",
+            "-q"]
+    assert main(args) == 2
+    assert victim.read_bytes() == b"precious" and "--force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
+    assert list_layers(victim)
+
+
 # ---- 2. checks cheap in the size of the numbers ------------------------------------------
 
 
@@ -408,3 +422,28 @@ def test_plain_pickle_never_runs_still(tmp_path: Path) -> None:
     with pytest.raises(LayerFileError):
         load_layer(path)
     assert not marker.exists()
+
+
+EVIL_PLOT_NAME = '<a href="http://127.0.0.1:9/fix">Click to fix</a><img src=x>'
+
+
+def test_names_reach_plotly_figures_escaped() -> None:
+    # Plotly renders <a href>, <b>, <span style> … in titles, ticks and hover: a layer name from a
+    # file (Sweep) or a module name (Model) must arrive as text
+    import pandas as pd
+
+    from obsviz.figures import model as mfig
+    from obsviz.figures import sweep as sfig
+
+    df = pd.DataFrame([{"layer": EVIL_PLOT_NAME, "geometry": EVIL_PLOT_NAME, "method": "sparsegpt",
+                        "nnz": 2, "damp": 0.01, "status": "done", "rel_error": 0.1,
+                        "sparsity": 0.5, "seconds": 0.2}])
+    layer = {"name": f"encoder.layer.0.{EVIL_PLOT_NAME}", "rel_error": 0.1}
+    report = {"model": {"block_list": "encoder.layer"},
+              "methods": {"sparsegpt": {"layers": [layer], "drift": [0.1]}}}
+    figures = [sfig.pareto_figure(df), sfig.heatmap_figure(df, "sparsegpt"), sfig.time_figure(df),
+               mfig.layer_error_figure(report), mfig.layer_method_heatmap(report)]
+    for fig in figures:
+        text = fig.to_json()
+        assert "<a " not in text and "<img" not in text, text[:400]
+        assert "&lt;a href" in text

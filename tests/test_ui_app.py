@@ -61,16 +61,17 @@ def test_every_session_key_the_pages_write_is_declared():
 
 def test_the_sidebar_is_drawn_once_on_every_page_by_the_entrypoint():
     at = open_app()
+    names = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
+    assert names == ["compare.py", "geometry.py", "learn.py", "model.py", "prune.py", "sweep.py"]
     for page in ("pages/geometry.py", "pages/prune.py", "pages/compare.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
         devices = [s for s in at.sidebar.selectbox if s.label == "Device"]
         layers_ = [s for s in at.sidebar.selectbox if s.label == "Layer"]
         assert len(devices) == 1 and len(layers_) == 1, page
-    source = "\n".join(p.read_text() for p in (ROOT / "pages").glob("*.py")
-                       if p.name in ("geometry.py", "prune.py", "compare.py"))
+    source = "\n".join((ROOT / "pages" / name).read_text() for name in names)
     assert "state.sidebar()" not in source and "init_state()" not in source
-    for name in ("geometry.py", "prune.py", "compare.py"):   # each goes through app.py first
+    for name in names:   # each goes through app.py first
         code = [line for line in (ROOT / "pages" / name).read_text().splitlines()
                 if line.startswith(("state.", "st."))]
         assert code[0] == "state.require_entrypoint()", name

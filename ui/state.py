@@ -52,7 +52,7 @@ from ui.widgets import copy_widget, device_options, device_select, form_widgets,
 __all__ = ["KEYS", "WIDGET_PREFIXES", "chosen_geometry", "copy_widget", "current_layer",
            "device", "device_select", "draw_sidebar", "form_widgets", "init_state", "layer_shape",
            "loaded_layer", "mark_in_error", "require_entrypoint", "sample_layer",
-           "sample_layer_names", "sidebar"]
+           "sample_layer_names"]
 
 FALLBACK_SHAPE = (384, 384)
 
@@ -158,12 +158,6 @@ def loaded_layer() -> L.Layer | None:
 def layer_shape() -> tuple[int, int] | None:
     layer = loaded_layer()
     return None if layer is None else (int(layer.weight.shape[0]), int(layer.weight.shape[1]))
-
-
-def sidebar() -> None:
-    """The old name of ``require_entrypoint``, for pages written before the entrypoint drew the
-    sidebar (it draws it only where the entrypoint did not); remove with the last call."""
-    require_entrypoint()
 
 
 def draw_sidebar() -> None:

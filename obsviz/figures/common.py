@@ -58,6 +58,13 @@ def discrete_colorscale(colours: list[str]) -> list[list]:
     return scale
 
 
+def plot_text(text: object) -> str:
+    """Text for a Plotly label, title, tick or hover: Plotly renders a few HTML tags (links
+    among them), so ``<``, ``>`` and ``&`` are escaped — labels can hold user file and layer
+    names."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def base_layout(**overrides) -> dict:
     """Layout defaults every obsviz figure starts from (white background, compact margins)."""
     layout = dict(

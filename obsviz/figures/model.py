@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import plotly.graph_objects as go
 
-from obsviz.figures.common import base_layout
+from obsviz.figures.common import base_layout, plot_text
 from obsviz.figures.results import method_colour
 
 
@@ -32,7 +32,7 @@ def layer_error_figure(report: Mapping, height: int = 380) -> go.Figure:
     """Each layer's own relative error (%), one line per method, layers in pipeline order."""
     block_list = report["model"].get("block_list", "")
     names = _layers(report)
-    labels = [short_layer_name(n, block_list) for n in names]
+    labels = [plot_text(short_layer_name(n, block_list)) for n in names]
     fig = go.Figure()
     for method, entry in report["methods"].items():
         err = {lr["name"]: 100 * lr["rel_error"] for lr in entry["layers"]}
@@ -79,7 +79,7 @@ def layer_method_heatmap(report: Mapping, height: int | None = None) -> go.Figur
             row.append(100 * err[n] if n in err else None)
         z.append(row)
     fig = go.Figure(go.Heatmap(
-        z=z, x=methods, y=[short_layer_name(n, block_list) for n in names],
+        z=z, x=methods, y=[plot_text(short_layer_name(n, block_list)) for n in names],
         colorscale="Viridis", colorbar=dict(title="error %"),
         hovertemplate="%{y}<br>%{x}: %{z:.2f} %<extra></extra>"))
     fig.update_layout(**base_layout(height=height or max(300, 16 * len(names) + 80),

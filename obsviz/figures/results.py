@@ -32,7 +32,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from obsviz.figures.common import INK, KEPT, MUTED, base_layout, pool_shape, tile_edges
+from obsviz.figures.common import INK, KEPT, MUTED, base_layout, plot_text, pool_shape, tile_edges
 from obsviz.methods import REGISTRY
 from obsviz.metrics import format_rel_error, row_error
 
@@ -540,8 +540,8 @@ def side_by_side(panels: Sequence[Panel], kind: str, width_hint: int = 1100,
     for setting in settings:
         if header:
             annotations.append(dict(
-                text=f"<b>{_escape(_fit(setting, usable * 0.9, 14))}</b>",
-                hovertext=_escape(setting), x=0, xref="paper", xanchor="left",
+                text=f"<b>{plot_text(_fit(setting, usable * 0.9, 14))}</b>",
+                hovertext=plot_text(setting), x=0, xref="paper", xanchor="left",
                 y=frac(y + header - 4), yref="paper", yanchor="bottom", showarrow=False,
                 font=dict(size=14, color=INK)))
             y += header
@@ -569,11 +569,11 @@ def side_by_side(panels: Sequence[Panel], kind: str, width_hint: int = 1100,
                 full = labels[i].full
                 data.append(_image_trace(
                     drawn[i], spec.colorscale, zmin, zmax, axis=axis,
-                    hover=f"<b>{_escape(full)}</b><br>row %{{y:.0f}}, column %{{x:.0f}}"
+                    hover=f"<b>{plot_text(full)}</b><br>row %{{y:.0f}}, column %{{x:.0f}}"
                           "<extra></extra>"))
                 annotations.append(dict(
-                    text=_escape(_title(labels[i], panel_w, title_px)),
-                    hovertext=_escape(full), x=x0 + col_w / 2, xref="paper",
+                    text=plot_text(_title(labels[i], panel_w, title_px)),
+                    hovertext=plot_text(full), x=x0 + col_w / 2, xref="paper",
                     xanchor="center", y=frac(row_top + title - 3), yref="paper",
                     yanchor="bottom", showarrow=False,
                     font=dict(size=title_px, color=method_colour(labels[i].method))))
@@ -589,12 +589,6 @@ def side_by_side(panels: Sequence[Panel], kind: str, width_hint: int = 1100,
     return go.Figure(data=data, layout=dict(**base_layout(
         height=height, coloraxis=coloraxis, annotations=annotations,
         margin=dict(l=48, r=16, t=top, b=bottom), meta=dict(tiles=tiles_text)), **layout))
-
-
-def _escape(text: str) -> str:
-    """Text for a Plotly label: Plotly renders a few HTML tags, so ``<`` and ``>`` (and ``&``)
-    are escaped — labels can hold user file and layer names."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def rows_losing_more(row_error_a: np.ndarray, row_error_b: np.ndarray) -> int:
@@ -625,7 +619,7 @@ def difference_figure(a: Tiles, b: Tiles, row_diff: np.ndarray, label_a: str, la
     zmin, zmax = _colour_range([diff.z], signed=True)
     title = f"{label_a} − {label_b}"
     image = _image_trace(diff, DIVERGING, zmin, zmax, axis=1,
-                         hover=f"row %{{y:.0f}}, column %{{x:.0f}}<extra>{_escape(title)}"
+                         hover=f"row %{{y:.0f}}, column %{{x:.0f}}<extra>{plot_text(title)}"
                                "</extra>")
     step = max(1, row_diff.size // 4096)
     rows_idx = np.arange(r0, r1)[::step]
@@ -634,7 +628,7 @@ def difference_figure(a: Tiles, b: Tiles, row_diff: np.ndarray, label_a: str, la
                 xaxis="x2", yaxis="y",
                 marker=dict(color=np.where(shown >= 0, DIVERGING[-1][1], DIVERGING[0][1]),
                             line=dict(width=0)),
-                hovertemplate=f"row %{{y}}<br>row error, {_escape(title)}: %{{x:.3g}}"
+                hovertemplate=f"row %{{y}}<br>row error, {plot_text(title)}: %{{x:.3g}}"
                               "<extra></extra>")
     tr, coloraxis = _colour_bar(MAP_KINDS["error"], zmin, zmax, "A − B")
     tr.update(xaxis="x", yaxis="y")
@@ -682,7 +676,7 @@ def error_bar_figure(labels: Sequence[Label], errors: Sequence[float]) -> go.Fig
                                      solidity=0.3)),
             text=[format_rel_error(mine[v][1]) for v in ys], textposition="outside",
             cliponaxis=False, textfont=dict(size=12, color=INK),
-            customdata=[_escape(mine[v][0].full) for v in ys],
+            customdata=[plot_text(mine[v][0].full) for v in ys],
             hovertemplate="%{customdata}<br>relative error %{text}<extra></extra>"))
     n_bars = len(labels)
     legend = len(settings) > 1
@@ -720,12 +714,12 @@ def row_error_figure(labels: Sequence[Label], per_row: Sequence[np.ndarray | tor
         s = settings.index(label.setting)
         grouped = len(settings) > 1
         fig.add_trace(go.Scatter(
-            x=100 * v[idx], y=(idx + 1) / v.size, mode="lines", name=_escape(label.variant),
+            x=100 * v[idx], y=(idx + 1) / v.size, mode="lines", name=plot_text(label.variant),
             legendgroup=f"s{s}",
-            legendgrouptitle=dict(text=_escape(_fit(label.setting, 180))) if grouped else None,
+            legendgrouptitle=dict(text=plot_text(_fit(label.setting, 180))) if grouped else None,
             line=dict(color=method_colour(label.method), width=2.2, shape="hv",
                       dash=setting_style(s)["dash"]),
-            hovertemplate=f"{_escape(label.full)}<br>%{{y:.0%}} of rows ≤ %{{x:.2f}} %"
+            hovertemplate=f"{plot_text(label.full)}<br>%{{y:.0%}} of rows ≤ %{{x:.2f}} %"
                           "<extra></extra>"))
     fig.update_xaxes(title="per-row relative error", showgrid=True, gridcolor="#EEEEF2",
                      rangemode="tozero", ticksuffix=" %")

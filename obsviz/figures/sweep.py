@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from obsviz.figures.common import base_layout
+from obsviz.figures.common import base_layout, plot_text
 from obsviz.figures.results import method_colour
 from obsviz.metrics import format_rel_error
 
@@ -60,7 +60,7 @@ def _done(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _hover(d: pd.DataFrame) -> list[str]:
-    return [f"{r.layer} · {r.geometry} · nnz {r.nnz} · damp {r.damp:g}<br>"
+    return [f"{plot_text(r.layer)} · {plot_text(r.geometry)} · nnz {r.nnz} · damp {r.damp:g}<br>"
             f"{r.method}: {format_rel_error(r.rel_error)}, sparsity {r.sparsity:.1%}, "
             f"{r.seconds:.3g} s" for r in d.itertuples()]
 
@@ -107,7 +107,7 @@ def heatmap_figure(df: pd.DataFrame, method: str, height: int | None = None) -> 
     z = t.to_numpy(dtype=float)
     text = [[("–" if np.isnan(v) else format_rel_error(v)) for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
-        z=100 * z, x=[str(c) for c in t.columns], y=[str(i) for i in t.index], text=text,
+        z=100 * z, x=[plot_text(c) for c in t.columns], y=[plot_text(i) for i in t.index], text=text,
         texttemplate="%{text}", colorscale="Reds", zmin=0, colorbar=dict(title="error %"),
         hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
     fig.update_layout(**base_layout(height=height or max(220, 60 + 36 * len(t.index)),

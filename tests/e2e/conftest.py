@@ -361,6 +361,28 @@ def cold_start(new_app: Callable[[], AppPage]) -> dict:
 
 
 @pytest.fixture
+def cold_app(browser, shots_dir: Path) -> Iterator[Callable[[str], AppPage]]:
+    """``open(path)``: a fresh server of its own (cold: nothing imported, no session yet) and a
+    tab opened straight at ``path`` as its first session; both closed after the test."""
+    servers, contexts = [], []
+
+    def open_(path: str) -> AppPage:
+        server = Server(shots_dir / f"server-cold-{re.sub(r'[^A-Za-z0-9]+', '-', path)}.log")
+        servers.append(server)
+        server.start()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        contexts.append(context)
+        return AppPage(context.new_page(), server.url, shots_dir).open(path).check()
+
+    yield open_
+    for context in contexts:
+        with contextlib.suppress(Exception):
+            context.close()
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def app(new_app: Callable[[], AppPage]) -> AppPage:
     """A fresh tab (a fresh Streamlit session) for one test."""
     return new_app()

@@ -29,8 +29,17 @@ def test_a_cold_servers_first_session_at_a_page_link_gets_the_apps_navigation(co
     assert "Device" in cold_start["sidebar"] and "Layer" in cold_start["sidebar"]
 
 
+@pytest.mark.parametrize("path", ["/learn", "/model", "/sweep"])
+def test_a_cold_servers_first_session_at_any_page_gets_the_apps_navigation(cold_app, path: str):
+    # the suite's own server went cold to /geometry; each of these gets a cold server of its own
+    tab = cold_app(path)
+    assert tab.navigation() == TITLES, (path, tab.navigation())
+    side = tab.sidebar_text()
+    assert "Device" in side and "Layer" in side, path
+
+
 def test_every_page_has_the_shared_sidebar_once(app):
-    for path in ("/geometry", "/prune", "/compare"):
+    for path in ("/geometry", "/prune", "/compare", "/model", "/sweep", "/learn"):
         app.open(path).check()
         assert app.navigation() == TITLES
         side = app.page.locator('[data-testid="stSidebar"]')
