@@ -357,6 +357,11 @@ def cmd_model(args: argparse.Namespace) -> int:
         _print_err(f"--out {args.out}: folder exists and is not empty (use --force)")
         return 2
     plan = _model_plan(args)
+    store = None
+    if not args.no_store:   # opened before the long run: a bad store is said up front
+        from obsviz.store import RunStore
+
+        store = RunStore(args.store)
     run = ModelRun.from_dir(
         model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
         texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
@@ -375,8 +380,25 @@ def cmd_model(args: argparse.Namespace) -> int:
               f"{info['evaluation']['tokens']} held-out tokens; needs about "
               f"{need['total'] / 2**20:.0f} MiB", file=sys.stderr)
     t0 = time.perf_counter()
-    report = run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
-                         progress=progress)
+    report: dict = {}
+    stored: list[int] = []   # the run's row, once its first method has finished
+
+    def keep(status: str = "running", error: str | None = None) -> None:
+        if store is not None and report.get("methods"):
+            stored[:] = [store.record_model_run(report, methods=args.methods, status=status,
+                                                error=error,
+                                                run_id=stored[0] if stored else None)]
+
+    try:
+        run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
+                    progress=progress, on_method=lambda m, entry: keep(), into=report)
+    except KeyboardInterrupt:
+        keep("stopped")
+        raise
+    except Exception as err:
+        keep("failed", f"{type(err).__name__}: {err}")
+        raise
+    keep("stopped" if report.get("stopped") else "done")
     if not args.quiet:
         print(file=sys.stderr)
     dense = report["dense"]
@@ -390,6 +412,8 @@ def cmd_model(args: argparse.Namespace) -> int:
               f"{entry['seconds']:.1f} s"
               + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
                  if worst else ""))
+    if stored:
+        print(f"stored as model run {stored[0]} in {store.path}")
     if args.out is not None:
         print(f"wrote {args.out / 'report.json'} and "
               f"{', '.join(str(args.out / m) for m in report['methods'])} "
@@ -552,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and DIR/<method>/")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--store", type=Path, default=None,
+                   help="run database the report is kept in (default: $OBSVIZ_STORE or "
+                        f"{default_store_path()}); the app's Model page lists it")
+    p.add_argument("--no-store", action="store_true",
+                   help="keep the report out of the run database")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_method_options(p)
     p.set_defaults(func=cmd_model)

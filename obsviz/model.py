@@ -50,7 +50,7 @@ from obsviz.prune import prune, resolve_device
 __all__ = [
     "CALIBRATION_TEXT", "HELD_OUT_TEXT", "HESSIANS", "KINDS", "LayerPlan", "LayerReport",
     "ModelRun", "Override", "Plan", "PrunedModel", "checkpoint_zip", "eval_texts", "find_blocks",
-    "load_model", "resolve_plan", "run_methods",
+    "check_report", "finished_methods", "load_model", "plan_summary", "resolve_plan", "run_methods",
 ]
 
 #: The shipped texts: calibration (the Jargon File excerpt) and held-out evaluation (The Devil's
@@ -859,6 +859,122 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
 def _overall_sparsity(layers: list[LayerReport]) -> float:
     total = sum(lr.shape[0] * lr.shape[1] for lr in layers)
     return sum(lr.sparsity * lr.shape[0] * lr.shape[1] for lr in layers) / total if total else 0.0
+
+
+# ---- reports read back --------------------------------------------------------------------------
+
+#: Most layers per method, and characters per name, a report read back may hold.
+_MAX_LAYERS = 100_000
+_MAX_NAME = 1000
+
+
+def _bad(where: str, what: str) -> ArgumentError:
+    return ArgumentError("report", f"report{where}: {what}")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _need(d: dict, key: str, kind: str, where: str):
+    """``d[key]`` checked to be a ``kind``: "dict", "list", "str", "int" or "number"."""
+    if key not in d:
+        raise _bad(where, f"{key!r} is missing")
+    v = d[key]
+    ok = {"dict": isinstance(v, dict), "list": isinstance(v, list),
+          "str": isinstance(v, str) and len(v) <= _MAX_NAME,
+          "int": isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+          "number": _is_number(v)}[kind]
+    if not ok:
+        raise _bad(f"{where}[{key!r}]", f"must be a {kind}" + (
+            f" of at most {_MAX_NAME} characters" if kind == "str" else
+            " ≥ 0" if kind == "int" else ""))
+    return v
+
+
+def check_report(report: object) -> dict:
+    """A whole-model report read back (from the run database or a JSON file: hostile) checked
+    against everything the views read: the model's description, the Hessian mode, the plan, the
+    dense metrics, and per method (a name from :data:`obsviz.METHODS`) its seconds, sparsity,
+    layers (name, block, shape, geometry, nnz, ``rel_error``, seconds), end metrics and drift.
+    A method entry marked ``stopped`` may lack metrics. Returns ``report``; raises
+    ``ArgumentError("report", …)`` naming the first bad field. Cost: one pass over it."""
+    if not isinstance(report, dict):
+        raise _bad("", "must be a JSON object")
+    info = _need(report, "model", "dict", "")
+    _need(info, "name", "str", "['model']")
+    if _need(info, "kind", "str", "['model']") not in KINDS:
+        raise _bad("['model']['kind']", f"must be one of {', '.join(KINDS)}")
+    _need(info, "blocks", "int", "['model']")
+    if "block_list" in info:
+        _need(info, "block_list", "str", "['model']")
+    _need(_need(info, "calibration", "dict", "['model']"), "tokens", "int",
+          "['model']['calibration']")
+    ev = _need(info, "evaluation", "dict", "['model']")
+    for key, kind in (("tokens", "int"), ("units", "int"), ("unit", "str")):
+        _need(ev, key, kind, "['model']['evaluation']")
+    if _need(report, "hessians", "str", "") not in HESSIANS:
+        raise _bad("['hessians']", f"must be one of {', '.join(HESSIANS)}")
+    _need(report, "plan", "dict", "")
+    dense = _need(report, "dense", "dict", "")
+    if info["kind"] == CAUSAL:
+        _need(dense, "perplexity", "number", "['dense']")
+    entries = _need(report, "methods", "dict", "")
+    for m, e in entries.items():
+        where = f"['methods'][{m!r}]"
+        if m not in methods.METHODS:
+            raise _bad(where, f"{m[:_MAX_NAME]!r} is not a method of obsviz")
+        if not isinstance(e, dict):
+            raise _bad(where, "must be a JSON object")
+        _need(e, "seconds", "number", where)
+        _need(e, "sparsity", "number", where)
+        layers = _need(e, "layers", "list", where)
+        if len(layers) > _MAX_LAYERS:
+            raise _bad(f"{where}['layers']", f"has more than {_MAX_LAYERS} layers")
+        for i, lr in enumerate(layers):
+            at = f"{where}['layers'][{i}]"
+            if not isinstance(lr, dict):
+                raise _bad(at, "must be a JSON object")
+            for key, kind in (("name", "str"), ("block", "int"), ("geometry", "str"),
+                              ("nnz", "int"), ("rel_error", "number"), ("seconds", "number")):
+                _need(lr, key, kind, at)
+            shape = _need(lr, "shape", "list", at)
+            if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                          for v in shape):
+                raise _bad(f"{at}['shape']", "must be [M, K]")
+        if e.get("stopped") and "metrics" not in e:
+            continue
+        metrics = _need(e, "metrics", "dict", where)
+        for key in (("cosine", "last_hidden_rel_error") if info["kind"] == ENCODER
+                    else ("perplexity",)):
+            _need(metrics, key, "number", f"{where}['metrics']")
+        drift = _need(e, "drift", "list", where)
+        if len(drift) > _MAX_LAYERS or not all(_is_number(d) for d in drift):
+            raise _bad(f"{where}['drift']", "must be a list of numbers")
+    return report
+
+
+def finished_methods(report: dict) -> list[str]:
+    """The methods of a report that ran to the end (they have end metrics)."""
+    return [m for m, e in report.get("methods", {}).items() if "metrics" in e]
+
+
+def plan_summary(plan: dict) -> str:
+    """One line for a plan (``Plan.describe()``): ``"2:4 · nnz 2 · include *.layer.0.*"``."""
+    geo = plan.get("geometry")
+    if isinstance(geo, dict):
+        geo = " ".join(f"{k} {v}" for k, v in geo.items())
+    parts = [str(geo)]
+    if plan.get("nnz") is not None:
+        parts.append(f"nnz {plan['nnz']}")
+    for key in ("include", "exclude"):
+        pats = plan.get(key) or []
+        if pats and list(pats) != ["*"]:
+            parts.append(f"{key} {', '.join(map(str, pats))}")
+    if plan.get("overrides"):
+        n = len(plan["overrides"])
+        parts.append(f"{n} override{'s' if n > 1 else ''}")
+    return " · ".join(parts)
 
 
 def checkpoint_zip(folder: str | os.PathLike) -> bytes:

@@ -2,7 +2,9 @@
 
 One table ``runs`` (one row per run, readable with plain SQL) in a SQLite file in WAL mode;
 the pruned weight and mask of each finished run sit beside it as content-addressed
-``.safetensors`` files (``<db>.files/<sha256>.safetensors``) that the row names.
+``.safetensors`` files (``<db>.files/<sha256>.safetensors``) that the row names. Whole-model runs
+(:func:`obsviz.model.run_methods`) have a table of their own, ``model_runs``: one row per run
+with its JSON report, updated as each method finishes (the pruned checkpoints are not kept).
 
 Consistency rules:
 
@@ -40,12 +42,17 @@ import torch
 from obsviz.errors import ArgumentError
 from obsviz.geometry import PRESETS, Geometry
 
-__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredRun", "StoreError",
+__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoreError",
            "default_store_path", "geometry_key", "geometry_label", "layer_hash", "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("done", "failed")
+#: A whole-model run: ``running`` while methods go (or killed before it could say otherwise),
+#: ``done``, ``stopped`` (by the user, between methods) or ``failed``.
+MODEL_STATUSES = ("running", "done", "stopped", "failed")
+#: Largest report read back (bytes of JSON; the whole MiniLM with nine methods is ~0.1 MB).
+MAX_REPORT_BYTES = 32 * 2**20
 _BUSY_TIMEOUT_S = 60.0
 _FILE_RE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 
@@ -54,6 +61,9 @@ COLUMNS = ("id", "time", "key", "sweep", "layer", "source", "layer_hash", "shape
            "geometry_spec", "nnz", "method", "options", "damp", "rel_error", "sparsity",
            "seconds", "device", "obsviz_version", "torch_version", "status", "error",
            "weight_file", "mask_file")
+#: Columns of ``model_runs`` in order.
+MODEL_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "hessians", "methods",
+                 "finished", "status", "error", "report", "obsviz_version", "torch_version")
 #: Columns ``RunStore.runs(**where)`` filters on.
 FILTERS = ("id", "key", "sweep", "layer", "source", "layer_hash", "geometry", "nnz", "method",
            "damp", "device", "status")
@@ -210,6 +220,42 @@ def _row_to_run(row: sqlite3.Row) -> StoredRun:
     return StoredRun(**known, extra=d)
 
 
+@dataclass
+class StoredModelRun:
+    """One row of ``model_runs`` (a whole-model run). ``methods`` are the methods asked for,
+    ``finished`` those that ran to the end; ``report`` is the checked report
+    (``RunStore.model_run``), ``None`` in listings."""
+
+    id: int
+    created: str
+    updated: str
+    name: str
+    kind: str
+    plan: str                     # one line: geometry, nnz, include/exclude, overrides
+    hessians: str
+    methods: list[str]
+    finished: list[str]
+    status: str
+    error: str | None
+    obsviz_version: str
+    torch_version: str
+    report: dict | None = field(default=None, repr=False)
+
+
+def _json_list(text: object) -> list[str]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        value = None
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _row_to_model_run(row: sqlite3.Row, report: dict | None = None) -> StoredModelRun:
+    d = {k: row[k] for k in MODEL_COLUMNS if k != "report"}
+    d["methods"], d["finished"] = _json_list(d["methods"]), _json_list(d["finished"])
+    return StoredModelRun(**d, report=report)
+
+
 # ---- schema ------------------------------------------------------------------------------------
 
 _SCHEMA_V1 = """
@@ -258,8 +304,51 @@ CREATE INDEX sweep_runs_run ON sweep_runs(run_id);
 INSERT INTO sweep_runs (sweep, run_id) SELECT sweep, id FROM runs WHERE sweep IS NOT NULL;
 """
 
+# v3: whole-model runs, one row each; ``report`` is the JSON report of obsviz.model.run_methods,
+# ``plan`` a one-line summary of its plan, ``methods``/``finished`` JSON lists of method names.
+_SCHEMA_V3 = """
+CREATE TABLE model_runs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    created         TEXT NOT NULL,
+    updated         TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    plan            TEXT NOT NULL,
+    hessians        TEXT NOT NULL,
+    methods         TEXT NOT NULL,
+    finished        TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('running', 'done', 'stopped', 'failed')),
+    error           TEXT,
+    report          TEXT NOT NULL,
+    obsviz_version  TEXT NOT NULL,
+    torch_version   TEXT NOT NULL
+);
+"""
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+
+
+def _json_default(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself (a dtype, a tensor, a path in a report)."""
+    canonical = _canonical(value)
+    return str(value) if canonical is value else canonical
+
+
+def _read_report(text: object, run_id: int) -> dict:
+    """A stored report parsed and checked; :class:`StoreError` for anything else."""
+    from obsviz.model import check_report
+
+    if not isinstance(text, str):
+        raise StoreError(f"model run {run_id}: its report is not text")
+    if len(text) > MAX_REPORT_BYTES:
+        raise StoreError(f"model run {run_id}: its report is {len(text)} characters; at most "
+                         f"{MAX_REPORT_BYTES} are read")
+    try:
+        return check_report(json.loads(text))
+    except (ValueError, RecursionError) as e:   # junk JSON, nesting too deep, a bad field
+        raise StoreError(f"model run {run_id}: its report is not a whole-model report "
+                         f"({str(e)[:300]})") from None
 
 
 def _versions() -> tuple[str, str]:
@@ -490,6 +579,62 @@ class RunStore:
         them)."""
         with self._write() as con:
             con.execute("DELETE FROM runs WHERE id = ?", (int(run_id),))
+
+    def record_model_run(self, report: dict, *, methods: list[str] | None = None,
+                         status: str = "running", error: str | None = None,
+                         run_id: int | None = None) -> int:
+        """Store a whole-model run's report (:func:`obsviz.model.run_methods`) and return the
+        row's id: a new row, or with ``run_id`` the same row updated (call it after each method
+        finishes, and once more with the final ``status``). ``methods``: those asked for
+        (default: the report's). The report is checked first (``check_report``)."""
+        from obsviz.model import check_report, finished_methods, plan_summary
+
+        if status not in MODEL_STATUSES:
+            raise ArgumentError("status", f"status={status!r} is unknown; valid: "
+                                f"{', '.join(MODEL_STATUSES)}")
+        check_report(report)
+        try:
+            text = json.dumps(report, default=_json_default, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise ArgumentError("report", f"report cannot be written as JSON ({e})") from None
+        asked = list(report["methods"]) if methods is None else [str(m) for m in methods]
+        obsviz_version, torch_version = _versions()
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        row = {"updated": now, "name": report["model"]["name"], "kind": report["model"]["kind"],
+               "plan": plan_summary(report["plan"]), "hessians": report["hessians"],
+               "methods": json.dumps(asked), "finished": json.dumps(finished_methods(report)),
+               "status": status, "error": None if error is None else str(error),
+               "report": text, "obsviz_version": obsviz_version, "torch_version": torch_version}
+        with self._write() as con:
+            if run_id is not None:
+                sets = ", ".join(f"{k} = :{k}" for k in row)
+                if con.execute(f"UPDATE model_runs SET {sets} WHERE id = :id",
+                               {**row, "id": int(run_id)}).rowcount:
+                    return int(run_id)
+            row["created"] = now
+            names, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
+            return int(con.execute(f"INSERT INTO model_runs ({names}) VALUES ({marks})",
+                                   row).lastrowid)
+
+    def model_runs(self, *, limit: int | None = None) -> list[StoredModelRun]:
+        """Whole-model runs, newest first, without their reports (``model_run`` reads one)."""
+        cols = ", ".join(c for c in MODEL_COLUMNS if c != "report")
+        sql = f"SELECT {cols} FROM model_runs ORDER BY id DESC"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ArgumentError("limit", f"limit={limit!r} must be a non-negative integer")
+            sql += f" LIMIT {int(limit)}"
+        with self._connect() as con:
+            return [_row_to_model_run(r) for r in con.execute(sql)]
+
+    def model_run(self, run_id: int) -> StoredModelRun:
+        """The whole-model run with this id and its report, checked (``KeyError`` when there is
+        none; :class:`StoreError` when its report is not one obsviz can show)."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM model_runs WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no model run with id {run_id} in {self.path}")
+        return _row_to_model_run(row, _read_report(row["report"], run_id))
 
     # -- reading
 

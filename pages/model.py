@@ -1,5 +1,11 @@
 """Model: prune every layer of a real model in sequence with several methods, and see what it does
-to the model (end metrics on held-out text, per-layer error, block-by-block drift)."""
+to the model (end metrics on held-out text, per-layer error, block-by-block drift).
+
+Every run is kept in the run database (``model_runs``) as it goes, one update per finished
+method; the stored runs are listed here and open into the same views (their pruned checkpoints
+are not stored: those stay downloadable only for this session's own run). ``model_result``:
+``report``, ``dir`` (this session's run folder: its checkpoints), ``own_id`` (that run's row),
+``stored_id`` (the row of the report shown), ``methods`` (asked for), ``running``."""
 
 import copy
 import dataclasses
@@ -25,14 +31,17 @@ from obsviz.model import (
     ModelRun,
     Plan,
     checkpoint_zip,
+    finished_methods,
     load_model,
     resolve_plan,
     run_methods,
 )
+from obsviz.store import StoreError
 
-from ui import state
+from ui import runs, state
 from ui.forms import build_geometry
 from ui.runner import c_dtype_options
+from ui.text import md
 
 state.require_entrypoint()
 st.set_page_config(page_title="Model · obsviz", page_icon=":material/account_tree:",
@@ -87,12 +96,74 @@ def _text(which: str, shipped: Path) -> tuple[str | None, str]:
     return up.getvalue().decode("utf-8", errors="replace"), "uploaded text"
 
 
+def keep(result: dict, status: str = "running", error: str | None = None) -> None:
+    """Write this session's run (its finished methods) to the run database: a new row at the
+    first finished method, the same row updated after. A store that fails is said, never
+    fatal: the result stays in the session."""
+    db = runs.run_store()
+    if db is None or not (result.get("report") or {}).get("methods"):
+        return
+    try:
+        result["own_id"] = result["stored_id"] = db.record_model_run(
+            result["report"], methods=result["methods"], status=status, error=error,
+            run_id=result.get("own_id"))
+    except Exception as err:  # a full disk must not lose the result in memory
+        result["store_error"] = f"{type(err).__name__}: {err}"[:300]
+
+
+def when(iso: str) -> str:
+    """A stored UTC time as ``2026-11-29 22:31 UTC``."""
+    return f"{str(iso)[:16].replace('T', ' ')} UTC"
+
+
+STATUS = {"running": "unfinished", "done": "done", "stopped": "stopped", "failed": "failed"}
+
+
+def stored_label(row) -> str:
+    """One stored model run on one line (plain text: a selectbox shows it as it is)."""
+    methods = ", ".join(row.finished) or "no method finished"
+    status = "" if row.status == "done" else f" · {STATUS.get(row.status, row.status)}"
+    return (f"#{row.id} · {row.name} · {row.plan} · {methods} · {when(row.created)}"
+            f"{status}")[:400]
+
+
 st.title("Model")
 st.markdown(
     "Prune **every Linear layer inside a real model's transformer blocks**, block by block, the "
     "way SparseGPT does: each layer's Hessian comes from the inputs the already-pruned layers "
     "feed it, and each block's pruned output feeds the next. Do it once per method, then see "
     "what each did to the model on **held-out text** and which layers carry the damage.")
+
+# ---- stored runs ------------------------------------------------------------------------------
+db = runs.run_store()
+try:
+    stored = db.model_runs(limit=500) if db is not None else []
+except Exception:  # a store this version cannot read: listed as empty
+    stored = []
+if stored:
+    with st.expander(f"Stored runs ({len(stored)})", icon=":material/history:",
+                     expanded=not ss.get("model_result")):
+        st.dataframe(pd.DataFrame([
+            {"run": f"#{r.id}", "created": when(r.created), "model": r.name, "plan": r.plan,
+             "Hessians": r.hessians, "methods": ", ".join(r.finished),
+             "status": STATUS.get(r.status, r.status)} for r in stored]),
+            hide_index=True, width="stretch", height=min(250, 38 + 35 * len(stored)))
+        by_id = {r.id: r for r in stored}
+        c_pick, c_open = st.columns([5, 1], vertical_alignment="bottom")
+        pick = c_pick.selectbox("Stored run", list(by_id), key="_m_stored",
+                                format_func=lambda i: stored_label(by_id[i]))
+        if c_open.button("Open", icon=":material/folder_open:", width="stretch",
+                         key="_m_open"):
+            try:
+                got = db.model_run(pick)
+            except (KeyError, StoreError) as err:
+                problem("That stored run cannot be shown.", str(err))
+            else:
+                old = ss.get("model_result") or {}
+                ss["model_result"] = {"report": got.report, "stored_id": got.id,
+                                      "dir": old.get("dir"), "own_id": old.get("own_id"),
+                                      "methods": got.methods, "running": False,
+                                      "created": got.created, "status": got.status}
 
 # ---- model and texts --------------------------------------------------------------------------
 c_model, c_text = st.columns(2, gap="large")
@@ -260,7 +331,8 @@ if run:
     if old and old.get("dir"):
         shutil.rmtree(old["dir"], ignore_errors=True)
     out_dir = tempfile.mkdtemp(prefix="obsviz-model-")
-    result = {"dir": out_dir, "report": None, "running": True}
+    result = {"dir": out_dir, "report": None, "running": True, "methods": methods,
+              "own_id": None, "stored_id": None}
     ss["model_result"] = result
     bar = st.progress(0.0, text="Preparing the calibration and held-out text…")
     try:
@@ -276,13 +348,16 @@ if run:
         result["report"] = {}
         run_methods(mrun, plan, methods, hessians=form["hessians"], out_dir=out_dir,
                     progress=lambda f, msg: bar.progress(min(1.0, f), text=msg),
-                    into=result["report"])
+                    on_method=lambda m, entry: keep(result), into=result["report"])
+        keep(result, "stopped" if result["report"].get("stopped") else "done")
     except ArgumentError as err:
         problem("The run was refused.", str(err))
+        keep(result, "failed", str(err))
     except Exception as err:  # a message, never a traceback
         problem("The run failed.", f"{type(err).__name__}: {err}"[:600])
+        keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
     # a Stop click ends the script inside run_methods (not an Exception): "running" stays True,
-    # and the methods finished until then stay in the report
+    # and the methods finished until then stay in the report (and in the run database)
     result["running"] = False
     stop.empty()
     bar.empty()
@@ -293,20 +368,34 @@ if result and result.get("running") and not run:
     st.warning("The last run was stopped before it finished; the methods it completed are "
                "below.", icon=":material/pause_circle:")
     result["running"] = False
+    keep(result, "stopped")
 report = result.get("report") if result else None
-if report and report.get("methods"):
+if report and finished_methods(report):
     st.subheader("What each method did to the model")
     info = report["model"]
-    st.caption(f"{info['kind']}, {info['blocks']} blocks · calibration "
+    st.caption(f"{md(info['name'])}: {md(info['kind'])}, {info['blocks']} blocks · calibration "
                f"{info['calibration']['tokens']:,} tokens · held-out "
                f"{info['evaluation']['tokens']:,} tokens in {info['evaluation']['units']} "
-               f"{info['evaluation']['unit']}s · Hessians {report['hessians']}")
-    entries = report["methods"]
+               f"{md(info['evaluation']['unit'])}s · Hessians {md(report['hessians'])}")
+    if result.get("stored_id") is not None:
+        own = result["stored_id"] == result.get("own_id")
+        st.caption(f"Kept in the run database as model run #{result['stored_id']}"
+                   + ("" if own else f", created {md(when(result.get('created', '')))}")
+                   + (f" ({md(STATUS.get(result.get('status'), ''))})"
+                      if not own and result.get("status") != "done" else "") + ".")
+    elif result.get("store_error"):
+        st.caption("Not kept in the run database:")
+        st.text(result["store_error"])
+    # a stored report is checked (obsviz.model.check_report); a method stopped midway has no
+    # end metrics and is left out of the views
+    entries = {m: report["methods"][m] for m in finished_methods(report)}
+    report = {**report, "methods": entries}
     ref = entries.get("sparsegpt")
 
     def timing(e: dict) -> dict:
         return {"sparsity": f"{100 * e['sparsity']:.1f} %", "seconds": f"{e['seconds']:.1f}",
-                "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}" if ref else "–"}
+                "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}"
+                if ref and ref["seconds"] > 0 else "–"}
 
     dash = {"sparsity": "0.0 %", "seconds": "–", "time ÷ SparseGPT": "–"}
     if info["kind"] == "encoder":
@@ -345,11 +434,16 @@ if report and report.get("methods"):
 
     st.subheader("Downloads")
     cols = st.columns(min(4, len(entries) + 1))
-    cols[0].download_button("Report (JSON)", json.dumps(report, indent=2),
+    cols[0].download_button("Report (JSON)", json.dumps(result["report"], indent=2),
                             file_name="model_report.json", mime="application/json",
                             icon=":material/download:", on_click="ignore")
-    for i, m in enumerate(entries):
-        folder = Path(result["dir"]) / m
+    # checkpoints (tens of MB each) are not stored: only this session's own run folder has them
+    own_dir = result.get("dir") if result.get("stored_id") == result.get("own_id") else None
+    if own_dir is None or not Path(own_dir).is_dir():
+        st.caption("Pruned checkpoints are kept for this session's own run only: run it again "
+                   "to download them.")
+    for i, m in enumerate(entries if own_dir else ()):
+        folder = Path(own_dir) / m
         if (folder / "config.json").is_file():
             cols[(i + 1) % len(cols)].download_button(
                 f"{m} checkpoint (zip)", lambda folder=folder: checkpoint_zip(folder),

@@ -388,8 +388,12 @@ def test_real_minilm_2_4_small_run():
 # ---- the command line -------------------------------------------------------------------------
 
 
-def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path, capsys):
+def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path, capsys,
+                                                            monkeypatch):
     from obsviz.cli import main
+    from obsviz.store import RunStore
+
+    monkeypatch.setenv("OBSVIZ_STORE", str(tmp_path / "runs.sqlite"))
 
     src = tmp_path / "tiny-gpt2"
     tiny("gpt2", tokenizer.vocab_size).save_pretrained(src)
@@ -408,10 +412,26 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert list(report["methods"]) == ["magnitude", "sparsegpt"]
     assert report["plan"]["options"] == {"ng": 8, "damp": 0.02}
+    # the run database ($OBSVIZ_STORE) has the run, with the report written to --out
+    (row,) = RunStore(tmp_path / "runs.sqlite").model_runs()
+    assert f"stored as model run {row.id} in {tmp_path / 'runs.sqlite'}" in captured.out
+    assert (row.name, row.status, row.finished) == ("tiny-gpt2", "done",
+                                                    ["magnitude", "sparsegpt"])
+    assert row.plan == "2:4 · 1 override" and row.kind == "causal"
+    assert RunStore(tmp_path / "runs.sqlite").model_run(row.id).report == report
     for m, entry in report["methods"].items():
         assert not any(lr["name"].endswith("mlp.c_proj") for lr in entry["layers"])
         model = transformers.AutoModelForCausalLM.from_pretrained(out / m)
         assert run_methods is not None and type(model).__name__ == "GPT2LMHeadModel"
+    # --store names another database; --no-store keeps the run out of every database
+    other = tmp_path / "other.sqlite"
+    assert main(argv + ["--quiet", "--force", "--store", str(other)]) == 0
+    assert len(RunStore(other).model_runs()) == 1
+    assert f"stored as model run 1 in {other}" in capsys.readouterr().out
+    assert main(argv + ["--quiet", "--force", "--no-store"]) == 0
+    assert "stored as" not in capsys.readouterr().out
+    assert len(RunStore(tmp_path / "runs.sqlite").model_runs()) == 1
+    assert len(RunStore(other).model_runs()) == 1
     # an existing output folder is not written into without --force; eval must be held out
     assert main(argv) == 2
     assert main(argv[:4] + ["--eval", str(cal)]) == 2

