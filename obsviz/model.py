@@ -960,7 +960,8 @@ def finished_methods(report: dict) -> list[str]:
 
 
 def plan_summary(plan: dict) -> str:
-    """One line for a plan (``Plan.describe()``): ``"2:4 · nnz 2 · include *.layer.0.*"``."""
+    """One line for a plan (``Plan.describe()``, or one read back: anything unexpected is left
+    out): ``"2:4 · nnz 2 · include *.layer.0.*"``."""
     geo = plan.get("geometry")
     if isinstance(geo, dict):
         geo = " ".join(f"{k} {v}" for k, v in geo.items())
@@ -968,13 +969,13 @@ def plan_summary(plan: dict) -> str:
     if plan.get("nnz") is not None:
         parts.append(f"nnz {plan['nnz']}")
     for key in ("include", "exclude"):
-        pats = plan.get(key) or []
-        if pats and list(pats) != ["*"]:
+        pats = plan.get(key)
+        if isinstance(pats, list) and pats and pats != ["*"]:
             parts.append(f"{key} {', '.join(map(str, pats))}")
-    if plan.get("overrides"):
+    if isinstance(plan.get("overrides"), list) and plan["overrides"]:
         n = len(plan["overrides"])
         parts.append(f"{n} override{'s' if n > 1 else ''}")
-    return " · ".join(parts)
+    return " · ".join(parts)[:_MAX_NAME]
 
 
 def checkpoint_zip(folder: str | os.PathLike) -> bytes:

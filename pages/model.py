@@ -33,6 +33,7 @@ from obsviz.model import (
     checkpoint_zip,
     finished_methods,
     load_model,
+    plan_summary,
     resolve_plan,
     run_methods,
 )
@@ -152,7 +153,7 @@ if stored:
         c_pick, c_open = st.columns([5, 1], vertical_alignment="bottom")
         pick = c_pick.selectbox("Stored run", list(by_id), key="_m_stored",
                                 format_func=lambda i: stored_label(by_id[i]))
-        if c_open.button("Open", icon=":material/folder_open:", width="stretch",
+        if c_open.button("Open this run", icon=":material/folder_open:", width="stretch",
                          key="_m_open"):
             try:
                 got = db.model_run(pick)
@@ -376,7 +377,8 @@ if report and finished_methods(report):
     st.caption(f"{md(info['name'])}: {md(info['kind'])}, {info['blocks']} blocks · calibration "
                f"{info['calibration']['tokens']:,} tokens · held-out "
                f"{info['evaluation']['tokens']:,} tokens in {info['evaluation']['units']} "
-               f"{md(info['evaluation']['unit'])}s · Hessians {md(report['hessians'])}")
+               f"{md(info['evaluation']['unit'])}s · Hessians {md(report['hessians'])} · "
+               f"plan {md(plan_summary(report['plan']))}")
     if result.get("stored_id") is not None:
         own = result["stored_id"] == result.get("own_id")
         st.caption(f"Kept in the run database as model run #{result['stored_id']}"

@@ -113,6 +113,7 @@ def test_stored_runs_are_hostile_text_and_junk_is_refused():
                          ["magnitude"])
     evil = "![x](http://example.invalid/u.png) :red[boo]"
     report["model"]["name"] = evil
+    report["plan"]["include"] = [evil]
     db = RunStore(store)
     good = db.record_model_run(report, status="done")
     junk = db.record_model_run(report, status="stopped")
@@ -135,7 +136,9 @@ def test_stored_runs_are_hostile_text_and_junk_is_refused():
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert "example.invalid" not in "\n".join(c.value for c in at.caption).replace("\u2060", "")
-    assert any(plain(c.value).startswith(evil + ": encoder") for c in at.caption)
+    head = next(plain(c.value) for c in at.caption if ": encoder" in c.value)
+    assert head.startswith(evil + ": encoder")
+    assert head.endswith(f"plan 2:4 · include {evil}")
 
 
 def test_a_local_folder_that_is_not_there_is_refused_without_echoing_it():

