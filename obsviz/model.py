@@ -873,7 +873,10 @@ def _bad(where: str, what: str) -> ArgumentError:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A JSON number a view can format: a float, or an int that fits one (``1`` followed by
+    400 zeros parses as an int that ``f"{v:.2f}"`` cannot show)."""
+    return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)
+                                    and abs(v) <= 2**1023)
 
 
 def _need(d: dict, key: str, kind: str, where: str):

@@ -439,11 +439,13 @@ def _spoil(report: dict, how: str) -> dict:
         del entry["metrics"]
     elif how == "unknown kind":
         bad["model"]["kind"] = "<script>"
+    elif how == "huge int":
+        entry["metrics"]["cosine"] = 10**400     # valid JSON; no float can show it
     return bad
 
 
 SPOILED = ["markup method", "no layer name", "shape as text", "bool error", "no metrics",
-           "unknown kind"]
+           "unknown kind", "huge int"]
 
 
 @pytest.mark.parametrize("junk", ["not json at all", "[" * 100_000 + "]" * 100_000, "[]", "{}",
