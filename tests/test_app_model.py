@@ -174,3 +174,13 @@ def test_the_geometry_pages_pattern_is_sized_per_layer():
     assert not at.exception, at.exception
     # 1:4 built for each of the 36 MiniLM layers at its own shape: 3/4 of 10.62 M weights go
     assert "36 Linear layers will be pruned in 6 blocks; 7.96 M weights" in shown(at)
+
+
+def test_an_unusable_run_database_leaves_the_page_working(tmp_path):
+    bad = tmp_path / "runs.sqlite"
+    bad.write_bytes(b"not a database " * 100)
+    at = open_page(bad)
+    assert not at.exception, at.exception
+    assert not at.expander or all("Stored runs" not in e.label for e in at.expander)
+    assert not next(b for b in at.button if b.label == "Run").disabled
+    assert "runs made here are kept in this session only" in shown(at)

@@ -432,6 +432,9 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     assert "stored as" not in capsys.readouterr().out
     assert len(RunStore(tmp_path / "runs.sqlite").model_runs()) == 1
     assert len(RunStore(other).model_runs()) == 1
+    # a store that cannot be used is said before the run, with the way out
+    assert main(argv + ["--quiet", "--force", "--store", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
     # an existing output folder is not written into without --force; eval must be held out
     assert main(argv) == 2
     assert main(argv[:4] + ["--eval", str(cal)]) == 2
