@@ -86,7 +86,8 @@ KEYS: dict[str, Key] = {
     "learn_step": Key("pages/learn.py", "int: scopes of the lesson's row decided so far"),
     "learn_weights": Key("pages/learn.py", "list[float]: that row's weights after those steps"),
     "model_form": Key("pages/model.py", "the Model page's inputs"),
-    "model_result": Key("pages/model.py", "the Model page's latest whole-model result"),
+    "model_result": Key("pages/model.py", "the whole-model result the Model page shows (its "
+                        "own run or one opened from the run database)"),
     "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
     "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
     "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
