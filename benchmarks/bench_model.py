@@ -2,16 +2,15 @@
 SparseGPT measured in the same run.
 
     python benchmarks/bench_model.py                       # 2:4, coupled-2:4, block16
-    python benchmarks/bench_model.py --geometries 2:4 --methods sparsegpt true_obs --all-layers
+    python benchmarks/bench_model.py --geometries 2:4 --methods sparsegpt true_obs --no-mlp-down
 
 The target Linears are pruned in sequence (H from the pruned-so-far model) on the shipped
 calibration text (Jargon File); the end metrics are measured on the shipped held-out text (The
-Devil's Dictionary). By default `2:4` and `coupled-2:4` prune the 30 Linear layers of the 6 blocks
-whose input width is K = 384 (query, key, value, attention output, MLP up) and `block16` the MLP
-layers among them (MLP up, 1536 × 384); the MLP down projections (384 × 1536) stay dense, because
-`true_obs` costs O(M·K³) and one K = 1536 layer costs it as much as 64 K = 384 layers of the same
-M. `--all-layers` prunes every Linear (36; `block16`: both MLP layers of each block). Writes the
-raw numbers as JSON (default: benchmarks/results/model.json) and prints a Markdown table.
+Devil's Dictionary). `2:4` and `coupled-2:4` prune all 36 Linear layers of the 6 blocks (query,
+key, value, attention output, MLP up and MLP down), `block16` the 12 MLP layers (up, 1536 × 384,
+and down, 384 × 1536). `--no-mlp-down` leaves the MLP down projections (K = 1536) dense: `true_obs`
+costs O(M·K³), so one of them costs it far more than a K = 384 layer of the same M. Writes the raw
+numbers as JSON (default: benchmarks/results/model.json) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -71,8 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--geometries", nargs="+", default=["2:4", "coupled-2:4", "block16"])
     parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--all-layers", action="store_true",
-                        help="also prune the MLP down projections (K = 1536)")
+    parser.add_argument("--no-mlp-down", action="store_true",
+                        help="leave the MLP down projections (K = 1536) dense")
     parser.add_argument("--blocks", type=int, default=6, help="prune the first N blocks only")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--max-eval-tokens", type=int, default=2048)
@@ -97,7 +96,7 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=2))
 
         results[geometry] = {}
-        run_methods(run, plan_for(geometry, args.all_layers, args.blocks), args.methods,
+        run_methods(run, plan_for(geometry, not args.no_mlp_down, args.blocks), args.methods,
                     progress=progress,
                     on_method=save, into=results[geometry])
         print()

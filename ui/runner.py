@@ -11,6 +11,7 @@ Session-state keys (see also ``ui.state``):
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import streamlit as st
@@ -23,6 +24,7 @@ from obsviz.metrics import format_rel_error
 
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
+from ui import result_maps
 from ui.runs import Job, Run, add, lookup, run_key, store
 from ui.text import md
 
@@ -176,6 +178,8 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
         report["device"] = job.device
         report["layer"] = job.layer.label
         add(Run(key, job, method, result, report))
+        with contextlib.suppress(Exception):   # Compare's maps, while the run is fresh (a
+            result_maps.maps(key, store()[key])  # failure here is Compare's to show, not the run's)
         relabel()
         slot.success(_done_text(label, store()[key]), icon=":material/check:")
         return {"status": "done", "key": key}
