@@ -320,8 +320,10 @@ if model_dir is not None:
 if layers is not None:
     pruned_weights = sum(lp.shape[0] * lp.shape[1] * lp.geometry.sparsity(lp.nnz)
                          for lp in layers)
-    st.caption(f"{len(layers)} Linear layers will be pruned in {len({lp.block for lp in layers})}"
-               f" blocks; {pruned_weights / 1e6:.2f} M weights set to zero per method.")
+    n_blocks = len({lp.block for lp in layers})
+    st.caption(f"{len(layers)} Linear layer{'s' if len(layers) != 1 else ''} will be pruned in "
+               f"{n_blocks} block{'s' if n_blocks != 1 else ''}; {pruned_weights / 1e6:.2f} M "
+               "weights set to zero per method.")
 
 # ---- run --------------------------------------------------------------------------------------
 ready = layers is not None and methods and cal_text is not None and eval_text is not None

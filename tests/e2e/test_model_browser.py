@@ -80,7 +80,7 @@ def test_model_page_runs_and_reopens_a_stored_run(new_app):
     set_number(app, "Sequence length", 64)
     set_text(app, "Include layers", "*.layer.0.*")
     keep_methods(app, METHODS)
-    assert "6 Linear layers will be pruned in 1 blocks" in app.main_text()
+    assert "6 Linear layers will be pruned in 1 block;" in app.main_text()
     app.shot("model-1-plan")
 
     app.page.get_by_role("button", name=re.compile(r"^\W*Run$")).click()
