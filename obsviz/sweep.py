@@ -737,7 +737,7 @@ def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
                 out = {"status": "failed", "error": _ray_error_message(e)}
             if out["status"] == "done":
                 out = {"status": "done", "result": PruneResult(
-                    weight=out["weight"], mask=out["mask"], rel_error=out["rel_error"],
+                    weight=out["weight"], mask=out["mask"], error=out["rel_error"],
                     seconds=out["seconds"], method=out["method"], options=out["options"])}
             emit(trial, _record(store, plan_, trial, out, name), out["status"])
     return stopped

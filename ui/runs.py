@@ -158,7 +158,7 @@ def _load_result(run: Run) -> PruneResult:
     if db is None or run.stored_id is None:
         raise LookupError(f"the result of {run.method} is no longer in memory nor stored")
     tensors = db.tensors(run.stored_id)
-    return PruneResult(weight=tensors["weight"], mask=tensors["mask"], rel_error=run.rel_error,
+    return PruneResult(weight=tensors["weight"], mask=tensors["mask"], error=run.rel_error,
                        seconds=run.seconds, method=run.method,
                        options={"nnz": run.job.nnz, "damp": run.job.damp,
                                 **run.job.trial_options(run.method)}, rows=run.job.rows())
