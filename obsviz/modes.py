@@ -81,8 +81,8 @@ def select_shared(p: Problem, C: torch.Tensor, e: Entries) -> torch.Tensor:
 def mark_pruned(kept: torch.Tensor, e: Entries, pruned_blocks: torch.Tensor) -> None:
     """Clear ``kept`` ``(M, K)`` at the elements of the entries' pruned blocks."""
     hit = pruned_blocks.unsqueeze(-1) & (e.cols >= 0)
-    r = e.rows[:, None, None].expand_as(e.cols)
-    kept[r[hit], e.cols[hit]] = False
+    flat = e.rows[:, None, None] * kept.shape[1] + e.cols
+    kept.view(-1)[flat[hit]] = False
 
 
 def pruned_at_step(layout: RowSteps, kept: torch.Tensor, t: int) -> torch.Tensor:
@@ -164,15 +164,27 @@ def local_regular(p: Problem, e: Entries, pruned: torch.Tensor, kept: torch.Tens
     G = obs.small_spd_inverse(C_PS.gather(3, Ppos[None, :, None, :].expand(D, -1, q, -1)))
     comp = G @ C_PS                                                           # (D, n_sub, q, n)
     flat_S = S.reshape(-1)
-    step = max(1, (1 << 22) // max(1, D * q * n))
+    n_sub = subsets.shape[0]
+    # With few subsets and large blocks (block16 row-wise: 2 subsets, each a (16, 32)
+    # compensation), each entry's pruned weights are placed in the slot of its subset (zeros in
+    # the others) and meet every subset's compensation in one batched product per column set:
+    # n_sub times the multiply-adds, but no per-entry gather of a (q, n) compensation.
+    spread = n_sub <= 4 and q * n >= 64
+    comp_d = comp.reshape(D, n_sub * q, n)
+    step = max(1, (1 << 22) // max(1, D * (n_sub * q + n) if spread else D * q * n))
     for r0 in range(0, M, step):
         r1 = min(M, r0 + step)
         w = p.W[r0:r1, flat_S].view(r1 - r0, D, n).to(comp.dtype)
         idx = which[r0:r1]                                                    # (R, D)
         w_P = w.gather(2, Ppos[idx])                                          # (R, D, q)
-        c = comp[torch.arange(D, device=w.device), idx]                      # (R, D, q, n)
-        new = w - (w_P.unsqueeze(-2) @ c).squeeze(-2)
-        new = new * kept[r0:r1, flat_S].view(r1 - r0, D, n)
+        if spread:
+            u = w.new_zeros(r1 - r0, D, n_sub, q)
+            u.scatter_(2, idx[..., None, None].expand(-1, -1, 1, q), w_P.unsqueeze(2))
+            delta = torch.bmm(u.view(r1 - r0, D, -1).transpose(0, 1), comp_d).transpose(0, 1)
+        else:
+            c = comp[torch.arange(D, device=w.device), idx]                  # (R, D, q, n)
+            delta = (w_P.unsqueeze(-2) @ c).squeeze(-2)
+        new = (w - delta) * kept[r0:r1, flat_S].view(r1 - r0, D, n)
         p.W[r0:r1, flat_S] = new.reshape(r1 - r0, -1).to(p.W.dtype)
     return True
 

@@ -58,7 +58,7 @@ def prepare(W: torch.Tensor, H: torch.Tensor, damp: float = 0.01,
     damp = check_damp(damp)
     dtype = dtype or working_dtype(W)
     check_hessian(H, damp, dtype)  # O(K²): a negated or impossible H, a damping that overflows
-    W0 = W.detach().to(device, dtype)
+    W0 = W.detach().to(device, dtype).contiguous()   # the modes index W as one flat vector
     H0 = H.detach().to(device, dtype)
     H0 = (H0 + H0.T) / 2
     dead = dead_columns(H0)

@@ -95,6 +95,8 @@ CASES = {
     "input-channels": Case("input-channels", (6, 8), 4, _free((-1, 1), (1, -1))),
     "output-rows": Case("output-rows", (8, 16), 2, _free((1, -1), (4, 1))),
     "transposed": Case("transposed", (16, 8), 2, _free((1, 4), (1, 4), view="transposed")),
+    # block16 row-wise (two 16-wide blocks of a row compete): few subsets, large blocks
+    "row-blocks": Case("row-blocks", (4, 64), 1, _free((1, 16), (1, 2))),
 }
 PRESET_CASES = ("2:4", "2:4-pairs", "coupled-2:4", "block16")
 #: Whole input channels with C(32, 16) subsets per scope: selection must fall back to greedy.

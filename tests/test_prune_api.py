@@ -213,3 +213,17 @@ def test_layout_shape_is_known_before_building_the_layout(case):
 
     geom = case.geometry()
     assert layout_shape(geom) == tuple(row_steps(geom).cols.shape)
+
+
+def test_a_non_contiguous_weight_prunes_as_its_contiguous_copy() -> None:
+    torch.manual_seed(0)
+    X = torch.randn(200, 16)
+    H = X.T @ X / 200
+    Wt = torch.randn(16, 8).T                       # (8, 16), a transposed view
+    assert not Wt.is_contiguous()
+    g = obsviz.Geometry.preset("2:4", (8, 16))
+    for method in obsviz.METHODS:
+        a = obsviz.prune(Wt, H, g, 2, method=method)
+        b = obsviz.prune(Wt.contiguous(), H, g, 2, method=method)
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask), method
+        assert a.rel_error == b.rel_error, method
