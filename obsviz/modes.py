@@ -102,7 +102,7 @@ def local(p: Problem) -> torch.Tensor:
     pruned = select_shared(p, p.C, e)
     mark_pruned(kept, e, pruned)
     p.progress(0.5, "compensating within scopes")
-    if local_regular(p, e, pruned, kept):
+    if local_regular(p, e, pruned, kept) or local_grouped(p, e, pruned):
         return kept
     E, gs, Lb = e.cols.shape
     n = gs * Lb
@@ -130,6 +130,43 @@ def local(p: Problem) -> torch.Tensor:
         new = torch.where(pm, torch.zeros_like(w), w - (z @ C_PS).squeeze(1))
         Wf[flat[ok]] = new[ok].to(p.W.dtype)
     return kept
+
+
+def local_grouped(p: Problem, e: Entries, pruned: torch.Tensor, max_groups: int = 1024) -> bool:
+    """``local``'s compensation when few (column set, pruned blocks) pairs cover all entries (a
+    row-coupled geometry such as ``block16``: each row's entries hold its own blocks and padding
+    for the other rows'): per pair ``(C_PP)⁻¹ C_P,S`` is formed once and applied to its entries
+    together. Returns False (nothing done) when the entries do not group like that."""
+    E, gs, Lb = e.cols.shape
+    groups = obs.column_sets(e.cols)
+    if groups is None or gs > 62:
+        return False
+    sets, which = groups
+    bits = 1 << torch.arange(gs, device=pruned.device)
+    pair, inverse = torch.unique(which * (1 << gs) + (pruned.long() * bits).sum(1),
+                                 return_inverse=True)
+    if pair.numel() > max_groups:
+        return False
+    order = torch.argsort(inverse)
+    bounds = torch.searchsorted(inverse[order], torch.arange(pair.numel() + 1,
+                                                             device=order.device)).tolist()
+    for g in range(pair.numel()):
+        sel = order[bounds[g]:bounds[g + 1]]
+        cols = e.cols[sel[0]]                                            # (gs, Lb), one set
+        real = cols >= 0
+        S = cols[real]                                                   # the scope's columns
+        in_P = (pruned[sel[0]].unsqueeze(-1) & real)[real]              # which of S are pruned
+        if not bool(in_P.any()):
+            continue
+        P = S[in_P]
+        G = obs.small_spd_inverse(p.C[P.unsqueeze(-1), P.unsqueeze(-2)].unsqueeze(0))[0]
+        comp = G @ p.C[P.unsqueeze(-1), S.unsqueeze(-2)]                 # (q, n)
+        rows = e.rows[sel]
+        w = p.W[rows.unsqueeze(-1), S].to(comp.dtype)                    # (entries, n)
+        new = w - w[:, in_P] @ comp
+        new[:, in_P] = 0
+        p.W[rows.unsqueeze(-1), S] = new.to(p.W.dtype)
+    return True
 
 
 def local_regular(p: Problem, e: Entries, pruned: torch.Tensor, kept: torch.Tensor) -> bool:

@@ -284,6 +284,28 @@ def prune_subsets(gs: int, n_prune: int, device: torch.device | str = "cpu") -> 
     return torch.tensor(subsets, dtype=torch.long, device=device).view(len(subsets), n_prune)
 
 
+def column_sets(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The distinct column sets of entries ``cols`` ``(E, gs, Lb)``: ``(sets (D, gs, Lb),
+    which (E,))`` with ``cols == sets[which]``, or ``None`` when there are more than ``E / 4``
+    (too few entries share one to be worth grouping)."""
+    E = cols.shape[0]
+    flat = cols.reshape(E, -1)
+    # Candidate groups by a 1-D key (a 1-D unique is cheap), then checked whole: the last column
+    # and where the first real one sits (entries of a row-coupled scope hold their own row's
+    # blocks and padding for the others', so the first column alone is often -1).
+    first_real = (flat >= 0).to(torch.int8).argmax(1)
+    key, which = torch.unique(flat.amax(1) * (flat.shape[1] + 1) + first_real,
+                              return_inverse=True)
+    if 4 * key.numel() > E:
+        return None
+    first = torch.full((key.numel(),), E, dtype=torch.long, device=cols.device)
+    first.scatter_reduce_(0, which, torch.arange(E, device=cols.device), "amin")
+    sets = flat[first]
+    if not bool((sets[which] == flat).all()):
+        return None
+    return sets.view(-1, *cols.shape[1:]), which
+
+
 def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: torch.Tensor,
                  batch: torch.Tensor | None = None, max_elems: int = 1 << 24) -> torch.Tensor:
     """OBS cost of pruning each subset of blocks, per step entry.
@@ -301,41 +323,47 @@ def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: 
     q = n_prune * cols.shape[2]
     out = torch.empty(E, n_sub, dtype=torch.promote_types(C.dtype, torch.float32),
                       device=cols.device)
-    if batch is None and E > 1:
+    groups = column_sets(cols) if batch is None and E > 1 else None
+    if groups is not None:
         # A shared C: entries with the same columns (a step of a regular geometry, in every
         # row) share each subset's (C_PP)⁻¹; form those once and only gather them.
-        flat = cols.reshape(E, -1)
-        # Candidate groups by the first column (a 1-D unique is cheap), then checked whole.
-        key, which = torch.unique(flat[:, 0], return_inverse=True)
-        first = torch.full((key.numel(),), E, dtype=torch.long, device=cols.device)
-        first.scatter_reduce_(0, which, torch.arange(E, device=cols.device), "amin")
-        sets = flat[first]
-        if 4 * sets.shape[0] <= E and bool((sets[which] == flat).all()):
-            sets = sets.view(-1, *cols.shape[1:])
-            P = sets[:, subsets].reshape(sets.shape[0], n_sub, q)
-            G = small_spd_inverse(principal(C, P))                      # (D, n_sub, q, q)
-            D = sets.shape[0]
-            if E % D == 0 and torch.equal(which.view(-1, D), torch.arange(
-                    D, device=cols.device).expand(E // D, D)):
-                # Entries cycle through the sets (row by row, step by step): one batched
-                # product per (set, subset) over all rows.
-                wm = (w * (cols >= 0)).view(E // D, D, *cols.shape[1:])
-                res = out.view(E // D, D, n_sub)
-                step = max(1, max_elems // max(1, D * n_sub * q))
-                for r0 in range(0, E // D, step):
-                    w_P = wm[r0:r0 + step][:, :, subsets].reshape(-1, D, n_sub, q)
-                    w_P = w_P.to(out.dtype)
-                    wG = torch.einsum("rdsq,dsqp->rdsp", w_P, G)
-                    res[r0:r0 + step] = (wG * w_P).sum(-1)
-                return out
-            step = max(1, max_elems // max(1, n_sub * q * q))
-            for e0 in range(0, E, step):
-                e1 = min(E, e0 + step)
-                w_P = (w[e0:e1] * (cols[e0:e1] >= 0))[:, subsets].reshape(e1 - e0, n_sub, q)
+        sets, which = groups
+        P = sets[:, subsets].reshape(sets.shape[0], n_sub, q)
+        G = small_spd_inverse(principal(C, P))                      # (D, n_sub, q, q)
+        D = sets.shape[0]
+        if E % D == 0 and torch.equal(which.view(-1, D), torch.arange(
+                D, device=cols.device).expand(E // D, D)):
+            # Entries cycle through the sets (row by row, step by step): one batched
+            # product per (set, subset) over all rows.
+            wm = (w * (cols >= 0)).view(E // D, D, *cols.shape[1:])
+            res = out.view(E // D, D, n_sub)
+            step = max(1, max_elems // max(1, D * n_sub * q))
+            for r0 in range(0, E // D, step):
+                w_P = wm[r0:r0 + step][:, :, subsets].reshape(-1, D, n_sub, q)
                 w_P = w_P.to(out.dtype)
-                outer = w_P.unsqueeze(-1) * w_P.unsqueeze(-2)                 # no tiny matmuls
-                out[e0:e1] = (G[which[e0:e1]] * outer).sum((-2, -1))
+                wG = torch.einsum("rdsq,dsqp->rdsp", w_P, G)
+                res[r0:r0 + step] = (wG * w_P).sum(-1)
             return out
+        wm = w * (cols >= 0)
+        step = max(1, max_elems // max(1, n_sub * q * q))
+        if D <= 256:
+            # Few sets: the entries of each set meet its inverses in one batched product.
+            order = torch.argsort(which)
+            bounds = torch.searchsorted(which[order], torch.arange(D + 1, device=cols.device))
+            for d, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(),
+                                           strict=True)):
+                for e0 in range(a, b, step):
+                    sel = order[e0:min(b, e0 + step)]
+                    w_P = wm[sel][:, subsets].reshape(-1, n_sub, q).to(out.dtype)
+                    wG = torch.einsum("esq,sqp->esp", w_P, G[d])
+                    out[sel] = (wG * w_P).sum(-1)
+            return out
+        for e0 in range(0, E, step):
+            e1 = min(E, e0 + step)
+            w_P = wm[e0:e1][:, subsets].reshape(e1 - e0, n_sub, q).to(out.dtype)
+            outer = w_P.unsqueeze(-1) * w_P.unsqueeze(-2)                 # no tiny matmuls
+            out[e0:e1] = (G[which[e0:e1]] * outer).sum((-2, -1))
+        return out
     step = max(1, max_elems // max(1, n_sub * q * q))
     for e0 in range(0, E, step):
         e1 = min(E, e0 + step)

@@ -174,6 +174,26 @@ def test_local_per_subset_compensation_equals_the_per_entry_solve(preset, monkey
     fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
     assert used == [True]
     monkeypatch.setattr(modes, "local_regular", lambda *a: False)
+    monkeypatch.setattr(modes, "local_grouped", lambda *a: False)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)
+
+
+@pytest.mark.parametrize("preset", ["block16", "coupled-2:4", "2:4"])
+def test_local_grouped_compensation_equals_the_per_entry_solve(preset, monkeypatch):
+    # block16's entries hold one real block and padding: not regular, but few (column set,
+    # pruned blocks) pairs; the others are forced onto this path
+    W, H = ref.random_layer(32, 64, seed=11)
+    geom = Geometry.preset(preset, (32, 64))
+    used = []
+    real = modes.local_grouped
+    monkeypatch.setattr(modes, "local_regular", lambda *a: False)
+    monkeypatch.setattr(modes, "local_grouped", lambda *a: used.append(real(*a)) or used[-1])
+    fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert used == [True]
+    monkeypatch.setattr(modes, "local_grouped", lambda *a: False)
     slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
     assert torch.equal(fast.mask, slow.mask)
     assert_close(fast.weight, slow.weight, **TIGHT)
