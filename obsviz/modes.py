@@ -138,8 +138,10 @@ def local_grouped(p: Problem, e: Entries, pruned: torch.Tensor, max_groups: int 
     for the other rows'): per pair ``(C_PP)⁻¹ C_P,S`` is formed once and applied to its entries
     together. Returns False (nothing done) when the entries do not group like that."""
     E, gs, Lb = e.cols.shape
+    if gs > 30:       # the pair key below is the set's index times 2^gs plus the pruned bits
+        return False
     groups = obs.column_sets(e.cols)
-    if groups is None or gs > 62:
+    if groups is None:
         return False
     sets, which = groups
     bits = 1 << torch.arange(gs, device=pruned.device)

@@ -22,9 +22,9 @@ from obsviz.estimate import format_bytes, time_estimate
 from obsviz.methods import C_DTYPES, METHODS, OPTIONS
 from obsviz.metrics import format_rel_error
 
+from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui import result_maps
 from ui.runs import Job, Run, add, lookup, run_key, store
 from ui.text import md
 

@@ -107,9 +107,9 @@ def heatmap_figure(df: pd.DataFrame, method: str, height: int | None = None) -> 
     z = t.to_numpy(dtype=float)
     text = [[("–" if np.isnan(v) else format_rel_error(v)) for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
-        z=100 * z, x=[plot_text(c) for c in t.columns], y=[plot_text(i) for i in t.index], text=text,
-        texttemplate="%{text}", colorscale="Reds", zmin=0, colorbar=dict(title="error %"),
-        hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
+        z=100 * z, x=[plot_text(c) for c in t.columns], y=[plot_text(i) for i in t.index],
+        text=text, texttemplate="%{text}", colorscale="Reds", zmin=0,
+        colorbar=dict(title="error %"), hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
     fig.update_layout(**base_layout(height=height or max(220, 60 + 36 * len(t.index)),
                                     title=dict(text=str(method), x=0)))
     fig.update_yaxes(autorange="reversed")
