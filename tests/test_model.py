@@ -385,6 +385,27 @@ def test_real_minilm_2_4_small_run():
         assert entry["drift"][-1] == pytest.approx(entry["metrics"]["last_hidden_rel_error"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device "
+                    "(benchmarks/gpu_check.sh runs the suite where one is)")
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_a_run_on_cuda_matches_the_same_run_on_cpu(kind, tokenizer):
+    # float32 on both; masks may differ where two costs tie to rounding, so the comparison is
+    # of the reported numbers, within a few percent
+    reports = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        run = make_run(kind, tokenizer, device=device)
+        reports[device] = run_methods(run, Plan("2:4"), ["sparsegpt", "true_obs"])
+    for method in ("sparsegpt", "true_obs"):
+        cpu, gpu = (reports[d]["methods"][method] for d in ("cpu", "cuda"))
+        assert [lr["name"] for lr in cpu["layers"]] == [lr["name"] for lr in gpu["layers"]]
+        for a, b in zip(cpu["layers"], gpu["layers"], strict=True):
+            assert b["rel_error"] == pytest.approx(a["rel_error"], rel=0.05, abs=1e-4), a["name"]
+        for key, value in cpu["metrics"].items():
+            assert gpu["metrics"][key] == pytest.approx(value, rel=0.05, abs=1e-3), key
+    assert reports["cuda"]["model"]["device"] == "cuda"
+
+
 # ---- the command line -------------------------------------------------------------------------
 
 
