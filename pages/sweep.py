@@ -68,7 +68,7 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
         use_user = c1.checkbox(f"Also the Prune page's layer ({md(user.label, 60)})",
                                key="_sw_user")
     presets = c2.multiselect("Presets", list(dict.fromkeys([*PRESETS, "4:8", "1:4", "2:8"])),
-                             default=["2:4", "4:8"], key="_sw_presets",
+                             default=["2:4", "4:8", "1:4"], key="_sw_presets",
                              help="The reference patterns and a few N:M (N of every M "
                                   "contiguous weights of a row kept).")
     methods = c2.multiselect("Methods", list(METHODS),

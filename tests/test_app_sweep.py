@@ -47,17 +47,19 @@ def captions(at) -> str:
 def test_first_open_runs_a_grid_and_shows_it(db):
     at = open_page()
     assert "No sweeps in the database yet" in at.info[0].value
-    assert "6 trials, 0 of them already in the database" in captions(at)
+    assert "9 trials, 0 of them already in the database" in captions(at)
     at.button(key="_sw_run").click().run()
     assert not at.exception, at.exception
-    assert "6 trials run, 0 already done, 0 failed" in at.success[0].value
+    assert "9 trials run, 0 already done, 0 failed" in at.success[0].value
     store = RunStore(db)
     runs = store.runs(sweep="app grid")
-    assert len(runs) == 6 and {r.status for r in runs} == {"done"}
+    assert len(runs) == 9 and {r.status for r in runs} == {"done"}
     assert {(r.layer, r.geometry, r.method) for r in runs} == set(itertools.product(
-        ["toy"], ["2:4", "4:8"], ["magnitude", "wanda", "sparsegpt"]))
+        ["toy"], ["2:4", "4:8", "1:4"], ["magnitude", "wanda", "sparsegpt"]))
+    # two sparsities (50 % and 75 %), so the Pareto front has somewhere to go
+    assert {r.sparsity for r in runs} == {0.5, 0.75}
     table = at.dataframe[0].value
-    assert len(table) == 6
+    assert len(table) == 9
     shown = dict(zip(table["id"], table["relative error"], strict=True))
     assert shown == {r.id: format_rel_error(r.rel_error) for r in runs}
     assert len(at.get("plotly_chart")) == 1 + 3 + 1  # Pareto, a heatmap per method, time
@@ -65,7 +67,7 @@ def test_first_open_runs_a_grid_and_shows_it(db):
                                                                  "Download Parquet"]
     # running the same grid again skips every trial
     at.button(key="_sw_run").click().run()
-    assert "0 trials run, 6 already done" in at.success[0].value and store.count() == 6
+    assert "0 trials run, 9 already done" in at.success[0].value and store.count() == 9
 
 
 def test_filters_narrow_the_table(db):
@@ -74,7 +76,7 @@ def test_filters_narrow_the_table(db):
     at.multiselect(key="_sw_f_method").set_value(["wanda"]).run()
     assert not at.exception, at.exception
     assert set(at.dataframe[0].value["method"]) == {"wanda"}
-    assert "2 of 6 runs shown" in captions(at)
+    assert "3 of 9 runs shown" in captions(at)
 
 
 def test_a_store_written_by_another_process_is_read_after_a_restart(db, tmp_path):

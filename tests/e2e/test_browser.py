@@ -247,7 +247,7 @@ def test_sweep_runs_the_default_grid_and_draws_it(app):
     app.settle().check()
     app.shot("sweep-finished")
     text = app.main_text()
-    assert re.search(r"6 trials run, \d+ already done, 0 failed|\d+ trials run, 6 already done",
+    assert re.search(r"9 trials run, \d+ already done, 0 failed|\d+ trials run, 9 already done",
                      text), text
     assert app.page.locator(".js-plotly-plot").count() >= 1  # the Pareto chart (first tab)
     assert app.page.locator('[data-testid="stDataFrame"]').count() == 1
