@@ -120,6 +120,12 @@ def test_strided_maps_equal_a_scatter_of_element_offsets(geom):
     assert torch.equal(geom.block_map(), out.view(M, K))
 
 
+def assert_same_layout(fast, slow) -> None:
+    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
+        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
+    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+
+
 @pytest.mark.parametrize("geom", [
     Geometry.preset("2:4", (32, 64)), Geometry.preset("4:8", (48, 96)),
     Geometry.preset("2:4-pairs", (32, 64)), Geometry.preset("coupled-2:4", (48, 96)),
@@ -134,9 +140,7 @@ def test_layout_read_off_in_order_equals_the_sorted_construction(geom, monkeypat
     layout.row_steps.cache_clear()
     slow = layout.row_steps(geom)
     layout.row_steps.cache_clear()
-    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
-        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
-    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+    assert_same_layout(fast, slow)
 
 
 def test_layout_of_row_coupled_or_unordered_geometries_takes_the_sorted_construction():
@@ -159,9 +163,18 @@ def test_layout_placed_block_by_block_equals_the_element_construction(geom, monk
     layout.row_steps.cache_clear()
     slow = layout.row_steps(geom)
     layout.row_steps.cache_clear()
-    for k in ("cols", "scope", "scope_step", "scope_start", "scope_end"):
-        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
-    assert (fast.n_scopes, fast.aligned) == (slow.n_scopes, slow.aligned)
+    assert_same_layout(fast, slow)
+
+
+def assert_local_equals_the_per_entry_solve(W, H, geom, fast, monkeypatch) -> None:
+    """``fast`` (a ``local`` result) equals ``local`` with neither batched compensation path,
+    and the plain reference."""
+    monkeypatch.setattr(modes, "local_regular", lambda *a: False)
+    monkeypatch.setattr(modes, "local_grouped", lambda *a: False)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)
 
 
 @pytest.mark.parametrize("preset", ["2:4", "4:8", "coupled-2:4", "2:4-pairs"])
@@ -173,12 +186,7 @@ def test_local_per_subset_compensation_equals_the_per_entry_solve(preset, monkey
     monkeypatch.setattr(modes, "local_regular", lambda *a: used.append(real(*a)) or used[-1])
     fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
     assert used == [True]
-    monkeypatch.setattr(modes, "local_regular", lambda *a: False)
-    monkeypatch.setattr(modes, "local_grouped", lambda *a: False)
-    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
-    assert torch.equal(fast.mask, slow.mask)
-    assert_close(fast.weight, slow.weight, **TIGHT)
-    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)
+    assert_local_equals_the_per_entry_solve(W, H, geom, fast, monkeypatch)
 
 
 @pytest.mark.parametrize("preset", ["block16", "coupled-2:4", "2:4"])
@@ -193,8 +201,4 @@ def test_local_grouped_compensation_equals_the_per_entry_solve(preset, monkeypat
     monkeypatch.setattr(modes, "local_grouped", lambda *a: used.append(real(*a)) or used[-1])
     fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
     assert used == [True]
-    monkeypatch.setattr(modes, "local_grouped", lambda *a: False)
-    slow = obsviz.prune(W, H, geom, geom.nnz, method="local")
-    assert torch.equal(fast.mask, slow.mask)
-    assert_close(fast.weight, slow.weight, **TIGHT)
-    assert_close(fast.weight, ref.local(W, H, geom, geom.nnz).weight, **TIGHT)
+    assert_local_equals_the_per_entry_solve(W, H, geom, fast, monkeypatch)
