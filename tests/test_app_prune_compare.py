@@ -71,6 +71,41 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
     assert [e["status"] for e in at.session_state["last_run"]] == ["done", "failed"]
 
 
+def test_the_geometry_is_named_for_what_runs_and_pruning_nothing_is_warned():
+    at = open_page("pages/prune.py")
+    at.radio(key="_p_geo_source").set_value("preset").run()
+    at.selectbox(key="_p_preset").set_value("2:4").run()
+    at.text_input(key="_p_nnz").set_value("1").run()
+    assert "Runs as **1:4** · sparsity 75.0%" in "\n".join(plain(c.value) for c in at.caption)
+    assert not at.warning
+    at.text_input(key="_p_nnz").set_value("4").run()
+    assert not at.exception, at.exception
+    assert "4:4 keeps all 4 blocks of every scope: nothing is pruned" in plain(at.warning[0].value)
+    # the Compare page calls the result by what was run
+    at.text_input(key="_p_nnz").set_value("1").run()
+    run_methods(at, ["magnitude"])
+    assert "magnitude" in texts(at)
+    at.switch_page("pages/compare.py").run()
+    table = at.dataframe[0].value
+    assert list(table["geometry"]) == ["1:4"]
+
+
+def test_compare_names_a_result_that_prunes_nothing_never_a_zero_error():
+    at = open_page("pages/prune.py")
+    at.radio(key="_p_geo_source").set_value("preset").run()
+    for nnz in ("4", "2"):
+        at.text_input(key="_p_nnz").set_value(nnz).run()
+        run_methods(at, ["magnitude", "wanda"])
+    at.switch_page("pages/compare.py").run()
+    next(b for b in at.button if b.label.startswith("All")).click().run()
+    assert not at.exception, at.exception
+    metrics, what_if = at.dataframe[0].value, at.dataframe[1].value
+    assert list(what_if.columns) == ["method", "4:4 · nnz=4", "2:4 · nnz=2"]
+    assert list(what_if["4:4 · nnz=4"]) == ["prunes nothing"] * 2
+    assert all(e.endswith("(prunes nothing)") == (g == "4:4")
+               for e, g in zip(metrics["relative error"], metrics["geometry"], strict=True))
+
+
 def test_a_bad_upload_shows_the_loader_message():
     at = open_page("pages/prune.py", layer_source="upload")
     at.file_uploader(key="_p_upload").set_value(

@@ -91,6 +91,8 @@ KEYS: dict[str, Key] = {
     "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
     "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
     "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
+    "sweep_filters": Key("pages/sweep.py", "dict: the Sweep page's filter choices and the "
+                         "values they were offered, for the sweep shown"),
 }
 
 #: Widget keys: Streamlit's own, one prefix per owner; forgotten when their page is left, so
@@ -194,7 +196,8 @@ def draw_sidebar() -> None:
         if chosen_geom is not None:
             geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+            st.caption(f"**{md(geom.run_name(nnz)) if geom.name else 'free-form'}**, "
+                       f"nnz = {nnz} · "
                        f"{geom.describe()}")
 
 
