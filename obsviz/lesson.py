@@ -3,27 +3,28 @@
 A :class:`Lesson` is ``true_obs`` (``order="left_to_right"``, the Prune page's default
 ``scoring``, or the other one) on the rows one scope decides together, recorded step by step; the
 student may *overrule* any step (``forced``: prune another candidate there) and the lesson goes on
-from that choice, every later step again decided by OBS on the state that choice left. For most geometries (N:M,
-``coupled-2:4``, ...) every scope lies in one row and the lesson follows that row alone. A
-*row-coupled* geometry (``block16``: a scope holds a block of row ``r`` and one of row ``r + 8``)
-decides several rows together; the lesson then follows the row's whole *coupling group* (the rows
-sharing a scope with it, transitively) and steps them together.
+from that choice, every later step again decided by OBS on the state that choice left.
+
+For most geometries (N:M, ``coupled-2:4``, ...) every scope lies in one row and the lesson
+follows that row alone. A *row-coupled* geometry (``block16``: a scope holds a block of row ``r``
+and one of row ``r + 8``) decides several rows together; the lesson then follows the row's whole
+*coupling group* (the rows sharing a scope with it, transitively) and steps them together.
 
 For every scope (left to right) a step records the candidate subsets and, per row ``r``, their cost
 ``ε_r(P) = w_{r,P} (C^r_PP)⁻¹ w_{r,P}ᵀ`` with the row's own current weights and its own
 (downdated) ``C^r`` (Hassibi & Stork 1993 for one row; summed over the rows because the loss
 ``Σ_r Δw_r H Δw_rᵀ`` is a sum over rows). What OBS prunes depends on ``scoring``: ``"joint"`` takes
 the subset of least summed ε; ``"independent"`` (``obsviz.prune``'s default) the ``np`` blocks of
-least ``Σ w_c² / C^r_cc`` (each weight priced alone, with the current C). Then each row removes its own part of the subset with its own optimal update
-``w ← w − w_P (C_PP)⁻¹ C_P,:`` and its own Schur downdate ``C ← C − C_:,P (C_PP)⁻¹ C_P,:``.
+least ``Σ w_c² / C^r_cc`` (each weight priced alone, with the current C). Then each row removes its
+own part of the subset with its own optimal update ``w ← w − w_P (C_PP)⁻¹ C_P,:`` and its own
+Schur downdate ``C ← C − C_:,P (C_PP)⁻¹ C_P,:``.
 
 The layer is made ready by ``obsviz.prepare.prepare`` (dtype, symmetrised H, dead inputs, damping,
 unit scale), the one function ``obsviz.prune`` starts from too, and every step uses the engine's
 own primitives (``obsviz.obs``), so the lesson's last weights are exactly what
 ``obsviz.prune(..., method="true_obs", scoring=scoring)`` gives for those rows (when nothing is
-overruled). The lesson
-*shows* C, costs and the damped loss in the layer's own units (the engine works at unit scale;
-every decision is invariant to that scale).
+overruled). The lesson *shows* C, costs and the damped loss in the layer's own units (the
+engine works at unit scale; every decision is invariant to that scale).
 
 Two identities the page teaches, both exact (and tested):
 
@@ -48,8 +49,7 @@ from obsviz.geometry import Geometry
 from obsviz.hessian import check_damp
 from obsviz.layers import SAMPLE_DIR, Layer, load_layer
 from obsviz.layout import coupled_closure, row_steps
-from obsviz.methods import OBS_MODES
-from obsviz.methods import SCORING
+from obsviz.methods import OBS_MODES, SCORING
 from obsviz.metrics import row_error
 from obsviz.prepare import prepare
 

@@ -15,8 +15,8 @@ import torch
 from torch.testing import assert_close
 
 import obsviz
-from obsviz.errors import ArgumentError
 from obsviz import reference
+from obsviz.errors import ArgumentError
 from obsviz.lesson import (
     COMPARED_MODES,
     COUPLED_TOY,
