@@ -128,10 +128,7 @@ if lesson is None:
                       on_click=choose, kwargs={"source": source, "k": k},
                       icon=":material/swap_horiz:")
     else:
-        st.info("It fits none of the lesson's layers at 8 to 64 columns. A free-form geometry "
-                "written in numbers for another W fits only that shape: write its shapes in M "
-                "and K (e.g. `M, K/16, 16`) on the Geometry page, or pick a preset here.",
-                icon=":material/lightbulb:")
+        st.info(learn.no_fit_text(geom_form), icon=":material/lightbulb:")
     st.stop()
 
 # ---- show -------------------------------------------------------------------------------------
@@ -219,8 +216,7 @@ else:
                 " — click a bar to prune it instead"))
     c_fig, c_txt = st.columns([1.5, 1], gap="medium")
     independent = lesson.scoring == SCORINGS[0]
-    marks = [(s.obs_chosen[0], "OBS" if s.overruled else "OBS's pick", lfig.CHOSEN)] \
-        if not s.greedy else None
+    marks = [(i, "OBS" if s.overruled else "OBS's pick", lfig.CHOSEN) for i in s.obs_chosen]
     if s.overruled:
         marks.append((s.chosen[0], "yours", lfig.INK))
     fig = lfig.candidates_figure(
@@ -295,7 +291,8 @@ else:
         f"the weights still free — here equal to (H_d,FF)⁻¹ within {lesson.schur_check(n):.0e} "
         "(relative) — which is what the next scope is priced with. The change map's colours "
         "are scaled to the free entries."
-        + (f" Columns {column_ranges(before)}, pruned earlier, stay 0." if before else "")
+        + (f" {f'In row {lesson.row}, c' if lesson.coupled else 'C'}olumns "
+           f"{column_ranges(before)}, pruned earlier, stay 0." if before else "")
         + (" Each row has its own C, downdated by its own removals only." if lesson.coupled
            else ""))
 
@@ -306,7 +303,7 @@ else:
         nl = [nxt.candidate_label(i) for i in range(len(nxt.costs))]
         w1, w2 = st.columns([1.4, 1], gap="large")
         chart(lfig.candidates_figure(
-            nl, nxt.costs, nxt.chosen, compare=nxt.frozen_costs,
+            nl, nxt.costs, nxt.obs_chosen, compare=nxt.frozen_costs,
             compare_chosen=nxt.frozen_chosen, title=f"The next scope ({nxt.label}), priced "
             "two ways", names=("ε(P): downdated C, current w", "ε(P): original C and w "
                                "(local / full)"), height=340), "fig_next", w1)
@@ -343,8 +340,10 @@ with p2:
              for row, cols in zip(lesson.rows, outcomes[m].pruned_cols, strict=True))
              for m in COMPARED_MODES]}, index=list(COMPARED_MODES)))
 st.caption(
-    "From `obsviz.prune` on these rows alone, at the Prune page's defaults (true_obs with "
-    f"scoring = {lesson.scoring}). **local**: masks chosen up front with the original C; each "
+    "From `obsviz.prune` on these rows alone, at the Prune page's defaults"
+    + (" (true_obs: scoring = independent)" if lesson.scoring == SCORINGS[0] else
+       f" but true_obs's scoring ({lesson.scoring}, as in this lesson)")
+    + ". **local**: masks chosen up front with the original C; each "
     "scope compensates only inside itself. **full**: the same masks; compensation flows to "
     "every weight not yet pruned, with C frozen. **split**: the same masks; the scopes cut into "
     "chunks, each compensating with C rebuilt on its own columns and those after it. "

@@ -250,7 +250,8 @@ def choice_text(lesson: Lesson, n: int) -> str:
     s = lesson.steps[n - 1]
     labels = [s.candidate_label(i) for i in range(len(s.costs))]
     eps, gain, damping = lesson.step_parts(n)
-    parts = [f"Each bar is one way to drop {lesson.n_prune} of the scope's "
+    bar = "Each red bar" if lesson.scoring == SCORINGS[0] else "Each bar"
+    parts = [f"{bar} is one way to drop {lesson.n_prune} of the scope's "
              f"{plural(lesson.geometry.blocks_per_scope, 'block')} (labelled by what it would "
              "zero); its height is how much the damped loss grows **after** the best "
              "compensation."]
@@ -361,6 +362,17 @@ def step_ledger(lesson: Lesson, obs_path: Lesson) -> list[dict]:
                            " points",
              "overruled": "yes" if n in lesson.overruled_steps else ""}
             for n in range(1, lesson.n_steps + 1)]
+
+
+def no_fit_text(form: GeometryForm) -> str:
+    """What to do when a geometry fits none of the lesson's layers and sizes."""
+    if form.pattern == "free-form":
+        return ("It fits none of the lesson's layers at 8 to 64 columns. A free-form geometry "
+                "written in numbers for another W fits only that shape: write its shapes in M "
+                "and K (e.g. `M, K/16, 16`) on the Geometry page, or pick a preset here.")
+    return ("It fits none of the lesson's layers at 8 to 64 columns. Pick another geometry "
+            "above" + (": for N:M, N at most M and M a divisor of 8, 16, 32 or 64."
+                       if form.pattern == "N:M" else "."))
 
 
 def fits_text(fits: list[tuple[str, int]], names: dict[str, str]) -> str:
