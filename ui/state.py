@@ -82,9 +82,13 @@ KEYS: dict[str, Key] = {
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
-    "learn_setup": Key("pages/learn.py", "dict: the Learn page's choices"),
-    "learn_step": Key("pages/learn.py", "int: scopes of the lesson's row decided so far"),
+    "learn_setup": Key("ui.learn", "dict: the Learn page's choices"),
+    "learn_step": Key("ui.learn", "int: scopes of the lesson's row decided so far"),
     "learn_weights": Key("pages/learn.py", "list[float]: that row's weights after those steps"),
+    "learn_forced": Key("ui.learn", "dict[int, tuple[int, ...]]: the steps the student overruled "
+                        "(step index → pruned blocks)"),
+    "learn_picks": Key("ui.learn", "int: counts the student's picks (keys the cost chart, so a "
+                       "new pick starts with no selection)"),
     "model_form": Key("pages/model.py", "the Model page's inputs"),
     "model_result": Key("pages/model.py", "the whole-model result the Model page shows (its "
                         "own run or one opened from the run database)"),
