@@ -254,3 +254,34 @@ def test_an_upload_is_hashed_and_parsed_once(monkeypatch, tmp_path):
     assert len(parsed) == 1 and len(hashed) == 1
     assert at.session_state["user_layer"].digest == digest
     assert any(b.label == "Run" for b in at.button)
+
+
+def test_a_failed_upload_leaves_no_doubt_which_layer_is_current(tmp_path):
+    """A bad file after a good one: the page went on showing and running the earlier layer
+    under the error. Now no layer is in use until the user picks one (the earlier upload is
+    still offered), and clearing the bad file brings the earlier one back."""
+    from obsviz import layers as L
+
+    path = tmp_path / "good.safetensors"
+    L.save_layers(path, [L.load_sample_layer("toy")])
+    at = open_page("pages/prune.py", layer_source="upload")
+    at.file_uploader(key="_p_upload").set_value(
+        ("good.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    assert at.session_state["user_layer"].label == "good.safetensors · toy"
+    assert any(b.label == "Run" for b in at.button)
+    for bad in (b"this is not a safetensors file",          # not a layer file at all
+                b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "):  # a file with no layer in it
+        at.file_uploader(key="_p_upload").set_value(
+            ("bad.safetensors", bad, "application/octet-stream")).run()
+        assert not at.exception, at.exception
+        assert any("bad.safetensors" in e for e in errors(at))
+        assert not any(b.label == "Run" for b in at.button)      # nothing runs on the old one
+        said = texts(at) + "\n".join(plain(i.value) for i in at.info)
+        assert "No layer is in use: bad.safetensors was not loaded" in said
+        assert "good.safetensors · toy" in said                  # where the earlier one is
+        assert "good.safetensors · toy" not in "\n".join(c.value for c in at.sidebar.caption)
+        assert at.sidebar.selectbox(key="_w_layer").value is None
+    at.file_uploader(key="_p_upload").set_value(None).run()       # the bad file taken away
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="_w_layer").value == ":user"
+    assert any(b.label == "Run" for b in at.button)
