@@ -80,7 +80,8 @@ KEYS: dict[str, Key] = {
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
     "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
                               "ones it asked for again)"),
-    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
+    "results_adopted": Key("ui.stored_runs", "dict: what of the run store is listed in "
+                           "results (its newest row, the layers here then, the latest run)"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
