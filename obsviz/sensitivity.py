@@ -49,8 +49,9 @@ from obsviz.model import (
 )
 from obsviz.prune import prune
 
-__all__ = ["LAYER_KINDS", "check_scan", "check_plan", "curve", "damage", "fewest_dense",
-           "layer_choices", "layer_kind", "ranking", "scan", "scan_layer", "spare_plan"]
+__all__ = ["LAYER_KINDS", "check_scan", "check_plan", "checks_report", "curve", "damage",
+           "fewest_dense", "layer_choices", "layer_inputs", "layer_kind", "ranking", "scan",
+           "scan_layer", "spare_plan"]
 
 #: What a layer does in its block, from its name (the order the app's legend shows them in).
 LAYER_KINDS = ("query", "key", "value", "query·key·value", "attention output", "MLP up",
@@ -181,6 +182,20 @@ def scan(run: ModelRun, plan: Plan, *, executor: str = "local", address: str | N
     return out
 
 
+def layer_inputs(run: ModelRun, plan: Plan, name: str) -> tuple[LayerPlan, torch.Tensor,
+                                                                 torch.Tensor, int]:
+    """``(layer plan, W, H, nsamples)`` of the target layer ``name``: what the scan pruned it
+    with (W float32 as obsviz sees it, H float64 from the dense model). One pass of the
+    calibration text up to that layer's block."""
+    lp = next((lp for lp in resolve_plan(run.dense, plan) if lp.name == name), None)
+    if lp is None:
+        raise ArgumentError("layer", f"{name[:_MAX_NAME]!r} is not a target layer of this plan")
+    for _, H, n in run.dense_hessians([lp]):
+        W = _get_weight(dict(run.dense.named_modules())[name])
+        return lp, W, H, n
+    raise ArgumentError("layer", "the calibration text never reached that layer")
+
+
 def ranking(scan_: dict) -> list[dict]:
     """The scan's entries by damage, largest first (ties: larger own error first, then model
     order)."""
@@ -275,8 +290,9 @@ def check_plan(run: ModelRun, scan_: dict, base: Plan, k: int, spare: GeometrySp
     run of ``base.method``: ``k``, ``spared`` (names), ``spare``, ``plan`` (``describe()``),
     ``choices`` (layer -> geometry or ``"dense"``), end ``metrics``, ``damage``,
     ``pruned_fraction`` (zeroed weights ÷ the weights of the scanned layers), ``seconds``,
-    ``stopped``. ``report``: a dict filled with the run's report (to store as a model run).
-    Sparing every layer leaves the dense model, measured as it is."""
+    ``stopped``, ``run`` (the run's method entry: its layers, metrics and drift, as a report of
+    :func:`~obsviz.model.run_methods` holds it). ``report``: a dict filled with the run's report
+    (to store as a model run). Sparing every layer leaves the dense model, measured as it is."""
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(scan_["layers"]):
         raise ArgumentError("k", f"k={k!r} must be an integer from 0 to "
                             f"{len(scan_['layers'])} (the scanned layers)")
@@ -286,21 +302,21 @@ def check_plan(run: ModelRun, scan_: dict, base: Plan, k: int, spare: GeometrySp
     choices = layer_choices(run, plan, all_names)
     total = _weights(scan_["layers"])
     t0 = time.perf_counter()
-    out = {"k": k, "spared": names, "spare": spare if isinstance(spare, str | None) else "custom",
+    out = {"k": k, "spared": names,
+           "spare": None if k == 0 else spare if isinstance(spare, str | None) else "custom",
            "plan": plan.describe(), "choices": choices}
     if all(c == "dense" for c in choices.values()):
         ev = run.evaluate(run.dense)
-        metrics, pruned, stopped = ev["metrics"], 0.0, False
-        if run.kind == CAUSAL:
-            metrics = {"perplexity": metrics["perplexity"],
-                       "dense_perplexity": metrics["dense_perplexity"]}
+        entry = {"method": plan.method, "seconds": 0.0, "sparsity": 0.0, "layers": [], **ev}
     else:
         rep = run_methods(run, plan, [plan.method], hessians="sequential", progress=progress,
                           stop=stop, into=report)
         entry = rep["methods"][plan.method]
-        stopped = bool(entry.get("stopped"))
-        metrics = entry.get("metrics", {})
-        pruned = sum(lr["sparsity"] * lr["shape"][0] * lr["shape"][1] for lr in entry["layers"])
+    stopped = bool(entry.get("stopped"))
+    metrics = entry.get("metrics", {})
+    pruned = sum(lr["sparsity"] * lr["shape"][0] * lr["shape"][1] for lr in entry["layers"])
+    out["run"] = {k: entry[k] for k in ("method", "seconds", "sparsity", "layers", "metrics",
+                                        "drift") if k in entry}
     out.update({"metrics": metrics, "stopped": stopped,
                 "damage": None if stopped else damage(run.kind, metrics, scan_["dense"]),
                 "pruned_fraction": pruned / total if total else 0.0,
@@ -374,6 +390,29 @@ def fewest_dense(run: ModelRun, scan_: dict, base: Plan, within: float,
             return {"within": within, "k": None, "checks": checks, "found": False}
         lo, hi = (lo, mid) if got else (mid, hi)
     return {"within": within, "k": hi, "checks": checks, "found": True}
+
+
+def check_label(check: dict) -> str:
+    """``"sparsegpt · uniform"``, ``"sparsegpt · 4 spared dense"``, ``"… 4 spared 4:8"``."""
+    method = check.get("run", {}).get("method", "")
+    if check["k"] == 0:
+        return f"{method} · uniform"
+    return f"{method} · {check['k']} spared {check.get('spare') or 'dense'}"
+
+
+def checks_report(scan_: dict, checks: Sequence[dict]) -> dict:
+    """Checked plans as one report of :func:`~obsviz.model.run_methods`'s shape (one entry per
+    plan, named by :func:`check_label`), checked by ``check_report``'s rules: what the Model
+    page's views draw."""
+    from obsviz.model import check_report
+
+    methods = {check_label(c): c["run"] for c in checks if "run" in c and "metrics" in c["run"]}
+    report = {"model": scan_["model"], "plan": scan_["plan"], "hessians": "sequential",
+              "dense": scan_["dense"], "methods": methods}
+    check_report({**report, "methods": {}})    # the shared fields; each entry below
+    for entry in methods.values():
+        check_report({**report, "methods": {entry["method"]: entry}})
+    return report
 
 
 # ---- a scan read back ------------------------------------------------------------------------

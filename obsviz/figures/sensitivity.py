@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 
 from obsviz.figures.common import MUTED, base_layout, plot_text
-from obsviz.figures.model import short_layer_name
+from obsviz.figures.model import drift_figure, layer_error_figure, short_layer_name
 from obsviz.sensitivity import LAYER_KINDS, ranking
 
 #: One colour per layer kind (``obsviz.sensitivity.LAYER_KINDS``): attention warm to cool, the
@@ -86,3 +86,15 @@ def curve_figure(checks: Sequence[Mapping], height: int = 340) -> go.Figure:
     fig.update_xaxes(title_text="weights pruned (% of the scanned layers)", rangemode="tozero")
     fig.update_yaxes(title_text="damage of the real run (%)", rangemode="tozero")
     return fig
+
+
+def plan_figures(report: Mapping) -> tuple[go.Figure, go.Figure]:
+    """The Model page's error-per-layer and drift figures of checked plans
+    (:func:`obsviz.sensitivity.checks_report`): one line per plan, a dash per plan after the
+    first (plans of one method share its colour)."""
+    figs = layer_error_figure(report), drift_figure(report)
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+    for fig in figs:
+        for i, trace in enumerate(fig.data):
+            trace.line.dash = dashes[i % len(dashes)]
+    return figs
