@@ -122,11 +122,11 @@ if lesson is None:
     options = {s: learn.layer_of(s, current) for s in names}
     fits = learn.what_fits(geom_form, options)
     if fits:
-        st.info(learn.fits_text(fits, names), icon=":material/lightbulb:")
-        for i, (source, k) in enumerate(fits[:4]):
-            st.button(f"Use the {names[source]} with {k} columns", key=f"learn_fit_{i}",
-                      on_click=choose, kwargs={"source": source, "k": k},
-                      icon=":material/swap_horiz:")
+        st.info(learn.fits_text(fits, current), icon=":material/lightbulb:")
+        for source, sizes in learn.fits_by_source(fits).items():   # the most scopes: most columns
+            st.button(f"Use {learn.short_name(source, current)}, {sizes[-1]} columns",
+                      key=f"learn_fit_{source}", on_click=choose,
+                      kwargs={"source": source, "k": sizes[-1]}, icon=":material/swap_horiz:")
     else:
         st.info(learn.no_fit_text(geom_form), icon=":material/lightbulb:")
     st.stop()

@@ -34,6 +34,7 @@ from obsviz.store import layer_hash
 
 from ui import state
 from ui.forms import GeometryForm, build_geometry
+from ui.text import md
 
 TOY, CURRENT = "toy", "current"
 #: The shipped layers a lesson can start from, before the layer in use.
@@ -375,14 +376,28 @@ def no_fit_text(form: GeometryForm) -> str:
                        if form.pattern == "N:M" else "."))
 
 
-def fits_text(fits: list[tuple[str, int]], names: dict[str, str]) -> str:
-    if not fits:
-        return ""
+def short_name(source: str, current: L.Layer | None) -> str:
+    """A layer's name for a sentence or a button (markdown-safe: a user's layer name is text)."""
+    return {TOY: "the toy (8 × 16)", COUPLED_TOY: "the coupled toy (16 × 64)"}.get(
+        source, f"{md(current.name if current is not None else 'the layer in use')} "
+                "(first columns)")
+
+
+def fits_by_source(fits: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """The sizes that fit, per layer (ascending)."""
     by: dict[str, list[int]] = {}
     for source, k in fits:
         by.setdefault(source, []).append(k)
-    return "It fits " + "; ".join(f"the {names[s]} with {listing(ks)} columns"
-                                  for s, ks in by.items()) + "."
+    return by
+
+
+def fits_text(fits: list[tuple[str, int]], current: L.Layer | None) -> str:
+    """Where a geometry that does not fit here would fit: ``It fits the coupled toy (16 × 64)
+    with 16, 32 or 64 columns.``"""
+    return "It fits " + "; ".join(
+        f"{short_name(s, current)} with {listing(ks).replace(' and ', ' or ')} "
+        f"column{'s' if ks != [1] else ''}"
+        for s, ks in fits_by_source(fits).items()) + "."
 
 
 def _f(v: float) -> str:
