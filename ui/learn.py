@@ -452,3 +452,50 @@ def next_text(lesson: Lesson, n: int, outcomes: dict[str, ModeOutcome]) -> str:
             "compensates with that frozen C.\n"
             "- **local** uses the same masks, but each scope compensates only inside itself.\n\n"
             + tail + ".")
+
+
+# ---- the page's fixed prose (true of every case) ----------------------------------------------
+
+LOSS_NOTE = (
+    "The loss of changing a row by Δw: how much the layer's **output** moves on the calibration "
+    "inputs (H = XᵀX / N). A big off-diagonal entry of H means two inputs fire together, so "
+    "their weights can stand in for each other.")
+DAMPING_NOTE = ("Damping adds λ = damp × mean(diag H) to the diagonal only; a larger damp trusts "
+                "H's correlations less.")
+C_NOTE = ("Every OBS formula reads C. OBS optimises the **damped** loss Δw H_d Δwᵀ; the error "
+          "reported everywhere uses the undamped H.")
+THREE_MOVES = (
+    "Each press of **Step forward** decides one scope, left to right: **① choose** (price every "
+    "way to drop the scope's blocks), **② compensate** (the weights not pruned yet make up for "
+    "the pruned ones), **③ downdate C** (fold the decision into C, so the next scope is priced "
+    "knowing these weights are gone).")
+INTERLEAVED_NOTE = (
+    "With identical masks the two differ only in how they compensate. interleaved rebuilds C on "
+    "the columns of its chunk and those after it: exact about the weights pruned so far, but the "
+    "weights **kept** in earlier chunks are frozen too, so they can no longer move to make up "
+    "for later removals. full keeps moving every weight not pruned yet, with a stale C that "
+    "still counts the pruned ones. true_obs has both: a downdated C and every free weight "
+    "moving.")
+SOURCES_NOTE = (
+    "**Where this comes from.** The cost ε(P), the optimal update and the removal of a set of "
+    "weights at once: B. Hassibi and D. G. Stork, *Second order derivatives for network "
+    "pruning: Optimal Brain Surgeon*, NIPS 5, 1993. Pruning a large layer column by column with "
+    "a Cholesky factor of C, the damping λ and H = XᵀX / N from calibration inputs: E. Frantar "
+    "and D. Alistarh, *SparseGPT: Massive Language Models Can Be Accurately Pruned in "
+    "One-Shot*, ICML 2023. Sparsity geometries (a view, blocks, scopes) and the compensation "
+    "modes local, full, split and interleaved: the S3 paper, arXiv:2604.11315. The Schur "
+    "complement downdate is the textbook identity for the inverse of a principal submatrix.")
+
+
+def modes_note(scoring: str) -> str:
+    """Where the side-by-side modes come from and what each does."""
+    how = (f" (true_obs: scoring = {scoring})" if scoring == SCORINGS[0] else
+           f" but true_obs's scoring ({scoring}, as in this lesson)")
+    return (
+        "From `obsviz.prune` on these rows alone, at the Prune page's defaults" + how
+        + ". **local**: masks chosen up front with the original C; each scope compensates only "
+        "inside itself. **full**: the same masks; compensation flows to every weight not yet "
+        "pruned, with C frozen. **split**: the same masks; the scopes cut into chunks, each "
+        "compensating with C rebuilt on its own columns and those after it. **interleaved**: as "
+        "split, but each chunk re-chooses its masks with that C. **true_obs**: OBS's path above, "
+        "C Schur-downdated after every scope.")
