@@ -74,6 +74,8 @@ KEYS: dict[str, Key] = {
     "layer_name": Key("ui.layers", "str | None: the sample layer chosen"),
     "user_layer": Key("ui.layers", "ActiveLayer | None: the uploaded or checkpoint layer"),
     "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
+    "upload_error": Key("ui.layers", "str | None: the file the latest upload could not load "
+                        "(no layer is current from it)"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
     "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
@@ -95,6 +97,8 @@ KEYS: dict[str, Key] = {
     "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
     "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
     "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
+    "sweep_filters": Key("pages/sweep.py", "dict: the Sweep page's filter choices and the "
+                         "values they were offered, for the sweep shown"),
 }
 
 #: Widget keys: Streamlit's own, one prefix per owner; forgotten when their page is left, so
@@ -178,10 +182,13 @@ def draw_sidebar() -> None:
                                         "visible.")
         options = layers.choices()
         chosen = layers.current_choice()
+        failed = layers.failed_upload()
         if options:
-            ss["_w_layer"] = chosen if chosen in options else next(iter(options))
+            ss["_w_layer"] = (None if failed else chosen if chosen in options
+                              else next(iter(options)))
             st.selectbox("Layer", list(options), key="_w_layer", format_func=options.get,
                          on_change=lambda: layers.choose(ss["_w_layer"]),
+                         placeholder="No layer in use",
                          help="The layer every page works on: a real layer shipped with "
                               "obsviz, or one you uploaded (or built from a checkpoint) on the "
                               "Prune page.")
@@ -190,6 +197,8 @@ def draw_sidebar() -> None:
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
+        elif failed:
+            st.caption(f"No layer in use: {md(failed)} was not loaded. Pick one above.")
         else:
             st.caption("No layer loaded: pages use a shape you choose.")
             if ss.get("layer_error"):
@@ -198,7 +207,8 @@ def draw_sidebar() -> None:
         if chosen_geom is not None:
             geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+            st.caption(f"**{md(geom.run_name(nnz)) if geom.name else 'free-form'}**, "
+                       f"nnz = {nnz} · "
                        f"{geom.describe()}")
 
 
