@@ -18,6 +18,7 @@ import torch
 
 from obsviz import PRESETS, Geometry
 from obsviz import layers as L
+from obsviz.geometry import nothing_pruned_text
 from obsviz.lesson import (
     COUPLED_TOY,
     SCORINGS,
@@ -217,7 +218,10 @@ def case_caption(lesson: Lesson, M: int) -> str:
     geom, T = lesson.geometry, lesson.n_steps
     rows = (f"Rows {listing(list(lesson.rows))}" if lesson.coupled else f"Row {lesson.row}")
     n_cand = len(lesson.steps[0].costs) if T else 0
-    name = geom.name or f"free-form ({geom.describe()})"
+    name = geom.run_name(lesson.nnz)
+    if lesson.n_prune == 0:
+        return (f"{rows} of W {M} × {lesson.K} · "
+                + nothing_pruned_text(f"**{name}**", geom.blocks_per_scope))
     cands = (f"{plural(n_cand, 'candidate')} each" if not (T and lesson.steps[0].greedy)
              else "too many subsets to list, so each is decided greedily")
     return (f"{rows} of W {M} × {lesson.K} · **{name}**: blocks of "
@@ -228,7 +232,8 @@ def case_caption(lesson: Lesson, M: int) -> str:
 
 def coupled_note(lesson: Lesson) -> str:
     rows, R = listing(list(lesson.rows)), len(lesson.rows)
-    name = lesson.geometry.name or "This free-form geometry"
+    name = lesson.geometry.run_name(lesson.nnz) if lesson.geometry.name else \
+        "This free-form geometry"
     return (f"**{name} couples rows.** Its scopes join rows {rows}, so those rows are decided "
             "together: for every candidate the rows' costs add up (the loss is a sum over rows) "
             "and OBS picks by the total. Then each row removes its own part, with its own "
