@@ -116,7 +116,7 @@ def page_geometry_label() -> str:
     """The option that follows the Geometry page, with what it holds now."""
     form = state.geometry_form()
     name = f"{form.n}:{form.m}" if form.pattern == "N:M" else form.pattern
-    budget = "" if form.pattern == "N:M" else f", nnz {form.nnz}"
+    budget = "" if form.pattern == "N:M" else f", nnz {str(form.nnz).strip()[:12]}"
     return f"Geometry page ({name}{budget})"
 
 
