@@ -134,6 +134,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import json
 
     from obsviz.export import save_pruned
+    from obsviz.geometry import nothing_pruned_text
     from obsviz.layout import row_sample
     from obsviz.metrics import summarize
     from obsviz.prune import prune
@@ -157,6 +158,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        "--out/--report")
             return 2
     geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
+    if geom.prunes_nothing(nnz):
+        print(terminal_safe("warning: " + nothing_pruned_text(geom.run_name(nnz),
+                                                              geom.blocks_per_scope)),
+              file=sys.stderr, flush=True)
     rows = row_sample(geom, first=args.first_rows) if args.first_rows is not None else None
 
     def progress(frac: float, msg: str) -> None:
@@ -172,8 +177,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        "source": layer.source, "nsamples": layer.nsamples}
     save_pruned(out, res, hessian=layer.hessian, name=layer.name, report=report,
                 nsamples=layer.nsamples, notes=list(layer.notes),
-                source=f"{layer.source}, pruned ({args.method}, "
-                       f"{geom.name or geom.describe()}, nnz={nnz})")
+                source=f"{layer.source}, pruned ({args.method}, {geom.run_name(nnz)}, "
+                       f"nnz={nnz})")
     report_path.write_text(json.dumps(report, indent=2))
     print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
           f"valid {report['valid']}, {res.seconds:.2f} s")
@@ -245,8 +250,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    def warn(msg: str) -> None:  # before any trial runs, quiet or not
+        print(terminal_safe(f"warning: {msg}"), file=sys.stderr, flush=True)
+
     report = sweep(spec, executor=args.executor, store=store, address=args.address,
-                   progress=progress, device=args.device, max_retries=args.max_retries, log=log)
+                   progress=progress, device=args.device, max_retries=args.max_retries, log=log,
+                   warn=warn)
     if not args.quiet:
         print(file=sys.stderr)
     print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
@@ -254,8 +263,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"({report.executor}); store: {store.path}")
     rows = summary_table(store, report.run_ids)
     if rows:
-        head = ("geometry", "method", "trials", "failed", "rel. error (mean)", "seconds (mean)")
-        cells = [(r["geometry"], r["method"], str(r["trials"]), str(r["failed"]),
+        head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
+                "rel. error (mean)", "seconds (mean)")
+        cells = [(terminal_safe(r["geometry"]),
+                  "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}", r["method"],
+                  "–" if r["damp"] is None else f"{r['damp']:g}", str(r["trials"]),
+                  str(r["failed"]),
                   "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
                   "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]

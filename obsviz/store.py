@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from obsviz.errors import ArgumentError
-from obsviz.geometry import PRESETS, Geometry
+from obsviz.geometry import PRESETS, Geometry, run_name
 
 __all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoredScan",
            "StoreError", "default_store_path", "geometry_key", "geometry_label", "layer_hash",
@@ -117,14 +117,16 @@ def geometry_key(geometry: Geometry) -> str:
     return geometry.key
 
 
-def geometry_label(geometry: Geometry) -> str:
+def geometry_label(geometry: Geometry, nnz: int | None = None) -> str:
     """The preset name when the geometry is one (``"2:4"``, ``"coupled-2:4"``, any ``N:M``),
-    else its description (view, block, scope)."""
+    else its description (view, block, scope). With ``nnz``, the name of what is run
+    (``obsviz.geometry.run_name``): ``"4:8"`` at nnz 1 is ``"1:8"``, block16 at nnz 2 is
+    ``"block16 at nnz = 2"``."""
     name = geometry.name
     if isinstance(name, str) and (name in PRESETS or re.fullmatch(r"\d+:\d+", name)):
         try:
             if Geometry.preset(name, geometry.weight_shape) == geometry:
-                return name
+                return name if nnz is None else run_name(name, nnz)
         except ValueError:
             pass
     return geometry.describe()
@@ -178,7 +180,7 @@ class StoredRun:
     source: str
     layer_hash: str | None
     shape: tuple[int, int]
-    geometry: str                 # preset name, or the view/block/scope description
+    geometry: str                 # what was run ("1:8", "block16 at nnz = 2") or the description
     geometry_spec: dict           # Geometry.to_dict()
     nnz: int
     method: str
@@ -223,6 +225,10 @@ def _row_to_run(row: sqlite3.Row) -> StoredRun:
     except (TypeError, ValueError):
         d["shape"] = ()
     known = {k: d.pop(k) for k in COLUMNS}
+    try:  # rows written before names said what was run ("4:8" at nnz 1 read as "1:8")
+        known["geometry"] = run_name(str(known["geometry"]), int(known["nnz"]))
+    except (TypeError, ValueError):
+        pass
     return StoredRun(**known, extra=d)
 
 
@@ -554,10 +560,10 @@ class RunStore:
         if status not in STATUSES:
             raise ArgumentError("status", f"status={status!r} is unknown; valid: "
                                 f"{', '.join(STATUSES)}")
-        if isinstance(geometry, str) and status == "failed":
-            label, spec = geometry, {"preset": geometry}  # a preset that did not fit the layer
+        if isinstance(geometry, str) and status == "failed":  # a preset that did not fit
+            label, spec = run_name(geometry, int(nnz)), {"preset": geometry}
         elif isinstance(geometry, Geometry):
-            label, spec = geometry_label(geometry), geometry.to_dict()
+            label, spec = geometry_label(geometry, int(nnz)), geometry.to_dict()
         else:
             raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry "
                                 "(or, for a failed run, the name of the preset that failed)")
