@@ -698,6 +698,53 @@ def _ray_device(ray, device: str | None) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def ray_slots(ray, gpus: int) -> int:
+    """How many tasks to keep in flight by default: twice the cluster's GPUs (GPU tasks) or
+    CPUs."""
+    res = ray.cluster_resources()
+    slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
+    return max(2, 2 * int(slots))
+
+
+def ray_each(ray, task, items: list, args_of: Callable[[Any], tuple],
+             on_out: Callable[[Any, dict], None], stop: Callable[[], bool],
+             max_in_flight: int) -> bool:
+    """Run ``task.remote(*args_of(item))`` for every item, at most ``max_in_flight`` at once, in
+    order; ``on_out(item, out)`` as each ends, ``out`` being what the task returned, or
+    ``{"status": "failed", "error": message}`` when it raised or its worker died past its
+    retries. ``stop()`` turning true cancels the running tasks and submits no more (returns
+    True). Anything raised here (Ctrl-C, a store error) leaves nothing running on the cluster.
+    The one Ray loop of obsviz: sweeps, sensitivity scans and model runs use it."""
+    queue = list(reversed(items))
+    running: dict[Any, Any] = {}
+    stopped = False
+    try:
+        while queue or running:
+            while queue and len(running) < max_in_flight and not stopped:
+                item = queue.pop()
+                running[task.remote(*args_of(item))] = item
+            if stop() and not stopped:
+                stopped = True
+                queue.clear()
+                for ref in running:
+                    ray.cancel(ref, force=False)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                item = running.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue
+                except ray.exceptions.RayError as e:  # the task raised, or its worker died
+                    out = {"status": "failed", "error": _ray_error_message(e)}
+                on_out(item, out)
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+    return stopped
+
+
 def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
              max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
     ray = _ray(address)
@@ -707,51 +754,22 @@ def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: s
     task = task.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
                         retry_exceptions=False)
     layer_refs: dict[int, Any] = {}   # each layer in the object store once
-    if max_in_flight is None:
-        res = ray.cluster_resources()
-        slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
-        max_in_flight = max(2, 2 * int(slots))
-    queue = list(reversed(todo))
-    running: dict[Any, Trial] = {}
-    try:
-        return _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
-                         stop, store, name)
-    except BaseException:  # Ctrl-C, a store error: leave nothing running on the cluster
-        for ref in running:
-            ray.cancel(ref, force=True)
-        raise
 
+    def args_of(trial: Trial) -> tuple:
+        if trial.layer_ref not in layer_refs:
+            lay = plan_.layers[trial.layer_ref]
+            layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
+        return layer_refs[trial.layer_ref], trial
 
-def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit, stop, store,
-              name) -> bool:
-    stopped = False
-    while queue or running:
-        while queue and len(running) < max_in_flight and not stopped:
-            trial = queue.pop()
-            if trial.layer_ref not in layer_refs:
-                lay = plan_.layers[trial.layer_ref]
-                layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
-            running[task.remote(layer_refs[trial.layer_ref], trial)] = trial
-        if stop() and not stopped:
-            stopped = True
-            queue.clear()
-            for ref in running:
-                ray.cancel(ref, force=False)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in ready:
-            trial = running.pop(ref)
-            try:
-                out = ray.get(ref)
-            except ray.exceptions.TaskCancelledError:
-                continue
-            except ray.exceptions.RayError as e:  # the task raised, or its worker died
-                out = {"status": "failed", "error": _ray_error_message(e)}
-            if out["status"] == "done":
-                out = {"status": "done", "result": PruneResult(
-                    weight=out["weight"], mask=out["mask"], error=out["rel_error"],
-                    seconds=out["seconds"], method=out["method"], options=out["options"])}
-            emit(trial, _record(store, plan_, trial, out, name), out["status"])
-    return stopped
+    def on_out(trial: Trial, out: dict) -> None:
+        if out["status"] == "done":
+            out = {"status": "done", "result": PruneResult(
+                weight=out["weight"], mask=out["mask"], error=out["rel_error"],
+                seconds=out["seconds"], method=out["method"], options=out["options"])}
+        emit(trial, _record(store, plan_, trial, out, name), out["status"])
+
+    return ray_each(ray, task, todo, args_of, on_out, stop,
+                    max_in_flight or ray_slots(ray, gpus))
 
 
 def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",

@@ -114,7 +114,7 @@ if geom is not None:
                                     form["scoring"], {}, W_k, H_k)
         lesson = learn.run_lesson(digest, geom, nnz, form["row"], form["damp"],
                                   form["scoring"], ss["learn_forced"], W_k, H_k)
-    except ValueError as err:   # ArgumentError names the field; others (e.g. a singular H)
+    except (ValueError, RuntimeError) as err:   # ArgumentError names the field; a failed solve
         why = str(err)
 if lesson is None:
     st.error(f"This geometry cannot be shown at lesson size (W {M} × {form['k']}): {md(why)}",
@@ -122,11 +122,11 @@ if lesson is None:
     options = {s: learn.layer_of(s, current) for s in names}
     fits = learn.what_fits(geom_form, options)
     if fits:
-        st.info(learn.fits_text(fits, names), icon=":material/lightbulb:")
-        for i, (source, k) in enumerate(fits[:4]):
-            st.button(f"Use the {names[source]} with {k} columns", key=f"learn_fit_{i}",
-                      on_click=choose, kwargs={"source": source, "k": k},
-                      icon=":material/swap_horiz:")
+        st.info(learn.fits_text(fits, current), icon=":material/lightbulb:")
+        for source, sizes in learn.fits_by_source(fits).items():   # the most scopes: most columns
+            st.button(f"Use {learn.short_name(source, current)}, {sizes[-1]} columns",
+                      key=f"learn_fit_{source}", on_click=choose,
+                      kwargs={"source": source, "k": sizes[-1]}, icon=":material/swap_horiz:")
     else:
         st.info(learn.no_fit_text(geom_form), icon=":material/lightbulb:")
     st.stop()
@@ -146,16 +146,12 @@ if lesson.coupled:
 with st.expander("1 · What OBS minimises: the loss, H, damping and C", expanded=n == 0):
     f1, f2, f3 = st.columns(3, gap="medium")
     f1.latex(r"L(\Delta w) = \Delta w\, H\, \Delta w^\top")
-    f1.caption("The loss of changing a row by Δw: how much the layer's **output** moves on "
-               "the calibration inputs (H = XᵀX / N). A big off-diagonal entry of H means two "
-               "inputs fire together, so their weights can stand in for each other.")
+    f1.caption(learn.LOSS_NOTE)
     f2.latex(r"H_d = H + \lambda I")
     f2.latex(rf"\lambda = {tex(lesson.damp)}\times{tex(lesson.mean_diag)} = {tex(lesson.lam)}")
-    f2.caption("Damping adds λ = damp × mean(diag H) to the diagonal only; a larger damp trusts "
-               "H's correlations less.")
+    f2.caption(learn.DAMPING_NOTE)
     f3.latex(r"C = H_d^{-1}")
-    f3.caption("Every OBS formula reads C. OBS optimises the **damped** loss Δw H_d Δwᵀ; the "
-               "error reported everywhere uses the undamped H.")
+    f3.caption(learn.C_NOTE)
     m1, m2 = st.columns(2, gap="large")
     chart(lfig.matrix_heatmap(lesson.H, "H = XᵀX / N", height=420), "fig_H", m1)
     chart(lfig.matrix_heatmap(lesson.C, f"C = H_d⁻¹  (H + {lfig.fmt(lesson.lam)} I, inverted)",
@@ -199,10 +195,7 @@ if n == 0:
         f"{K} weights per row in {learn.plural(T, 'scope')} (dotted lines). Each scope drops "
         f"{lesson.n_prune} of its {learn.plural(gs, 'block')}. The shaded one "
         f"({lesson.steps[0].label}) is decided first." if T else "Nothing to prune.")
-    st.markdown("Each press of **Step forward** decides one scope, left to right: **① choose** "
-                "(price every way to drop the scope's blocks), **② compensate** (the weights "
-                "not pruned yet make up for the pruned ones), **③ downdate C** (fold the "
-                "decision into C, so the next scope is priced knowing these weights are gone).")
+    st.markdown(learn.THREE_MOVES)
     st.latex(r"\varepsilon(P) = w_P\,(C_{PP})^{-1}\,w_P^\top \qquad "
              r"w \leftarrow w - w_P\,(C_{PP})^{-1}\,C_{P,:} \qquad "
              r"C \leftarrow C - C_{:,P}\,(C_{PP})^{-1}\,C_{P,:}")
@@ -339,25 +332,10 @@ with p2:
              (f"row {row}: " if lesson.coupled else "") + (column_ranges(cols) or "none")
              for row, cols in zip(lesson.rows, outcomes[m].pruned_cols, strict=True))
              for m in COMPARED_MODES]}, index=list(COMPARED_MODES)))
-st.caption(
-    "From `obsviz.prune` on these rows alone, at the Prune page's defaults"
-    + (" (true_obs: scoring = independent)" if lesson.scoring == SCORINGS[0] else
-       f" but true_obs's scoring ({lesson.scoring}, as in this lesson)")
-    + ". **local**: masks chosen up front with the original C; each "
-    "scope compensates only inside itself. **full**: the same masks; compensation flows to "
-    "every weight not yet pruned, with C frozen. **split**: the same masks; the scopes cut into "
-    "chunks, each compensating with C rebuilt on its own columns and those after it. "
-    "**interleaved**: as split, but each chunk re-chooses its masks with that C. **true_obs**: "
-    "OBS's path above, C Schur-downdated after every scope.")
+st.caption(learn.modes_note(lesson.scoring))
 same, worse = same_mask_worse(outcomes)
 with st.expander("Why interleaved can end worse than full with the same mask", expanded=worse):
-    st.markdown(
-        "With identical masks the two differ only in how they compensate. interleaved rebuilds "
-        "C on the columns of its chunk and those after it: exact about the weights pruned so "
-        "far, but the weights **kept** in earlier chunks are frozen too, so they can no longer "
-        "move to make up for later removals. full keeps moving every weight not pruned yet, "
-        "with a stale C that still counts the pruned ones. true_obs has both: a downdated C "
-        "and every free weight moving.")
+    st.markdown(learn.INTERLEAVED_NOTE)
     if worse:
         st.success(f"Here: same mask, interleaved {pct(outcomes['interleaved'].rel_error)} vs "
                    f"full {pct(outcomes['full'].rel_error)}.", icon=":material/visibility:")
@@ -372,12 +350,4 @@ with st.expander("Why interleaved can end worse than full with the same mask", e
         st.caption("No row of this layer shows it at this size.")
 
 st.divider()
-st.markdown(
-    "**Where this comes from.** The cost ε(P), the optimal update and the removal of a set of "
-    "weights at once: B. Hassibi and D. G. Stork, *Second order derivatives for network "
-    "pruning: Optimal Brain Surgeon*, NIPS 5, 1993. Pruning a large layer column by column with "
-    "a Cholesky factor of C, the damping λ and H = XᵀX / N from calibration inputs: E. Frantar "
-    "and D. Alistarh, *SparseGPT: Massive Language Models Can Be Accurately Pruned in "
-    "One-Shot*, ICML 2023. Sparsity geometries (a view, blocks, scopes) and the compensation "
-    "modes local, full, split and interleaved: the S3 paper, arXiv:2604.11315. The Schur "
-    "complement downdate is the textbook identity for the inverse of a principal submatrix.")
+st.markdown(learn.SOURCES_NOTE)

@@ -200,13 +200,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
     assert store.model_runs() == []
-    assert RunStore(path).schema_version == 3  # opening again changes nothing
+    assert RunStore(path).schema_version == 4  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -432,7 +432,7 @@ def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, 
                        ).fetchone()[0] == 0
     con.close()
     store = RunStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     (run,) = store.runs(sweep="sw")
     assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
     assert store.model_runs() == []

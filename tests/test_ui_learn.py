@@ -95,3 +95,13 @@ def test_one_scope_with_nothing_left_to_move_says_so():
     assert any(t.endswith("no weight is left to compensate.") for t in texts)
     assert not any("moved" in t for t in texts)
     assert "1 scope on these rows" in learn.case_caption(lesson, W.shape[0])
+
+
+def test_the_caption_names_what_is_run_and_says_when_nothing_is_pruned():
+    W, H = layer("toy", 16)
+    geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
+    one = Lesson.start(W, H, geom, 1, 0)                   # 2:4 at nnz 1 keeps 1 of 4: 1:4
+    assert "**1:4**" in learn.case_caption(one, 8)
+    none = Lesson.start(W, H, geom, 4, 0)
+    text = learn.case_caption(none, 8)
+    assert none.n_steps == 0 and "nothing is pruned" in text and "keeps all 4 blocks" in text

@@ -18,6 +18,7 @@ import torch
 
 from obsviz import PRESETS, Geometry
 from obsviz import layers as L
+from obsviz.geometry import nothing_pruned_text
 from obsviz.lesson import (
     COUPLED_TOY,
     SCORINGS,
@@ -34,6 +35,7 @@ from obsviz.store import layer_hash
 
 from ui import state
 from ui.forms import GeometryForm, build_geometry
+from ui.text import md
 
 TOY, CURRENT = "toy", "current"
 #: The shipped layers a lesson can start from, before the layer in use.
@@ -114,7 +116,7 @@ def page_geometry_label() -> str:
     """The option that follows the Geometry page, with what it holds now."""
     form = state.geometry_form()
     name = f"{form.n}:{form.m}" if form.pattern == "N:M" else form.pattern
-    budget = "" if form.pattern == "N:M" else f", nnz {form.nnz}"
+    budget = "" if form.pattern == "N:M" else f", nnz {str(form.nnz).strip()[:12]}"
     return f"Geometry page ({name}{budget})"
 
 
@@ -216,7 +218,10 @@ def case_caption(lesson: Lesson, M: int) -> str:
     geom, T = lesson.geometry, lesson.n_steps
     rows = (f"Rows {listing(list(lesson.rows))}" if lesson.coupled else f"Row {lesson.row}")
     n_cand = len(lesson.steps[0].costs) if T else 0
-    name = geom.name or f"free-form ({geom.describe()})"
+    name = geom.run_name(lesson.nnz)
+    if lesson.n_prune == 0:
+        return (f"{rows} of W {M} × {lesson.K} · "
+                + nothing_pruned_text(f"**{name}**", geom.blocks_per_scope))
     cands = (f"{plural(n_cand, 'candidate')} each" if not (T and lesson.steps[0].greedy)
              else "too many subsets to list, so each is decided greedily")
     return (f"{rows} of W {M} × {lesson.K} · **{name}**: blocks of "
@@ -227,7 +232,8 @@ def case_caption(lesson: Lesson, M: int) -> str:
 
 def coupled_note(lesson: Lesson) -> str:
     rows, R = listing(list(lesson.rows)), len(lesson.rows)
-    name = lesson.geometry.name or "This free-form geometry"
+    name = lesson.geometry.run_name(lesson.nnz) if lesson.geometry.name else \
+        "This free-form geometry"
     return (f"**{name} couples rows.** Its scopes join rows {rows}, so those rows are decided "
             "together: for every candidate the rows' costs add up (the loss is a sum over rows) "
             "and OBS picks by the total. Then each row removes its own part, with its own "
@@ -375,14 +381,28 @@ def no_fit_text(form: GeometryForm) -> str:
                        if form.pattern == "N:M" else "."))
 
 
-def fits_text(fits: list[tuple[str, int]], names: dict[str, str]) -> str:
-    if not fits:
-        return ""
+def short_name(source: str, current: L.Layer | None) -> str:
+    """A layer's name for a sentence or a button (markdown-safe: a user's layer name is text)."""
+    return {TOY: "the toy (8 × 16)", COUPLED_TOY: "the coupled toy (16 × 64)"}.get(
+        source, f"{md(current.name if current is not None else 'the layer in use')} "
+                "(first columns)")
+
+
+def fits_by_source(fits: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """The sizes that fit, per layer (ascending)."""
     by: dict[str, list[int]] = {}
     for source, k in fits:
         by.setdefault(source, []).append(k)
-    return "It fits " + "; ".join(f"the {names[s]} with {listing(ks)} columns"
-                                  for s, ks in by.items()) + "."
+    return by
+
+
+def fits_text(fits: list[tuple[str, int]], current: L.Layer | None) -> str:
+    """Where a geometry that does not fit here would fit: ``It fits the coupled toy (16 × 64)
+    with 16, 32 or 64 columns.``"""
+    return "It fits " + "; ".join(
+        f"{short_name(s, current)} with {listing(ks).replace(' and ', ' or ')} "
+        f"column{'s' if ks != [1] else ''}"
+        for s, ks in fits_by_source(fits).items()) + "."
 
 
 def _f(v: float) -> str:
@@ -437,3 +457,50 @@ def next_text(lesson: Lesson, n: int, outcomes: dict[str, ModeOutcome]) -> str:
             "compensates with that frozen C.\n"
             "- **local** uses the same masks, but each scope compensates only inside itself.\n\n"
             + tail + ".")
+
+
+# ---- the page's fixed prose (true of every case) ----------------------------------------------
+
+LOSS_NOTE = (
+    "The loss of changing a row by Δw: how much the layer's **output** moves on the calibration "
+    "inputs (H = XᵀX / N). A big off-diagonal entry of H means two inputs fire together, so "
+    "their weights can stand in for each other.")
+DAMPING_NOTE = ("Damping adds λ = damp × mean(diag H) to the diagonal only; a larger damp trusts "
+                "H's correlations less.")
+C_NOTE = ("Every OBS formula reads C. OBS optimises the **damped** loss Δw H_d Δwᵀ; the error "
+          "reported everywhere uses the undamped H.")
+THREE_MOVES = (
+    "Each press of **Step forward** decides one scope, left to right: **① choose** (price every "
+    "way to drop the scope's blocks), **② compensate** (the weights not pruned yet make up for "
+    "the pruned ones), **③ downdate C** (fold the decision into C, so the next scope is priced "
+    "knowing these weights are gone).")
+INTERLEAVED_NOTE = (
+    "With identical masks the two differ only in how they compensate. interleaved rebuilds C on "
+    "the columns of its chunk and those after it: exact about the weights pruned so far, but the "
+    "weights **kept** in earlier chunks are frozen too, so they can no longer move to make up "
+    "for later removals. full keeps moving every weight not pruned yet, with a stale C that "
+    "still counts the pruned ones. true_obs has both: a downdated C and every free weight "
+    "moving.")
+SOURCES_NOTE = (
+    "**Where this comes from.** The cost ε(P), the optimal update and the removal of a set of "
+    "weights at once: B. Hassibi and D. G. Stork, *Second order derivatives for network "
+    "pruning: Optimal Brain Surgeon*, NIPS 5, 1993. Pruning a large layer column by column with "
+    "a Cholesky factor of C, the damping λ and H = XᵀX / N from calibration inputs: E. Frantar "
+    "and D. Alistarh, *SparseGPT: Massive Language Models Can Be Accurately Pruned in "
+    "One-Shot*, ICML 2023. Sparsity geometries (a view, blocks, scopes) and the compensation "
+    "modes local, full, split and interleaved: the S3 paper, arXiv:2604.11315. The Schur "
+    "complement downdate is the textbook identity for the inverse of a principal submatrix.")
+
+
+def modes_note(scoring: str) -> str:
+    """Where the side-by-side modes come from and what each does."""
+    how = (f" (true_obs: scoring = {scoring})" if scoring == SCORINGS[0] else
+           f" but true_obs's scoring ({scoring}, as in this lesson)")
+    return (
+        "From `obsviz.prune` on these rows alone, at the Prune page's defaults" + how
+        + ". **local**: masks chosen up front with the original C; each scope compensates only "
+        "inside itself. **full**: the same masks; compensation flows to every weight not yet "
+        "pruned, with C frozen. **split**: the same masks; the scopes cut into chunks, each "
+        "compensating with C rebuilt on its own columns and those after it. **interleaved**: as "
+        "split, but each chunk re-chooses its masks with that C. **true_obs**: OBS's path above, "
+        "C Schur-downdated after every scope.")

@@ -95,6 +95,10 @@ KEYS: dict[str, Key] = {
     "model_form": Key("pages/model.py", "the Model page's inputs"),
     "model_result": Key("pages/model.py", "the whole-model result the Model page shows (its "
                         "own run or one opened from the run database)"),
+    "sensitivity_form": Key("pages/sensitivity.py", "the Sensitivity page's inputs"),
+    "sensitivity_result": Key("pages/sensitivity.py", "the scan the Sensitivity page shows "
+                              "(its own or one opened from the run database), its checked "
+                              "plans and the layer clicked"),
     "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
     "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
     "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
@@ -107,7 +111,7 @@ KEYS: dict[str, Key] = {
 WIDGET_PREFIXES: dict[str, str] = {
     "_w_": "app.py sidebar", "_g_": "pages/geometry.py", "_p_": "pages/prune.py (and ui.layers)",
     "_c_": "pages/compare.py", "_l_": "pages/learn.py", "_m_": "pages/model.py",
-    "_s_": "pages/sweep.py",
+    "_s_": "pages/sweep.py", "_n_": "pages/sensitivity.py",
 }
 
 #: Form fields that travel in the URL (see ``form_to_query``).

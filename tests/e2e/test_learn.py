@@ -75,7 +75,7 @@ def test_learn_block16_on_the_coupled_toy_with_a_step_overruled(app):
     assert "cannot be shown at lesson size (W 8 × 16)" in text
     assert "It fits the coupled toy" in text
     app.shot("learn-block16-refused")
-    app.page.get_by_role("button", name=re.compile(r"with 64 columns$")).click()
+    app.page.get_by_role("button", name="Use the coupled toy (16 × 64), 64 columns").click()
     app.settle().check()
     text = app.main_text()
     assert "couples rows" in text and "Step 0 of 4" in text
