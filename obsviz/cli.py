@@ -429,7 +429,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                        on_check=keep_run)
         if args.within is not None:
             data["fewest"] = sens.fewest_dense(run, data, plan, args.within, args.spare,
-                                               progress=progress, on_check=keep_run)
+                                               progress=progress, on_check=keep_run,
+                                               known=data.get("checks", []))
+            data["fewest"]["checked"] = [c["k"] for c in data["fewest"]["checks"]]
             data["fewest"].pop("checks")
     except KeyboardInterrupt:
         keep("stopped")
@@ -452,7 +454,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
               f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
     if "fewest" in data:
         f = data["fewest"]
-        print(f"fewest spared within {f['within']}: {f['k']}")
+        print(f"fewest spared within {f['within']}: {f['k']} (k checked, in order: "
+              f"{', '.join(map(str, f['checked']))})")
     if row:
         print(f"stored as scan {row[0]} in {store.path}")
     print(f"wrote {out}")

@@ -147,6 +147,10 @@ def test_plans_from_a_scan_are_data_and_checked_by_real_runs(tokenizer):
     assert k == len(top) or by_k[k]["damage"] <= target
     assert k - 1 in by_k and by_k[k - 1]["damage"] > target
     assert fewest_dense(run, got, base, 10.0)["k"] == 0
+    # checks made already are reused, not run again: the same answer, only those checks
+    made = fewest_dense(run, got, base, target, known=best["checks"],
+                        on_check=lambda c, r: pytest.fail("ran a known k again"))
+    assert made["k"] == k and made["checks"] == best["checks"]
     with pytest.raises(ArgumentError, match="within"):
         fewest_dense(run, got, base, float("nan"))
     with pytest.raises(ArgumentError, match="k="):
@@ -306,9 +310,9 @@ def test_cli_sensitivity_writes_the_scan_and_its_plans(tokenizer, tmp_path, caps
     cal.write_text(CAL[:8000])
     held.write_text(HELD_OUT[:8000])
     args = ["sensitivity", str(model_dir), "--preset", "2:4", "--method", "sparsegpt",
-            "--calibration", str(cal), "--eval", str(held), "--max-tokens", "200", "--max-eval-tokens", "200",
-            "--seq-len", "32", "--out", str(tmp_path / "out"), "--store",
-            str(tmp_path / "runs.sqlite"), "--curve", "0,2", "-q"]
+            "--calibration", str(cal), "--eval", str(held), "--max-tokens", "200",
+            "--max-eval-tokens", "200", "--seq-len", "32", "--out", str(tmp_path / "out"),
+            "--store", str(tmp_path / "runs.sqlite"), "--curve", "0,2", "-q"]
     assert main(args) == 0
     data = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
     check_scan(data)
