@@ -22,7 +22,14 @@ import sys
 from pathlib import Path
 
 from obsviz.geometry import PRESETS
-from obsviz.layers import DEFAULT_MAX_BYTES, LayerFileError, list_layers, load_layer, save_layers
+from obsviz.layers import (
+    DEFAULT_MAX_BYTES,
+    LayerFileError,
+    list_layers,
+    load_layer,
+    load_layers,
+    save_layers,
+)
 from obsviz.methods import METHODS, OPTIONS, REGISTRY
 
 
@@ -47,8 +54,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         M, K = info.weight_shape
         print(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
     if args.verbose:
-        for info in infos:
-            layer = load_layer(args.file, info.name, max_bytes=args.max_bytes)
+        for layer in load_layers(args.file, max_bytes=args.max_bytes):
             print(f"\n{terminal_safe(layer.name)}: N = {layer.nsamples}, source: "
                   f"{terminal_safe(layer.source)}")
             for note in layer.notes:

@@ -35,6 +35,7 @@ import math
 import os
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ import torch
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry, nothing_pruned_text, run_name
-from obsviz.layers import DEFAULT_MAX_BYTES, Layer, list_layers, load_layer, load_sample_layer
+from obsviz.layers import DEFAULT_MAX_BYTES, Layer, load_layers, load_sample_layer
 from obsviz.methods import METHODS
 from obsviz.prune import PruneResult, prune, resolve_device
 from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
@@ -476,10 +477,10 @@ def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer
         elif src.kind == "sample":
             out.extend(load_sample_layer(n) for n in src.names)
         elif src.kind == "file":
-            names = src.names or [i.name for i in list_layers(src.path)]
-            for n in names:
-                progress(f"loading {n} from {src.path.name}")
-                out.append(load_layer(src.path, n, max_bytes=DEFAULT_MAX_BYTES))
+            progress(f"loading {len(src.names) if src.names else 'every'} layer(s) from "
+                     f"{src.path.name}")
+            out.extend(load_layers(src.path, list(src.names) if src.names else None,
+                                   max_bytes=DEFAULT_MAX_BYTES))
         else:
             from obsviz.calibrate import hessians_from_checkpoint
 
@@ -506,13 +507,13 @@ def plan(spec: SweepSpec, device: str | None = None,
     else:
         raise ArgumentError("device", f"device={device!r} is unknown; valid: 'cpu', 'cuda'")
     layers = _load_layers(spec, log)
-    names = [lay.name for lay in layers]
+    names = Counter(lay.name for lay in layers)
     hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
     trials: list[Trial] = []
     seen: set[str] = set()
     nothing: dict[str, list[int]] = {}   # run name -> [blocks per scope, trials]
     for li, lay in enumerate(layers):
-        name = lay.name if names.count(lay.name) == 1 else f"{lay.name} ({lay.source})"
+        name = lay.name if names[lay.name] == 1 else f"{lay.name} ({lay.source})"
         for gs in spec.geometries:
             try:
                 geom: Geometry | None = gs.build(lay.shape)

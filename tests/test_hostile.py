@@ -447,3 +447,147 @@ def test_names_reach_plotly_figures_escaped() -> None:
         text = fig.to_json()
         assert "<a " not in text and "<img" not in text, text[:400]
         assert "&lt;a href" in text
+
+
+# ---- issue 21.1: sizes taken from the bytes, not from what a tensor claims --------------------
+
+
+def _pt(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: {"weight": torch.zeros(1).expand(400_000_000, 8), "hessian": torch.eye(8)},  # issue
+    lambda: {"x.weight": torch.ones(4, 8),  # inputs of 10¹¹ rows from 8 numbers
+             "x.inputs": torch.randn(1, 8).expand(10**11, 8)},
+    lambda: {"weight": torch.ones(4, 4096), "hessian": torch.ones(1).expand(4096, 4096)},
+    lambda: {"weight": torch.arange(64.0).as_strided((56, 8), (1, 1)),  # overlapping rows
+             "hessian": torch.eye(8)},
+    lambda: {"weight": torch.ones(4, 16)[:, ::2], "hessian": torch.eye(8)},  # gaps
+    lambda: {"weight": torch.ones(4, 8), "mask": torch.ones(1).expand(4, 8),
+             "hessian": torch.eye(8)},
+])
+def test_expanded_or_overlapping_pt_tensors_are_refused_from_their_strides(make) -> None:
+    data = _pt(make())
+    assert len(data) < 200_000
+    start = time.perf_counter()
+    for loader in (list_layers, load_layer):
+        with pytest.raises(LayerFileError, match="strides") as e:
+            loader(data, filename="t.pt")
+        assert ".contiguous()" in str(e.value)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_transposed_pt_weight_still_loads() -> None:
+    W, H = _layer(8, 4)
+    layer = load_layer(_pt({"weight": W.T.contiguous().T, "hessian": H}), filename="t.pt")
+    assert torch.equal(layer.weight, W)
+
+
+def test_pt_views_of_one_storage_count_each_time_they_appear() -> None:
+    big = torch.ones(1024, 256)  # 1 MiB stored once, named 200 times: 200 MiB once loaded
+    data = _pt({f"l{i}.weight": big for i in range(200)} | {
+        f"l{i}.hessian": torch.eye(256) for i in range(1)})
+    assert len(data) < 2 * 2**20
+    with pytest.raises(LayerFileError, match="holds tensors of"):
+        list_layers(data, filename="t.pt", max_bytes=64 * 2**20)
+
+
+def _npz(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    return out.getvalue()
+
+
+def _npy_header(shape: tuple[int, ...], data: bytes = b"\0" * 8) -> bytes:
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f8", "fortran_order": False,
+                                               "shape": shape})
+    return npy.getvalue() + data
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members,match", [
+    ({"x.weight": _npy_header((2**40,)), "x.hessian.npy": _npy(np.eye(8))}, "declares"),  # issue
+    ({"weight": _npy_header((4, 8)), "hessian.npy": _npy(np.eye(8))}, "declares"),  # short data
+    ({"weight": b"not an array at all", "hessian.npy": _npy(np.eye(8))}, "not an .npy array"),
+    ({"weight.npy": _npy(np.ones((4, 8))), "weight": _npy(np.ones((4, 8))),
+      "hessian.npy": _npy(np.eye(8))}, "two members"),
+])
+def test_every_npz_member_is_checked_whatever_its_name(members, match) -> None:
+    data = _npz(members)
+    for loader in (list_layers, load_layer):
+        with pytest.raises(LayerFileError, match=match) as e:
+            loader(data, filename="a.npz")
+        assert "not a readable .npz archive (a.npz" not in str(e.value)  # said once, not nested
+
+
+def test_npz_member_without_suffix_loads_when_honest() -> None:
+    W, H = _layer(8, 4)
+    layer = load_layer(_npz({"x.weight": _npy(W.numpy()), "x.hessian": _npy(H.numpy())}),
+                       filename="a.npz")
+    assert layer.name == "x" and torch.equal(layer.weight, W)
+
+
+@pytest.mark.parametrize("nsamples", [2**70, 10**400, float("nan"), 2.0**60],
+                         ids=["2**70", "10**400", "nan", "2.0**60"])
+def test_absurd_nsamples_is_a_layer_file_error(nsamples) -> None:
+    W, H = _layer(8, 4)
+    with pytest.raises(LayerFileError, match="nsamples"):
+        load_layer(_pt({"weight": W, "hessian": H, "nsamples": nsamples}), filename="t.pt")
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (4, 0)])
+def test_an_empty_weight_is_refused_from_its_shape(shape) -> None:
+    K = shape[1]
+    with pytest.raises(LayerFileError, match="empty"):
+        list_layers(save({"weight": torch.ones(shape), "hessian": torch.eye(K)}),
+                    filename="e.safetensors")
+
+
+def test_weight_bigger_than_the_limit_as_float32_is_refused_from_its_shape() -> None:
+    data = save({"weight": torch.ones(16384, 64, dtype=torch.int8), "hessian": torch.eye(64)})
+    # 1 MiB of int8 in the file, 4 MiB as float32
+    with pytest.raises(LayerFileError, match=r"\(M, K\) = \(16384, 64\)"):
+        list_layers(data, filename="i8.safetensors", max_bytes=len(data) + 2**16)
+
+
+def test_deeply_nested_obsviz_metadata_is_ignored_not_a_recursion_error() -> None:
+    W, H = _layer(8, 4)
+    data = save({"x.weight": W, "x.hessian": H}, metadata={"obsviz": "[" * 100_000})
+    assert load_layer(data, filename="m.safetensors").name == "x"
+
+
+# ---- issue 21.7: a file of thousands of layers is parsed once ---------------------------------
+
+
+def test_a_file_of_4000_layers_is_opened_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    import obsviz.layers as L
+    from obsviz.sweep import parse_spec, plan
+
+    n = 4000
+    layers = [L.Layer(f"l{i}", torch.full((2, 4), i + 1.0), torch.eye(4), 3, "src", ["note"])
+              for i in range(n)]
+    path = tmp_path / "many.safetensors"
+    L.save_layers(path, layers)  # with the metadata (order, sources, notes) of every layer
+    opened = []
+    real_open = L._open
+    monkeypatch.setattr(L, "_open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    start = time.perf_counter()
+    assert [lay.name for lay in L.load_layers(path)] == [f"l{i}" for i in range(n)]
+    assert len(opened) == 1
+    spec = parse_spec({"layers": [{"file": "many.safetensors"}],
+                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}}, base=tmp_path)
+    assert len(plan(spec, device="cpu").trials) == n and len(opened) == 2
+    assert main(["layers", str(path), "-v"]) == 0
+    assert capsys.readouterr().out.count("note: note") == n and len(opened) == 4
+    assert time.perf_counter() - start < 60  # was ~40 minutes (the header parsed per layer)
