@@ -445,7 +445,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                        on_check=keep_run)
         if args.within is not None:
             data["fewest"] = sens.fewest_dense(run, data, plan, args.within, args.spare,
-                                               progress=progress, on_check=keep_run)
+                                               progress=progress, on_check=keep_run,
+                                               known=data.get("checks", []))
+            data["fewest"]["checked"] = [c["k"] for c in data["fewest"]["checks"]]
             data["fewest"].pop("checks")
     except KeyboardInterrupt:
         keep("stopped")
@@ -468,7 +470,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
              f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
     if "fewest" in data:
         f = data["fewest"]
-        _say(f"fewest spared within {f['within']}: {f['k']}")
+        _say(f"fewest spared within {f['within']}: {f['k']} (k checked, in order: "
+             f"{', '.join(map(str, f['checked']))})")
     if row:
         _say(f"stored as scan {row[0]} in {store.path}")
     _say(f"wrote {out}")

@@ -335,7 +335,8 @@ if check_it or curve_it:
             result["shown"] = int(form["k"])
         else:
             best = sens.fewest_dense(run, data, base_of_scan, float(form["within"]), spare,
-                                     progress=say, on_check=on_check)
+                                     progress=say, on_check=on_check,
+                                     known=data.get("checks", []))
             result["shown"] = best["k"]
             data["fewest"] = {k: v for k, v in best.items() if k != "checks"}
             keep(result, "done")
