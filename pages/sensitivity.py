@@ -142,7 +142,7 @@ if stored:
                                    f"{by_id[i].checks} plans · {by_id[i].created[:16]} UTC"
                                    f"{'' if by_id[i].status == 'done' else ' · ' + by_id[i].status}"
                                    )[:400])
-        if c_open.button("Open", icon=":material/folder_open:", width="stretch",
+        if c_open.button("Open this scan", icon=":material/folder_open:", width="stretch",
                          key="_n_open"):
             try:
                 got = db.scan(pick)

@@ -35,7 +35,7 @@ def test_a_scan_is_kept_reopened_and_its_plan_checked():
 
     # a new session (a restarted server) reopens it from the run store
     at = open_app("pages/sensitivity.py", store=store)
-    next(b for b in at.button if b.label == "Open").click().run()
+    next(b for b in at.button if b.label == "Open this scan").click().run()
     assert not at.exception, at.exception
     assert at.session_state["sensitivity_result"]["id"] == row.id
     small(at)

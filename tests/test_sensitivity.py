@@ -324,3 +324,30 @@ def test_cli_sensitivity_writes_the_scan_and_its_plans(tokenizer, tmp_path, caps
     (row,) = RunStore(tmp_path / "runs.sqlite").scans()
     assert (row.layers, row.checks, row.status) == (8, 2, "done")
     assert main(args) == 2      # sensitivity.json exists: refused without --force
+
+
+def test_the_damage_figure_sorts_colours_and_shortens():
+    from obsviz.figures.sensitivity import KIND_COLOURS, MAX_TICK, curve_figure, damage_figure
+
+    def entry(name, block, kind, dmg):
+        return {"name": name, "block": block, "kind": kind, "damage": dmg, "rel_error": 0.1}
+
+    long = "enc.layer.1." + "wrapper_<b>x</b>_" * 6 + "value"
+    data = {"model": {"block_list": "enc.layer"}, "damage": "1 − cosine",
+            "layers": [entry("enc.layer.0.q", 0, "query", 0.01), entry(long, 1, "value", 0.05),
+                       entry("enc.layer.0.fc", 0, "MLP up", 0.02)]}
+    fig = damage_figure(data, selected="enc.layer.0.q")
+    assert list(fig.layout.xaxis.categoryarray)[0].startswith("1 · wrapper_&lt;b&gt;")
+    import html  # shortened first, then escaped: no entity is cut in half
+
+    assert all(len(html.unescape(t)) <= MAX_TICK for t in fig.layout.xaxis.categoryarray)
+    assert [t.name for t in fig.data] == ["query", "value", "MLP up"]
+    assert [t.marker.color for t in fig.data] == [KIND_COLOURS[k] for k in
+                                                  ("query", "value", "MLP up")]
+    assert fig.data[1].customdata[0][0].endswith("&lt;/b&gt;_value")   # hover: whole, escaped
+    assert list(fig.data[0].text) == ["0"] and fig.data[0].marker.line.width == 2.5
+    pts = curve_figure([{"k": 0, "pruned_fraction": 0.5, "damage": 0.2},
+                        {"k": 4, "pruned_fraction": 0.4, "damage": 0.1},
+                        {"k": 9, "pruned_fraction": 0.3, "damage": None}])
+    assert list(pts.data[0].x) == [40.0, 50.0] and list(pts.data[0].text) == ["4 spared",
+                                                                             "0 spared"]
