@@ -76,7 +76,8 @@ if not everything:
     fast = runner.fast_methods(job)
     st.caption(f"{', '.join(fast)} on **{md(job.layer.label)}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
-               f"**{job.geometry.name or 'free-form'}**, nnz = {job.nnz}, on {job.device}.")
+               f"**{md(labels.geometry_text(job.geometry, job.nnz))}**, nnz = {job.nnz}, on "
+               f"{job.device}.")
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
         runner.run_methods(job, fast)
         st.rerun()
@@ -135,7 +136,8 @@ for r in chosen:
     rep, facet = r.report, labels.facets(r)
     rows.append({
         "result": shown[r.key].short,
-        "relative error": format_rel_error(rep["rel_error"]),
+        "relative error": format_rel_error(rep["rel_error"])
+        + (" (prunes nothing)" if r.job.geometry.prunes_nothing(r.job.nnz) else ""),
         "row p50": format_rel_error(rep["row_rel_error_p50"]),
         "row p90": format_rel_error(rep["row_rel_error_p90"]),
         "row p99": format_rel_error(rep["row_rel_error_p99"]),
@@ -161,7 +163,10 @@ if len(settings) > 1:
     st.markdown("**Relative error by method and setting**")
     variants, cols, cells = rfig.error_by_variant(list(shown.values()),
                                                   [r.rel_error for r in chosen])
-    st.dataframe([{"method": v, **{c or "–": ("—" if e is None else format_rel_error(e))
+    empty = {(shown[r.key].variant, shown[r.key].setting) for r in chosen
+             if r.job.geometry.prunes_nothing(r.job.nnz)}   # 0 % sparsity: no error to compare
+    st.dataframe([{"method": v, **{c or "–": ("—" if e is None else "prunes nothing"
+                                             if (v, c) in empty else format_rel_error(e))
                                    for c, e in zip(cols, row, strict=True)}}
                   for v, row in zip(variants, cells, strict=True)],
                  hide_index=True, width="stretch")
