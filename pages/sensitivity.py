@@ -18,7 +18,7 @@ from obsviz.figures.sensitivity import curve_figure, damage_figure, plan_figures
 from obsviz.metrics import format_rel_error
 from obsviz.model import Plan, plan_summary
 
-from ui import runs, scans, state
+from ui import folders, runs, scans, state
 from ui.text import md
 
 state.require_entrypoint()
@@ -112,7 +112,8 @@ c_run, c_stop, _ = st.columns([1, 1, 5])
 go = c_run.button("Scan", type="primary", icon=":material/play_arrow:", width="stretch",
                   disabled=scans.folder(form) is None)
 if scans.folder(form) is None:
-    st.caption("Choose a checkpoint folder that holds config.json and *.safetensors weights.")
+    st.caption(folders.REFUSED if form["path"].strip() else
+               "Type a checkpoint folder on the server (config.json, *.safetensors weights).")
 if go:
     c_stop.button("Stop", icon=":material/stop:", width="stretch")   # any click ends the script
     settings = {k: form[k] for k in ("source", "path", "cal_tokens", "eval_tokens", "seq_len")}

@@ -64,3 +64,18 @@ def test_a_scan_is_kept_reopened_and_its_plan_checked():
     assert not at.exception, at.exception
     assert any("Fewest spared layers within" in s.value for s in at.success)
     assert at.session_state["sensitivity_result"]["scan"]["fewest"]["k"] == 0
+
+
+def test_a_folder_outside_the_model_roots_is_refused(tmp_path, monkeypatch):
+    from ui.folders import REFUSED
+
+    outside = tmp_path / "ckpt"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    monkeypatch.setenv("OBSVIZ_MODEL_ROOTS", str(tmp_path / "elsewhere"))
+    at = open_app("pages/sensitivity.py")
+    at.radio(key="_n_source").set_value("local").run()
+    at.text_input(key="_n_path").set_value(str(outside)).run()
+    assert not at.exception, at.exception
+    assert REFUSED in [c.value for c in at.caption]
+    assert next(b for b in at.button if b.label == "Scan").disabled

@@ -14,7 +14,7 @@ from obsviz.errors import ArgumentError
 from obsviz.layers import Layer
 from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, Plan, load_model
 
-from ui import runner, runs, state
+from ui import folders, runner, runs, state
 from ui.layers import ActiveLayer, tensor_digest
 
 
@@ -39,15 +39,12 @@ def model_run(model_dir: str, cal_tokens: int, eval_tokens: int, seq_len: int,
 
 
 def folder(settings: dict) -> str | None:
-    """The checkpoint folder of ``settings`` (shipped, or a typed/stored path checked)."""
+    """The checkpoint folder of ``settings``: the shipped model, or a typed (or stored) path the
+    server may open (``ui.folders``: under its model roots, with a config.json)."""
     if settings.get("source") == "minilm":
         found = minilm_checkpoint_dir()
         return None if found is None else str(found)
-    typed = str(settings.get("path", "")).strip()
-    p = Path(typed).expanduser()
-    if typed and len(typed) <= 4096 and p.is_dir() and (p / "config.json").is_file():
-        return str(p.resolve())
-    return None
+    return folders.checkpoint_folder(str(settings.get("path", "")))
 
 
 def keep(result: dict, status: str = "running", error: str | None = None) -> None:
@@ -82,7 +79,7 @@ def the_run(settings: dict) -> ModelRun | None:
     not."""
     where = folder(settings)
     if where is None:
-        problem("That checkpoint is not here.")
+        problem(folders.REFUSED)
         return None
     try:
         return model_run(where, int(settings["cal_tokens"]), int(settings["eval_tokens"]),
