@@ -22,18 +22,35 @@ import sys
 from pathlib import Path
 
 from obsviz.geometry import PRESETS
-from obsviz.layers import DEFAULT_MAX_BYTES, LayerFileError, list_layers, load_layer, save_layers
+from obsviz.layers import (
+    DEFAULT_MAX_BYTES,
+    LayerFileError,
+    list_layers,
+    load_layer,
+    load_layers,
+    save_layers,
+)
 from obsviz.methods import METHODS, OPTIONS, REGISTRY
+from obsviz.text import visible
+
+#: ``text`` with every non-printable character (ANSI and OSC escapes, other control and format
+#: characters) written as its Python escape (``\\x1b``): text from a file cannot drive the terminal.
+terminal_safe = visible
+
+
+def _say(text: object = "", *, err: bool = False, redraw: bool = False) -> None:
+    """Write one line (``err``: to stderr), escaped by ``terminal_safe``: every line the CLI
+    writes goes through here, so names from files and stores never reach the terminal raw.
+    ``redraw``: a progress line, drawn over the last one (stderr, no newline)."""
+    line = terminal_safe(text)
+    if redraw:
+        print("\r" + line, end="", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr if err else sys.stdout, flush=err)
 
 
 def _print_err(msg: str) -> None:
-    print(f"obsviz: error: {terminal_safe(msg)}", file=sys.stderr)
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with every non-printable character (ANSI escapes, other control characters)
-    written as its Python escape (``\\x1b``), so text from a file cannot drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    _say(f"obsviz: error: {msg}", err=True)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -42,17 +59,16 @@ def cmd_layers(args: argparse.Namespace) -> int:
     infos = list_layers(args.file, max_bytes=args.max_bytes)
     names = [terminal_safe(i.name) for i in infos]
     width = max(len("name"), *map(len, names))
-    print(f"{'name':{width}s}  {'weight (M, K)':14s}  hessian")
+    _say(f"{'name':{width}s}  {'weight (M, K)':14s}  hessian")
     for name, info in zip(names, infos, strict=True):
         M, K = info.weight_shape
-        print(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
+        _say(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
     if args.verbose:
-        for info in infos:
-            layer = load_layer(args.file, info.name, max_bytes=args.max_bytes)
-            print(f"\n{terminal_safe(layer.name)}: N = {layer.nsamples}, source: "
-                  f"{terminal_safe(layer.source)}")
+        for layer in load_layers(args.file, max_bytes=args.max_bytes):
+            _say()
+            _say(f"{layer.name}: N = {layer.nsamples}, source: {layer.source}")
             for note in layer.notes:
-                print(f"  note: {terminal_safe(note)}")
+                _say(f"  note: {note}")
     return 0
 
 
@@ -71,7 +87,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     if args.list:
         for name in linear_layer_names(args.model_dir):
-            print(name)
+            _say(name)
         return 0
     names = _layer_names(args.layers)
     if names == []:
@@ -95,20 +111,20 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(f"\r{frac:6.1%}  {msg}", end="", file=sys.stderr, flush=True)
+            _say(f"{frac:6.1%}  {msg}", redraw=True)
 
     layers = hessians_from_checkpoint(
         args.model_dir, text, names, max_tokens=args.max_tokens, seq_len=args.seq_len,
         progress=progress, batch_size=args.batch_size, device=args.device)
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     for layer in layers:
         layer.notes.append(f"calibration text: {text_path.name}")
     save_layers(args.out, layers)
     for layer in layers:
         M, K = layer.shape
-        print(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), N = {layer.nsamples}")
-    print(f"wrote {len(layers)} layer(s) to {args.out}")
+        _say(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), N = {layer.nsamples}")
+    _say(f"wrote {len(layers)} layer(s) to {args.out}")
     return 0
 
 
@@ -159,19 +175,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
             return 2
     geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
     if geom.prunes_nothing(nnz):
-        print(terminal_safe("warning: " + nothing_pruned_text(geom.run_name(nnz),
-                                                              geom.blocks_per_scope)),
-              file=sys.stderr, flush=True)
+        _say("warning: " + nothing_pruned_text(geom.run_name(nnz), geom.blocks_per_scope),
+             err=True)
     rows = row_sample(geom, first=args.first_rows) if args.first_rows is not None else None
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(f"\r{frac:6.1%}  {msg:60s}", end="", file=sys.stderr, flush=True)
+            _say(f"{frac:6.1%}  {msg:60s}", redraw=True)
 
     res = prune(layer.weight, layer.hessian, geom, nnz, method=args.method, damp=args.damp,
                 device=args.device, progress=progress, rows=rows, **_method_options(args))
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     report = summarize(layer.weight, layer.hessian, geom, res)
     report["layer"] = {"name": layer.name, "shape": list(layer.weight.shape),
                        "source": layer.source, "nsamples": layer.nsamples}
@@ -180,9 +195,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 source=f"{layer.source}, pruned ({args.method}, {geom.run_name(nnz)}, "
                        f"nnz={nnz})")
     report_path.write_text(json.dumps(report, indent=2))
-    print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
-          f"valid {report['valid']}, {res.seconds:.2f} s")
-    print(terminal_safe(f"wrote {out} and {report_path}"))
+    _say(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
+         f"valid {report['valid']}, {res.seconds:.2f} s")
+    _say(f"wrote {out} and {report_path}")
     return 0
 
 
@@ -210,11 +225,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     report = bench_methods(args.layers, args.presets, args.methods, args.device,
                            layer_file=str(args.file) if args.file else None)
-    print()
-    print(markdown_table(report))
+    _say()
+    for line in markdown_table(report).splitlines():
+        _say(line)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        _say(f"wrote {args.out}")
     return 0
 
 
@@ -242,25 +258,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return
         frac = s.finished / s.total if s.total else 1.0
         bar = "#" * int(round(frac * width))
-        print(f"\r[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
-              f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
-              f"{s.last[:60]:60s}", end="", file=sys.stderr, flush=True)
+        _say(f"[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
+             f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
+             f"{s.last[:60]:60s}", redraw=True)
 
     def log(msg: str) -> None:
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            _say(msg, err=True)
 
     def warn(msg: str) -> None:  # before any trial runs, quiet or not
-        print(terminal_safe(f"warning: {msg}"), file=sys.stderr, flush=True)
+        _say(f"warning: {msg}", err=True)
 
     report = sweep(spec, executor=args.executor, store=store, address=args.address,
                    progress=progress, device=args.device, max_retries=args.max_retries, log=log,
                    warn=warn)
     if not args.quiet:
-        print(file=sys.stderr)
-    print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
-          f"already done, {report.failed} failed, in {report.seconds:.1f} s "
-          f"({report.executor}); store: {store.path}")
+        _say(err=True)
+    _say(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
+         f"already done, {report.failed} failed, in {report.seconds:.1f} s "
+         f"({report.executor}); store: {store.path}")
     rows = summary_table(store, report.run_ids)
     if rows:
         head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
@@ -272,11 +288,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
                   "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        _say("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
         for c in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+            _say("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     for run in store.runs(id=report.run_ids, status="failed") if report.failed else []:
-        print(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
+        _say(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
     return 0 if report.failed == 0 else 3
 def _option_value(text: str):
     """``"8"`` -> 8, ``"0.1"`` -> 0.1, anything else stays a string."""
@@ -339,7 +355,7 @@ def _model_plan(args: argparse.Namespace):
 
 def _bar(frac: float, msg: str, width: int = 30) -> str:
     filled = int(round(width * max(0.0, min(1.0, frac))))
-    return f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
 
 
 def _model_inputs(args: argparse.Namespace):
@@ -405,7 +421,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(_bar(frac, msg), end="", file=sys.stderr, flush=True)
+            _say(_bar(frac, msg), redraw=True)
 
     data: dict = {}
     row: list[int] = []
@@ -429,7 +445,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                        on_check=keep_run)
         if args.within is not None:
             data["fewest"] = sens.fewest_dense(run, data, plan, args.within, args.spare,
-                                               progress=progress, on_check=keep_run)
+                                               progress=progress, on_check=keep_run,
+                                               known=data.get("checks", []))
+            data["fewest"]["checked"] = [c["k"] for c in data["fewest"]["checks"]]
             data["fewest"].pop("checks")
     except KeyboardInterrupt:
         keep("stopped")
@@ -439,23 +457,24 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         raise
     keep("stopped" if data.get("stopped") else "done")
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
-    print(f"{len(data['layers'])} layers in {data['seconds']:.1f} s; damage = "
-          f"{data['damage']}; most sensitive first:")
+    _say(f"{len(data['layers'])} layers in {data['seconds']:.1f} s; damage = "
+         f"{data['damage']}; most sensitive first:")
     for e in sens.ranking(data)[:args.top]:
-        print(f"  {e['damage']:10.5f}  own error {e['rel_error']:.4f}  {e['kind']:<16} "
-              f"{terminal_safe(e['name'])}")
+        _say(f"  {e['damage']:10.5f}  own error {e['rel_error']:.4f}  {e['kind']:<16} "
+             f"{terminal_safe(e['name'])}")
     for c in data.get("checks", []):
-        print(f"{c['k']:3d} spared: pruned {c['pruned_fraction']:.1%}, damage "
-              f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
+        _say(f"{c['k']:3d} spared: pruned {c['pruned_fraction']:.1%}, damage "
+             f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
     if "fewest" in data:
         f = data["fewest"]
-        print(f"fewest spared within {f['within']}: {f['k']}")
+        _say(f"fewest spared within {f['within']}: {f['k']} (k checked, in order: "
+             f"{', '.join(map(str, f['checked']))})")
     if row:
-        print(f"stored as scan {row[0]} in {store.path}")
-    print(f"wrote {out}")
+        _say(f"stored as scan {row[0]} in {store.path}")
+    _say(f"wrote {out}")
     return 0
 
 
@@ -485,14 +504,14 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(_bar(frac, msg), end="", file=sys.stderr, flush=True)
+            _say(_bar(frac, msg), redraw=True)
 
     info = run.describe()
     if not args.quiet:
-        print(f"{info['name']}: {info['kind']}, {info['blocks']} blocks, "
-              f"{info['calibration']['tokens']} calibration tokens, "
-              f"{info['evaluation']['tokens']} held-out tokens; needs about "
-              f"{need['total'] / 2**20:.0f} MiB", file=sys.stderr)
+        _say(f"{info['name']}: {info['kind']}, {info['blocks']} blocks, "
+             f"{info['calibration']['tokens']} calibration tokens, "
+             f"{info['evaluation']['tokens']} held-out tokens; needs about "
+             f"{need['total'] / 2**20:.0f} MiB", err=True)
     t0 = time.perf_counter()
     report: dict = {}
     stored: list[int] = []   # the run's row, once its first method has finished
@@ -515,24 +534,24 @@ def cmd_model(args: argparse.Namespace) -> int:
         raise
     keep("stopped" if report.get("stopped") else "done")
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     dense = report["dense"]
-    print(f"dense: {', '.join(f'{k} {v:.4g}' for k, v in dense.items())}")
+    _say(f"dense: {', '.join(f'{k} {v:.4g}' for k, v in dense.items())}")
     for m, entry in report["methods"].items():
         metrics = entry.get("metrics", {})
         shown = [f"{k} {format_rel_error(v)}" if "error" in k else f"{k} {v:.4f}"
                  for k, v in metrics.items() if k != "dense_perplexity"]
         worst = max(entry["layers"], key=lambda lr: lr["rel_error"], default=None)
-        print(f"{m}: {', '.join(shown)}, sparsity {entry['sparsity']:.1%}, "
-              f"{entry['seconds']:.1f} s"
-              + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
-                 if worst else ""))
+        _say(f"{m}: {', '.join(shown)}, sparsity {entry['sparsity']:.1%}, "
+             f"{entry['seconds']:.1f} s"
+             + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
+                if worst else ""))
     if stored:
-        print(f"stored as model run {stored[0]} in {store.path}")
+        _say(f"stored as model run {stored[0]} in {store.path}")
     if args.out is not None:
-        print(f"wrote {args.out / 'report.json'} and "
-              f"{', '.join(str(args.out / m) for m in report['methods'])} "
-              f"({time.perf_counter() - t0:.0f} s)")
+        _say(f"wrote {args.out / 'report.json'} and "
+             f"{', '.join(str(args.out / m) for m in report['methods'])} "
+             f"({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

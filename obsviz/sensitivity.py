@@ -350,13 +350,16 @@ def curve(run: ModelRun, scan_: dict, base: Plan, ks: Sequence[int],
 def fewest_dense(run: ModelRun, scan_: dict, base: Plan, within: float,
                  spare: GeometrySpec | None = None, *, progress: Progress | None = None,
                  stop: Callable[[], bool] | None = None,
-                 on_check: Callable[[dict, dict], None] | None = None) -> dict:
+                 on_check: Callable[[dict, dict], None] | None = None,
+                 known: Sequence[dict] = ()) -> dict:
     """The fewest most-damaging layers to spare so that a real sequential run stays within
     ``within`` of dense (its damage at most ``within``), found by bisection on k over real runs:
     k = 0 (the uniform plan) first; sparing every layer is the dense model (damage 0, not run).
     Returns ``within``, ``k`` (the answer), ``checks`` (every real run, in the order made) and
     ``found`` (False when stopped first). The search assumes more spared layers never hurt; the
-    checks show where that held (k − 1 is among them, failing, unless k = 0)."""
+    checks show where that held (k − 1 is among them, failing, unless k = 0). ``known``: checks
+    made already (a curve's, the scan's ``checks``): a k checked there with the same spare is
+    not run again (it is listed in ``checks`` all the same)."""
     if isinstance(within, bool) or not isinstance(within, int | float) or not (
             math.isfinite(within) and within >= 0):
         raise ArgumentError("within", f"within={within!r} must be a finite number ≥ 0 (damage: "
@@ -365,7 +368,14 @@ def fewest_dense(run: ModelRun, scan_: dict, base: Plan, within: float,
     checks: list[dict] = []
     say = progress or (lambda f, m: None)
 
+    spare_key = spare if isinstance(spare, str | None) else "custom"
+    made = {c["k"]: c for c in known if c.get("damage") is not None
+            and c.get("spare") == (None if c["k"] == 0 else spare_key)}
+
     def ok(k: int) -> bool | None:
+        if k in made:
+            checks.append(made[k])
+            return made[k]["damage"] <= within
         report: dict = {}
         c = check_plan(run, scan_, base, k, spare, stop=stop, report=report,
                        progress=lambda f, m: say(min(0.99, len(checks) / max(1, math.log2(

@@ -147,6 +147,10 @@ def test_plans_from_a_scan_are_data_and_checked_by_real_runs(tokenizer):
     assert k == len(top) or by_k[k]["damage"] <= target
     assert k - 1 in by_k and by_k[k - 1]["damage"] > target
     assert fewest_dense(run, got, base, 10.0)["k"] == 0
+    # checks made already are reused, not run again: the same answer, only those checks
+    made = fewest_dense(run, got, base, target, known=best["checks"],
+                        on_check=lambda c, r: pytest.fail("ran a known k again"))
+    assert made["k"] == k and made["checks"] == best["checks"]
     with pytest.raises(ArgumentError, match="within"):
         fewest_dense(run, got, base, float("nan"))
     with pytest.raises(ArgumentError, match="k="):
@@ -288,7 +292,62 @@ def test_a_version_3_store_gains_the_scans_table(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION >= 4
     assert store.scans() == [] and store.model_runs() == []
     with pytest.raises(KeyError):
         store.scan(1)
+
+
+def test_cli_sensitivity_writes_the_scan_and_its_plans(tokenizer, tmp_path, capsys):
+    from test_model import CAL, HELD_OUT, tiny
+
+    from obsviz.cli import main
+
+    model_dir = tmp_path / "tiny-gpt2"
+    tiny("gpt2", tokenizer.vocab_size).save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    cal, held = tmp_path / "cal.txt", tmp_path / "held.txt"
+    cal.write_text(CAL[:8000])
+    held.write_text(HELD_OUT[:8000])
+    args = ["sensitivity", str(model_dir), "--preset", "2:4", "--method", "sparsegpt",
+            "--calibration", str(cal), "--eval", str(held), "--max-tokens", "200",
+            "--max-eval-tokens", "200", "--seq-len", "32", "--out", str(tmp_path / "out"),
+            "--store", str(tmp_path / "runs.sqlite"), "--curve", "0,2", "-q"]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
+    check_scan(data)
+    assert len(data["layers"]) == 8 and [c["k"] for c in data["checks"]] == [0, 2]
+    e = data["layers"][0]
+    assert {"name", "shape", "rel_error", "metrics", "damage"} <= set(e)
+    printed = capsys.readouterr().out
+    assert "most sensitive first" in printed and ranking(data)[0]["name"] in printed
+    (row,) = RunStore(tmp_path / "runs.sqlite").scans()
+    assert (row.layers, row.checks, row.status) == (8, 2, "done")
+    assert main(args) == 2      # sensitivity.json exists: refused without --force
+
+
+def test_the_damage_figure_sorts_colours_and_shortens():
+    from obsviz.figures.sensitivity import KIND_COLOURS, MAX_TICK, curve_figure, damage_figure
+
+    def entry(name, block, kind, dmg):
+        return {"name": name, "block": block, "kind": kind, "damage": dmg, "rel_error": 0.1}
+
+    long = "enc.layer.1." + "wrapper_<b>x</b>_" * 6 + "value"
+    data = {"model": {"block_list": "enc.layer"}, "damage": "1 − cosine",
+            "layers": [entry("enc.layer.0.q", 0, "query", 0.01), entry(long, 1, "value", 0.05),
+                       entry("enc.layer.0.fc", 0, "MLP up", 0.02)]}
+    fig = damage_figure(data, selected="enc.layer.0.q")
+    assert list(fig.layout.xaxis.categoryarray)[0].startswith("1 · wrapper_&lt;b&gt;")
+    import html  # shortened first, then escaped: no entity is cut in half
+
+    assert all(len(html.unescape(t)) <= MAX_TICK for t in fig.layout.xaxis.categoryarray)
+    assert [t.name for t in fig.data] == ["query", "value", "MLP up"]
+    assert [t.marker.color for t in fig.data] == [KIND_COLOURS[k] for k in
+                                                  ("query", "value", "MLP up")]
+    assert fig.data[1].customdata[0][0].endswith("&lt;/b&gt;_value")   # hover: whole, escaped
+    assert list(fig.data[0].text) == ["0"] and fig.data[0].marker.line.width == 2.5
+    pts = curve_figure([{"k": 0, "pruned_fraction": 0.5, "damage": 0.2},
+                        {"k": 4, "pruned_fraction": 0.4, "damage": 0.1},
+                        {"k": 9, "pruned_fraction": 0.3, "damage": None}])
+    assert list(pts.data[0].x) == [40.0, 50.0] and list(pts.data[0].text) == ["4 spared",
+                                                                             "0 spared"]

@@ -202,9 +202,10 @@ def test_checkpoint_layers_get_dense_hessians(tmp_path):
         pytest.skip("the MiniLM checkpoint package is not installed")
     (tmp_path / "calib.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
     name = "encoder.layer.0.attention.self.query"
-    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": "calib.txt",
+    # a spec built in Python (no base folder): its paths are used as given
+    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": str(tmp_path / "calib.txt"),
                                    "names": [name], "max_tokens": 64, "seq_len": 32}],
-                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}}, base=tmp_path)
+                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}})
     from obsviz.sweep import check_checkpoint_memory, checkpoint_hessian_bytes
 
     # memory checked from the weight files' headers before anything is allocated
@@ -479,8 +480,8 @@ def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, ca
     assert main(["sweep", str(spec_dir / "example.toml"), "--store", str(db), "-q"]) == 0
     assert "0 run, 6 already done" in capsys.readouterr().out
     # failed trials: recorded, listed, exit code 3; a bad spec: exit code 1, the field named
-    spec = tmp_path / "odd.toml"
-    spec.write_text(f'[[layers]]\nfile = "{spec_dir / "layers.safetensors"}"\nnames = ["odd"]\n'
+    spec = spec_dir / "odd.toml"
+    spec.write_text('[[layers]]\nfile = "layers.safetensors"\nnames = ["odd"]\n'
                     '[grid]\npresets = ["coupled-2:4", "2:4"]\nmethods = ["magnitude"]\n')
     assert main(["sweep", str(spec), "--store", str(db), "-q"]) == 3
     out = capsys.readouterr().out

@@ -30,7 +30,7 @@ def tick_label(name: str, block_list: str, limit: int = MAX_TICK) -> str:
     return f"{text[:head]}…{text[-(limit - 1 - head):]}"
 
 
-def damage_figure(scan: Mapping, height: int = 420, selected: str | None = None) -> go.Figure:
+def damage_figure(scan: Mapping, height: int = 460, selected: str | None = None) -> go.Figure:
     """The scan's layers sorted by damage (largest left), one bar each, coloured by kind, the
     block number above each bar; ``selected`` (a layer name) is outlined. Each bar's
     ``customdata`` is its layer name (what a click selects)."""
@@ -60,11 +60,11 @@ def damage_figure(scan: Mapping, height: int = 420, selected: str | None = None)
             hovertemplate="%{customdata[0]}<br>block %{customdata[2]} · " + plot_text(kind)
                           + "<br>damage %{y:.3f} %<br>own error %{customdata[1]:.2f} %"
                           "<extra></extra>")
-    fig.update_layout(**base_layout(height=height, margin=dict(l=60, r=20, t=30, b=150),
+    fig.update_layout(**base_layout(height=height, margin=dict(l=60, r=20, t=30, b=190),
                                     showlegend=True, bargap=0.15, clickmode="event+select",
                                     legend=dict(orientation="h", y=1.02, yanchor="bottom",
                                                 title_text="layer kind ")))
-    fig.update_xaxes(categoryorder="array", categoryarray=labels, tickangle=-60,
+    fig.update_xaxes(categoryorder="array", categoryarray=labels, tickangle=-90,
                      tickfont=dict(size=10))
     fig.update_yaxes(title_text=f"damage alone, {plot_text(scan.get('damage', ''))} (%)",
                      rangemode="tozero")
