@@ -39,12 +39,17 @@ import torch
 from torch import nn
 
 from obsviz import methods
-from obsviz.calibrate import _linear_modules, _transformers, calibration_sequences
+from obsviz.calibrate import (
+    _linear_modules,
+    _model_name,
+    calibration_sequences,
+    load_checkpoint,
+)
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes, require_memory
 from obsviz.geometry import Geometry
 from obsviz.hessian import HessianAccumulator, check_damp
-from obsviz.layers import SAMPLE_DIR, _reason
+from obsviz.layers import SAMPLE_DIR
 from obsviz.prune import prune, resolve_device
 
 __all__ = [
@@ -342,36 +347,11 @@ def model_kind(model: nn.Module) -> str:
 
 def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` from a local Hugging Face-format directory (never the hub; weights
-    only from ``.safetensors``, never unpickled), float32, eval mode. Causal LMs load with their
-    LM head (``AutoModelForCausalLM``), anything else as the bare encoder (``AutoModel``)."""
-    transformers = _transformers()
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
-        raise ArgumentError("model_dir", f"{model_dir.name or 'that path'} is not a Hugging Face "
-                            "checkpoint folder (a folder with config.json, *.safetensors "
-                            "weights and tokenizer files)")
-    if not any(model_dir.glob("*.safetensors")):
-        raise ArgumentError("model_dir", f"{model_dir.name}: no .safetensors weights (pickled "
-                            "weights such as pytorch_model.bin are never loaded)")
-    hf_logging = transformers.utils.logging
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        archs = getattr(config, "architectures", None) or []
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-        auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = auto.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, AttributeError, TypeError,
-            ImportError) as e:
-        raise ArgumentError("model_dir", f"{model_dir.name}: could not load the checkpoint "
-                            f"({_reason(e)})") from e
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    model.float().eval()
-    return model, tokenizer
+    only from ``.safetensors``, never unpickled), float32, eval mode, checked first as
+    :func:`obsviz.calibrate.load_checkpoint` does (memory from the config, readable weights,
+    every tensor of the model present, a working tokenizer). Causal LMs load with their LM head
+    (``AutoModelForCausalLM``), anything else as the bare encoder (``AutoModel``)."""
+    return load_checkpoint(model_dir, lm_head=True, safetensors_only=True)
 
 
 # ---- calibration and evaluation data ----------------------------------------------------------
@@ -482,6 +462,7 @@ class ModelRun:
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, calibration_text: str, eval_text: str,
                  **kwargs) -> ModelRun:
+        resolve_device(kwargs.get("device", "cpu"))   # a bad device is said before loading
         model, tokenizer = load_model(model_dir)
         kwargs.setdefault("name", _model_name(Path(model_dir)))
         return cls(model, tokenizer, calibration_text, eval_text, **kwargs)
@@ -785,8 +766,8 @@ class ModelRun:
             metrics = {"cosine": cos_sum / n_units,
                        "last_hidden_rel_error": math.sqrt(h_num / h_den) if h_den > 0 else 0.0}
         else:
-            metrics = {"perplexity": math.exp(nll_p / n_pred),
-                       "dense_perplexity": math.exp(nll_d / n_pred)}
+            metrics = {"perplexity": perplexity(nll_p, n_pred),
+                       "dense_perplexity": perplexity(nll_d, n_pred)}
         return {"metrics": metrics, "drift": drift}
 
     # -- saving
@@ -889,11 +870,13 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     return float(nll.sum()), int(target.numel())
 
 
-def _model_name(model_dir: Path) -> str:
-    model_dir = model_dir.resolve()
-    if model_dir.name.lower() in {"model", "checkpoint", "snapshot", "hf"}:
-        return f"{model_dir.parent.name}/{model_dir.name}"
-    return model_dir.name
+def perplexity(nll: float, n: int) -> float:
+    """``exp`` of the mean next-token NLL; ``inf`` when that passes what a float holds (a mean
+    NLL over 709.78: a model that gives the text almost no chance is reported as such)."""
+    try:
+        return math.exp(nll / n)
+    except OverflowError:
+        return math.inf
 
 
 # ---- several methods, one report ----------------------------------------------------------------

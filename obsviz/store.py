@@ -43,13 +43,14 @@ import torch
 
 from obsviz.errors import ArgumentError
 from obsviz.geometry import PRESETS, Geometry, run_name
+from obsviz.owner import process_token, token_alive
 
 __all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoredScan",
            "StoreError", "default_store_path", "geometry_key", "geometry_label", "layer_hash",
            "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUSES = ("done", "failed")
 #: A whole-model run: ``running`` while methods go (or killed before it could say otherwise),
 #: ``done``, ``stopped`` (by the user, between methods) or ``failed``.
@@ -66,7 +67,8 @@ COLUMNS = ("id", "time", "key", "sweep", "layer", "source", "layer_hash", "shape
            "weight_file", "mask_file")
 #: Columns of ``model_runs`` in order.
 MODEL_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "hessians", "methods",
-                 "finished", "status", "error", "report", "obsviz_version", "torch_version")
+                 "finished", "status", "error", "report", "obsviz_version", "torch_version",
+                 "owner")
 #: Columns of ``sensitivity_scans`` in order.
 SCAN_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "layers", "total", "checks",
                 "status", "error", "scan", "obsviz_version", "torch_version")
@@ -284,7 +286,7 @@ def _json_list(text: object) -> list[str]:
 
 
 def _row_to_model_run(row: sqlite3.Row, report: dict | None = None) -> StoredModelRun:
-    d = {k: row[k] for k in MODEL_COLUMNS if k != "report"}
+    d = {k: row[k] for k in MODEL_COLUMNS if k not in ("report", "owner")}
     d["methods"], d["finished"] = _json_list(d["methods"]), _json_list(d["finished"])
     return StoredModelRun(**d, report=report)
 
@@ -379,8 +381,15 @@ CREATE TABLE sensitivity_scans (
 );
 """
 
+# v5: the process that wrote a model run last (``obsviz.owner.process_token``): a ``running``
+# row whose process is gone is marked stopped (``RunStore.stop_orphaned_model_runs``).
+_SCHEMA_V5 = """
+ALTER TABLE model_runs ADD COLUMN owner TEXT;
+"""
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4,
+                              4: _SCHEMA_V5}
 
 
 def _json_default(value: Any) -> Any:
@@ -658,7 +667,8 @@ class RunStore:
                "plan": plan_summary(report["plan"]), "hessians": report["hessians"],
                "methods": json.dumps(asked), "finished": json.dumps(finished_methods(report)),
                "status": status, "error": None if error is None else str(error),
-               "report": text, "obsviz_version": obsviz_version, "torch_version": torch_version}
+               "report": text, "obsviz_version": obsviz_version, "torch_version": torch_version,
+               "owner": process_token()}
         with self._write() as con:
             if run_id is not None:
                 sets = ", ".join(f"{k} = :{k}" for k in row)
@@ -669,6 +679,22 @@ class RunStore:
             names, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
             return int(con.execute(f"INSERT INTO model_runs ({names}) VALUES ({marks})",
                                    row).lastrowid)
+
+    def stop_orphaned_model_runs(self) -> list[int]:
+        """Mark ``stopped`` every ``running`` model run whose process is gone (its owner token,
+        :func:`obsviz.owner.token_alive`; a row from before owners were kept counts as gone),
+        keeping what it finished; returns their ids. Call it at start-up."""
+        with self._connect() as con:
+            rows = con.execute("SELECT id, owner FROM model_runs WHERE status = 'running'")
+            gone = [int(r["id"]) for r in rows if token_alive(r["owner"]) is False]
+        if gone:
+            now = datetime.now(UTC).isoformat(timespec="microseconds")
+            with self._write() as con:
+                con.executemany(
+                    "UPDATE model_runs SET status = 'stopped', updated = ?, error = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    [(now, "its process ended before the run finished", i) for i in gone])
+        return gone
 
     def model_runs(self, *, limit: int | None = None) -> list[StoredModelRun]:
         """Whole-model runs, newest first, without their reports (``model_run`` reads one)."""

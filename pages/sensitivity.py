@@ -5,23 +5,20 @@ with the uniform plan.
 Scans (and the plans checked from them) are kept in the run database (``sensitivity_scans``) as
 they go; each checked plan's run is a model run too, so the Model page opens it.
 ``sensitivity_result``: ``scan`` (the scan shown), ``id`` (its row), ``running``, ``selected``
-(a layer name)."""
-
-from pathlib import Path
+(a layer name), ``shown`` (the k of the plan drawn beside the uniform one). What the page does
+besides drawing is in ``ui.scans``."""
 
 import pandas as pd
 import streamlit as st
 
 from obsviz import METHODS, PRESETS, Geometry
 from obsviz import sensitivity as sens
-from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.figures.sensitivity import curve_figure, damage_figure, plan_figures
 from obsviz.metrics import format_rel_error
-from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, Plan, load_model, plan_summary
+from obsviz.model import Plan, plan_summary
 
-from ui import runner, runs, state
-from ui.layers import ActiveLayer, tensor_digest
+from ui import folders, runs, scans, state
 from ui.text import md
 
 state.require_entrypoint()
@@ -44,77 +41,6 @@ def _preset_budget(field: str) -> None:
 
 
 bind, changed = state.form_widgets("sensitivity_form", "_n_", after=_preset_budget)
-
-
-def problem(title: str, detail: str | None = None) -> None:
-    st.error(title, icon="⚠️")
-    if detail:
-        st.text(detail)
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the checkpoint and the texts…")
-def model_run(model_dir: str, cal_tokens: int, eval_tokens: int, seq_len: int,
-              device: str) -> ModelRun:
-    """The dense model with the shipped calibration and held-out texts, once per setting (a
-    scan and its plans never modify it)."""
-    model, tokenizer = load_model(model_dir)
-    return ModelRun(model, tokenizer, CALIBRATION_TEXT.read_text(encoding="utf-8"),
-                    HELD_OUT_TEXT.read_text(encoding="utf-8"), seq_len=seq_len,
-                    max_tokens=cal_tokens, max_eval_tokens=eval_tokens, device=device,
-                    name="all-MiniLM-L6-v2" if model_dir == str(minilm_checkpoint_dir())
-                    else Path(model_dir).name)
-
-
-def folder(settings: dict) -> str | None:
-    """The checkpoint folder of ``settings`` (shipped, or a typed/stored path checked)."""
-    if settings.get("source") == "minilm":
-        found = minilm_checkpoint_dir()
-        return None if found is None else str(found)
-    typed = str(settings.get("path", "")).strip()
-    p = Path(typed).expanduser()
-    if typed and len(typed) <= 4096 and p.is_dir() and (p / "config.json").is_file():
-        return str(p.resolve())
-    return None
-
-
-def keep(result: dict, status: str = "running", error: str | None = None) -> None:
-    """The scan (with its checks) into the run database; a failing store is said, not fatal."""
-    db = runs.run_store()
-    if db is None or not result["scan"].get("layers"):
-        return
-    try:
-        result["id"] = db.record_scan(result["scan"], status=status, error=error,
-                                      scan_id=result.get("id"))
-    except Exception as err:
-        result["store_error"] = f"{type(err).__name__}: {err}"[:300]
-
-
-def keep_check(result: dict, check: dict, report: dict) -> None:
-    db = runs.run_store()
-    if db is not None and report.get("methods"):
-        try:
-            check["model_run"] = db.record_model_run(report, status="done")
-        except Exception:
-            pass
-    checks = result["scan"].setdefault("checks", [])
-    checks[:] = [c for c in checks if (c["k"], c.get("spare")) != (check["k"], check["spare"])]
-    checks.append(check)
-    keep(result, "stopped" if result["scan"].get("stopped") else "done")
-
-
-def the_run(settings: dict) -> ModelRun | None:
-    where = folder(settings)
-    if where is None:
-        problem("That checkpoint is not here.")
-        return None
-    try:
-        return model_run(where, int(settings["cal_tokens"]), int(settings["eval_tokens"]),
-                         int(settings["seq_len"]), settings.get("device", state.device()))
-    except ArgumentError as err:
-        problem("The model cannot be used.", str(err))
-    except Exception as err:
-        problem("The checkpoint could not be loaded.", f"{type(err).__name__}: {err}"[:600])
-    return None
 
 
 st.title("Sensitivity")
@@ -147,7 +73,7 @@ if stored:
             try:
                 got = db.scan(pick)
             except Exception as err:
-                problem("That stored scan cannot be shown.", str(err)[:600])
+                scans.problem("That stored scan cannot be shown.", str(err)[:600])
             else:
                 ss["sensitivity_result"] = {"scan": got.scan, "id": got.id, "running": False}
 
@@ -184,9 +110,10 @@ base = Plan(form["preset"], nnz=int(form["nnz"]), method=form["method"],
 
 c_run, c_stop, _ = st.columns([1, 1, 5])
 go = c_run.button("Scan", type="primary", icon=":material/play_arrow:", width="stretch",
-                  disabled=folder(form) is None)
-if folder(form) is None:
-    st.caption("Choose a checkpoint folder that holds config.json and *.safetensors weights.")
+                  disabled=scans.folder(form) is None)
+if scans.folder(form) is None:
+    st.caption(folders.REFUSED if form["path"].strip() else
+               "Type a checkpoint folder on the server (config.json, *.safetensors weights).")
 if go:
     c_stop.button("Stop", icon=":material/stop:", width="stretch")   # any click ends the script
     settings = {k: form[k] for k in ("source", "path", "cal_tokens", "eval_tokens", "seq_len")}
@@ -194,17 +121,17 @@ if go:
     result = {"scan": {"app": settings}, "id": None, "running": True}
     ss["sensitivity_result"] = result
     bar = st.progress(0.0, text="Preparing the texts…")
-    run = the_run(settings)
+    run = scans.the_run(settings)
     if run is not None:
         try:
             sens.scan(run, base, progress=lambda f, m: bar.progress(min(1.0, f), text=m),
-                      on_layer=lambda e, s: keep(result), into=result["scan"])
-            keep(result, "stopped" if result["scan"]["stopped"] else "done")
+                      on_layer=lambda e, s: scans.keep(result), into=result["scan"])
+            scans.keep(result, "stopped" if result["scan"]["stopped"] else "done")
         except ArgumentError as err:
-            problem("The scan was refused.", str(err))
+            scans.problem("The scan was refused.", str(err))
         except Exception as err:
-            problem("The scan failed.", f"{type(err).__name__}: {err}"[:600])
-            keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
+            scans.problem("The scan failed.", f"{type(err).__name__}: {err}"[:600])
+            scans.keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
     result["running"] = False   # a Stop click ends the script before this: see below
     bar.empty()
 
@@ -215,7 +142,7 @@ if result and result.get("running") and not go:
                "below.", icon=":material/pause_circle:")
     result["running"] = False
     result["scan"]["stopped"] = True
-    keep(result, "stopped")
+    scans.keep(result, "stopped")
 data = result["scan"] if result else None
 if not data or not data.get("layers"):
     if not result:
@@ -263,22 +190,7 @@ else:
                    f"{format_rel_error(chosen['rel_error'])}.")
     if c_btn.button("Masks and error maps", icon=":material/compare_arrows:", width="stretch",
                     key="_n_maps"):
-        run = the_run(data.get("app") or form)
-        if run is not None:
-            try:
-                plan = Plan.from_dict(data["plan"])
-                lp, W, H, n = sens.layer_inputs(run, plan, chosen["name"])
-                from obsviz.layers import Layer
-
-                layer = Layer(chosen["name"], W, H.float(), n, source=info["name"])
-                active = ActiveLayer(layer, tensor_digest(layer),
-                                     f"{info['name']} · {chosen['name']}", "checkpoint")
-                job = runs.Job(active, lp.geometry, lp.nnz,
-                               float(lp.options.get("damp", 0.01)), run.device.type)
-                runner.run_methods(job, [lp.method])
-                st.switch_page("pages/compare.py")
-            except ArgumentError as err:
-                problem("That layer cannot be opened.", str(err))
+        scans.open_maps(data, chosen, form)
 
 # ---- a plan from the scan ---------------------------------------------------------------------
 st.subheader("A plan that spares the most sensitive layers")
@@ -298,53 +210,23 @@ else:
 c_spare.selectbox("Spared layers get", SPARES, key=bind("spare"), on_change=changed,
                   args=("spare",), format_func=lambda s: "dense (not pruned)" if s == "dense"
                   else f"{s} (gentler)")
-spare = None if form["spare"] == "dense" else form["spare"]
 try:
     base_of_scan = Plan.from_dict(data["plan"])
 except ArgumentError as err:
-    problem("The scan's plan cannot be read back.", str(err))
+    scans.problem("The scan's plan cannot be read back.", str(err))
     st.stop()
 if form["goal"] == "k":
     top = [e["name"] for e in sens.ranking(data)[:int(form["k"])]]
     st.caption(f"The plan: {md(plan_summary(base_of_scan.describe()))} on every layer, "
                + (f"{len(top)} layer{'s' if len(top) != 1 else ''} {md(form['spare'])}: "
                   + ", ".join(md(n) for n in top) if top else "no layer spared") + ".")
-curve_ks = form["curve"]
 c_check, c_curve, c_ks, _ = st.columns([1, 1.3, 1.2, 2], vertical_alignment="bottom")
 check_it = c_check.button("Run this plan", icon=":material/play_arrow:", type="primary",
                           width="stretch")
 c_ks.text_input("k for the curve", key=bind("curve"), on_change=changed, args=("curve",))
 curve_it = c_curve.button("Measure the curve", icon=":material/show_chart:", width="stretch")
 if check_it or curve_it:
-    run = the_run(data.get("app") or form)
-    bar = st.progress(0.0, text="Running the plan…")
-    say = lambda f, m: bar.progress(min(1.0, f), text=m)   # noqa: E731
-    on_check = lambda c, rep: keep_check(result, c, rep)   # noqa: E731
-    done = {(c["k"], c.get("spare")) for c in data.get("checks", [])}
-    try:
-        if run is None:
-            pass
-        elif curve_it:
-            ks = [int(t) for t in str(curve_ks).replace(",", " ").split() if t.isdigit()]
-            ks = [k for k in ks if 0 <= k <= n_layers and (k, spare if k else None) not in done]
-            sens.curve(run, data, base_of_scan, ks[:12], spare, progress=say, on_check=on_check)
-        elif form["goal"] == "k":
-            todo = [k for k in dict.fromkeys([0, int(form["k"])])   # the uniform plan too
-                    if (k, spare if k else None) not in done]
-            sens.curve(run, data, base_of_scan, todo, spare, progress=say, on_check=on_check)
-            result["shown"] = int(form["k"])
-        else:
-            best = sens.fewest_dense(run, data, base_of_scan, float(form["within"]), spare,
-                                     progress=say, on_check=on_check,
-                                     known=data.get("checks", []))
-            result["shown"] = best["k"]
-            data["fewest"] = {k: v for k, v in best.items() if k != "checks"}
-            keep(result, "done")
-    except ArgumentError as err:
-        problem("The plan was refused.", str(err))
-    except Exception as err:
-        problem("The plan's run failed.", f"{type(err).__name__}: {err}"[:600])
-    bar.empty()
+    scans.check_plans(result, base_of_scan, form, "curve" if curve_it else form["goal"])
 
 checks = sorted(data.get("checks", []), key=lambda c: c["pruned_fraction"], reverse=True)
 if checks:
@@ -374,7 +256,7 @@ if checks:
         report = sens.checks_report(data, pair or checks[:2])
     except ArgumentError as err:
         report = None
-        problem("Those runs cannot be drawn.", str(err))
+        scans.problem("Those runs cannot be drawn.", str(err))
     if report:
         f_layers, f_drift = plan_figures(report)
         with t_layers:

