@@ -425,29 +425,49 @@ def test_plain_pickle_never_runs_still(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-EVIL_PLOT_NAME = '<a href="http://127.0.0.1:9/fix">Click to fix</a><img src=x>'
+EVIL_PLOT_NAME = '<a href="http://127.0.0.1:9/fix">Click to fix</a><img src=x><b>bold</b>\u202e'
 
 
 def test_names_reach_plotly_figures_escaped() -> None:
-    # Plotly renders <a href>, <b>, <span style> … in titles, ticks and hover: a layer name from a
-    # file (Sweep) or a module name (Model) must arrive as text
+    # Plotly renders <a href>, <b>, <span style> … in titles, legends, ticks and hover, and
+    # U+202E reverses the SVG text after it: a layer name from a file (Sweep, Compare), a
+    # method or module name from a store (Model) must arrive as inert text
     import pandas as pd
 
     from obsviz.figures import model as mfig
+    from obsviz.figures import results as rfig
     from obsviz.figures import sweep as sfig
 
-    df = pd.DataFrame([{"layer": EVIL_PLOT_NAME, "geometry": EVIL_PLOT_NAME, "method": "sparsegpt",
-                        "nnz": 2, "damp": 0.01, "status": "done", "rel_error": 0.1,
-                        "sparsity": 0.5, "seconds": 0.2}])
+    rows = [{"layer": EVIL_PLOT_NAME, "geometry": EVIL_PLOT_NAME, "method": m, "nnz": 2,
+             "damp": 0.01, "status": "done", "rel_error": 0.1 * (i + 1), "sparsity": 0.5,
+             "target_sparsity": 0.5, "seconds": 0.2} for i, m in enumerate(
+                 ["sparsegpt", EVIL_PLOT_NAME])]
+    df = pd.DataFrame(rows)
     layer = {"name": f"encoder.layer.0.{EVIL_PLOT_NAME}", "rel_error": 0.1}
     report = {"model": {"block_list": "encoder.layer"},
-              "methods": {"sparsegpt": {"layers": [layer], "drift": [0.1]}}}
-    figures = [sfig.pareto_figure(df), sfig.heatmap_figure(df, "sparsegpt"), sfig.time_figure(df),
-               mfig.layer_error_figure(report), mfig.layer_method_heatmap(report)]
+              "methods": {m: {"layers": [layer], "drift": [0.1]}
+                          for m in ("sparsegpt", EVIL_PLOT_NAME)}}
+    labels = rfig.short_labels([{"method": "sparsegpt", "layer": EVIL_PLOT_NAME},
+                                {"method": "sparsegpt", "layer": "plain"}])
+    figures = [sfig.pareto_figure(df), sfig.heatmap_figure(df, "sparsegpt", 0.5),
+               sfig.heatmap_figure(df, EVIL_PLOT_NAME, 0.5), sfig.time_figure(df, 0.5),
+               mfig.layer_error_figure(report), mfig.layer_method_heatmap(report),
+               mfig.drift_figure(report), rfig.error_bar_figure(labels, [0.1, 0.2])]
     for fig in figures:
         text = fig.to_json()
-        assert "<a " not in text and "<img" not in text, text[:400]
-        assert "&lt;a href" in text
+        assert "<a " not in text and "<img" not in text and "<b>bold" not in text, text[:400]
+        shown = repr(json.loads(text))  # every string of the figure, escapes written out
+        assert "\u202e" not in json.dumps(json.loads(text), ensure_ascii=False), text[:400]
+        assert "&lt;a href" in text and "&lt;b&gt;bold" in text
+        assert r"&gt;\\u202e" in shown  # the six characters \u202e, visible
+
+
+def test_md_keeps_bidirectional_and_control_characters_inert() -> None:
+    from ui.text import md
+
+    shown = md("layer0\u202equery\u2066x\x1b[31m · 483 × 483 W\nnext")
+    assert not any(c in shown for c in "\u202e\u2066\x1b\n")
+    assert "u202e" in shown and "483 × 483 W" in shown
 
 
 # ---- issue 21.1: sizes taken from the bytes, not from what a tensor claims --------------------

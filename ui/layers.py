@@ -34,6 +34,7 @@ import streamlit as st
 from obsviz import layers as L
 from obsviz.estimate import format_bytes
 from obsviz.store import layer_hash
+from obsviz.text import visible
 
 from ui.text import md
 from ui.widgets import copy_widget
@@ -136,7 +137,9 @@ def from_upload(data: bytes, filename: str, name: str, file_digest: str | None =
     known). Raises ``LayerFileError``."""
     origin = digest_bytes(file_digest or digest_bytes(data), name)
     layer = L.load_layer(data, name, filename=filename)
-    return ActiveLayer(layer, tensor_digest(layer), f"{filename} · {name}", "upload", origin)
+    # the label is what every page shows: inert (visible) wherever it goes, a selectbox too
+    return ActiveLayer(layer, tensor_digest(layer), visible(f"{filename} · {name}"), "upload",
+                       origin)
 
 
 def init() -> None:
@@ -277,8 +280,9 @@ def _upload_widgets() -> None:
         return
     contents = parsed["contents"]
     names = [name for name, _, _ in contents]
-    describe = {name: f"{name} · {M} × {K} · H from {src}" for name, (M, K), src in contents}
-    # (a selectbox shows its options as plain text: names from the file are safe there)
+    describe = {name: visible(f"{name} · {M} × {K} · H from {src}")
+                for name, (M, K), src in contents}
+    # (a selectbox shows its options as plain text, no markdown; visible() keeps U+202E inert)
     if ss.get("_p_upload_layer") not in names:
         ss["_p_upload_layer"] = names[0]
     st.selectbox("Layer in the file", names, key="_p_upload_layer", format_func=describe.get,

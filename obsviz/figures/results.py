@@ -687,7 +687,8 @@ def error_bar_figure(labels: Sequence[Label], errors: Sequence[float]) -> go.Fig
         ys = [v for v in order if v in mine]
         style = setting_style(s)
         data.append(go.Bar(
-            x=[100 * mine[v][1] for v in ys], y=ys, orientation="h", name=setting or "result",
+            x=[100 * mine[v][1] for v in ys], y=[plot_text(v) for v in ys], orientation="h",
+            name=plot_text(setting or "result"),
             marker=dict(color=[method_colour(mine[v][0].method) for v in ys],
                         line=dict(width=0.6 if len(settings) > 1 else 0, color=INK),
                         pattern=dict(shape=style["pattern"], fgcolor=INK, size=6,

@@ -96,8 +96,8 @@ def at_level(df: pd.DataFrame, sparsity: float, damp: float | None = None) -> pd
 
 def _hover(d: pd.DataFrame) -> list[str]:
     return [f"{plot_text(r.layer)} · {plot_text(r.geometry)} · nnz {r.nnz} · damp {r.damp:g}<br>"
-            f"{r.method}: {format_rel_error(r.rel_error)}, sparsity {r.target_sparsity:.1%}, "
-            f"{r.seconds:.3g} s" for r in d.itertuples()]
+            f"{plot_text(r.method)}: {format_rel_error(r.rel_error)}, sparsity "
+            f"{r.target_sparsity:.1%}, {r.seconds:.3g} s" for r in d.itertuples()]
 
 
 def pareto_figure(df: pd.DataFrame, height: int = 420) -> go.Figure:
@@ -109,16 +109,16 @@ def pareto_figure(df: pd.DataFrame, height: int = 420) -> go.Figure:
     for method, g in d.groupby("method", sort=False):
         colour = method_colour(str(method))
         fig.add_trace(go.Scatter(
-            x=g["target_sparsity"], y=100 * g["rel_error"], mode="markers", name=str(method),
+            x=g["target_sparsity"], y=100 * g["rel_error"], mode="markers", name=plot_text(method),
             marker=dict(color=colour, size=8, opacity=0.55), hovertext=_hover(g),
-            hoverinfo="text", legendgroup=str(method)))
+            hoverinfo="text", legendgroup=plot_text(method)))
         front = g[pareto_front(g["target_sparsity"], g["rel_error"])].sort_values(
             "target_sparsity")
         fig.add_trace(go.Scatter(
             x=front["target_sparsity"], y=100 * front["rel_error"], mode="lines+markers",
-            name=f"{method} front", line=dict(color=colour, width=2),
+            name=plot_text(f"{method} front"), line=dict(color=colour, width=2),
             marker=dict(color=colour, size=9), hovertext=_hover(front), hoverinfo="text",
-            legendgroup=str(method), showlegend=False))
+            legendgroup=plot_text(method), showlegend=False))
     fig.update_layout(**base_layout(height=height, showlegend=True,
                                     legend=dict(orientation="h", y=1.1)))
     fig.update_xaxes(title="sparsity (fraction pruned)", tickformat=".0%", range=[-0.02, 1.02])
@@ -158,7 +158,8 @@ def heatmap_figure(df: pd.DataFrame, method: str, sparsity: float, damp: float |
         z=100 * z, x=[plot_text(c) for c in t.columns], y=[plot_text(i) for i in t.index],
         text=text, texttemplate="%{text}", colorscale="Reds", zmin=0,
         colorbar=dict(title="error %"), hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
-    title = f"{method} · {sparsity:.1%} sparsity" + ("" if damp is None else f" · damp {damp:g}")
+    title = plot_text(f"{method} · {sparsity:.1%} sparsity"
+                      + ("" if damp is None else f" · damp {damp:g}"))
     fig.update_layout(**base_layout(height=height or max(220, 60 + 36 * len(t.index)),
                                     title=dict(text=title, x=0)))
     fig.update_yaxes(autorange="reversed")
@@ -174,7 +175,7 @@ def time_figure(df: pd.DataFrame, sparsity: float | None = None, damp: float | N
     for method, g in d.groupby("method", sort=False):
         fig.add_trace(go.Scatter(
             x=g["seconds"].clip(lower=1e-4), y=100 * g["rel_error"], mode="markers",
-            name=str(method), marker=dict(color=method_colour(str(method)), size=8),
+            name=plot_text(method), marker=dict(color=method_colour(str(method)), size=8),
             hovertext=_hover(g), hoverinfo="text"))
     fig.update_layout(**base_layout(height=height, showlegend=True,
                                     legend=dict(orientation="h", y=1.1)))
