@@ -118,7 +118,8 @@ def test_done_key_stored_once_failed_kept(tmp_path, toy, toy_result):
     # a preset that could not be built for the layer is recorded by name
     bad = store.get(_record(store, toy, "block16", None, key="b16", status="failed",
                             error="needs M divisible by 16", result=None))
-    assert bad.geometry == "block16" and bad.geometry_spec == {"preset": "block16"}
+    # named for what was run: block16 at nnz = 2 (block16's own nnz is 1)
+    assert bad.geometry == "block16 at nnz = 2" and bad.geometry_spec == {"preset": "block16"}
     with pytest.raises(ValueError):
         bad.geometry_obj()
     with pytest.raises(ArgumentError):
@@ -199,13 +200,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
     assert store.model_runs() == []
-    assert RunStore(path).schema_version == 3  # opening again changes nothing
+    assert RunStore(path).schema_version == SCHEMA_VERSION  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -266,6 +267,26 @@ def test_keys_and_labels(toy):
     assert geometry_label(free) == free.describe()
     liar = Geometry(shape, (1, 2), (1, 4), name="2:4")  # named like a preset, is not one
     assert geometry_label(liar) == liar.describe()
+    # with nnz, the name of what is run
+    assert geometry_label(Geometry.preset("4:8", shape), 1) == "1:8"
+    assert geometry_label(g, 2) == "2:4" and geometry_label(free, 1) == free.describe()
+
+
+def test_a_stored_geometry_is_named_for_what_was_run(tmp_path):
+    """4:8 at nnz 1 was stored as "4:8" (and 1:4 trials found done under 2:4's key as "2:4"):
+    a row is named for what ran, rows of older stores included."""
+    toy = load_sample_layer("toy")
+    store = RunStore(tmp_path / "r.sqlite")
+    geom = Geometry.preset("4:8", toy.shape)
+    res = prune(toy.weight, toy.hessian, geom, 1, method="magnitude")
+    rid = store.record(key="k", layer="toy", shape=toy.shape, geometry=geom, nnz=1,
+                       method="magnitude", result=res)
+    assert store.get(rid).geometry == "1:8"
+    con = sqlite3.connect(store.path)   # a row as an older obsviz wrote it
+    with con:
+        con.execute("UPDATE runs SET geometry = '4:8' WHERE id = ?", (rid,))
+    con.close()
+    assert store.get(rid).geometry == "1:8" and store.runs()[0].geometry == "1:8"
 
 
 def _writer(path: str, worker: int, n: int) -> None:
@@ -411,7 +432,7 @@ def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, 
                        ).fetchone()[0] == 0
     con.close()
     store = RunStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == SCHEMA_VERSION
     (run,) = store.runs(sweep="sw")
     assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
     assert store.model_runs() == []
@@ -475,3 +496,244 @@ def test_a_model_run_needs_a_report_and_a_known_status(tmp_path, model_report):
     with pytest.raises(ArgumentError, match="report"):
         store.record_model_run({"methods": {}})
     assert store.model_runs() == []
+
+
+def test_a_running_model_run_whose_process_is_gone_is_marked_stopped(tmp_path, model_report):
+    """A run is owned by the process that writes it (issue 21.5): one killed mid-run (here a
+    process that wrote its first method and exited) leaves a ``running`` row that the next
+    start-up marks stopped, keeping what it finished; a live process's run is left alone."""
+    import subprocess
+    import sys
+
+    from obsviz.owner import process_token, token_alive
+
+    path = tmp_path / "runs.sqlite"
+    first = {**model_report, "methods": {"magnitude": model_report["methods"]["magnitude"]}}
+    (tmp_path / "r.json").write_text(json.dumps(first))
+    code = ("import json, sys; from obsviz.store import RunStore; "
+            "print(RunStore(sys.argv[1]).record_model_run(json.loads(open(sys.argv[2]).read()), "
+            "methods=['magnitude', 'sparsegpt']))")
+    dead = int(subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "r.json")],
+                              capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    store = RunStore(path)
+    alive = store.record_model_run(first, methods=["magnitude", "sparsegpt"])
+    with sqlite3.connect(path) as con:
+        legacy = con.execute("INSERT INTO model_runs (created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version) SELECT created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version FROM model_runs WHERE id = ?", (dead,)).lastrowid
+    assert token_alive(process_token()) and token_alive("junk") is False
+    assert token_alive("elsewhere.invalid:1:1") is None
+    assert sorted(store.stop_orphaned_model_runs()) == sorted([dead, legacy])
+    by_id = {r.id: r for r in store.model_runs()}
+    assert by_id[alive].status == "running"
+    for rid in (dead, legacy):
+        assert by_id[rid].status == "stopped" and by_id[rid].finished == ["magnitude"]
+        assert "process ended" in by_id[rid].error
+        assert store.model_run(rid).report["methods"].keys() == {"magnitude"}
+    assert store.stop_orphaned_model_runs() == []
+
+
+# ---- a content-addressed store verifies content; foreign, read-only, locked, full stores ------
+
+
+def _stored_files(store, rid):
+    run = store.get(rid)
+    return store.file_path(run.weight_file), store.file_path(run.mask_file)
+
+
+@pytest.mark.parametrize("how", ["changed", "truncated", "deleted"])
+def test_a_tensor_file_changed_behind_the_store_is_never_read_back(tmp_path, toy, toy_result,
+                                                                   how):
+    from obsviz.store import TENSORS_GONE, StoredTensorsError
+
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    weight_file, _ = _stored_files(store, rid)
+    data = bytearray(weight_file.read_bytes())
+    if how == "changed":   # same size: one weight becomes 12345.0
+        data[-4:] = torch.tensor([12345.0]).numpy().tobytes()
+        weight_file.write_bytes(bytes(data))
+    elif how == "truncated":
+        weight_file.write_bytes(bytes(data[:len(data) // 2]))
+    else:
+        weight_file.unlink()
+    with pytest.raises(StoredTensorsError, match=TENSORS_GONE):
+        store.tensors(rid)
+    run = store.get(rid)          # the row (metrics) still reads
+    assert run.rel_error == res.rel_error and run.status == "done"
+    # the same trial stored again (a re-run, another key with the same weights): the file is
+    # written anew, not reused because it has the right name and size
+    rid2 = _record(store, toy, geom, res, key="k2")
+    for r in (rid, rid2):
+        assert torch.equal(store.tensors(r)["weight"], res.weight)
+
+
+def test_foreign_sqlite_files_are_not_obsviz_run_databases(tmp_path):
+    from obsviz.store import MIGRATIONS
+
+    def make(name, script):
+        path = tmp_path / f"{name}.sqlite"
+        con = sqlite3.connect(path)
+        con.executescript(script)
+        con.commit()
+        con.close()
+        return path
+
+    cases = {
+        "model_runs only": "CREATE TABLE model_runs (id INTEGER, name TEXT);",
+        "v1 no tables": "PRAGMA user_version = 1;",
+        "v3 wrong tables": "CREATE TABLE runs (id INTEGER, layer TEXT); "
+                           "CREATE TABLE notes (x); PRAGMA user_version = 3;",
+        "v3 runs only": MIGRATIONS[0] + "PRAGMA user_version = 3;",
+        "v2 runs lacks a column": MIGRATIONS[0].replace("    mask_file       TEXT,\n", "")
+                                  + MIGRATIONS[1] + "PRAGMA user_version = 2;",
+        "negative": "PRAGMA user_version = -1;",
+        "negative with tables": MIGRATIONS[0] + "PRAGMA user_version = -7;",
+    }
+    for name, script in cases.items():
+        path = make(name.replace(" ", "_"), script)
+        before = path.read_bytes()
+        with pytest.raises(StoreError, match="not an obsviz run database"):
+            RunStore(path)
+        assert path.read_bytes() == before, name   # nothing written to someone else's file
+
+
+def test_every_schema_version_is_checked_against_its_migrations(tmp_path):
+    from obsviz.store import MIGRATIONS, expected_tables
+
+    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))   # one step per version
+    for version in range(1, SCHEMA_VERSION + 1):   # a store written at each version opens
+        path = tmp_path / f"v{version}.sqlite"
+        con = sqlite3.connect(path)
+        con.executescript("".join(MIGRATIONS[v] for v in range(version))
+                          + f"PRAGMA user_version = {version};")
+        con.close()
+        assert RunStore(path).schema_version == SCHEMA_VERSION
+    assert set(expected_tables(SCHEMA_VERSION)) >= {"runs", "sweep_runs", "model_runs"}
+    assert expected_tables(SCHEMA_VERSION)["runs"] == set(COLUMNS)
+
+
+def test_orphan_part_files_of_killed_writes_are_removed(tmp_path, toy, toy_result):
+    import os
+    import time
+
+    from obsviz.store import ORPHAN_AGE_S
+
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    old = store.files_dir / ".tmp-killed.part"
+    young = store.files_dir / ".tmp-writing.part"
+    for p in (old, young):
+        p.write_bytes(b"half a file")
+    past = time.time() - ORPHAN_AGE_S - 60
+    os.utime(old, (past, past))
+    store.close()
+    again = RunStore(tmp_path / "runs.sqlite")
+    assert not old.exists() and young.exists()   # a young one may be another writer's
+    assert torch.equal(again.tensors(rid)["mask"], res.mask)
+
+
+def test_a_writer_holding_the_lock_is_a_transient_store_error(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path, busy_timeout=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="locked by another writer") as err:
+            _record(store, toy, geom, res)
+        assert err.value.transient
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    rid = _record(store, toy, geom, res)        # the lock gone: written
+    assert store.get(rid).status == "done" and store.count() == 1
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real filesystem of its own (tmpfs), unmounted afterwards: ``(folder, remount)``."""
+    where = tmp_path / "mnt"
+    _mount_tmpfs(where, "4m")
+
+    def remount(opts: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{opts}", str(where)], check=True)
+
+    yield where, remount
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_store_on_a_read_only_filesystem_opens_read_only(tmpfs, toy, toy_result):
+    where, remount = tmpfs
+    geom, res = toy_result
+    path = where / "runs.sqlite"
+    store = RunStore(path)
+    rid = _record(store, toy, geom, res, sweep="s")
+    store.close()
+    remount("ro")
+    ro = RunStore(path)
+    assert ro.readonly and "read-only" in repr(ro)
+    assert [r.id for r in ro.runs(sweep="s")] == [rid] and ro.sweeps()[0]["done"] == 1
+    assert torch.equal(ro.tensors(rid)["weight"], res.weight)
+    assert ro.schema_version == SCHEMA_VERSION
+    with pytest.raises(StoreError, match="read-only"):
+        _record(ro, toy, geom, res, key="k9")
+    with pytest.raises(StoreError, match="read-only"):
+        ro.add_to_sweep("t", [rid])
+    with pytest.raises(StoreError, match="cannot be created"):
+        RunStore(where / "new.sqlite")           # nothing to read, nowhere to write
+
+
+def test_a_full_disk_is_a_store_error_and_writes_nothing(tmpfs, toy):
+    where, _ = tmpfs
+    path = where / "runs.sqlite"
+    store = RunStore(path)
+    geom = Geometry.preset("2:4", (256, 512))
+    big = torch.randn(256, 512)
+    res = prune(big, torch.eye(512), geom, 2, method="magnitude")
+    filler = where / "filler"
+
+    def fill(leave: int = 0) -> None:
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+            f.truncate(max(0, f.tell() - leave))
+
+    fill(leave=300_000)              # less than one weight file (512 KiB) free
+    with pytest.raises(StoreError, match="disk is full"):
+        store.record(key="big", layer="w", shape=big.shape, geometry=geom, nnz=2,
+                     method="magnitude", result=res)
+    assert store.count() == 0 and not list(store.files_dir.glob(".tmp-*"))
+    fill()                           # nothing free at all: the row itself cannot go in
+    with pytest.raises(StoreError, match="full"):
+        for i in range(200):           # until SQLite needs a page the disk does not have
+            store.record(key=f"f{i}", layer="w" * 2000, shape=big.shape, geometry=geom, nnz=2,
+                         method="magnitude", status="failed", error="x" * 4000)
+    filler.unlink()
+    n = store.count()
+    store.record(key="after", layer="w", shape=big.shape, geometry=geom, nnz=2,
+                 method="magnitude", status="failed", error="x")
+    assert store.count() == n + 1
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()

@@ -149,7 +149,10 @@ def test_grid_free_form_nm_nnz_and_a_geometry_that_does_not_fit(spec_dir, tmp_pa
     # coupled-2:4 needs K divisible by 16: 'odd' has K = 24 → those trials fail, named, the rest run
     # 1:3 on K = 64 and nnz = 2 with a scope of 2 blocks (coupled-2:4 has 4, 1:3 has 3) are fine
     assert rep.failed == len(failed) == 2 * 2 * 2 + 2 * 2 * 2
-    assert {(r.layer, r.geometry) for r in failed} == {("odd", "coupled-2:4"), ("key", "1:3")}
+    # each name says what was run: 1:3 at nnz 2 is 2:3, coupled-2:4 at nnz 1 says so
+    assert {(r.layer, r.geometry) for r in failed} == {
+        ("odd", "coupled-2:4"), ("odd", "coupled-2:4 at nnz = 1"), ("key", "1:3"),
+        ("key", "2:3")}
     assert all("divisible by 16" in r.error for r in failed if r.layer == "odd")
     assert all("does not divide" in r.error for r in failed if r.layer == "key")
     done = store.runs(status="done")
@@ -162,7 +165,9 @@ def test_grid_free_form_nm_nnz_and_a_geometry_that_does_not_fit(spec_dir, tmp_pa
         assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-9, abs=1e-12)
         assert r.options["n_splits"] == 2
         assert r.sparsity == pytest.approx(geom.sparsity(r.nnz))
-    assert {r.geometry for r in done} >= {"1:4", "view W, block (1, 2), scope (1, 4)"}
+    assert {r.geometry for r in done} >= {"1:4", "2:4", "view W, block (1, 2), scope (1, 4)"}
+    assert {(r.geometry, r.nnz) for r in done if ":" in r.geometry and "," not in r.geometry
+            } >= {("1:4", 1), ("2:4", 2), ("1:3", 1), ("2:3", 2)}
 
 
 def test_sample_layers_and_first_rows(tmp_path):
@@ -197,9 +202,10 @@ def test_checkpoint_layers_get_dense_hessians(tmp_path):
         pytest.skip("the MiniLM checkpoint package is not installed")
     (tmp_path / "calib.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
     name = "encoder.layer.0.attention.self.query"
-    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": "calib.txt",
+    # a spec built in Python (no base folder): its paths are used as given
+    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": str(tmp_path / "calib.txt"),
                                    "names": [name], "max_tokens": 64, "seq_len": 32}],
-                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}}, base=tmp_path)
+                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}})
     from obsviz.sweep import check_checkpoint_memory, checkpoint_hessian_bytes
 
     # memory checked from the weight files' headers before anything is allocated
@@ -339,6 +345,20 @@ def test_duplicate_grid_points_run_once(tmp_path):
     assert len(plan(spec, device="cpu").trials) == 1
 
 
+def test_cli_warns_before_a_choice_that_prunes_nothing(tmp_path, capsys):
+    from obsviz.cli import main
+
+    spec = tmp_path / "b16.toml"
+    spec.write_text('[[layers]]\nsample = "layer0.query"\n[grid]\npresets = ["block16"]\n'
+                    'nnz = [1, 2]\nmethods = ["magnitude"]\n')
+    assert main(["sweep", str(spec), "--store", str(tmp_path / "r.sqlite"), "-q",
+                 "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: block16 at nnz = 2 keeps all 2 blocks of every scope: nothing is " \
+           "pruned" in err and "(1 trial)" in err
+    assert "block16 at nnz = 2  0.0%" in out
+
+
 # ---- Ray: a real local cluster, started once for this module ----------------------------------
 
 
@@ -451,16 +471,17 @@ def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, ca
     head = next(i for i, ln in enumerate(lines) if ln.startswith("geometry"))
     table = [ln.split() for ln in lines[head + 1:head + 7]]
     runs = {(r.geometry, r.method): r for r in RunStore(db).runs()}
-    for geometry, method, trials, failed, pct, _, secs in table:
+    for geometry, sparsity, method, damp, trials, failed, pct, _, secs in table:
         r = runs[(geometry, method)]
-        assert (trials, failed) == ("1", "0") and pct == f"{100 * r.rel_error:.2f}"
+        assert (trials, failed, damp) == ("1", "0", "0.01") and sparsity == "50.0%"
+        assert pct == f"{100 * r.rel_error:.2f}"
         assert secs == f"{r.seconds:.3f}"
     # resume from the command line: nothing runs again
     assert main(["sweep", str(spec_dir / "example.toml"), "--store", str(db), "-q"]) == 0
     assert "0 run, 6 already done" in capsys.readouterr().out
     # failed trials: recorded, listed, exit code 3; a bad spec: exit code 1, the field named
-    spec = tmp_path / "odd.toml"
-    spec.write_text(f'[[layers]]\nfile = "{spec_dir / "layers.safetensors"}"\nnames = ["odd"]\n'
+    spec = spec_dir / "odd.toml"
+    spec.write_text('[[layers]]\nfile = "layers.safetensors"\nnames = ["odd"]\n'
                     '[grid]\npresets = ["coupled-2:4", "2:4"]\nmethods = ["magnitude"]\n')
     assert main(["sweep", str(spec), "--store", str(db), "-q"]) == 3
     out = capsys.readouterr().out
@@ -468,3 +489,108 @@ def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, ca
     spec.write_text('[[layers]]\nsample = "toy"\n[grid]\nmethods = ["magnitude"]\n')
     assert main(["sweep", str(spec), "--store", str(db)]) == 1
     assert "grid.presets" in capsys.readouterr().err
+
+
+# ---- layers of equal contents under different names; a store that does not take writes -------
+
+
+@pytest.fixture(scope="module")
+def twins_dir(tmp_path_factory) -> Path:
+    """Five layers in one file, two of them ("key" and "key copy") with equal contents."""
+    d = tmp_path_factory.mktemp("twins")
+    key = crop("key", "layer0.key", 16, 32)
+    save_layers(d / "layers.safetensors", [
+        crop("q", "layer0.query", 16, 32), key,
+        Layer("key copy", key.weight.clone(), key.hessian.clone(), key.nsamples, "copy"),
+        crop("v", "layer0.value", 16, 32), crop("o", "layer5.query", 16, 32)])
+    (d / "twins.toml").write_text('[[layers]]\nfile = "layers.safetensors"\n[grid]\n'
+                                  'presets = ["2:4", "1:4"]\nmethods = ["magnitude", '
+                                  '"sparsegpt"]\n')
+    return d
+
+
+def test_layers_of_equal_contents_each_keep_their_name(twins_dir, tmp_path):
+    from obsviz.sweep import summary_table
+
+    db = tmp_path / "runs.sqlite"
+    rep = sweep(twins_dir / "twins.toml", store=db)
+    assert (rep.total, rep.done, rep.shared, rep.skipped) == (20, 16, 4, 0)
+    assert rep.same_as == {"key copy": "key"} and rep.left == 0 and rep.unwritten == []
+    assert len(rep.run_ids) == 20 and len(set(rep.run_ids)) == 16   # computed once
+    store = RunStore(db)
+    shown = store.runs(sweep="twins")
+    by_layer = {}
+    for r in shown:
+        by_layer.setdefault(r.layer, []).append(r)
+    assert sorted(by_layer) == ["key", "key copy", "o", "q", "v"]
+    assert all(len(rs) == 4 for rs in by_layer.values())
+    copy = {(r.geometry, r.method): r for r in by_layer["key copy"]}
+    for r in by_layer["key"]:
+        twin = copy[(r.geometry, r.method)]
+        assert twin.id == r.id and twin.extra["stored_layer"] == "key"
+    assert store.count() == 16 and store.sweeps()[0]["runs"] == 20
+    assert [row["trials"] for row in summary_table(store, rep.run_ids)] == [5, 5, 5, 5]
+    # resumed under another name: every name found done, nothing computed
+    again = sweep(twins_dir / "twins.toml", store=db, name="again")
+    assert (again.done, again.skipped, again.shared) == (0, 20, 0)
+    assert sorted({r.layer for r in store.runs(sweep="again")}) == sorted(by_layer)
+
+
+def test_cli_sweep_reports_layers_merged(twins_dir, tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-m", "obsviz", "sweep", str(twins_dir / "twins.toml"),
+                          "--store", str(tmp_path / "r.sqlite")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "20 trials" in out.stdout and "16 run" in out.stdout
+    assert "'key copy' has the same weight and Hessian as 'key'" in out.stdout
+
+
+def test_a_locked_store_neither_stops_the_sweep_nor_loses_its_trials(spec_dir, tmp_path):
+    import threading
+    import time
+
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db, busy_timeout=0.1)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")      # another writer holds the lock past the timeout
+    seen = []
+    released = threading.Event()
+
+    def progress(s):
+        seen.append(s.unwritten)
+        if s.done == 3 and not released.is_set():   # then lets go, mid-sweep
+            holder.execute("ROLLBACK")
+            released.set()
+
+    rep = sweep(spec_dir / "example.toml", store=store, progress=progress, retry_wait_s=0)
+    assert max(seen) >= 2 and rep.unwritten == [] and rep.done == 6
+    assert store.count() == 6 and len(store.runs(sweep="example")) == 6
+    # held for good: the sweep ends, every trial computed, and says which were not written
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.perf_counter()
+        rep = sweep({"layers": [{"sample": "toy"}],
+                     "grid": {"presets": ["2:4"], "methods": ["magnitude", "wanda"]}},
+                    store=store, write_retries=2, retry_wait_s=0)
+        assert time.perf_counter() - t0 < 30
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rep.done == 2 and [label for label, _ in rep.unwritten] == [
+        "magnitude · 2:4 · nnz 2 · toy", "wanda · 2:4 · nnz 2 · toy"]
+    assert all("locked by another writer" in why for _, why in rep.unwritten)
+    assert store.count() == 6
+
+
+def test_a_read_only_store_is_refused_before_the_sweep(spec_dir, tmp_path, monkeypatch):
+    from obsviz.store import StoreError
+
+    db = tmp_path / "runs.sqlite"
+    RunStore(db).close()
+    store = RunStore(db)
+    monkeypatch.setattr(store, "readonly", True)   # the real filesystem case: test_store
+    with pytest.raises(StoreError, match="read-only"):
+        sweep(spec_dir / "example.toml", store=store)
