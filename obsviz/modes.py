@@ -482,8 +482,8 @@ def decide_batch(p: Problem, C_SS: torch.Tensor, w_S: torch.Tensor, S: torch.Ten
 
     The decisions only read C and w on the batch's own columns ``S`` ``(B, n)``, so they run on
     the small system ``(C_SS, w_S)`` (both written in place), which the same OBS update + Schur
-    downdate keeps exact after each step. So every decision sees all earlier ones, whatever ``ng`` is. Without ``coupled``
-    (no scope spans two rows) each row chooses its own blocks.
+    downdate keeps exact after each step. So every decision sees all earlier ones, whatever
+    ``ng`` is. Without ``coupled`` (no scope spans two rows) each row chooses its own blocks.
 
     The same composition is used once more inside the batch: ``SUB_STEPS`` steps at a time are
     decided on their own (smaller) system, and their union is then removed from the rest of the
