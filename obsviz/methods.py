@@ -233,10 +233,13 @@ def _sweep_flops(chunks_option: str | None = None):
 
 
 def _true_obs_flops(geometry, rows=None, **options) -> float:
-    # every pruned column of every row downdates a K × K inverse
+    # per row: the factor of the pruned set P on the columns F still to decide grows by
+    # 2·q·|P|·|F| per batch (Σ ≈ s²·K³/3 at sparsity s: K³/12 at 50 %), then one
+    # Cholesky of the kept part of H_d, ((1 − s)·K)³/3
     K = geometry.weight_shape[1]
-    sparsity = 1 - 1 / max(1, geometry.blocks_per_scope)  # the largest np, a safe bound
-    return _inverse_flops(geometry) + 2.0 * _rows(geometry, rows) * K * K * K * sparsity
+    s = 1 - geometry.nnz / max(1, geometry.blocks_per_scope) if geometry.nnz else 0.5
+    per_row = s * s * K ** 3 / 3 + ((1 - s) * K) ** 3 / 3
+    return _inverse_flops(geometry) + _rows(geometry, rows) * per_row
 
 
 # ---- run functions ------------------------------------------------------------------------------

@@ -353,6 +353,14 @@ def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 
 def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
              c_dtype: torch.dtype) -> torch.Tensor:
+    """Exact OBS per row (see :func:`true_obs_steps`), on one thread but for the large products
+    (:func:`obs.one_thread`)."""
+    with obs.one_thread():
+        return true_obs_steps(p, ng, chunk_size, order, scoring, c_dtype)
+
+
+def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
+                   c_dtype: torch.dtype) -> torch.Tensor:
     """Exact OBS per row: each decision sees every earlier one of its row (the row's C is the
     inverse of H_d on the columns it still has).
 
@@ -420,9 +428,8 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
             if bi == 0 and first is not None:
                 pruned_S = first[rows]
             else:
-                with obs.one_thread():   # many small operations
-                    pruned_S = decide_batch(p, C_SS, wp[:, lo:hi].clone(), S, scope_c[:, ts],
-                                            (gs, Lb), scoring, coupled)
+                pruned_S = decide_batch(p, C_SS, wp[:, lo:hi].clone(), S, scope_c[:, ts],
+                                        (gs, Lb), scoring, coupled)
             Q = obs.compact(torch.arange(lo, hi, device=S.device).expand(B, -1), pruned_S)
             obs.zero_at(kept_c, obs.gather_masked(pi + 1, Q).long() - 1)
             if hi >= N or Q.shape[1] == 0:

@@ -21,21 +21,46 @@ MAX_SUBSETS = 10_000
 
 # ---- threads ----------------------------------------------------------------------------------
 
+#: Operations of at least this many flops run on torch's thread count, all others on one thread
+#: inside :func:`one_thread` (measured on the shared 2-core machine: two threads gained only on
+#: the large products of 384 × 1536 layers, and cost up to 10× on small batched operations).
+PARALLEL_FLOPS = 1e8
+
+_threads = [0]   # torch's thread count outside one_thread (0: not inside)
+
+
 @contextmanager
 def one_thread():
-    """Run the enclosed (small) operations on one thread: split over several OpenMP threads, a
-    batched factorisation of tiny systems waits for every thread, and on a busy machine a
-    descheduled one (a batch of 16 32 × 32 Cholesky factors: 16 ms with two threads, far less
-    with one). Large products outside keep torch's thread count."""
+    """Run the enclosed operations on one thread, except those that :func:`threads_for` names
+    large. Split over several OpenMP threads, a batched operation on tiny systems waits for
+    every thread, and on a busy machine for a descheduled one (a batch of 16 32 × 32 Cholesky
+    factors: 16 ms with two threads against 0.07 ms with one)."""
     n = torch.get_num_threads()
-    if n == 1:
+    if n == 1 or _threads[0]:
         yield
         return
+    _threads[0] = n
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(n)
+        _threads[0] = 0
+
+
+@contextmanager
+def threads_for(flops: float):
+    """Inside :func:`one_thread`: torch's own thread count for an operation of ``flops`` of at
+    least ``PARALLEL_FLOPS``, else one thread."""
+    n = _threads[0]
+    if not n or flops < PARALLEL_FLOPS:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 # ---- small SPD systems ------------------------------------------------------------------------
@@ -466,14 +491,13 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
         C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
         C_Qx = C_Qx * (cols >= 0).unsqueeze(1)
     U_Q = U[:, :n_u].gather(2, Qc.unsqueeze(1).expand(B, n_u, q))      # (B, n_u, q)
-    R = torch.baddbmm(C_Qx.to(U.dtype), U_Q.transpose(1, 2), U[:, :n_u, lo:], alpha=-1)
+    with threads_for(2.0 * B * q * n_u * C_Qx.shape[-1]):
+        R = torch.baddbmm(C_Qx.to(U.dtype), U_Q.transpose(1, 2), U[:, :n_u, lo:], alpha=-1)
     work = torch.promote_types(U.dtype, torch.float32)
     R = R.to(work) * ok.unsqueeze(-1)
-    with one_thread():
-        L = _cholesky(with_identity(
-            R.gather(2, (Qc - lo).unsqueeze(1).expand(B, q, q)), ok))
-        eye = torch.eye(q, dtype=work, device=R.device)
-        L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    L = _cholesky(with_identity(R.gather(2, (Qc - lo).unsqueeze(1).expand(B, q, q)), ok))
+    eye = torch.eye(q, dtype=work, device=R.device)
+    L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     new = torch.bmm(L_inv, R[:, :, hi - lo:])                           # (B, q, |F|)
     v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
     wp[:, hi:].sub_(torch.bmm(v.transpose(1, 2), new).squeeze(1).to(wp.dtype))
@@ -499,10 +523,11 @@ def refit_kept(Hd: torch.Tensor, W0: torch.Tensor, kept: torch.Tensor) -> torch.
         if bool((i >= 0).all()):   # no padding: a plain gather
             return Hd[i.unsqueeze(-1), i.unsqueeze(-2)]
         return principal(Hd, i)
-    if first.numel() < B and bool((kept[first][which] == kept).all()):
-        L = _cholesky(H_KK(idx[first]))[which]                          # one per kept set
-    else:
-        L = _cholesky(H_KK(idx))
-    delta = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1) * (idx >= 0)
+    with threads_for(B * idx.shape[1] ** 3 / 3):
+        if first.numel() < B and bool((kept[first][which] == kept).all()):
+            L = _cholesky(H_KK(idx[first]))[which]                      # one per kept set
+        else:
+            L = _cholesky(H_KK(idx))
+        delta = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1) * (idx >= 0)
     out = (W0.to(work) * kept).scatter_add(1, idx.clamp(min=0), delta)
     return out.to(W0.dtype)
