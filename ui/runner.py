@@ -25,7 +25,7 @@ from obsviz.metrics import format_rel_error
 from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, lookup, run_key, store
+from ui.runs import Job, Run, add, lookup, record_failure, run_key, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -185,6 +185,7 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
         return {"status": "done", "key": key}
     finally:
         release_device_memory(job.device)
+    record_failure(job, method, message)
     return _failed(method, label, slot, message)
 
 

@@ -153,6 +153,22 @@ def _record(run: Run) -> int | None:
         return None
 
 
+def record_failure(job: Job, method: str, message: str) -> int | None:
+    """Keep a method that failed on ``job`` in the run store, with its message (as sweeps keep
+    their failed trials); ``None`` when there is no store or it cannot take the row."""
+    db = run_store()
+    if db is None:
+        return None
+    try:
+        return db.record(key=run_key(job, method), layer=job.layer.label, source=job.layer.kind,
+                         layer_hash=job.layer.digest, shape=job.layer.layer.shape,
+                         geometry=job.geometry, nnz=job.nnz, method=method,
+                         options=job.trial_options(method), damp=job.damp, status="failed",
+                         error=message)
+    except Exception:   # the page shows the failure either way
+        return None
+
+
 def _load_result(run: Run) -> PruneResult:
     db = run_store()
     if db is None or run.stored_id is None:
