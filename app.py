@@ -25,6 +25,9 @@ PAGES = {
     "model": ("pages/model.py", "Model", ":material/account_tree:",
               "Prune every layer of a real model in sequence; see what each pattern and method "
               "does to the whole model and which layers carry the damage."),
+    "sensitivity": ("pages/sensitivity.py", "Sensitivity", ":material/tune:",
+                    "Prune each layer of a model alone, rank the layers by the damage each "
+                    "does, and build a plan that spares the most sensitive ones."),
     "sweep": ("pages/sweep.py", "Sweep", ":material/grid_on:",
               "Grids of layers × geometries × methods, kept in a run database that outlives the "
               "session."),

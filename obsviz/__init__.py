@@ -17,6 +17,7 @@ from obsviz.layers import (
     LayerFileError,
     list_layers,
     load_layer,
+    load_layers,
     load_sample_layer,
     sample_layer_names,
     save_layers,
@@ -29,6 +30,7 @@ from obsviz.sweep import sweep  # the function; the module is sys.modules["obsvi
 __all__ = ["ArgumentError", "Geometry", "PRESETS", "prune", "PruneResult", "METHODS", "OBS_MODES",
            "BASELINES",
            "memory_estimate", "resolve_device", "Layer", "LayerFileError", "DEFAULT_SAMPLE",
-           "list_layers", "load_layer", "load_sample_layer", "sample_layer_names", "save_layers",
+           "list_layers", "load_layer", "load_layers",
+           "load_sample_layer", "sample_layer_names", "save_layers",
            "save_pruned", "RunStore", "default_store_path", "sweep"]
 __version__ = "0.1.0"

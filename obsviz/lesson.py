@@ -1,25 +1,30 @@
 """Rows of a layer walked through structured OBS, one scope at a time (the Learn page).
 
-A :class:`Lesson` is ``true_obs`` with ``ng=1``, ``scoring="joint"``, ``order="left_to_right"``
-on the rows one scope decides together, recorded step by step. For most geometries (N:M,
-``coupled-2:4``, ...) every scope lies in one row and the lesson follows that row alone. A
-*row-coupled* geometry (``block16``: a scope holds a block of row ``r`` and one of row ``r + 8``)
-decides several rows together; the lesson then follows the row's whole *coupling group* (the rows
-sharing a scope with it, transitively) and steps them together.
+A :class:`Lesson` is ``true_obs`` (``order="left_to_right"``, the Prune page's default
+``scoring``, or the other one) on the rows one scope decides together, recorded step by step; the
+student may *overrule* any step (``forced``: prune another candidate there) and the lesson goes on
+from that choice, every later step again decided by OBS on the state that choice left.
+
+For most geometries (N:M, ``coupled-2:4``, ...) every scope lies in one row and the lesson
+follows that row alone. A *row-coupled* geometry (``block16``: a scope holds a block of row ``r``
+and one of row ``r + 8``) decides several rows together; the lesson then follows the row's whole
+*coupling group* (the rows sharing a scope with it, transitively) and steps them together.
 
 For every scope (left to right) a step records the candidate subsets and, per row ``r``, their cost
 ``ε_r(P) = w_{r,P} (C^r_PP)⁻¹ w_{r,P}ᵀ`` with the row's own current weights and its own
-(downdated) ``C^r``; the scope's choice is the subset of least *summed* cost over its rows
-(Hassibi & Stork 1993 for one row; the sum over rows because the loss ``Σ_r Δw_r H Δw_rᵀ`` is a
-sum over rows). Then each row removes its own part of the subset with its own optimal update
-``w ← w − w_P (C_PP)⁻¹ C_P,:`` and its own Schur downdate ``C ← C − C_:,P (C_PP)⁻¹ C_P,:``.
+(downdated) ``C^r`` (Hassibi & Stork 1993 for one row; summed over the rows because the loss
+``Σ_r Δw_r H Δw_rᵀ`` is a sum over rows). What OBS prunes depends on ``scoring``: ``"joint"`` takes
+the subset of least summed ε; ``"independent"`` (``obsviz.prune``'s default) the ``np`` blocks of
+least ``Σ w_c² / C^r_cc`` (each weight priced alone, with the current C). Then each row removes its
+own part of the subset with its own optimal update ``w ← w − w_P (C_PP)⁻¹ C_P,:`` and its own
+Schur downdate ``C ← C − C_:,P (C_PP)⁻¹ C_P,:``.
 
 The layer is made ready by ``obsviz.prepare.prepare`` (dtype, symmetrised H, dead inputs, damping,
 unit scale), the one function ``obsviz.prune`` starts from too, and every step uses the engine's
 own primitives (``obsviz.obs``), so the lesson's last weights are exactly what
-``obsviz.prune(..., method="true_obs", ng=1, scoring="joint")`` gives for those rows. The lesson
-*shows* C, costs and the damped loss in the layer's own units (the engine works at unit scale;
-every decision is invariant to that scale).
+``obsviz.prune(..., method="true_obs", scoring=scoring)`` gives for those rows (when nothing is
+overruled). The lesson *shows* C, costs and the damped loss in the layer's own units (the
+engine works at unit scale; every decision is invariant to that scale).
 
 Two identities the page teaches, both exact (and tested):
 
@@ -31,8 +36,9 @@ Two identities the page teaches, both exact (and tested):
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,14 +47,16 @@ from obsviz import obs
 from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry
 from obsviz.hessian import check_damp
+from obsviz.layers import SAMPLE_DIR, Layer, load_layer
 from obsviz.layout import coupled_closure, row_steps
-from obsviz.methods import OBS_MODES
+from obsviz.methods import OBS_MODES, SCORING
 from obsviz.metrics import row_error
 from obsviz.prepare import prepare
 
-__all__ = ["COMPARED_MODES", "MAX_LESSON_BYTES", "MAX_ROWS", "Lesson", "LessonStep",
-           "ModeOutcome", "column_ranges", "column_runs", "first_columns", "interleaved_worse_rows",
-           "lesson_geometry", "mode_outcomes", "same_mask_worse"]
+__all__ = ["COMPARED_MODES", "COUPLED_TOY", "MAX_LESSON_BYTES", "MAX_ROWS", "SCORINGS", "Lesson",
+           "LessonStep", "ModeOutcome", "column_ranges", "column_runs", "coupled_toy",
+           "first_columns", "interleaved_worse_rows", "lesson_geometry", "mode_outcomes",
+           "same_mask_worse"]
 
 #: The modes the lesson's side panel compares, in the order they are shown: every OBS mode.
 COMPARED_MODES = OBS_MODES
@@ -56,6 +64,12 @@ COMPARED_MODES = OBS_MODES
 MAX_ROWS = 16
 #: Most memory a lesson may hold (every step keeps each row's K × K C): checked before computing.
 MAX_LESSON_BYTES = 256 << 20
+#: How ``true_obs`` may score a step (``obsviz.methods.SCORING``), its default (Prune's) first.
+SCORINGS = (SCORING.default, *(c for c in SCORING.choices if c != SCORING.default))
+#: The shipped toy layer made for row-coupled lessons (``sample_data/toy_coupled.safetensors``):
+#: W 16 × 64, so ``block16`` has four scopes over each pair of rows ``r`` and ``r + 8``.
+COUPLED_TOY = "toy_coupled"
+COUPLED_TOY_FILE = "toy_coupled.safetensors"
 
 
 def column_runs(cols: Sequence[int]) -> list[tuple[int, int]]:
@@ -94,8 +108,14 @@ class LessonStep:
             weights and its own current (downdated) ``C``, in the layer's units.
         frozen_row_costs: ``(R, n_cand)`` the same with the starting weights and the original
             ``C``: what ``local`` and ``full`` rank by.
-        chosen: indices into ``candidates`` of what was pruned (one subset; ``np`` singles when
-            greedy).
+        row_scores: ``(R, n_cand)`` what the lesson's ``scoring`` ranks by: ``row_costs`` when
+            joint; when independent, ``Σ w_c² / C^r_cc`` over the candidate's weights in row
+            ``r`` (current w and C, layer units).
+        obs_chosen: indices into ``candidates`` of what OBS prunes here (least summed score: one
+            subset; ``np`` singles when greedy).
+        chosen: what was pruned: ``obs_chosen``, or the student's pick where overruled.
+        chosen_cost: the exact ``Σ_r w_{r,P} (C^r_PP)⁻¹ w_{r,P}ᵀ`` of what was pruned (the
+            growth of the damped loss this step).
         greedy: whether the subsets were too many to enumerate.
         pruned_blocks: block indices (0..gs-1) pruned in this step.
         pruned_cols: per row, the W columns zeroed in this step, ascending.
@@ -114,7 +134,10 @@ class LessonStep:
     candidates: torch.Tensor
     row_costs: torch.Tensor
     frozen_row_costs: torch.Tensor
+    row_scores: torch.Tensor
+    obs_chosen: tuple[int, ...]
     chosen: tuple[int, ...]
+    chosen_cost: float
     greedy: bool
     pruned_blocks: tuple[int, ...]
     pruned_cols: tuple[tuple[int, ...], ...]
@@ -137,9 +160,23 @@ class LessonStep:
         return self.frozen_row_costs.sum(0)
 
     @property
-    def chosen_cost(self) -> float:
-        """The cost of what was pruned (the sum of the chosen candidates' costs)."""
-        return float(self.costs[list(self.chosen)].sum())
+    def scores(self) -> torch.Tensor:
+        """``(n_cand,)`` what OBS ranks the candidates by, summed over the rows."""
+        return self.row_scores.sum(0)
+
+    @property
+    def overruled(self) -> bool:
+        """Whether the student pruned something else here than OBS would."""
+        return self.blocks(self.chosen) != self.blocks(self.obs_chosen)
+
+    @property
+    def cheapest(self) -> int:
+        """The candidate of least ε (the first on a tie)."""
+        return int(torch.argmin(self.costs))
+
+    def blocks(self, chosen: Sequence[int]) -> set[int]:
+        """The scope's blocks (0..gs-1) that the candidates ``chosen`` prune together."""
+        return {b for i in chosen for b in self.candidates[i].tolist()}
 
     @property
     def frozen_chosen(self) -> tuple[int, ...]:
@@ -150,9 +187,7 @@ class LessonStep:
     @property
     def choice_flips(self) -> bool:
         """Whether ``true_obs`` prunes other blocks here than ``local``/``full`` chose."""
-        def blocks(chosen: tuple[int, ...]) -> set[int]:
-            return {b for i in chosen for b in self.candidates[i].tolist()}
-        return blocks(self.chosen) != blocks(self.frozen_chosen)
+        return self.blocks(self.chosen) != self.blocks(self.frozen_chosen)
 
     @property
     def max_cost_change(self) -> float:
@@ -214,7 +249,9 @@ class Lesson:
     """The whole step-through; immutable, computed at :meth:`start`.
 
     Attributes:
-        geometry, nnz, row, damp: what was asked for.
+        geometry, nnz, row, damp, scoring: what was asked for.
+        forced: ``{step index: pruned blocks}`` the steps the student overruled (block indices
+            ``0..gs-1`` of the step's scope); empty for OBS's own path.
         rows: the W rows followed, ascending: ``row`` and every row coupled to it.
         w0: ``(R, K)`` the rows as given.
         w_start: ``(R, K)`` the rows pruning starts from (weights of dead inputs set to 0, as
@@ -235,6 +272,8 @@ class Lesson:
     row: int
     rows: tuple[int, ...]
     damp: float
+    scoring: str
+    forced: dict[int, tuple[int, ...]]
     w0: torch.Tensor
     w_start: torch.Tensor
     H: torch.Tensor
@@ -249,9 +288,12 @@ class Lesson:
 
     @classmethod
     def start(cls, W: torch.Tensor, H: torch.Tensor, geometry: Geometry, nnz: int, row: int,
-              damp: float = 0.01) -> Lesson:
+              damp: float = 0.01, scoring: str = SCORING.default,
+              forced: Mapping[int, Sequence[int]] | None = None) -> Lesson:
         """Walk row ``row`` of ``W`` ``(M, K)`` (and the rows coupled to it) with Hessian ``H``
-        ``(K, K)`` through OBS.
+        ``(K, K)`` through OBS, scoring each step as ``true_obs`` does with ``scoring``; at the
+        steps ``forced`` names (``{step index: the np pruned blocks}``) prune those blocks
+        instead (the student's choice), and go on from there.
 
         Works in float64 when ``W`` is float64, else float32 (as ``obsviz.prune`` on CPU).
         Raises ``ArgumentError`` for bad inputs, for a coupling group of more than
@@ -266,6 +308,9 @@ class Lesson:
         if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < M:
             raise ArgumentError("row", f"row={row!r} must be an integer in [0, {M})")
         damp = check_damp(damp)
+        scoring = SCORING.check(scoring)
+        forced = _check_forced(forced, geometry.blocks_per_scope,
+                               geometry.pruned_per_scope(nnz))
         layout = row_steps(geometry)
         group = coupled_closure(layout, torch.tensor([row]))             # (R,) ascending
         R, T = group.numel(), layout.n_steps
@@ -311,16 +356,30 @@ class Lesson:
                 raise ArgumentError(
                     "geometry", f"step {t} of rows {group.tolist()} holds {ids.numel()} scopes "
                     f"({ids.tolist()}); the lesson steps one scope at a time. Pick a preset")
+            index = len(steps)
             cols = torch.where(here[:, None, None], cols_g[:, t], -1)          # (R, gs, Lb)
             row_costs = _costs(cols, Wr, Cr, candidates, batch) * unit
             frozen = _costs(cols, w_start, p.C, candidates, None) * unit
-            chosen = _chosen(row_costs, candidates, greedy, n_prune)
+            if scoring == "joint":
+                row_scores = row_costs
+                obs_chosen = _chosen(row_costs, candidates, greedy, n_prune)
+            else:                                  # each weight alone: w_c² / C_cc, per block
+                diag = torch.diagonal(Cr, dim1=-2, dim2=-1)                     # (R, K)
+                block = obs.block_scores(cols, Wr * Wr / diag, batch)          # (R, gs)
+                row_scores = block[:, candidates].sum(-1) * unit                # (R, n_cand)
+                obs_chosen = _least_blocks(block, candidates, greedy, n_prune)
+            if index in forced:
+                chosen = _candidates_of(forced[index], candidates, greedy)
+            else:
+                chosen = obs_chosen
             pruned_blocks = sorted({b for i in chosen for b in candidates[i].tolist()})
             hit = torch.zeros(gs, dtype=torch.bool)
             hit[pruned_blocks] = True
             # The update and the downdate, exactly as true_obs applies them to these rows.
             P = obs.compact(cols.reshape(R, -1), (hit[:, None] & (cols >= 0)).reshape(R, -1))
             w_before, C_before = Wr.clone(), C_shown
+            pruned_cols = tuple(tuple(sorted(c for c in p_r if c >= 0)) for p_r in P.tolist())
+            chosen_cost = sum(_cost(Wr[r], Cr[r], cs) for r, cs in enumerate(pruned_cols)) * unit
             obs.zero_at(kept, P)
             obs.obs_update_per_row(Wr, Cr, P)
             Wr.mul_(kept)                          # earlier pruned weights stay exactly 0
@@ -328,16 +387,63 @@ class Lesson:
             e = errors(Wr)
             total = float(e.sum())
             steps.append(LessonStep(
-                index=len(steps), scope=int(ids[0]), rows=tuple(group.tolist()), cols=cols,
+                index=index, scope=int(ids[0]), rows=tuple(group.tolist()), cols=cols,
                 candidates=candidates, row_costs=row_costs, frozen_row_costs=frozen,
-                chosen=chosen, greedy=greedy, pruned_blocks=tuple(pruned_blocks),
-                pruned_cols=tuple(tuple(sorted(c for c in p_r if c >= 0)) for p_r in P.tolist()),
-                w_before=w_before, w_after=Wr.clone(), C_before=C_before, C_after=C_shown,
-                row_errors=e, error=total, rel_error=math.sqrt(total / ref) if ref > 0 else 0.0))
+                row_scores=row_scores, obs_chosen=obs_chosen, chosen=chosen,
+                chosen_cost=chosen_cost, greedy=greedy, pruned_blocks=tuple(pruned_blocks),
+                pruned_cols=pruned_cols, w_before=w_before, w_after=Wr.clone(),
+                C_before=C_before, C_after=C_shown, row_errors=e, error=total,
+                rel_error=math.sqrt(total / ref) if ref > 0 else 0.0))
+        if forced and max(forced) >= len(steps):
+            raise ArgumentError("forced", f"forced names step {max(forced)}; this lesson has "
+                                f"{len(steps)} steps (0..{len(steps) - 1})")
         return cls(geometry=geometry, nnz=int(nnz), row=row, rows=tuple(group.tolist()),
-                   damp=damp, w0=w0, w_start=w_start, H=p.H0, Hd=p.Hd * unit, C=p.C / unit,
-                   lam=p.lam, dead=p.dead, n_prune=n_prune, steps=tuple(steps),
-                   start_error=float(errors(w_start).sum()), ref=ref)
+                   damp=damp, scoring=scoring, forced=dict(forced), w0=w0, w_start=w_start,
+                   H=p.H0, Hd=p.Hd * unit, C=p.C / unit, lam=p.lam, dead=p.dead,
+                   n_prune=n_prune, steps=tuple(steps), start_error=float(errors(w_start).sum()),
+                   ref=ref)
+
+    def overrule(self, n: int, candidate: int) -> dict[int, tuple[int, ...]]:
+        """The ``forced`` of a lesson that follows this one up to step ``n`` (1-based) and
+        prunes ``candidate`` (an index into that step's candidates) there: this lesson's
+        overrules before step ``n`` are kept, later ones dropped (they were picked on a state
+        this choice changes). Pass it to :meth:`start` with the same arguments."""
+        if not 1 <= n <= self.n_steps:
+            raise ArgumentError("n", f"n={n!r} must be in [1, {self.n_steps}] (steps of this "
+                                "lesson)")
+        step = self.steps[n - 1]
+        if step.greedy:
+            raise ArgumentError("candidate", "this step's subsets are too many to list (greedy "
+                                "selection): there is no candidate subset to pick")
+        if isinstance(candidate, bool) or not isinstance(candidate, int) \
+                or not 0 <= candidate < step.candidates.shape[0]:
+            raise ArgumentError("candidate", f"candidate={candidate!r} must be an integer in "
+                                f"[0, {step.candidates.shape[0]})")
+        kept = {t: b for t, b in self.forced.items() if t < n - 1}
+        return kept | {n - 1: tuple(sorted(step.candidates[candidate].tolist()))}
+
+    @property
+    def overruled_steps(self) -> list[int]:
+        """The steps (1-based) where the student pruned something else than OBS would."""
+        return [s.index + 1 for s in self.steps if s.overruled]
+
+    @property
+    def rel_errors(self) -> list[float]:
+        """The relative error after each number of steps, ``0 .. n_steps``: the lesson's path."""
+        return [self.rel_error_after(n) for n in range(self.n_steps + 1)]
+
+    def moved_cols(self, n: int, r: int | None = None) -> list[int]:
+        """The columns of the ``r``-th row (default: the asked row) left free by step ``n``
+        (1-based) whose weight that step changed (by more than rounding: ``1e-12`` of the row's
+        largest weight), ascending."""
+        if not 1 <= n <= self.n_steps:
+            raise ArgumentError("n", f"n={n!r} must be in [1, {self.n_steps}] (steps of this "
+                                "lesson)")
+        r = self.index if r is None else r
+        step = self.steps[n - 1]
+        shift = (step.w_after[r] - step.w_before[r]).abs()
+        tol = 1e-12 * float(step.w_before[r].abs().max().clamp(min=1e-300))
+        return [c for c in self.free_cols_after(n, r) if float(shift[c]) > tol]
 
     @property
     def n_steps(self) -> int:
@@ -464,6 +570,14 @@ class Lesson:
                                 "lesson)")
 
 
+@functools.lru_cache(maxsize=1)
+def coupled_toy() -> Layer:
+    """The shipped :data:`COUPLED_TOY` layer (cached: do not modify its tensors in place)."""
+    layer = load_layer(SAMPLE_DIR / COUPLED_TOY_FILE, COUPLED_TOY)
+    layer.source = "sample: 16 x 64 toy layer for row-coupled lessons"
+    return layer
+
+
 def lesson_geometry(pattern: str, shape: tuple[int, int]) -> Geometry:
     """The preset ``pattern`` on ``shape`` ``(M, K)`` for a lesson; ``ArgumentError("pattern")``
     when it does not fit that shape."""
@@ -496,6 +610,55 @@ def _chosen(row_costs: torch.Tensor, candidates: torch.Tensor, greedy: bool,
     pruned = torch.zeros(candidates.shape[0], gs, dtype=torch.bool)
     pruned.scatter_(1, candidates, True)
     return (int(torch.nonzero((pruned == mask).all(1)).flatten()[0]),)
+
+
+def _least_blocks(block_scores: torch.Tensor, candidates: torch.Tensor, greedy: bool,
+                  n_prune: int) -> tuple[int, ...]:
+    """Indices into ``candidates`` of the ``np`` blocks of least score summed over the rows
+    (``block_scores`` ``(R, gs)``), as ``true_obs`` with independent scoring prunes them
+    (``obs.choose_blocks``)."""
+    scope = torch.zeros(block_scores.shape[0], dtype=torch.long)
+    mask = obs.choose_blocks(block_scores, scope, n_prune)[0]
+    return _candidates_of(torch.nonzero(mask).flatten().tolist(), candidates, greedy)
+
+
+def _candidates_of(blocks: Sequence[int], candidates: torch.Tensor,
+                   greedy: bool) -> tuple[int, ...]:
+    """The candidates that prune exactly ``blocks``: the singles when greedy, else the one
+    subset."""
+    want = sorted(int(b) for b in blocks)
+    if greedy:
+        return tuple(want)
+    match = (torch.sort(candidates, dim=1).values == torch.tensor(want)).all(1)
+    return (int(torch.nonzero(match).flatten()[0]),)
+
+
+def _cost(w: torch.Tensor, C: torch.Tensor, P: Sequence[int]) -> float:
+    """``w_P (C_PP)⁻¹ w_Pᵀ`` of one row (0 for no columns)."""
+    if not P:
+        return 0.0
+    idx = torch.tensor(P, dtype=torch.long)
+    w_P = w[idx].to(torch.float64)
+    return float(w_P @ torch.linalg.solve(C[idx][:, idx].to(torch.float64), w_P))
+
+
+def _check_forced(forced: Mapping[int, Sequence[int]] | None, gs: int,
+                  n_prune: int) -> dict[int, tuple[int, ...]]:
+    """``forced`` checked: step indices ``>= 0`` to ``np`` distinct blocks in ``0..gs-1``."""
+    out: dict[int, tuple[int, ...]] = {}
+    for t, blocks in (forced or {}).items():
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise ArgumentError("forced", f"forced step {t!r} must be an integer >= 0")
+        try:
+            b = tuple(sorted({int(x) for x in blocks}))
+        except (TypeError, ValueError):
+            raise ArgumentError("forced", f"forced[{t}]={blocks!r} must be block indices") \
+                from None
+        if len(b) != n_prune or len(b) != len(list(blocks)) or not all(0 <= x < gs for x in b):
+            raise ArgumentError("forced", f"forced[{t}]={list(blocks)!r} must be {n_prune} "
+                                f"distinct block indices in [0, {gs})")
+        out[t] = b
+    return out
 
 
 def first_columns(W: torch.Tensor, H: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -532,16 +695,17 @@ def same_mask_worse(outcomes: dict[str, ModeOutcome]) -> tuple[bool, bool]:
 
 def mode_outcomes(W: torch.Tensor, H: torch.Tensor, geometry: Geometry, nnz: int,
                   rows: int | Sequence[int], damp: float = 0.01,
-                  methods: tuple[str, ...] = COMPARED_MODES) -> dict[str, ModeOutcome]:
+                  methods: tuple[str, ...] = COMPARED_MODES,
+                  scoring: str = SCORING.default) -> dict[str, ModeOutcome]:
     """Each mode's final error on ``rows`` (a row, or a lesson's :attr:`Lesson.rows`; widened to
-    whole coupling groups by ``obsviz.prune``), by running ``obsviz.prune`` on those rows only
-    (``true_obs`` with ``ng=1, scoring="joint"``, the lesson's own settings)."""
+    whole coupling groups by ``obsviz.prune``), by running ``obsviz.prune`` on those rows only,
+    every option at the Prune page's defaults but ``true_obs``'s ``scoring`` (the lesson's)."""
     from obsviz.prune import prune
 
     picked = torch.tensor([rows] if isinstance(rows, int) else list(rows), dtype=torch.long)
     out: dict[str, ModeOutcome] = {}
     for method in methods:
-        extra = dict(ng=1, scoring="joint") if method == "true_obs" else {}
+        extra = dict(scoring=scoring) if method == "true_obs" else {}
         res = prune(W, H, geometry, nnz, method=method, damp=damp, device="cpu", rows=picked,
                     **extra)
         r = res.rows

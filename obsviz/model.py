@@ -39,12 +39,17 @@ import torch
 from torch import nn
 
 from obsviz import methods
-from obsviz.calibrate import _linear_modules, _transformers, calibration_sequences
+from obsviz.calibrate import (
+    _linear_modules,
+    _model_name,
+    calibration_sequences,
+    load_checkpoint,
+)
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes, require_memory
 from obsviz.geometry import Geometry
 from obsviz.hessian import HessianAccumulator, check_damp
-from obsviz.layers import SAMPLE_DIR, _reason
+from obsviz.layers import SAMPLE_DIR
 from obsviz.prune import prune, resolve_device
 
 __all__ = [
@@ -109,6 +114,54 @@ class Plan:
 
     def with_method(self, method: str) -> Plan:
         return replace(self, method=method)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        """The plan :meth:`describe` wrote (read back from a report or the run database:
+        checked field by field; a callable geometry comes back as its name, which no layer
+        fits)."""
+        if not isinstance(data, dict):
+            raise ArgumentError("plan", "a plan must be a JSON object")
+
+        def strs(key: str, default: tuple) -> tuple[str, ...]:
+            v = data.get(key, list(default))
+            if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+                raise ArgumentError("plan", f"plan[{key!r}] must be a list of name patterns")
+            return tuple(v)
+
+        def geo(v):
+            if v is not None and not isinstance(v, str | dict):
+                raise ArgumentError("plan", f"geometry {v!r} must be a preset name or a spec")
+            return v
+
+        def opt_int(v, where: str):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ArgumentError("plan", f"{where} must be an integer")
+            return v
+
+        overrides = []
+        raw = data.get("overrides", [])
+        if not isinstance(raw, list) or len(raw) > _MAX_LAYERS:
+            raise ArgumentError("plan", "plan['overrides'] must be a list")
+        for o in raw:
+            if not isinstance(o, dict) or not isinstance(o.get("pattern"), str):
+                raise ArgumentError("plan", "every override needs a 'pattern'")
+            options = o.get("options")
+            if options is not None and not isinstance(options, dict):
+                raise ArgumentError("plan", "an override's options must be a JSON object")
+            method = o.get("method")
+            if method is not None and not isinstance(method, str):
+                raise ArgumentError("plan", "an override's method must be a name")
+            overrides.append(Override(o["pattern"], geo(o.get("geometry")),
+                                      opt_int(o.get("nnz"), "an override's nnz"), method,
+                                      options, bool(o.get("skip", False))))
+        method, options = data.get("method", "sparsegpt"), data.get("options", {})
+        if not isinstance(method, str) or not isinstance(options, dict):
+            raise ArgumentError("plan", "plan['method'] must be a name, plan['options'] an "
+                                "object")
+        return cls(geo(data.get("geometry", "2:4")), opt_int(data.get("nnz"), "plan['nnz']"),
+                   method, dict(options), strs("include", ("*",)), strs("exclude", ()),
+                   tuple(overrides))
 
     def describe(self) -> dict:
         """Plain data for reports (a callable geometry is described by its name)."""
@@ -294,36 +347,11 @@ def model_kind(model: nn.Module) -> str:
 
 def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` from a local Hugging Face-format directory (never the hub; weights
-    only from ``.safetensors``, never unpickled), float32, eval mode. Causal LMs load with their
-    LM head (``AutoModelForCausalLM``), anything else as the bare encoder (``AutoModel``)."""
-    transformers = _transformers()
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
-        raise ArgumentError("model_dir", f"{model_dir.name or 'that path'} is not a Hugging Face "
-                            "checkpoint folder (a folder with config.json, *.safetensors "
-                            "weights and tokenizer files)")
-    if not any(model_dir.glob("*.safetensors")):
-        raise ArgumentError("model_dir", f"{model_dir.name}: no .safetensors weights (pickled "
-                            "weights such as pytorch_model.bin are never loaded)")
-    hf_logging = transformers.utils.logging
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        archs = getattr(config, "architectures", None) or []
-        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-        auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = auto.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, AttributeError, TypeError,
-            ImportError) as e:
-        raise ArgumentError("model_dir", f"{model_dir.name}: could not load the checkpoint "
-                            f"({_reason(e)})") from e
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    model.float().eval()
-    return model, tokenizer
+    only from ``.safetensors``, never unpickled), float32, eval mode, checked first as
+    :func:`obsviz.calibrate.load_checkpoint` does (memory from the config, readable weights,
+    every tensor of the model present, a working tokenizer). Causal LMs load with their LM head
+    (``AutoModelForCausalLM``), anything else as the bare encoder (``AutoModel``)."""
+    return load_checkpoint(model_dir, lm_head=True, safetensors_only=True)
 
 
 # ---- calibration and evaluation data ----------------------------------------------------------
@@ -434,6 +462,7 @@ class ModelRun:
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike, calibration_text: str, eval_text: str,
                  **kwargs) -> ModelRun:
+        resolve_device(kwargs.get("device", "cpu"))   # a bad device is said before loading
         model, tokenizer = load_model(model_dir)
         kwargs.setdefault("name", _model_name(Path(model_dir)))
         return cls(model, tokenizer, calibration_text, eval_text, **kwargs)
@@ -581,17 +610,7 @@ class ModelRun:
                 if stop is not None and stop():
                     stopped = True
                     break
-                mods = dict(source.named_modules())
-                acc = HessianAccumulator(_shape_of(mods[group[0]])[1], device=self.device)
-                handle = mods[group[0]].register_forward_pre_hook(_catch_into(acc))
-                try:  # the rest of the block is not needed for this H: stop the pass there
-                    for h, extra in zip(hs, extras, strict=True):
-                        try:
-                            _call_block(source, h, extra)
-                        except _Catch:
-                            pass
-                finally:
-                    handle.remove()
+                acc = self._group_hessian(source, group[0], hs, extras)
                 H = acc.result(torch.float64)
                 wmods = dict(wblock.named_modules())
                 for local in group:
@@ -620,6 +639,64 @@ class ModelRun:
             hs = _run_block(wblock if hessians == "sequential" else self.blocks[b], hs, extras)
         return PrunedModel(work.eval(), plan, hessians, done, time.perf_counter() - t0, stopped,
                            time.process_time() - c0)
+
+    def _group_hessian(self, block: nn.Module, local: str, hs: list[torch.Tensor],
+                       extras: list) -> HessianAccumulator:
+        """``H = XᵀX / N`` of the inputs ``block``'s Linear ``local`` reads, over every
+        calibration batch (the pass stops at that Linear: the rest of the block is not needed)."""
+        mod = dict(block.named_modules())[local]
+        acc = HessianAccumulator(_shape_of(mod)[1], device=self.device)
+        handle = mod.register_forward_pre_hook(_catch_into(acc))
+        try:
+            for h, extra in zip(hs, extras, strict=True):
+                try:
+                    _call_block(block, h, extra)
+                except _Catch:
+                    pass
+        finally:
+            handle.remove()
+        return acc
+
+    def dense_hessians(self, layers: list[LayerPlan], stop: Callable[[], bool] | None = None):
+        """``(group, H, nsamples)`` for every group of ``layers`` (those of one block reading one
+        input), in model order: H (float64) from the dense model, as ``hessians="dense"``
+        prunes with. One pass of the calibration text through the dense blocks; nothing is
+        pruned. Ends early when ``stop()`` turns true (asked before each group)."""
+        by_block: dict[int, list[LayerPlan]] = {}
+        for lp in layers:
+            by_block.setdefault(lp.block, []).append(lp)
+        inputs = self._block_inputs()
+        hs = [h for h, _, _ in inputs]
+        extras = [(a, kw) for _, a, kw in inputs]
+        last = max(by_block)
+        for b in range(last + 1):
+            block, targets = self.blocks[b], by_block.get(b, [])
+            plans = {lp.local: lp for lp in targets}
+            for group in _input_groups(block, list(plans), hs[0], extras[0]) if targets else []:
+                if stop is not None and stop():
+                    return
+                acc = self._group_hessian(block, group[0], hs, extras)
+                yield [plans[n] for n in group], acc.result(torch.float64), acc.nsamples
+            if b < last:
+                hs = _run_block(block, hs, extras)
+
+    def to(self, device: str | torch.device) -> ModelRun:
+        """This run moved to ``device`` (the dense model, the calibration and held-out batches,
+        the dense model's held-out outputs): what a Ray task on a GPU does with a run it got
+        from the object store. Returns ``self``."""
+        device = resolve_device(device)
+        if device == self.device:
+            return self
+        self.device = device
+        self.dense = self.dense.to(device)
+        self.block_name, self.blocks = find_blocks(self.dense)
+        self.calibration = [b.to(device) for b in self.calibration]
+        self.eval_batches = [(i.to(device), m.to(device)) for i, m in self.eval_batches]
+        if self._dense_cache is not None:
+            self._dense_cache = [{k: ([t.to(device) for t in v] if k == "blocks" else
+                                      v.to(device) if isinstance(v, torch.Tensor) else v)
+                                  for k, v in d.items()} for d in self._dense_cache]
+        return self
 
     # -- evaluation
 
@@ -689,8 +766,8 @@ class ModelRun:
             metrics = {"cosine": cos_sum / n_units,
                        "last_hidden_rel_error": math.sqrt(h_num / h_den) if h_den > 0 else 0.0}
         else:
-            metrics = {"perplexity": math.exp(nll_p / n_pred),
-                       "dense_perplexity": math.exp(nll_d / n_pred)}
+            metrics = {"perplexity": perplexity(nll_p, n_pred),
+                       "dense_perplexity": perplexity(nll_d, n_pred)}
         return {"metrics": metrics, "drift": drift}
 
     # -- saving
@@ -793,27 +870,100 @@ def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     return float(nll.sum()), int(target.numel())
 
 
-def _model_name(model_dir: Path) -> str:
-    model_dir = model_dir.resolve()
-    if model_dir.name.lower() in {"model", "checkpoint", "snapshot", "hf"}:
-        return f"{model_dir.parent.name}/{model_dir.name}"
-    return model_dir.name
+def perplexity(nll: float, n: int) -> float:
+    """``exp`` of the mean next-token NLL; ``inf`` when that passes what a float holds (a mean
+    NLL over 709.78: a model that gives the text almost no chance is reported as such)."""
+    try:
+        return math.exp(nll / n)
+    except OverflowError:
+        return math.inf
 
 
 # ---- several methods, one report ----------------------------------------------------------------
+
+
+def _method_entry(run: ModelRun, plan: Plan, method: str, hessians: str,
+                  progress: Progress | None = None, stop: Callable[[], bool] | None = None
+                  ) -> tuple[dict, PrunedModel]:
+    """One method of :func:`run_methods`: the model pruned by ``plan`` with ``method`` and, unless
+    stopped, evaluated. ``(entry, pruned model)``."""
+    pm = run.prune(plan.with_method(method), hessians=hessians, progress=progress, stop=stop)
+    entry = {"method": method, "seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
+             "stopped": pm.stopped, "layers": [lr.to_dict() for lr in pm.layers],
+             "sparsity": _overall_sparsity(pm.layers)}
+    if not pm.stopped:
+        entry.update(run.evaluate(pm.model))
+    return entry, pm
+
+
+def _method_task():
+    import ray
+
+    @ray.remote
+    def method_task(run: ModelRun, plan: Plan, method: str, hessians: str, device: str,
+                    weights: bool) -> dict:
+        run.to(device)
+        entry, pm = _method_entry(run, plan, method, hessians)
+        mods = dict(pm.model.named_modules())
+        pruned = ({lr["name"]: mods[lr["name"]].weight.detach().cpu() for lr in entry["layers"]}
+                  if weights else None)
+        return {"status": "done", "entry": entry, "weights": pruned}
+
+    return method_task
+
+
+def _ray_methods(run: ModelRun, plan: Plan, methods: list[str], hessians: str, finish,
+                 stop: Callable[[], bool] | None, address: str | None, max_retries: int,
+                 weights: bool) -> tuple[bool, dict]:
+    """The methods of :func:`run_methods` as Ray tasks (``obsviz.sweep.ray_each``); ``finish(m,
+    entry, weights)`` as each ends. Returns ``(stopped, failed)`` (failed: method -> message)."""
+    from obsviz.sweep import _ray, _ray_device, ray_each, ray_slots
+
+    ray = _ray(address)
+    device = run.device.type if run.device.type == "cuda" else _ray_device(ray, None)
+    gpus = 1 if device == "cuda" else 0
+    task = _method_task().options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
+                                  retry_exceptions=False)
+    run._dense_outputs()
+    run_ref = ray.put(run)
+    failed: dict[str, str] = {}
+
+    def on_out(m: str, got: dict) -> None:
+        if got["status"] == "done":
+            finish(m, got["entry"], got["weights"])
+        else:
+            failed[m] = str(got["error"])[:2000]
+
+    stopped = ray_each(ray, task, methods,
+                       lambda m: (run_ref, plan, m, hessians, device, weights), on_out,
+                       stop or (lambda: False), ray_slots(ray, gpus))
+    return stopped, failed
 
 
 def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
                 hessians: str = "sequential", out_dir: str | os.PathLike | None = None,
                 progress: Progress | None = None, stop: Callable[[], bool] | None = None,
                 on_method: Callable[[str, dict], None] | None = None,
-                into: dict | None = None) -> dict:
+                into: dict | None = None, executor: str = "local",
+                address: str | None = None, max_retries: int = 3) -> dict:
     """Prune the model once per method (each from the dense model), evaluate each against the
     dense model and return the JSON-ready report; with ``out_dir``, each pruned model is written
     to ``out_dir/<method>/`` and the report to ``out_dir/report.json``. ``into``: a dict filled
-    in place as methods finish (what a caller keeps if the run is interrupted)."""
+    in place as methods finish (what a caller keeps if the run is interrupted).
+
+    ``executor="ray"``: one Ray task per method (``address`` of a cluster, else Ray locally; one
+    GPU per task on CUDA; a task whose worker dies is retried ``max_retries`` times); methods
+    enter the report as they finish (then in the order asked), ``on_method`` is called for each;
+    a method whose task fails is left out, its message in ``report["failed"]``."""
     import json
 
+    from obsviz.sweep import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise ArgumentError("executor", f"executor={executor!r} is unknown; valid: "
+                            f"{', '.join(EXECUTORS)}")
+    if executor == "local" and address is not None:
+        raise ArgumentError("address", "address= is for executor='ray'")
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise ArgumentError("methods", "choose at least one method")
@@ -830,26 +980,46 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
     else:
         report["dense"] = {"cosine": 1.0, "last_hidden_rel_error": 0.0}
     say = progress or (lambda f, msg: None)
-    for i, m in enumerate(methods):
-        def sub(f, msg, i=i, m=m):
-            say((i + f) / len(methods), f"{m}: {msg}")
-        pm = run.prune(plan.with_method(m), hessians=hessians, progress=sub, stop=stop)
-        entry = {"method": m, "seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
-                 "stopped": pm.stopped,
-                 "layers": [lr.to_dict() for lr in pm.layers],
-                 "sparsity": _overall_sparsity(pm.layers)}
-        if pm.stopped:
-            report["stopped"] = True
-            report["methods"][m] = entry
-            break
-        entry.update(run.evaluate(pm.model))
+
+    def finish(m: str, entry: dict, pruned) -> None:
         if out_dir is not None:
             entry["path"] = m
-            run.save(pm, Path(out_dir) / m)
+            if isinstance(pruned, PrunedModel | nn.Module):
+                run.save(pruned, Path(out_dir) / m)
+            else:   # a Ray task's pruned weights, written into a copy of the dense model
+                model = copy.deepcopy(run.dense)
+                mods = dict(model.named_modules())
+                with torch.no_grad():
+                    for name, W in pruned.items():
+                        mods[name].weight.copy_(W)
+                run.save(model, Path(out_dir) / m)
+                del model
         report["methods"][m] = entry
         if on_method is not None:
             on_method(m, entry)
-        del pm
+
+    if executor == "local":
+        for i, m in enumerate(methods):
+            def sub(f, msg, i=i, m=m):
+                say((i + f) / len(methods), f"{m}: {msg}")
+            entry, pm = _method_entry(run, plan, m, hessians, sub, stop)
+            if pm.stopped:
+                report["stopped"] = True
+                report["methods"][m] = entry
+                break
+            finish(m, entry, pm)
+            del pm
+    else:
+        say(0.0, f"{len(methods)} method(s) on Ray")
+        stopped, failed = _ray_methods(
+            run, plan, methods, hessians,
+            lambda m, e, w: (finish(m, e, w), say(len(report["methods"]) / len(methods),
+                                                  f"{m}: done")),
+            stop, address, max_retries, out_dir is not None)
+        report["stopped"] = bool(stopped)
+        report["methods"] = {m: report["methods"][m] for m in methods if m in report["methods"]}
+        if failed:
+            report["failed"] = failed
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))

@@ -84,6 +84,12 @@ def check_inputs(W: torch.Tensor, H: torch.Tensor, geometry: Geometry) -> None:
     for name, x in (("W", W), ("H", H)):
         if not isinstance(x, torch.Tensor):
             raise ArgumentError(name, f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        kind = ("sparse" if x.layout != torch.strided else "meta" if x.is_meta
+                else "nested" if x.is_nested else None if x.device.type in ("cpu", "cuda")
+                else f"{x.device.type}")
+        if kind is not None:
+            raise ArgumentError(name, f"{name} is a {kind} tensor; prune needs a dense tensor of "
+                                "numbers on the CPU or a CUDA device")
         if not x.dtype.is_floating_point:
             raise ArgumentError(name, f"{name} has dtype {x.dtype}; a floating dtype is needed")
     if tuple(W.shape) != geometry.weight_shape:

@@ -276,11 +276,15 @@ def interleaved(W, H, geometry, nnz, n_splits, damp=0.01) -> Result:
 
 
 def true_obs(W, H, geometry, nnz, order="left_to_right", scoring="independent",
-             damp=0.01) -> Result:
+             damp=0.01, forced=None) -> Result:
     """Exact OBS: every row with its own C; the steps are taken one at a time, each step's masks
     chosen with the rows' current C and weights, then removed with the OBS update and followed by
     the Schur downdate of C, so every decision sees all earlier ones. (``ng`` and ``chunk_size``
     only change the engine's speed, so they do not appear here.)
+
+    ``forced`` (``{scope: block positions}``, optional) prunes those blocks of those scopes
+    instead of choosing (a student overruling OBS on the Learn page); every other scope is
+    chosen as usual, with the C and weights the forced removals left.
 
     ``largest_first`` orders the steps by descending ``Σ_r`` of the least cost, under the shared
     C and the starting W, of the step's elements in row ``r`` (ties: the earlier step).
@@ -307,7 +311,9 @@ def true_obs(W, H, geometry, nnz, order="left_to_right", scoring="independent",
     for t in sequence:
         for s in [s for s in lay.scopes if lay.step_of[s] == t]:
             # 1. choose the scope's blocks with each row's *current* C and weights
-            if scoring == "joint":
+            if forced and s in forced:
+                pruned[s] = tuple(sorted(forced[s]))
+            elif scoring == "joint":
                 pruned[s], g = select(lay, Wk, lambda r: Cs[r], s, n_prune)
                 greedy |= g
             else:

@@ -5,6 +5,8 @@ the pruned weight and mask of each finished run sit beside it as content-address
 ``.safetensors`` files (``<db>.files/<sha256>.safetensors``) that the row names. Whole-model runs
 (:func:`obsviz.model.run_methods`) have a table of their own, ``model_runs``: one row per run
 with its JSON report, updated as each method finishes (the pruned checkpoints are not kept).
+Layer-sensitivity scans (:func:`obsviz.sensitivity.scan`) have ``sensitivity_scans``: one row per
+scan with its JSON data and the plans checked from it, updated as layers finish.
 
 Consistency rules:
 
@@ -40,13 +42,15 @@ from typing import Any
 import torch
 
 from obsviz.errors import ArgumentError
-from obsviz.geometry import PRESETS, Geometry
+from obsviz.geometry import PRESETS, Geometry, run_name
+from obsviz.owner import process_token, token_alive
 
-__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoreError",
-           "default_store_path", "geometry_key", "geometry_label", "layer_hash", "trial_key"]
+__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoredScan",
+           "StoreError", "default_store_path", "geometry_key", "geometry_label", "layer_hash",
+           "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 STATUSES = ("done", "failed")
 #: A whole-model run: ``running`` while methods go (or killed before it could say otherwise),
 #: ``done``, ``stopped`` (by the user, between methods) or ``failed``.
@@ -63,7 +67,11 @@ COLUMNS = ("id", "time", "key", "sweep", "layer", "source", "layer_hash", "shape
            "weight_file", "mask_file")
 #: Columns of ``model_runs`` in order.
 MODEL_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "hessians", "methods",
-                 "finished", "status", "error", "report", "obsviz_version", "torch_version")
+                 "finished", "status", "error", "report", "obsviz_version", "torch_version",
+                 "owner")
+#: Columns of ``sensitivity_scans`` in order.
+SCAN_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "layers", "total", "checks",
+                "status", "error", "scan", "obsviz_version", "torch_version")
 #: Columns ``RunStore.runs(**where)`` filters on.
 FILTERS = ("id", "key", "sweep", "layer", "source", "layer_hash", "geometry", "nnz", "method",
            "damp", "device", "status")
@@ -111,14 +119,16 @@ def geometry_key(geometry: Geometry) -> str:
     return geometry.key
 
 
-def geometry_label(geometry: Geometry) -> str:
+def geometry_label(geometry: Geometry, nnz: int | None = None) -> str:
     """The preset name when the geometry is one (``"2:4"``, ``"coupled-2:4"``, any ``N:M``),
-    else its description (view, block, scope)."""
+    else its description (view, block, scope). With ``nnz``, the name of what is run
+    (``obsviz.geometry.run_name``): ``"4:8"`` at nnz 1 is ``"1:8"``, block16 at nnz 2 is
+    ``"block16 at nnz = 2"``."""
     name = geometry.name
     if isinstance(name, str) and (name in PRESETS or re.fullmatch(r"\d+:\d+", name)):
         try:
             if Geometry.preset(name, geometry.weight_shape) == geometry:
-                return name
+                return name if nnz is None else run_name(name, nnz)
         except ValueError:
             pass
     return geometry.describe()
@@ -172,7 +182,7 @@ class StoredRun:
     source: str
     layer_hash: str | None
     shape: tuple[int, int]
-    geometry: str                 # preset name, or the view/block/scope description
+    geometry: str                 # what was run ("1:8", "block16 at nnz = 2") or the description
     geometry_spec: dict           # Geometry.to_dict()
     nnz: int
     method: str
@@ -217,6 +227,10 @@ def _row_to_run(row: sqlite3.Row) -> StoredRun:
     except (TypeError, ValueError):
         d["shape"] = ()
     known = {k: d.pop(k) for k in COLUMNS}
+    try:  # rows written before names said what was run ("4:8" at nnz 1 read as "1:8")
+        known["geometry"] = run_name(str(known["geometry"]), int(known["nnz"]))
+    except (TypeError, ValueError):
+        pass
     return StoredRun(**known, extra=d)
 
 
@@ -242,6 +256,27 @@ class StoredModelRun:
     report: dict | None = field(default=None, repr=False)
 
 
+@dataclass
+class StoredScan:
+    """One row of ``sensitivity_scans``: ``layers`` scanned of ``total``, ``checks`` plans
+    checked; ``scan`` is the checked scan (``RunStore.scan``), ``None`` in listings."""
+
+    id: int
+    created: str
+    updated: str
+    name: str
+    kind: str
+    plan: str
+    layers: int
+    total: int
+    checks: int
+    status: str
+    error: str | None
+    obsviz_version: str
+    torch_version: str
+    scan: dict | None = field(default=None, repr=False)
+
+
 def _json_list(text: object) -> list[str]:
     try:
         value = json.loads(text) if isinstance(text, str) else None
@@ -251,7 +286,7 @@ def _json_list(text: object) -> list[str]:
 
 
 def _row_to_model_run(row: sqlite3.Row, report: dict | None = None) -> StoredModelRun:
-    d = {k: row[k] for k in MODEL_COLUMNS if k != "report"}
+    d = {k: row[k] for k in MODEL_COLUMNS if k not in ("report", "owner")}
     d["methods"], d["finished"] = _json_list(d["methods"]), _json_list(d["finished"])
     return StoredModelRun(**d, report=report)
 
@@ -325,8 +360,36 @@ CREATE TABLE model_runs (
 );
 """
 
+# v4: layer-sensitivity scans (obsviz.sensitivity), one row each; ``scan`` is the JSON scan with
+# its checked plans (``checks``), ``layers``/``checks`` how many of each it holds.
+_SCHEMA_V4 = """
+CREATE TABLE sensitivity_scans (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    created         TEXT NOT NULL,
+    updated         TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    plan            TEXT NOT NULL,
+    layers          INTEGER NOT NULL,
+    total           INTEGER NOT NULL,
+    checks          INTEGER NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('running', 'done', 'stopped', 'failed')),
+    error           TEXT,
+    scan            TEXT NOT NULL,
+    obsviz_version  TEXT NOT NULL,
+    torch_version   TEXT NOT NULL
+);
+"""
+
+# v5: the process that wrote a model run last (``obsviz.owner.process_token``): a ``running``
+# row whose process is gone is marked stopped (``RunStore.stop_orphaned_model_runs``).
+_SCHEMA_V5 = """
+ALTER TABLE model_runs ADD COLUMN owner TEXT;
+"""
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4,
+                              4: _SCHEMA_V5}
 
 
 def _json_default(value: Any) -> Any:
@@ -506,10 +569,10 @@ class RunStore:
         if status not in STATUSES:
             raise ArgumentError("status", f"status={status!r} is unknown; valid: "
                                 f"{', '.join(STATUSES)}")
-        if isinstance(geometry, str) and status == "failed":
-            label, spec = geometry, {"preset": geometry}  # a preset that did not fit the layer
+        if isinstance(geometry, str) and status == "failed":  # a preset that did not fit
+            label, spec = run_name(geometry, int(nnz)), {"preset": geometry}
         elif isinstance(geometry, Geometry):
-            label, spec = geometry_label(geometry), geometry.to_dict()
+            label, spec = geometry_label(geometry, int(nnz)), geometry.to_dict()
         else:
             raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry "
                                 "(or, for a failed run, the name of the preset that failed)")
@@ -604,7 +667,8 @@ class RunStore:
                "plan": plan_summary(report["plan"]), "hessians": report["hessians"],
                "methods": json.dumps(asked), "finished": json.dumps(finished_methods(report)),
                "status": status, "error": None if error is None else str(error),
-               "report": text, "obsviz_version": obsviz_version, "torch_version": torch_version}
+               "report": text, "obsviz_version": obsviz_version, "torch_version": torch_version,
+               "owner": process_token()}
         with self._write() as con:
             if run_id is not None:
                 sets = ", ".join(f"{k} = :{k}" for k in row)
@@ -615,6 +679,22 @@ class RunStore:
             names, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
             return int(con.execute(f"INSERT INTO model_runs ({names}) VALUES ({marks})",
                                    row).lastrowid)
+
+    def stop_orphaned_model_runs(self) -> list[int]:
+        """Mark ``stopped`` every ``running`` model run whose process is gone (its owner token,
+        :func:`obsviz.owner.token_alive`; a row from before owners were kept counts as gone),
+        keeping what it finished; returns their ids. Call it at start-up."""
+        with self._connect() as con:
+            rows = con.execute("SELECT id, owner FROM model_runs WHERE status = 'running'")
+            gone = [int(r["id"]) for r in rows if token_alive(r["owner"]) is False]
+        if gone:
+            now = datetime.now(UTC).isoformat(timespec="microseconds")
+            with self._write() as con:
+                con.executemany(
+                    "UPDATE model_runs SET status = 'stopped', updated = ?, error = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    [(now, "its process ended before the run finished", i) for i in gone])
+        return gone
 
     def model_runs(self, *, limit: int | None = None) -> list[StoredModelRun]:
         """Whole-model runs, newest first, without their reports (``model_run`` reads one)."""
@@ -635,6 +715,72 @@ class RunStore:
         if row is None:
             raise KeyError(f"no model run with id {run_id} in {self.path}")
         return _row_to_model_run(row, _read_report(row["report"], run_id))
+
+    def record_scan(self, scan: dict, *, status: str = "running", error: str | None = None,
+                    scan_id: int | None = None) -> int:
+        """Store a layer-sensitivity scan (:func:`obsviz.sensitivity.scan`, with its ``checks``)
+        and return its row's id: a new row, or with ``scan_id`` that row updated (call it as
+        layers finish and plans are checked). The scan is checked first (``check_scan``)."""
+        from obsviz.model import plan_summary
+        from obsviz.sensitivity import check_scan
+
+        if status not in MODEL_STATUSES:
+            raise ArgumentError("status", f"status={status!r} is unknown; valid: "
+                                f"{', '.join(MODEL_STATUSES)}")
+        check_scan(scan)
+        try:
+            text = json.dumps(scan, default=_json_default, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise ArgumentError("scan", f"scan cannot be written as JSON ({e})") from None
+        obsviz_version, torch_version = _versions()
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        row = {"updated": now, "name": scan["model"]["name"], "kind": scan["model"]["kind"],
+               "plan": plan_summary(scan["plan"]), "layers": len(scan["layers"]),
+               "total": int(scan.get("total", len(scan["layers"]))),
+               "checks": len(scan.get("checks", [])), "status": status,
+               "error": None if error is None else str(error), "scan": text,
+               "obsviz_version": obsviz_version, "torch_version": torch_version}
+        with self._write() as con:
+            if scan_id is not None:
+                sets = ", ".join(f"{k} = :{k}" for k in row)
+                if con.execute(f"UPDATE sensitivity_scans SET {sets} WHERE id = :id",
+                               {**row, "id": int(scan_id)}).rowcount:
+                    return int(scan_id)
+            row["created"] = now
+            names, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
+            return int(con.execute(f"INSERT INTO sensitivity_scans ({names}) VALUES ({marks})",
+                                   row).lastrowid)
+
+    def scans(self, *, limit: int | None = None) -> list[StoredScan]:
+        """Layer-sensitivity scans, newest first, without their data (``scan`` reads one)."""
+        cols = ", ".join(c for c in SCAN_COLUMNS if c != "scan")
+        sql = f"SELECT {cols} FROM sensitivity_scans ORDER BY id DESC"
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ArgumentError("limit", f"limit={limit!r} must be a non-negative integer")
+            sql += f" LIMIT {int(limit)}"
+        with self._connect() as con:
+            return [StoredScan(**{k: r[k] for k in SCAN_COLUMNS if k != "scan"}) for r in
+                    con.execute(sql)]
+
+    def scan(self, scan_id: int) -> StoredScan:
+        """The scan with this id, checked (``KeyError`` when there is none; :class:`StoreError`
+        when it is not one obsviz can show)."""
+        from obsviz.sensitivity import check_scan
+
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM sensitivity_scans WHERE id = ?",
+                              (int(scan_id),)).fetchone()
+        if row is None:
+            raise KeyError(f"no sensitivity scan with id {scan_id} in {self.path}")
+        text = row["scan"]
+        if not isinstance(text, str) or len(text) > MAX_REPORT_BYTES:
+            raise StoreError(f"scan {scan_id}: not text, or over {MAX_REPORT_BYTES} characters")
+        try:
+            data = check_scan(json.loads(text))
+        except (ValueError, RecursionError) as e:
+            raise StoreError(f"scan {scan_id}: not a sensitivity scan ({str(e)[:300]})") from None
+        return StoredScan(**{k: row[k] for k in SCAN_COLUMNS if k != "scan"}, scan=data)
 
     # -- reading
 

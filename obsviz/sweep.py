@@ -7,7 +7,7 @@ A spec is a TOML file (or the same structure as a dict)::
     device = "cpu"                            # optional; default: CUDA when present
 
     [[layers]]
-    file = "layers.safetensors"               # relative to the spec's folder
+    file = "layers.safetensors"               # inside the spec's folder (see below)
     names = ["encoder.layer.3.attention.self.query"]   # omitted: every layer in the file
     [[layers]]
     sample = "layer0.query"                   # a shipped sample layer (or a list of them)
@@ -25,6 +25,13 @@ A spec is a TOML file (or the same structure as a dict)::
     damp = [0.01]                             # optional (default [0.01])
     first_rows = 64                           # optional: prune only the first rows (what-if)
 
+Paths in a spec file are relative to its folder and stay inside it: an absolute path, ``~``,
+``..`` or a symbolic link that leads out of the folder is a spec error (a spec may come from
+someone else; it reads what its folder holds and nothing else). A dict given to
+:func:`parse_spec` with ``base=`` follows the same rule; without ``base`` (a spec built in Python)
+its paths are used as given. Integers are at most ``SPEC_MAX_INT``; arrays and tables nest at
+most ``MAX_SPEC_DEPTH`` deep.
+
 Each trial has a key (a digest of the layer's content, the geometry, nnz, method, its resolved
 options, damp and rows); a trial already stored as done is skipped (resume).
 """
@@ -33,8 +40,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import reprlib
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,19 +54,34 @@ import torch
 
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
-from obsviz.geometry import Geometry
+from obsviz.geometry import Geometry, nothing_pruned_text, run_name
 from obsviz.hessian import check_damp
-from obsviz.layers import DEFAULT_MAX_BYTES, Layer, list_layers, load_layer, load_sample_layer
+from obsviz.layers import DEFAULT_MAX_BYTES, Layer, load_layers, load_sample_layer
 from obsviz.methods import METHODS
 from obsviz.prune import PruneResult, prune, resolve_device
 from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
 
 __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
-           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep"]
+           "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep",
+           "target_sparsity"]
 
 EXECUTORS = ("local", "ray")
 #: The largest grid one spec may expand to (a typo such as nnz = [1, …, 1000] stops here).
 MAX_TRIALS = 100_000
+#: The largest integer a spec field takes (nnz, shapes, rows, tokens): far above any real value,
+#: far below what the run database (64-bit integers) holds.
+SPEC_MAX_INT = 2**31 - 1
+#: How deep arrays and tables may nest in a spec (a valid one nests 3 deep).
+MAX_SPEC_DEPTH = 8
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong, _SHOW.maxlevel = 80, 80, 40, 3
+
+
+def _show(value: object) -> str:
+    """A value from a spec in a message: its repr, cut short (a huge or 3,000-deep value stays a
+    short line, never a RecursionError)."""
+    return _SHOW.repr(value)
 
 
 class SpecError(ArgumentError):
@@ -155,37 +180,85 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     if path.stat().st_size > 1_000_000:
         raise SpecError("spec", f"{str(path)!r} is over 1 MB; a sweep spec is a short TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise SpecError("spec", f"not valid TOML ({e})", where=path.name) from None
+    too_deep = _toml_too_deep(text)
+    if too_deep is not None:
+        raise SpecError(too_deep, f"arrays or tables nested more than {MAX_SPEC_DEPTH} deep; a "
+                        "spec nests 3 deep at most", where=path.name)
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
+        raise SpecError("spec", f"not valid TOML ({str(e)[:300]})", where=path.name) from None
     data.setdefault("name", path.stem)
     return parse_spec(data, base=path.parent, where=path.name)
 
 
+#: What the depth scan steps over (strings, comments) or counts (brackets, ``=``, line ends).
+_TOML_TOKEN = re.compile(r'"""[\s\S]*?"""' r"|'''[\s\S]*?'''" r'|"(?:[^"\\\n]|\\.)*"'
+                         r"|'[^'\n]*'|#[^\n]*|[\[\]{}=\n]")
+
+
+def _toml_too_deep(text: str) -> str | None:
+    """The field (``"grid.nnz"``, ``"layers[0].names"``) whose value nests arrays or inline tables
+    more than ``MAX_SPEC_DEPTH`` deep, found by one scan of the text (strings and comments
+    skipped) before the TOML parser recurses into it; ``None`` when none does."""
+    depth, table, key, line_start = 0, "", "", 0
+    counts: dict[str, int] = {}
+    for m in _TOML_TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "\n":
+            line_start = m.end()
+        elif tok == "=" and depth == 0:
+            key = text[line_start:m.start()].strip().strip("\"'")
+        elif tok == "[" and depth == 0 and not text[line_start:m.start()].strip():
+            header = re.match(r"\[(\[?)\s*([^\]\n]*?)\s*\]", text[m.start():])
+            if header is not None:  # a [table] or [[array of tables]] header
+                name = header.group(2).strip("\"'")
+                if header.group(1):
+                    counts[name] = counts.get(name, -1) + 1
+                    name = f"{name}[{counts[name]}]"
+                table, key = name, ""
+                continue
+            depth += 1
+        elif tok in "[{":
+            depth += 1
+            if depth > MAX_SPEC_DEPTH:
+                return f"{table}.{key}" if table and key else key or table or "spec"
+        elif tok in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
 def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "") -> SweepSpec:
-    """Validate a spec given as data (the TOML's structure); ``base`` is the folder relative
-    paths start from (default: the current folder). Every error names its field."""
+    """Validate a spec given as data (the TOML's structure). ``base``: the spec's folder; every
+    path in it is relative to that folder and must stay inside it (no absolute path, ``~``,
+    ``..`` or symbolic link out). Without ``base`` (a spec built in Python) paths are used as
+    given, relative to the current folder. Every error names its field."""
 
     def err(field_: str, message: str) -> SpecError:
         return SpecError(field_, message, where)
 
+    confined = base is not None
     base = Path(base) if base is not None else Path.cwd()
     if not isinstance(data, dict):
         raise err("spec", "must be a table (a TOML document or a dict)")
     _no_unknown(data, _TOP_KEYS, "", err)
     name = data.get("name", "sweep")
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise err("name", f"{name!r} must be a non-empty string of at most 200 characters")
+        raise err("name", f"{_show(name)} must be a non-empty string of at most 200 characters")
     device = data.get("device")
     if device is not None and device not in ("cpu", "cuda"):
-        raise err("device", f"{device!r} is unknown; valid: 'cpu', 'cuda' (omit it: CUDA when "
+        raise err("device", f"{_show(device)} is unknown; valid: 'cpu', 'cuda' (omit it: CUDA when "
                   "present)")
 
     layers_in = data.get("layers")
     if not isinstance(layers_in, list) or not layers_in:
         raise err("layers", "give at least one [[layers]] table (file = …, sample = … or "
                   "checkpoint = …)")
-    layers = tuple(_parse_layer(i, entry, base, err) for i, entry in enumerate(layers_in))
+    layers = tuple(_parse_layer(i, entry, base, confined, err)
+                   for i, entry in enumerate(layers_in))
 
     grid = data.get("grid")
     if not isinstance(grid, dict):
@@ -209,8 +282,7 @@ def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "
     nnz = _list_of(grid, "nnz", int, err, required=False)
     if nnz is not None:
         for i, v in enumerate(nnz):
-            if v < 0:
-                raise err(f"grid.nnz[{i}]", f"{v} must be >= 0 (blocks kept per scope)")
+            _check_int(f"grid.nnz[{i}]", v, 0, err, "blocks kept per scope")
     for i, g in enumerate(geoms):
         if nnz is None and g.preset is None and g.nnz is None:
             raise err(f"grid.geometries[{i - len(presets or [])}].nnz",
@@ -224,8 +296,8 @@ def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "
         except ArgumentError as bad:
             raise err(f"grid.damp[{i}]", str(bad)) from None
     first_rows = grid.get("first_rows")
-    if first_rows is not None and (not _is_int(first_rows) or first_rows < 1):
-        raise err("grid.first_rows", f"{first_rows!r} must be a positive integer")
+    if first_rows is not None:
+        _check_int("grid.first_rows", first_rows, 1, err, "rows pruned")
     spec = SweepSpec(name=name.strip(), layers=layers, geometries=tuple(geoms), methods=methods,
                      nnz=None if nnz is None else tuple(dict.fromkeys(nnz)),
                      damp=tuple(float(d) for d in dict.fromkeys(damp)), device=device,
@@ -238,6 +310,17 @@ def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(field_: str, v, lo: int, err, what: str = "") -> None:
+    """A spec error naming ``field_`` unless ``v`` is an integer in ``[lo, SPEC_MAX_INT]``."""
+    about = f" ({what})" if what else ""
+    if not _is_int(v) or v < lo:
+        want = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise err(field_, f"{_show(v)} must be {want}{about}")
+    if v > SPEC_MAX_INT:
+        raise err(field_, f"{_show(v)} is over {SPEC_MAX_INT:,}, the largest integer a spec "
+                  f"takes{about}")
 
 
 def _no_unknown(table: dict, valid: set[str], prefix: str, err) -> None:
@@ -262,11 +345,35 @@ def _list_of(table: dict, key: str, types, err, required: bool, prefix: str = "g
         if isinstance(v, bool) or not isinstance(v, types):
             want = types.__name__ if isinstance(types, type) else \
                 " or ".join(t.__name__ for t in types)
-            raise err(f"{prefix}{key}[{i}]", f"{v!r} must be a {want}")
+            raise err(f"{prefix}{key}[{i}]", f"{_show(v)} must be a {want}")
     return value
 
 
-def _parse_layer(i: int, entry, base: Path, err) -> LayerSource:
+def _spec_path(field_: str, raw, base: Path, confined: bool, err) -> Path:
+    """``raw`` as a path under ``base``; with ``confined`` it must be relative, free of ``~`` and
+    ``..``, and still inside ``base`` once symbolic links are followed."""
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        raise err(field_, f"{_show(raw)} must be a path (relative to the spec's folder)")
+    if not confined:
+        return base / Path(raw).expanduser()
+    rule = ("paths in a spec are relative to its folder and stay inside it (no absolute path, "
+            "'~' or '..')")
+    path = Path(raw)
+    if path.is_absolute() or raw.startswith("~") or ".." in path.parts or ".." in Path(
+            raw.replace("\\", "/")).parts:
+        raise err(field_, f"{_show(raw)}: {rule}")
+    full = base / path
+    try:
+        inside = full.resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):  # a symbolic link loop
+        inside = False
+    if not inside:
+        raise err(field_, f"{_show(raw)} leads out of the spec's folder through a symbolic "
+                  f"link; {rule}")
+    return full
+
+
+def _parse_layer(i: int, entry, base: Path, confined: bool, err) -> LayerSource:
     at = f"layers[{i}]"
     if isinstance(entry, Layer):  # the API and the app: a layer already in memory
         return LayerSource.given(entry)
@@ -291,40 +398,40 @@ def _parse_layer(i: int, entry, base: Path, err) -> LayerSource:
         valid = sample_layer_names()
         for j, s in enumerate(samples):
             if s not in valid:
-                raise err(f"{at}.sample[{j}]", f"{s!r} is not a shipped sample layer; valid: "
+                raise err(f"{at}.sample[{j}]", f"{_show(s)} is not a shipped sample layer; valid: "
                           f"{', '.join(valid)}")
         for k in ("text", "max_tokens", "seq_len"):
             if k in entry:
                 raise err(f"{at}.{k}", "is for checkpoint layers only")
         return LayerSource("sample", names=samples)
     raw = entry[kind]
-    if not isinstance(raw, str) or not raw.strip():
-        raise err(f"{at}.{kind}", f"{raw!r} must be a path (relative to the spec's folder)")
-    path = base / Path(raw).expanduser()
+    path = _spec_path(f"{at}.{kind}", raw, base, confined, err)
     if kind == "file":
         if not path.is_file():
-            raise err(f"{at}.file", f"{raw!r}: no such file (looked for {path})")
+            raise err(f"{at}.file", f"{_show(raw)}: no such file (looked for {path})")
         for k in ("text", "max_tokens", "seq_len"):
             if k in entry:
                 raise err(f"{at}.{k}", "is for checkpoint layers only")
         return LayerSource("file", path=path, names=names)
     if not (path / "config.json").is_file():
-        raise err(f"{at}.checkpoint", f"{raw!r}: not a checkpoint folder (no config.json in "
-                  f"{path})")
+        raise err(f"{at}.checkpoint", f"{_show(raw)}: not a checkpoint folder (no config.json "
+                  f"in {path})")
+    if confined:  # what the checkpoint loader reads: the folder's files, none a link out
+        for f in sorted(path.iterdir())[:10_000]:
+            _spec_path(f"{at}.checkpoint", str(Path(raw) / f.name), base, confined, err)
     text = entry.get("text")
     if text is None:
         from obsviz.layers import SAMPLE_DIR
 
         text_path = SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
-    elif not isinstance(text, str) or not (base / text).is_file():
-        raise err(f"{at}.text", f"{text!r}: no such text file")
     else:
-        text_path = base / text
+        text_path = _spec_path(f"{at}.text", text, base, confined, err)
+        if not text_path.is_file():
+            raise err(f"{at}.text", f"{_show(text)}: no such text file")
     ints = {}
     for k, default, lo in (("max_tokens", 50_000, 16), ("seq_len", 128, 4)):
         v = entry.get(k, default)
-        if not _is_int(v) or v < lo:
-            raise err(f"{at}.{k}", f"{v!r} must be an integer >= {lo}")
+        _check_int(f"{at}.{k}", v, lo, err)
         ints[k] = v
     return LayerSource("checkpoint", path=path, names=names, text=text_path, **ints)
 
@@ -336,18 +443,21 @@ def _shape_field(at: str, g: dict, key: str, err, required: bool):
         return None
     v = g[key]
     if not isinstance(v, list) or not v or not all(_is_int(x) for x in v) or len(v) > 8:
-        raise err(f"{at}.{key}", f"{v!r} must be a list of 1 to 8 integers")
+        raise err(f"{at}.{key}", f"{_show(v)} must be a list of 1 to 8 integers")
+    for j, x in enumerate(v):
+        if abs(x) > SPEC_MAX_INT:
+            raise err(f"{at}.{key}[{j}]", f"{_show(x)} is over {SPEC_MAX_INT:,} in size")
     return tuple(v)
 
 
 def _parse_geometry(at: str, g: dict, err) -> GeometrySpec:
     _no_unknown(g, _GEOM_KEYS, f"{at}.", err)
     nnz = g.get("nnz")
-    if nnz is not None and (not _is_int(nnz) or nnz < 0):
-        raise err(f"{at}.nnz", f"{nnz!r} must be an integer >= 0")
+    if nnz is not None:
+        _check_int(f"{at}.nnz", nnz, 0, err, "blocks kept per scope")
     name = g.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > 100):
-        raise err(f"{at}.name", f"{name!r} must be a string of at most 100 characters")
+        raise err(f"{at}.name", f"{_show(name)} must be a string of at most 100 characters")
     return GeometrySpec(block=_shape_field(at, g, "block", err, True),
                         scope=_shape_field(at, g, "scope", err, True),
                         view_shape=_shape_field(at, g, "view_shape", err, False),
@@ -361,7 +471,7 @@ def _parse_method(i: int, m, err) -> MethodSpec:
         m = {"method": m}
     method = m.get("method")
     if method not in METHODS:
-        raise err(f"{at}", f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+        raise err(f"{at}", f"method {_show(method)} is unknown; valid: {', '.join(METHODS)}")
     allowed = registry.get(method).option_names
     options = []
     for k, v in m.items():
@@ -370,10 +480,13 @@ def _parse_method(i: int, m, err) -> MethodSpec:
         if k not in allowed:
             raise err(f"{at}.{k}", f"is not an option of {method}; valid: "
                       f"{', '.join(allowed) or 'none'}")
+        if _is_int(v) and abs(v) > SPEC_MAX_INT:  # bounded like every integer of a spec
+            raise err(f"{at}.{k}", f"{_show(v)} is over {SPEC_MAX_INT:,} in size")
         try:  # the registry's own check, so a bad value is named before any trial runs
             options.append((k, registry.OPTIONS[k].check(v)))
-        except ValueError as e:
-            raise err(f"{at}.{k}", str(e)) from None
+        except (ValueError, RecursionError) as e:
+            raise err(f"{at}.{k}", str(e)[:300] if isinstance(e, ValueError) else
+                      "nested too deep") from None
     return MethodSpec(method, tuple(sorted(options)))
 
 
@@ -409,6 +522,9 @@ class Plan:
     layers: list[Layer]
     hashes: list[str]
     trials: list[Trial]
+    #: What to say before the trials run: each choice that prunes nothing (nnz keeps every
+    #: block of a scope), once per geometry name, with its count of trials.
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolved_options(method: str, options: dict, device: str) -> dict:
@@ -474,10 +590,10 @@ def _load_layers(spec: SweepSpec, progress: Callable[[str], None]) -> list[Layer
         elif src.kind == "sample":
             out.extend(load_sample_layer(n) for n in src.names)
         elif src.kind == "file":
-            names = src.names or [i.name for i in list_layers(src.path)]
-            for n in names:
-                progress(f"loading {n} from {src.path.name}")
-                out.append(load_layer(src.path, n, max_bytes=DEFAULT_MAX_BYTES))
+            progress(f"loading {len(src.names) if src.names else 'every'} layer(s) from "
+                     f"{src.path.name}")
+            out.extend(load_layers(src.path, list(src.names) if src.names else None,
+                                   max_bytes=DEFAULT_MAX_BYTES))
         else:
             from obsviz.calibrate import hessians_from_checkpoint
 
@@ -504,29 +620,32 @@ def plan(spec: SweepSpec, device: str | None = None,
     else:
         raise ArgumentError("device", f"device={device!r} is unknown; valid: 'cpu', 'cuda'")
     layers = _load_layers(spec, log)
-    names = [lay.name for lay in layers]
+    names = Counter(lay.name for lay in layers)
     hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
     trials: list[Trial] = []
     seen: set[str] = set()
+    nothing: dict[str, list[int]] = {}   # run name -> [blocks per scope, trials]
     for li, lay in enumerate(layers):
-        name = lay.name if names.count(lay.name) == 1 else f"{lay.name} ({lay.source})"
+        name = lay.name if names[lay.name] == 1 else f"{lay.name} ({lay.source})"
         for gs in spec.geometries:
             try:
                 geom: Geometry | None = gs.build(lay.shape)
-                glabel, gspec, gerr = geometry_label(geom), geom.to_dict(), None
+                gspec, gerr = geom.to_dict(), None
                 rows = (tuple(row_sample(geom, first=min(spec.first_rows, lay.shape[0])).tolist())
                         if spec.first_rows else None)
             except ValueError as e:
-                geom, glabel, gspec, gerr, rows = None, gs.label, None, str(e), None
+                geom, gspec, gerr, rows = None, None, str(e), None
             nnzs = spec.nnz or (gs.nnz,)
             for nnz in nnzs:
+                # the name of what is run: "4:8" at nnz 1 is "1:8"
+                glabel = geometry_label(geom, nnz) if geom is not None else run_name(gs.label, nnz)
                 for ms in spec.methods:
                     for damp in spec.damp:
                         opts = resolved_options(ms.method, dict(ms.options), dev)
-                        err = gerr
+                        err, empty = gerr, False
                         if err is None:
                             try:
-                                geom.check_nnz(nnz)
+                                empty = geom.prunes_nothing(nnz)
                             except ValueError as e:
                                 err = str(e)
                         key = trial_key(hashes[li], geom if geom is not None else
@@ -538,9 +657,13 @@ def plan(spec: SweepSpec, device: str | None = None,
                         seen.add(key)
                         trials.append(Trial(len(trials), key, name, li, glabel, gspec, nnz,
                                             ms.method, opts, damp, dev, rows, err))
+                        if empty:
+                            nothing.setdefault(glabel, [geom.blocks_per_scope, 0])[1] += 1
                         if len(trials) > MAX_TRIALS:
                             raise SpecError("grid", f"over {MAX_TRIALS:,} trials")
-    return Plan(spec, layers, hashes, trials)
+    warnings = [f"{nothing_pruned_text(label, gs)} ({n} trial{'s' if n > 1 else ''})"
+                for label, (gs, n) in nothing.items()]
+    return Plan(spec, layers, hashes, trials, warnings)
 
 
 def run_trial(W: torch.Tensor, H: torch.Tensor, trial: Trial) -> dict:
@@ -677,9 +800,43 @@ def _ray(address: str | None):
         raise ArgumentError("executor", "executor='ray' needs Ray (pip install 'ray>=2.30'); "
                             f"it could not be imported ({e})") from None
     if not ray.is_initialized():
+        check_ray_address(address)
         ray.init(address=address, runtime_env=ray_runtime_env(), include_dashboard=False,
                  log_to_driver=False)
     return ray
+
+
+#: Seconds a Ray head at ``address=`` has to accept a connection before the run gives up.
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """An ``ArgumentError("address")`` unless something accepts a connection at ``address``
+    (``HOST:PORT``, ``HOST`` for Ray's port 6379, or ``ray://HOST:PORT``) within ``timeout``
+    seconds: ``ray.init`` itself retries an absent head for minutes, printing only its log
+    lines. ``None``, ``"auto"`` and ``"local"`` are Ray's own to resolve."""
+    import socket
+
+    if address is None or address in ("auto", "local"):
+        return
+    rest = address.removeprefix("ray://")
+    host, colon, port_text = rest.rpartition(":") if ":" in rest.strip("[]") else (rest, "", "")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if colon else (10001 if address.startswith("ray://") else 6379)
+        if not (host and 0 < port < 65536):
+            raise ValueError
+    except ValueError:
+        raise ArgumentError("address", f"address={address!r} is not HOST:PORT (e.g. "
+                            "127.0.0.1:6379, or ray://HOST:10001)") from None
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = "connection refused" if isinstance(e, ConnectionRefusedError) else \
+            f"no answer in {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+        raise ArgumentError("address", f"no Ray head at {address!r} ({why}); start one there "
+                            f"(ray start --head --port {port}) or leave the address out to run "
+                            "Ray on this machine") from None
 
 
 def _ray_device(ray, device: str | None) -> str:
@@ -687,6 +844,53 @@ def _ray_device(ray, device: str | None) -> str:
     if device is not None:
         return device
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+
+
+def ray_slots(ray, gpus: int) -> int:
+    """How many tasks to keep in flight by default: twice the cluster's GPUs (GPU tasks) or
+    CPUs."""
+    res = ray.cluster_resources()
+    slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
+    return max(2, 2 * int(slots))
+
+
+def ray_each(ray, task, items: list, args_of: Callable[[Any], tuple],
+             on_out: Callable[[Any, dict], None], stop: Callable[[], bool],
+             max_in_flight: int) -> bool:
+    """Run ``task.remote(*args_of(item))`` for every item, at most ``max_in_flight`` at once, in
+    order; ``on_out(item, out)`` as each ends, ``out`` being what the task returned, or
+    ``{"status": "failed", "error": message}`` when it raised or its worker died past its
+    retries. ``stop()`` turning true cancels the running tasks and submits no more (returns
+    True). Anything raised here (Ctrl-C, a store error) leaves nothing running on the cluster.
+    The one Ray loop of obsviz: sweeps, sensitivity scans and model runs use it."""
+    queue = list(reversed(items))
+    running: dict[Any, Any] = {}
+    stopped = False
+    try:
+        while queue or running:
+            while queue and len(running) < max_in_flight and not stopped:
+                item = queue.pop()
+                running[task.remote(*args_of(item))] = item
+            if stop() and not stopped:
+                stopped = True
+                queue.clear()
+                for ref in running:
+                    ray.cancel(ref, force=False)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                item = running.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue
+                except ray.exceptions.RayError as e:  # the task raised, or its worker died
+                    out = {"status": "failed", "error": _ray_error_message(e)}
+                on_out(item, out)
+    except BaseException:
+        for ref in running:
+            ray.cancel(ref, force=True)
+        raise
+    return stopped
 
 
 def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
@@ -698,51 +902,22 @@ def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: s
     task = task.options(num_cpus=1, num_gpus=gpus, max_retries=max_retries,
                         retry_exceptions=False)
     layer_refs: dict[int, Any] = {}   # each layer in the object store once
-    if max_in_flight is None:
-        res = ray.cluster_resources()
-        slots = res.get("GPU", 0) if gpus else res.get("CPU", 1)
-        max_in_flight = max(2, 2 * int(slots))
-    queue = list(reversed(todo))
-    running: dict[Any, Trial] = {}
-    try:
-        return _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit,
-                         stop, store, name)
-    except BaseException:  # Ctrl-C, a store error: leave nothing running on the cluster
-        for ref in running:
-            ray.cancel(ref, force=True)
-        raise
 
+    def args_of(trial: Trial) -> tuple:
+        if trial.layer_ref not in layer_refs:
+            lay = plan_.layers[trial.layer_ref]
+            layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
+        return layer_refs[trial.layer_ref], trial
 
-def _ray_loop(ray, task, plan_, queue, running, layer_refs, max_in_flight, emit, stop, store,
-              name) -> bool:
-    stopped = False
-    while queue or running:
-        while queue and len(running) < max_in_flight and not stopped:
-            trial = queue.pop()
-            if trial.layer_ref not in layer_refs:
-                lay = plan_.layers[trial.layer_ref]
-                layer_refs[trial.layer_ref] = ray.put((lay.weight, lay.hessian))
-            running[task.remote(layer_refs[trial.layer_ref], trial)] = trial
-        if stop() and not stopped:
-            stopped = True
-            queue.clear()
-            for ref in running:
-                ray.cancel(ref, force=False)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-        for ref in ready:
-            trial = running.pop(ref)
-            try:
-                out = ray.get(ref)
-            except ray.exceptions.TaskCancelledError:
-                continue
-            except ray.exceptions.RayError as e:  # the task raised, or its worker died
-                out = {"status": "failed", "error": _ray_error_message(e)}
-            if out["status"] == "done":
-                out = {"status": "done", "result": PruneResult(
-                    weight=out["weight"], mask=out["mask"], error=out["rel_error"],
-                    seconds=out["seconds"], method=out["method"], options=out["options"])}
-            emit(trial, _record(store, plan_, trial, out, name), out["status"])
-    return stopped
+    def on_out(trial: Trial, out: dict) -> None:
+        if out["status"] == "done":
+            out = {"status": "done", "result": PruneResult(
+                weight=out["weight"], mask=out["mask"], error=out["rel_error"],
+                seconds=out["seconds"], method=out["method"], options=out["options"])}
+        emit(trial, _record(store, plan_, trial, out, name), out["status"])
+
+    return ray_each(ray, task, todo, args_of, on_out, stop,
+                    max_in_flight or ray_slots(ray, gpus))
 
 
 def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
@@ -751,7 +926,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
           stop: Callable[[], bool] | None = None, *, name: str | None = None,
           device: str | None = None, max_retries: int = 3, trial_fn: Callable = run_trial,
           max_in_flight: int | None = None,
-          log: Callable[[str], None] = lambda m: None) -> SweepReport:
+          log: Callable[[str], None] = lambda m: None,
+          warn: Callable[[str], None] | None = None) -> SweepReport:
     """Run every trial of ``spec`` not yet done in ``store`` and record each as it ends.
 
     ``spec``: a :class:`SweepSpec`, a TOML file path or a dict (see the module docstring).
@@ -761,6 +937,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
     ``progress(SweepProgress)`` is called after each trial; ``stop()`` returning True ends the
     sweep after the trials running now (the rest are left for a later resume).
     A trial that raises is recorded as failed with its message; the others go on.
+    ``warn(message)`` (default: ``log``) hears each of the plan's warnings (``Plan.warnings``:
+    a choice that prunes nothing) before any trial runs.
     """
     if executor not in EXECUTORS:
         raise ArgumentError("executor", f"executor={executor!r} is unknown; valid: "
@@ -786,6 +964,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
         p = plan(spec, _ray_device(ray, device or spec.device), log, here=False)
     else:
         p = plan(spec, device, log)
+    for message in p.warnings:
+        (warn or log)(message)
     done_keys = store.done_keys([t.key for t in p.trials])
     ids: dict[int, int] = {}
     state = SweepProgress(total=len(p.trials))
@@ -827,20 +1007,37 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
 
 
 def summary_table(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
-    """Per geometry × method (in first-seen order): trials, failed, mean ``rel_error`` and mean
-    seconds of the finished ones (``None`` when none finished)."""
-    groups: dict[tuple[str, str], list] = {}
+    """Per geometry (the name of what was run) × nnz × method × damp, in first-seen order:
+    trials (one per layer), failed, ``sparsity`` (the fraction each scope prunes), mean
+    ``rel_error`` and mean seconds of the finished ones (``None`` when none finished). Only
+    like is averaged with like: never two sparsities, nnz values or dampings in one mean."""
+    groups: dict[tuple, list] = {}
     for run in sorted(store.runs(id=list(run_ids)), key=lambda r: r.id):
-        groups.setdefault((run.geometry, run.method), []).append(run)
+        groups.setdefault((run.geometry, run.nnz, run.method, run.damp), []).append(run)
+
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
     out = []
-    for (geometry, method), runs in groups.items():
+    for (geometry, nnz, method, damp), runs in groups.items():
         done = [r for r in runs if r.status == "done"]
-        out.append({"geometry": geometry, "method": method, "trials": len(runs),
-                    "failed": len(runs) - len(done),
+        out.append({"geometry": geometry, "nnz": nnz, "method": method, "damp": damp,
+                    "sparsity": target_sparsity(runs[0].geometry_spec, nnz),
+                    "trials": len(runs), "failed": len(runs) - len(done),
                     "rel_error": mean([r.rel_error for r in done]),
                     "seconds": mean([r.seconds for r in done])})
     return out
 
+
+def target_sparsity(geometry_spec: dict, nnz: int) -> float | None:
+    """The fraction of its blocks each scope prunes, ``(gs - nnz) / gs`` (``Geometry.sparsity``)
+    from a stored geometry spec (``Geometry.to_dict()``): the sparsity of the rows pruned, a row
+    sample or not. ``None`` when the spec has no scope (a geometry that could not be built)."""
+    scope = geometry_spec.get("scope") if isinstance(geometry_spec, dict) else None
+    if not isinstance(scope, list) or not scope:
+        return None
+    try:
+        gs = math.prod(int(v) for v in scope)
+        return (gs - int(nnz)) / gs if gs > 0 and 0 <= int(nnz) <= gs else None
+    except (TypeError, ValueError):
+        return None

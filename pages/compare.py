@@ -39,32 +39,7 @@ def first_job() -> runs.Job | None:
 
 
 
-def _open(layer_hash: str) -> None:
-    entry = next((e for e in stored_runs.stored_layers() if e["layer_hash"] == layer_hash), None)
-    keys = stored_runs.open_stored(entry) if entry is not None else []
-    if keys:
-        ss["compare_pick"] = ss["_c_pick"] = keys
-
-
-stored = stored_runs.stored_layers()
-closed = [e for e in stored if e["open"]]
-if closed:
-    with st.expander(f"Runs in the run store not listed here: {sum(e['open'] for e in closed)} "
-                     f"on {len(closed)} layer{'s' if len(closed) > 1 else ''}",
-                     icon=":material/database:"):
-        st.caption("Finished runs kept from earlier sessions and sweeps. Runs of a layer open "
-                   "when its weight and Hessian are here: a shipped sample, or the file you "
-                   "upload on the Prune page.")
-        for entry in closed[:20]:
-            c_name, c_button = st.columns([3, 1])
-            M, K = entry["shape"]
-            c_name.text(f"{entry['label']} · W {M} × {K} · {entry['open']} run"
-                        f"{'s' if entry['open'] > 1 else ''}")
-            c_button.button("Open" if entry["layer"] is not None else "Layer not loaded",
-                            key=f"_c_open_{entry['layer_hash'][:16]}", on_click=_open,
-                            args=(entry["layer_hash"],), disabled=entry["layer"] is None,
-                            width="stretch")
-
+more = stored_runs.sync()   # stored runs are results: listed after a restart as before it
 everything = runs.store()
 if not everything:
     job = first_job()
@@ -76,7 +51,8 @@ if not everything:
     fast = runner.fast_methods(job)
     st.caption(f"{', '.join(fast)} on **{md(job.layer.label)}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
-               f"**{job.geometry.name or 'free-form'}**, nnz = {job.nnz}, on {job.device}.")
+               f"**{md(labels.geometry_text(job.geometry, job.nnz))}**, nnz = {job.nnz}, on "
+               f"{job.device}.")
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
         runner.run_methods(job, fast)
         st.rerun()
@@ -85,7 +61,8 @@ if not everything:
 # ---- choose -----------------------------------------------------------------------------------
 keys = list(everything)                               # oldest first
 names = labels.shown_labels(list(everything.values()))  # unique among every run
-latest = [e["key"] for e in ss.get("last_run", []) if e.get("key") in everything]
+latest = [e["key"] for e in ss.get("last_run", []) if e.get("key") in everything] or \
+    stored_runs.latest()        # after a restart: the latest stored run's results
 newest_layer = everything[keys[-1]].layer.digest
 default = latest or [k for k in keys if everything[k].layer.digest == newest_layer]
 if ss.get("_c_for") != default:         # a new run since the last pick: show it
@@ -100,11 +77,14 @@ def _pick(chosen: list[str]) -> None:
 
 
 st.multiselect(
-    f"Results ({len(keys)} in this session)", keys, key="_c_pick",
+    f"Results ({len(keys)}: this session's and the run store's)", keys, key="_c_pick",
     format_func=lambda k: names[k].short, on_change=state.copy_widget,
     args=("_c_pick", "compare_pick"), placeholder="Pick results to compare",
-    help="Every finished run of this session, on any layer and geometry. By default the "
-         "latest run's results are shown.")
+    help="Every finished run, of this session and kept in the run store (earlier sessions, "
+         "sweeps), on any layer and geometry. By default the latest run's results are shown.")
+if more:
+    st.caption(f"The {stored_runs.MAX_LISTED:,} newest stored runs are listed; open older ones "
+               "from the Sweep page's table or with `obsviz.RunStore`.")
 b_latest, b_all, b_layer, _ = st.columns([1, 1, 1.3, 3])
 b_latest.button(f"Latest run ({len(latest)})", on_click=_pick, args=(latest,),
                 disabled=not latest, width="stretch")
@@ -118,6 +98,14 @@ if not chosen:
     st.stop()
 
 shown = labels.shown_labels(chosen)
+away = list(dict.fromkeys(r.layer.label for r in chosen if not r.layer.loaded))
+if away:
+    st.info(f"{'These layers are' if len(away) > 1 else 'This layer is'} not here, only "
+            f"{'their' if len(away) > 1 else 'its'} runs in the run store: "
+            f"**{md(', '.join(away))}**. Metrics and tables come from the store; the per-row "
+            "errors and the error and |ΔW| maps need the layer's W and H (upload its file on "
+            "the Prune page to see them), the stored pruned weights and mask are shown "
+            "instead.", icon=":material/database:")
 by_layer: dict[str, list[runs.Run]] = {}
 for r in chosen:
     by_layer.setdefault(r.layer.digest, []).append(r)
@@ -135,11 +123,11 @@ for r in chosen:
     rep, facet = r.report, labels.facets(r)
     rows.append({
         "result": shown[r.key].short,
-        "relative error": format_rel_error(rep["rel_error"]),
-        "row p50": format_rel_error(rep["row_rel_error_p50"]),
-        "row p90": format_rel_error(rep["row_rel_error_p90"]),
-        "row p99": format_rel_error(rep["row_rel_error_p99"]),
-        "row max": format_rel_error(rep["row_rel_error_max"]),
+        "relative error": format_rel_error(rep["rel_error"])
+        + (" (prunes nothing)" if r.job.geometry.prunes_nothing(r.job.nnz) else ""),
+        **{f"row {q}": ("– (needs W)" if rep[f"row_rel_error_{q}"] is None
+                        else format_rel_error(rep[f"row_rel_error_{q}"]))
+           for q in ("p50", "p90", "p99", "max")},
         "sparsity": rep["sparsity"] * 100, "valid": rep["valid"], "seconds": rep["seconds"],
         "method": r.method,
         "options": ", ".join(f"{k}={v}" for k, v in facet["options"].items()),
@@ -161,7 +149,10 @@ if len(settings) > 1:
     st.markdown("**Relative error by method and setting**")
     variants, cols, cells = rfig.error_by_variant(list(shown.values()),
                                                   [r.rel_error for r in chosen])
-    st.dataframe([{"method": v, **{c or "–": ("—" if e is None else format_rel_error(e))
+    empty = {(shown[r.key].variant, shown[r.key].setting) for r in chosen
+             if r.job.geometry.prunes_nothing(r.job.nnz)}   # 0 % sparsity: no error to compare
+    st.dataframe([{"method": v, **{c or "–": ("—" if e is None else "prunes nothing"
+                                             if (v, c) in empty else format_rel_error(e))
                                    for c, e in zip(cols, row, strict=True)}}
                   for v, row in zip(variants, cells, strict=True)],
                  hide_index=True, width="stretch")
@@ -175,14 +166,19 @@ with c_bar:
     st.plotly_chart(rfig.error_bar_figure(list(shown.values()),
                                           [r.rel_error for r in chosen]),
                     config={"displayModeBar": False}, key="_c_fig_bar", theme=None)
-maps = {r.key: result_maps.maps(r.key, r) for r in chosen}
+maps = {r.key: result_maps.maps(r.key, r) for r in chosen if r.layer.loaded}
 with c_rows:
     st.markdown("**Per-row error distribution**")
-    st.plotly_chart(rfig.row_error_figure(list(shown.values()),
-                                          [maps[r.key].row_rel_error for r in chosen]),
-                    config={"displayModeBar": False}, key="_c_fig_rows", theme=None)
+    with_rows = [r for r in chosen if r.key in maps]
+    if with_rows:
+        st.plotly_chart(rfig.row_error_figure([shown[r.key] for r in with_rows],
+                                              [maps[r.key].row_rel_error for r in with_rows]),
+                        config={"displayModeBar": False}, key="_c_fig_rows", theme=None)
     st.caption("Fraction of rows at or below each per-row relative error: further left is "
-               "better; a long right tail means a few rows carry the error.")
+               "better; a long right tail means a few rows carry the error."
+               + (f" Not drawn: {len(chosen) - len(with_rows)} results whose layer is not "
+                  "here (the per-row errors need its W and H)."
+                  if len(with_rows) < len(chosen) else ""))
 
 # ---- maps -------------------------------------------------------------------------------------
 st.subheader("Where the error is")
@@ -194,7 +190,8 @@ if len(by_layer) > 1:
                           help="Maps and the difference view compare results of one layer "
                                "(the same W); the charts above span every layer.")
 here = by_layer[digest]
-M, K = layer_of[digest].layer.shape
+loaded = layer_of[digest].loaded
+M, K = layer_of[digest].shape
 st.caption(f"{md(layer_of[digest].label)} · W {M} × {K}")
 c_view, c_r0, c_c0, c_size = st.columns([1.4, 1, 1, 1])
 view = c_view.segmented_control("View", ["Whole layer", "Window"], default="Whole layer",
@@ -218,6 +215,8 @@ here_labels = labels.shown_labels(drawn)
 
 
 def tiles_of(run: runs.Run, kind: str) -> rfig.Tiles:
+    if not loaded:   # the stored pruned weight and mask only
+        return result_maps.stored(run, window)[kind]
     return result_maps.window(run, window)[0][kind] if window else maps[run.key].get(kind)
 
 
@@ -229,21 +228,34 @@ KINDS = {
     "delta": ("|ΔW|", "How much each weight moved: pruned weights move by their whole value, "
               "compensated ones by the OBS update."),
 }
-kind = st.segmented_control("Map", list(KINDS), default="error", key="_c_kind",
-                            format_func=lambda k: KINDS[k][0]) or "error"
+kinds = KINDS if loaded else {
+    "mask": KINDS["mask"],
+    "weight": ("Pruned |W|", "The pruned weights the run store keeps, |W| (zero where pruned): "
+               "without the layer's W and H this is what can be shown.")}
+if not loaded:
+    st.caption("The error and |ΔW| maps need this layer's W and H, which are not here; the "
+               "kept mask and the pruned weights come from the run store.")
+if ss.get("_c_kind") not in kinds:
+    ss["_c_kind"] = next(iter(kinds))
+kind = st.segmented_control("Map", list(kinds), key="_c_kind",
+                            format_func=lambda k: kinds[k][0]) or next(iter(kinds))
 config = {"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 fig = result_maps.side_by_side(
     kind, window, [(r.key, here_labels[r.key]) for r in drawn],
     lambda: [rfig.Panel(here_labels[r.key], tiles_of(r, kind)) for r in drawn])
 st.plotly_chart(fig, config=config, key="_c_fig_maps", theme=None)
-st.caption(f"{KINDS[kind][1]} One colour scale for all panels; zoom one and the others follow"
+st.caption(f"{kinds[kind][1]} One colour scale for all panels; zoom one and the others follow"
            f"{fig.layout.meta['tiles']}. Hover a title for the full description.")
 if any(r.job.sample is not None for r in drawn):
     st.caption("Results of a row sample change only the sampled rows; the others show no "
                "error.")
 
 # ---- difference -------------------------------------------------------------------------------
-if len(here) >= 2:
+if len(here) >= 2 and not loaded:
+    st.subheader("Difference between two results")
+    st.caption("The difference of two error maps needs the layer's W and H: upload its file on "
+               "the Prune page.")
+elif len(here) >= 2:
     st.subheader("Difference between two results")
     keys_here = [r.key for r in here]
     by_key = {r.key: r for r in here}

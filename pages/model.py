@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -21,8 +20,8 @@ from obsviz import METHODS, PRESETS, Geometry
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes
-from obsviz.hessian import DAMP_MAX
 from obsviz.figures.model import drift_figure, layer_error_figure, layer_method_heatmap
+from obsviz.hessian import DAMP_MAX
 from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 from obsviz.model import (
@@ -40,7 +39,7 @@ from obsviz.model import (
 )
 from obsviz.store import StoreError
 
-from ui import runs, state
+from ui import folders, runner, runs, state
 from ui.forms import build_geometry
 from ui.runner import c_dtype_options
 from ui.text import md
@@ -193,15 +192,10 @@ with c_model:
                       help="A Hugging Face-format folder on the machine running obsviz: "
                            "config.json, *.safetensors weights, tokenizer files. Encoders "
                            "(BERT-like) or causal LMs (GPT-2/LLaMA-like, with their LM head).")
-        typed = form["path"].strip()
-        if typed:
-            folder = Path(typed).expanduser()
-            if len(typed) > 4096 or not folder.is_dir():
-                problem("No such folder on the server.")
-            elif not (folder / "config.json").is_file():
-                problem("That folder has no config.json: not a Hugging Face checkpoint.")
-            else:
-                model_dir = str(folder.resolve())
+        if form["path"].strip():
+            model_dir = folders.checkpoint_folder(form["path"])
+            if model_dir is None:
+                problem(folders.REFUSED)
 
 with c_text:
     st.subheader("Text")
@@ -338,7 +332,7 @@ if run:
     old = ss.get("model_result")
     if old and old.get("dir"):
         shutil.rmtree(old["dir"], ignore_errors=True)
-    out_dir = tempfile.mkdtemp(prefix="obsviz-model-")
+    out_dir = runner.model_run_dir()
     result = {"dir": out_dir, "report": None, "running": True, "methods": methods,
               "own_id": None, "stored_id": None}
     ss["model_result"] = result
@@ -364,6 +358,9 @@ if run:
     except Exception as err:  # a message, never a traceback
         problem("The run failed.", f"{type(err).__name__}: {err}"[:600])
         keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
+    except BaseException:   # Stop, or the tab closed or reloaded: Streamlit stopped the script;
+        keep(result, "stopped")   # the row keeps what finished and is never left running
+        raise
     # a Stop click ends the script inside run_methods (not an Exception): "running" stays True,
     # and the methods finished until then stay in the report (and in the run database)
     result["running"] = False

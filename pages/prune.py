@@ -5,6 +5,7 @@ import streamlit as st
 
 from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, ArgumentError, Geometry
 from obsviz.estimate import format_bytes
+from obsviz.geometry import nothing_pruned_text
 from obsviz.hessian import check_damp
 from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
@@ -66,7 +67,8 @@ with c_geom:
                  format_func={"page": "the Geometry page", "preset": "a preset here"}.get)
         if form.geo_source == "page" and page_fits:
             geom, nnz = chosen
-            st.markdown(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+            st.markdown(f"**{md(geom.run_name(nnz)) if geom.name else 'free-form'}**, "
+                        f"nnz = {nnz} · "
                         f"{geom.describe()}")
             st.page_link("pages/geometry.py", label="Change it on the Geometry page",
                          icon=":material/grid_view:")
@@ -105,11 +107,15 @@ with c_geom:
             errors["damp"] = str(err)
             damp = None
         if geom is not None:
-            st.caption(f"Sparsity {geom.sparsity(nnz):.1%} · {geom.n_scopes:,} scopes of "
+            st.caption(f"Runs as **{md(geom.run_name(nnz))}** · sparsity "
+                       f"{geom.sparsity(nnz):.1%} · {geom.n_scopes:,} scopes of "
                        f"{geom.blocks_per_scope} blocks"
                        + (" · row-coupled" if geom.is_row_coupled else ""))
             if nnz == 0:
                 st.warning("nnz = 0 keeps no block: every weight is pruned (100 % sparsity).",
+                           icon="⚠️")
+            elif geom.prunes_nothing(nnz):
+                st.warning(md(nothing_pruned_text(geom.run_name(nnz), geom.blocks_per_scope)),
                            icon="⚠️")
 
 # ---- methods ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ stored sweep; every trial is kept in the run database, so results outlive the se
 
 Session-state keys: ``sweep_running`` (``dict`` while a run is in progress: its name and trial
 count; still set on the next script run when the run was stopped), ``sweep_open`` (the stored
-sweep shown), ``sweep_last`` (the latest run's counts).
+sweep shown), ``sweep_last`` (the latest run's counts), ``sweep_filters`` (the filters' choices
+and the values they were offered, for the sweep shown).
 """
 
 import streamlit as st
@@ -100,12 +101,15 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
             spec = parse_spec({"name": name or "app grid", "layers": layers, "grid": grid})
         except SpecError as err:
             show_error("The grid is not complete yet.", err)
-    trials = []
+    trials, warnings = [], []
     if spec is not None:
         try:
-            trials = plan(spec, device=ss["device"]).trials
+            planned = plan(spec, device=ss["device"])
+            trials, warnings = planned.trials, planned.warnings
         except (SpecError, ValueError) as err:
             show_error("The grid cannot be expanded.", err)
+    for warning in warnings:  # a choice that prunes nothing, said before it runs
+        st.warning(md(warning), icon="⚠️")
     if trials:
         runnable = [t for t in trials if t.error is None]
         done = store.done_keys([t.key for t in trials])
@@ -174,30 +178,77 @@ chosen = st.selectbox(
 ss["sweep_open"] = chosen
 df = sfig.runs_table(store.runs(sweep=chosen))
 
-f1, f2, f3, f4 = st.columns(4)
+def follow_data(fields: dict[str, list]) -> dict[str, list]:
+    """The filters' choices for the values shown now: every value of another sweep, and of this
+    one every value not offered before (a resumed sweep's new layers) besides those still
+    picked. The widgets are primed from it (``sweep_filters``)."""
+    kept = ss.get("sweep_filters")
+    if not kept or kept["sweep"] != chosen:
+        kept = {"sweep": chosen, "offered": {}, "picked": {}}
+    picked = {}
+    for field, values in fields.items():
+        offered = kept["offered"].get(field, [])
+        was = ss.get(f"_sw_f_{field}", kept["picked"].get(field, values)) if offered else values
+        picked[field] = [v for v in values if v in was or v not in offered]
+        ss[f"_sw_f_{field}"] = picked[field]
+    ss["sweep_filters"] = {"sweep": chosen, "offered": fields, "picked": picked}
+    return picked
+
+
+FILTERS = {"layer": "Layers", "geometry": "Geometries", "method": "Methods", "status": "Status"}
+follow_data({field: list(dict.fromkeys(df[field])) for field in FILTERS})
 pick = {}
-for col, field, label in ((f1, "layer", "Layers"), (f2, "geometry", "Geometries"),
-                          (f3, "method", "Methods"), (f4, "status", "Status")):
-    values = list(dict.fromkeys(df[field]))
-    pick[field] = col.multiselect(label, values, default=values, key=f"_sw_f_{field}")
+for col, (field, label) in zip(st.columns(len(FILTERS)), FILTERS.items(), strict=True):
+    pick[field] = col.multiselect(label, list(dict.fromkeys(df[field])), key=f"_sw_f_{field}")
+ss["sweep_filters"]["picked"] = pick
 view = df[df[list(pick)].isin(pick).all(axis=1)] if len(df) else df
 done = view[view["status"] == "done"]
 st.caption(f"{len(view)} of {len(df)} runs shown · {len(done)} done, "
            f"{len(view) - len(done)} failed.")
 
-if len(done):
+empty = sfig.nothing_pruned(view)
+if len(empty):
+    names = ", ".join(dict.fromkeys(empty["geometry"]))
+    st.info(f"{len(empty)} finished trial{'s prune' if len(empty) > 1 else ' prunes'} nothing "
+            f"({md(names)}: nnz keeps every block of a scope): 0 % sparsity, so no error by "
+            "construction. They are in the table, not in the charts.", icon=":material/info:")
+levels = sfig.sparsity_levels(view)
+if levels:
+    c_level, c_damp, _ = st.columns([1, 1, 2])
+    counts_at = {v: len(sfig.at_level(done, v)) for v in levels}
+    if ss.get("_sw_level") not in levels:   # the level with the most trials
+        ss["_sw_level"] = max(levels, key=lambda v: (counts_at[v], -v))
+    level = c_level.selectbox(
+        "Sparsity", levels, key="_sw_level",
+        format_func=lambda v: f"{v:.1%} ({counts_at[v]} trials)",
+        help="The heatmaps and error vs time show one sparsity at a time, so each cell and "
+             "point compares like with like.")
+    damps = sorted(float(d) for d in sfig.at_level(done, level)["damp"].dropna().unique())
+    damp = None
+    if len(damps) > 1:
+        if ss.get("_sw_level_damp") not in damps:
+            ss["_sw_level_damp"] = damps[0]
+        damp = c_damp.selectbox("Damping", damps, key="_sw_level_damp",
+                                format_func=lambda d: f"{d:g}",
+                                help="One damping at a time in the heatmaps and error vs time.")
     t1, t2, t3 = st.tabs(["Error vs sparsity", "Layer × geometry", "Error vs time"])
     with t1:
         st.plotly_chart(sfig.pareto_figure(view), key="_sw_pareto")
-        st.caption("Each dot is a finished trial; the line joins the trials of that method that "
-                   "no other trial of it beats (as sparse or sparser, with no more error).")
+        st.caption("Each dot is a finished trial at the sparsity of the rows it pruned; the line "
+                   "joins the trials of that method that no other trial of it beats (as sparse "
+                   "or sparser, with no more error).")
     with t2:
-        for method in dict.fromkeys(done["method"]):
-            st.plotly_chart(sfig.heatmap_figure(view, method), key=f"_sw_heat_{method}")
-        st.caption("Mean relative error over the nnz and damping values shown; – where no trial "
-                   "finished (failed, or filtered out).")
+        for method in dict.fromkeys(sfig.at_level(done, level, damp)["method"]):
+            st.plotly_chart(sfig.heatmap_figure(view, method, level, damp),
+                            key=f"_sw_heat_{method}")
+        st.caption(f"Relative error at {level:.1%} sparsity"
+                   + ("" if damp is None else f" and damping {damp:g}")
+                   + "; – where no trial finished (failed, or filtered out). A cell holds one "
+                     "trial, or says what it is the mean of.")
     with t3:
-        st.plotly_chart(sfig.time_figure(view), key="_sw_time")
+        st.plotly_chart(sfig.time_figure(view, level, damp), key="_sw_time")
+        st.caption(f"The trials at {level:.1%} sparsity"
+                   + ("" if damp is None else f" and damping {damp:g}") + ".")
 
 st.dataframe(sfig.display_table(view), hide_index=True, key="_sw_table")
 e1, e2 = st.columns(2)

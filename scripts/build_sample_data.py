@@ -1,5 +1,5 @@
 """Rebuild sample_data/: real all-MiniLM-L6-v2 layers with Hessians from real English text, and the
-toy layer.
+toy layers.
 
     python scripts/build_sample_data.py                  # rebuild the .safetensors files
     python scripts/build_sample_data.py --text-from /usr/share/doc/jargon-text/jargon.txt.gz
@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from obsviz.calibrate import hessians_from_checkpoint, minilm_checkpoint_dir  # noqa: E402
 from obsviz.hessian import hessian_from_inputs  # noqa: E402
 from obsviz.layers import SAMPLE_DIR, SAMPLE_FILE, TOY_FILE, Layer, save_layers  # noqa: E402
+from obsviz.lesson import COUPLED_TOY, COUPLED_TOY_FILE  # noqa: E402
 
 TEXT_FILE = "jargon_file_4.4.7_excerpt.txt"
 SEQ_LEN = 128
@@ -83,17 +84,23 @@ def build_real(text: str) -> list[Layer]:
     return layers
 
 
-def build_toy() -> Layer:
-    """An 8 x 16 layer whose inputs look like real activations: neighbouring features correlated
-    (AR(1), rho = 0.8), uneven scales and one outlier feature, so H has real off-diagonals."""
-    g = torch.Generator().manual_seed(0)
-    N, K, M = 512, 16, 8
-    rho = 0.8
+def ar1_inputs(g: torch.Generator, N: int, K: int, rho: float = 0.8) -> torch.Tensor:
+    """``(N, K)`` inputs whose neighbouring features are correlated: an AR(1) sequence across
+    features with coefficient ``rho`` and unit variance."""
     Z = torch.randn(N, K, generator=g, dtype=torch.float64)
     X = torch.empty_like(Z)
     X[:, 0] = Z[:, 0]
     for c in range(1, K):
         X[:, c] = rho * X[:, c - 1] + (1 - rho**2) ** 0.5 * Z[:, c]
+    return X
+
+
+def build_toy() -> Layer:
+    """An 8 x 16 layer whose inputs look like real activations: neighbouring features correlated
+    (AR(1), rho = 0.8), uneven scales and one outlier feature, so H has real off-diagonals."""
+    g = torch.Generator().manual_seed(0)
+    N, K, M = 512, 16, 8
+    X = ar1_inputs(g, N, K)
     scale = torch.linspace(0.5, 2.0, K, dtype=torch.float64)
     scale[5] = 4.0  # an outlier feature, as LLM activations have
     X = X * scale
@@ -102,6 +109,25 @@ def build_toy() -> Layer:
     return Layer(name="toy", weight=W.to(torch.float32), hessian=H, nsamples=n,
                  source="8 x 16 toy layer, synthetic correlated inputs (seed 0)",
                  notes=["inputs: AR(1) across features (rho 0.8), scales 0.5..2, feature 5 x4"])
+
+
+def build_coupled_toy() -> Layer:
+    """A 16 x 64 layer built like the toy (seed 1, random scales 0.5..2, feature 21 x4): the
+    smallest shape on which block16 (rows r and r + 8, blocks of 16 columns) has several scopes
+    per pair of rows, for the Learn page."""
+    g = torch.Generator().manual_seed(1)
+    N, K, M = 1024, 64, 16
+    X = ar1_inputs(g, N, K)
+    scale = 0.5 + 1.5 * torch.rand(K, generator=g, dtype=torch.float64)
+    scale[21] = 4.0
+    X = X * scale
+    H, n = hessian_from_inputs(X)
+    W = (torch.randn(M, K, generator=g, dtype=torch.float64) / K**0.5).round(decimals=3)
+    return Layer(name=COUPLED_TOY, weight=W.to(torch.float32), hessian=H, nsamples=n,
+                 source="16 x 64 toy layer for row-coupled lessons, synthetic correlated inputs "
+                        "(seed 1)",
+                 notes=["inputs: AR(1) across features (rho 0.8), scales 0.5..2 drawn, "
+                        "feature 21 x4"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("toy layer")
     save_layers(args.out / TOY_FILE, [build_toy()])
+    save_layers(args.out / COUPLED_TOY_FILE, [build_coupled_toy()])
     print(f"MiniLM layers ({len(CHOSEN)}) on {len(text)} characters of text")
     layers = build_real(text)
     save_layers(args.out / SAMPLE_FILE, layers)

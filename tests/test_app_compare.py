@@ -154,15 +154,19 @@ def test_layers_compare_in_the_summary_and_maps_stay_per_layer(nine_on_two):
 def test_stored_runs_come_back_after_a_restart():
     store = fresh_store()
     at = open_app(state={"layer_name": "toy"}, store=store)
-    keys = prune(at, "2:4", ["full", "sparsegpt"])
+    prune(at, "2:4", ["full", "sparsegpt"])
+    prune(at, "coupled-2:4", ["magnitude"])
+    keys_after = prune(at, "2:4", ["wanda", "obd"])
     # a new session on the same run store, as after a restart of the app: the stored runs are
-    # offered (one click opens them), not silently mixed into the new session
+    # results, listed and shown (the latest run's methods), with nothing to click first
     again = compare(open_app(state={"layer_name": "toy"}, store=store))
-    next(b for b in again.button if b.label == "Open").click().run()
-    assert not again.exception, again.exception
+    assert not any("Nothing to compare yet" in m.value for m in again.markdown)
     pick = again.multiselect(key="_c_pick")
-    assert sorted(pick.options) == ["full", "sparsegpt"] and set(pick.value) == set(keys)
+    assert len(pick.options) == 5 and pick.value == keys_after
+    assert {"full · 2:4", "sparsegpt · 2:4", "magnitude · coupled-2:4"} < set(pick.options)
     assert len(charts(again)) == 4
+    next(b for b in again.button if b.label.startswith("Latest run")).click().run()
+    assert again.multiselect(key="_c_pick").value == keys_after
 
 
 def test_any_stored_run_opens_sweeps_included():
@@ -186,12 +190,61 @@ def test_any_stored_run_opens_sweeps_included():
                   damp=0.01, result=result, sweep="grid")
         stored[key] = result.rel_error
     at = compare(open_app(state={"layer_name": "toy"}, store=path))
-    assert any("Nothing to compare yet" in m.value for m in at.markdown)
-    next(b for b in at.button if b.label == "Open").click().run()
-    assert not at.exception, at.exception
+    assert not any("Nothing to compare yet" in m.value for m in at.markdown)
     assert at.multiselect(key="_c_pick").value == list(stored)
     runs = at.session_state["results"]
     assert {k: runs[k].rel_error for k in stored} == stored
+    assert all(runs[k].layer.loaded for k in stored)    # a shipped sample: W and H are here
     # the stored weights are read back for the maps: one panel per run
     assert titles(charts(at)["_c_fig_maps"]) == ["magnitude", "wanda"]
-    assert not [b for b in at.button if b.label == "Open"]      # nothing left to open
+
+
+def test_runs_of_an_uploaded_layer_open_from_the_store_alone(tmp_path):
+    """After a restart the uploaded layer is gone: its runs still show their metrics and tables
+    from the store, maps that need W say so and show the stored mask and pruned weights; the
+    file uploaded again brings every view back."""
+    from obsviz import layers as L
+
+    from apptest import plain
+
+    toy = L.load_sample_layer("toy")
+    mine = L.Layer("mine.fc1", 2 * toy.weight, toy.hessian, toy.nsamples, "a test layer")
+    path = tmp_path / "mine.safetensors"
+    L.save_layers(path, [mine])
+    upload = ("mine.safetensors", path.read_bytes(), "application/octet-stream")
+    store = fresh_store()
+    at = open_app("pages/prune.py", state={"layer_source": "upload"}, store=store)
+    at.file_uploader(key="_p_upload").set_value(upload).run()
+    at.radio(key="_p_geo_source").set_value("preset").run()
+    at.multiselect(key="_p_methods").set_value(["magnitude", "sparsegpt"]).run()
+    next(b for b in at.button if b.label == "Run").click().run()
+    keys = [e["key"] for e in at.session_state["last_run"]]
+    before = {k: at.session_state["results"][k].report for k in keys}
+
+    again = compare(open_app(state={"layer_name": "toy"}, store=store))
+    assert again.multiselect(key="_c_pick").value == keys
+    assert "not here, only its runs in the run store: **mine.safetensors · fc1**" in \
+        plain(again.info[0].value).replace("mine.fc1", "fc1")
+    table = again.dataframe[0].value
+    assert list(table["relative error"]) == [format_rel_error(before[k]["rel_error"])
+                                              for k in keys]
+    assert list(table["sparsity"]) == [100 * before[k]["sparsity"] for k in keys]
+    assert list(table["valid"]) == [True, True] and set(table["row p50"]) == {"– (needs W)"}
+    assert again.get("segmented_control")[-1].options == ["Kept mask", "Pruned |W|"]
+    figs = charts(again)
+    assert titles(figs["_c_fig_maps"]) == ["magnitude", "sparsegpt"] and "_c_fig_rows" not in figs
+    assert not [e for e in again.exception]
+    # the report download works from the store alone
+    assert [b.proto.label for b in again.get("download_button")][:2] == ["Report (CSV)",
+                                                                         "Report (JSON)"]
+    # the file uploaded again: the same runs, now on their layer, with every view
+    again.switch_page("pages/prune.py").run()
+    again.session_state["layer_source"] = "upload"
+    again.run()
+    again.file_uploader(key="_p_upload").set_value(upload).run()
+    compare(again)
+    runs = again.session_state["results"]
+    assert all(runs[k].layer.loaded for k in keys) and not again.info
+    assert again.dataframe[0].value["row p50"].tolist() == [
+        format_rel_error(before[k]["row_rel_error_p50"]) for k in keys]
+    assert "_c_fig_rows" in charts(again)

@@ -16,6 +16,7 @@ from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, checkpoint_zip, load_model
 
 from apptest import fresh_store, plain
+from ui.folders import REFUSED
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -147,7 +148,7 @@ def test_a_local_folder_that_is_not_there_is_refused_without_echoing_it():
     typed = "/nowhere/![x](http://example.invalid/u.png)"
     at.text_input(key="_m_path").set_value(typed).run()
     assert not at.exception, at.exception
-    assert "No such folder on the server." in [e.value for e in at.error]
+    assert REFUSED in [e.value for e in at.error]
     assert "example.invalid" not in shown(at)
     assert next(b for b in at.button if b.label == "Run").disabled
 
@@ -184,3 +185,83 @@ def test_an_unusable_run_database_leaves_the_page_working(tmp_path):
     assert not at.expander or all("Stored runs" not in e.label for e in at.expander)
     assert not next(b for b in at.button if b.label == "Run").disabled
     assert "runs made here are kept in this session only" in shown(at)
+
+
+def test_local_folders_open_only_under_the_roots_with_one_message(tmp_path, monkeypatch):
+    """Issue 21.5: a folder that is not there, one without config.json, a checkpoint outside the
+    roots and a link out of them get one and the same message; a checkpoint under a root
+    (``OBSVIZ_MODEL_ROOTS``) opens."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_checkpoint_dir())
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    for folder in (allowed / "tiny", outside / "tiny"):
+        transformers.BertModel(cfg).save_pretrained(folder)
+        tok.save_pretrained(folder)
+    (allowed / "empty").mkdir()
+    (allowed / "link").symlink_to(outside / "tiny")
+    monkeypatch.setenv("OBSVIZ_MODEL_ROOTS", str(allowed))
+    at = open_page()
+    at.radio(key="_m_source").set_value("local").run()
+    for typed in (allowed / "nowhere", allowed / "empty", outside / "tiny", allowed / "link",
+                  allowed / ".." / "outside" / "tiny", "~"):
+        at.text_input(key="_m_path").set_value(str(typed)).run()
+        assert not at.exception, at.exception
+        assert [e.value for e in at.error] == [REFUSED], typed
+        assert next(b for b in at.button if b.label == "Run").disabled
+    at.text_input(key="_m_path").set_value(str(allowed / "tiny")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not next(b for b in at.button if b.label == "Run").disabled
+
+
+def _session_with_a_run_folder():
+    import streamlit as st
+
+    from ui import runner
+
+    st.session_state.setdefault("made", runner.model_run_dir())
+
+
+def test_a_sessions_run_folder_goes_with_the_session():
+    """Issue 21.5: the Model run folder (90–175 MB of checkpoints) is removed when Streamlit
+    drops the session that made it."""
+    import gc
+
+    at = AppTest.from_function(_session_with_a_run_folder, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    folder = Path(at.session_state["made"])
+    assert folder.is_dir() and folder.name.startswith(f"obsviz-model-{os.getpid()}-")
+    (folder / "sparsegpt").mkdir()
+    (folder / "sparsegpt" / "model.safetensors").write_bytes(b"\0" * 1000)
+    at.run()
+    assert folder.is_dir()   # the session is still there
+    del at
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_run_folders_of_dead_processes_are_removed_at_start_up(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from obsviz.owner import process_token
+
+    from ui.runner import remove_orphaned_dirs
+
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    _, pid, start = process_token().rsplit(":", 2)
+    names = {"dead": f"obsviz-model-{dead_pid}-123-abc", "mine": f"obsviz-model-{pid}-{start}-x",
+             "legacy_new": "obsviz-model-k2j3h4", "legacy_old": "obsviz-model-q8w7e6"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text("{}")
+    old = time.time() - 2 * 86400
+    os.utime(tmp_path / names["legacy_old"], (old, old))
+    assert sorted(remove_orphaned_dirs(tmp_path)) == sorted([names["dead"], names["legacy_old"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["mine"],
+                                                                  names["legacy_new"]])

@@ -71,6 +71,41 @@ def test_a_failing_method_shows_its_message_and_keeps_the_others(monkeypatch):
     assert [e["status"] for e in at.session_state["last_run"]] == ["done", "failed"]
 
 
+def test_the_geometry_is_named_for_what_runs_and_pruning_nothing_is_warned():
+    at = open_page("pages/prune.py")
+    at.radio(key="_p_geo_source").set_value("preset").run()
+    at.selectbox(key="_p_preset").set_value("2:4").run()
+    at.text_input(key="_p_nnz").set_value("1").run()
+    assert "Runs as **1:4** · sparsity 75.0%" in "\n".join(plain(c.value) for c in at.caption)
+    assert not at.warning
+    at.text_input(key="_p_nnz").set_value("4").run()
+    assert not at.exception, at.exception
+    assert "4:4 keeps all 4 blocks of every scope: nothing is pruned" in plain(at.warning[0].value)
+    # the Compare page calls the result by what was run
+    at.text_input(key="_p_nnz").set_value("1").run()
+    run_methods(at, ["magnitude"])
+    assert "magnitude" in texts(at)
+    at.switch_page("pages/compare.py").run()
+    table = at.dataframe[0].value
+    assert list(table["geometry"]) == ["1:4"]
+
+
+def test_compare_names_a_result_that_prunes_nothing_never_a_zero_error():
+    at = open_page("pages/prune.py")
+    at.radio(key="_p_geo_source").set_value("preset").run()
+    for nnz in ("4", "2"):
+        at.text_input(key="_p_nnz").set_value(nnz).run()
+        run_methods(at, ["magnitude", "wanda"])
+    at.switch_page("pages/compare.py").run()
+    next(b for b in at.button if b.label.startswith("All")).click().run()
+    assert not at.exception, at.exception
+    metrics, what_if = at.dataframe[0].value, at.dataframe[1].value
+    assert list(what_if.columns) == ["method", "4:4 · nnz=4", "2:4 · nnz=2"]
+    assert list(what_if["4:4 · nnz=4"]) == ["prunes nothing"] * 2
+    assert all(e.endswith("(prunes nothing)") == (g == "4:4")
+               for e, g in zip(metrics["relative error"], metrics["geometry"], strict=True))
+
+
 def test_a_bad_upload_shows_the_loader_message():
     at = open_page("pages/prune.py", layer_source="upload")
     at.file_uploader(key="_p_upload").set_value(
@@ -221,9 +256,41 @@ def test_an_upload_is_hashed_and_parsed_once(monkeypatch, tmp_path):
     assert any(b.label == "Run" for b in at.button)
 
 
+def test_a_failed_upload_leaves_no_doubt_which_layer_is_current(tmp_path):
+    """A bad file after a good one: the page went on showing and running the earlier layer
+    under the error. Now no layer is in use until the user picks one (the earlier upload is
+    still offered), and clearing the bad file brings the earlier one back."""
+    from obsviz import layers as L
+
+    path = tmp_path / "good.safetensors"
+    L.save_layers(path, [L.load_sample_layer("toy")])
+    at = open_page("pages/prune.py", layer_source="upload")
+    at.file_uploader(key="_p_upload").set_value(
+        ("good.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    assert at.session_state["user_layer"].label == "good.safetensors · toy"
+    assert any(b.label == "Run" for b in at.button)
+    for bad in (b"this is not a safetensors file",          # not a layer file at all
+                b"\x08\x00\x00\x00\x00\x00\x00\x00{}      "):  # a file with no layer in it
+        at.file_uploader(key="_p_upload").set_value(
+            ("bad.safetensors", bad, "application/octet-stream")).run()
+        assert not at.exception, at.exception
+        assert any("bad.safetensors" in e for e in errors(at))
+        assert not any(b.label == "Run" for b in at.button)      # nothing runs on the old one
+        said = texts(at) + "\n".join(plain(i.value) for i in at.info)
+        assert "No layer is in use: bad.safetensors was not loaded" in said
+        assert "good.safetensors · toy" in said                  # where the earlier one is
+        assert "good.safetensors · toy" not in "\n".join(c.value for c in at.sidebar.caption)
+        assert at.sidebar.selectbox(key="_w_layer").value is None
+    at.file_uploader(key="_p_upload").set_value(None).run()       # the bad file taken away
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="_w_layer").value == ":user"
+    assert any(b.label == "Run" for b in at.button)
+
+
 def test_a_failed_method_is_kept_in_the_run_store_with_its_message(monkeypatch):
     """Issue 24.10: the Prune page's failures were not in the run store (sweeps keep theirs)."""
     from obsviz.store import RunStore
+
     from apptest import fresh_store
 
     def broken(p, n_splits):

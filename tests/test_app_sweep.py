@@ -17,6 +17,8 @@ from obsviz.figures import sweep as sfig
 from obsviz.metrics import format_rel_error
 from obsviz.store import RunStore
 
+from apptest import plain
+
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,17 +149,113 @@ def test_table_heatmap_and_exports_round_trip(tmp_path):
     runs = store.runs()
     df = sfig.runs_table(runs)
     assert list(df.columns) == list(sfig.TABLE_COLUMNS) and len(df) == 8
-    heat = sfig.heatmap_table(df, "wanda")
-    for geometry in ("2:4", "4:8"):
-        want = np.mean([r.rel_error for r in runs if r.method == "wanda" and
-                        r.geometry == geometry])
-        assert heat.loc["toy", geometry] == pytest.approx(want, rel=1e-12)
+    # each name says what was run, each heatmap one sparsity: 1:4 (75 %) and 2:8 (75 %) side by
+    # side, 2:4 (50 %) on its own, 1:8 (87.5 %) on its own
+    assert sfig.sparsity_levels(df) == [0.5, 0.75, 0.875]
+    heat = sfig.heatmap_table(df, "wanda", 0.75)
+    assert set(heat.columns) == {"1:4", "2:8"}
+    for geometry in ("1:4", "2:8"):
+        (want,) = [r.rel_error for r in runs if r.method == "wanda" and r.geometry == geometry]
+        assert heat.loc["toy", geometry] == want
+    assert list(sfig.heatmap_table(df, "wanda", 0.5).columns) == ["2:4"]
     back = pd.read_csv(io.BytesIO(sfig.csv_bytes(df)))
     assert back["rel_error"].tolist() == pytest.approx(df["rel_error"].tolist(), rel=1e-15)
     pq = pd.read_parquet(io.BytesIO(sfig.parquet_bytes(df)))
     pd.testing.assert_frame_equal(pq, df)
     fig = sfig.pareto_figure(df)
     xs = [x for t in fig.data if not t.name.endswith("front") for x in t.x]
-    assert sorted(xs) == sorted(df["sparsity"])
+    assert sorted(xs) == sorted(df["sparsity"]) == sorted(df["target_sparsity"])
     assert sfig.display_table(df)["relative error"].tolist() == [
         format_rel_error(v) for v in df["rel_error"]]
+
+
+def test_no_cell_mixes_sparsities_or_averages_in_a_trial_that_prunes_nothing(tmp_path):
+    """The issue's case: block16 at nnz 1 and 2 on layer0.query. nnz = 2 keeps both blocks of
+    every block16 scope (0 % pruned): it was averaged into the block16 cell (19 % = mean of
+    38 % and 0 %), so block16 looked best when it was worst."""
+    from obsviz.sweep import parse_spec, plan, sweep
+
+    store = RunStore(tmp_path / "r.sqlite")
+    spec = parse_spec({"layers": [{"sample": ["layer0.query"]}],
+                       "grid": {"presets": ["2:4", "4:8", "block16"], "nnz": [1, 2],
+                                "methods": ["magnitude"]}})
+    planned = plan(spec, device="cpu")
+    assert len(planned.warnings) == 1 and planned.warnings[0].startswith(
+        "block16 at nnz = 2 keeps all 2 blocks of every scope: nothing is pruned")
+    warned = []
+    sweep(spec, store=store, warn=warned.append)
+    assert warned == planned.warnings
+    runs = {(r.geometry, r.nnz): r for r in store.runs()}
+    assert set(runs) == {("1:4", 1), ("2:4", 2), ("1:8", 1), ("2:8", 2), ("block16", 1),
+                         ("block16 at nnz = 2", 2)}
+    df = sfig.runs_table(store.runs())
+    assert sfig.nothing_pruned(df)["geometry"].tolist() == ["block16 at nnz = 2"]
+    assert 0.0 not in sfig.sparsity_levels(df)
+    heat = sfig.heatmap_table(df, "magnitude", 0.5)
+    assert set(heat.columns) == {"2:4", "block16"}
+    assert heat.loc["layer0.query", "block16"] == runs[("block16", 1)].rel_error
+    assert heat.loc["layer0.query", "block16"] > heat.loc["layer0.query", "2:4"]
+    assert 0.0 not in [x for t in sfig.pareto_figure(df).data for x in t.x]
+    assert 0.0 not in [x for t in sfig.time_figure(df, 0.5).data for x in t.y]
+    # the CLI's summary averages like with like only
+    from obsviz.sweep import summary_table
+
+    rows = {r["geometry"]: r for r in summary_table(store, [r.id for r in store.runs()])}
+    assert rows["block16"]["rel_error"] == runs[("block16", 1)].rel_error
+    assert rows["block16 at nnz = 2"]["sparsity"] == 0.0
+    assert rows["1:8"]["sparsity"] == 0.875
+
+
+def test_the_page_shows_one_sparsity_and_names_what_prunes_nothing(db):
+    from obsviz.sweep import sweep
+
+    sweep({"name": "b16", "layers": [{"sample": ["layer0.query"]}],
+           "grid": {"presets": ["2:4", "block16"], "nnz": [1, 2], "methods": ["magnitude"]}},
+          store=RunStore(db))
+    at = open_page()
+    assert at.selectbox(key="_sw_level").value == 0.5
+    assert "1 finished trial prunes nothing (block16 at nnz = 2:" in plain(at.info[0].value)
+    heat = {c.key: c for c in at.get("plotly_chart")}["_sw_heat_magnitude"]
+    import json
+
+    spec = json.loads(heat.proto.spec)
+    assert set(spec["data"][0]["x"]) == {"2:4", "block16"}
+    assert "50.0% sparsity" in spec["layout"]["title"]["text"]
+    at.selectbox(key="_sw_level").set_value(0.75).run()
+    spec = json.loads({c.key: c for c in at.get("plotly_chart")}["_sw_heat_magnitude"].proto.spec)
+    assert spec["data"][0]["x"] == ["1:4"]
+
+
+def test_a_grid_that_prunes_nothing_is_warned_before_it_runs(db):
+    at = open_page(layer="layer0.query")
+    at.multiselect(key="_sw_presets").set_value(["block16"]).run()
+    at.text_input(key="_sw_nnz").set_value("1, 2").run()
+    assert not at.exception, at.exception
+    assert any("block16 at nnz = 2 keeps all 2 blocks" in plain(w.value) for w in at.warning)
+
+
+def test_filters_follow_the_sweep_shown_and_a_resumed_sweep(db):
+    """Another stored sweep opens with every value picked (it showed "0 of 64 runs"); a sweep
+    that gains runs while shown (a resume) shows them, and what the user took out stays out."""
+    from obsviz.sweep import sweep
+
+    store = RunStore(db)
+    grid = {"presets": ["2:4"], "methods": ["magnitude", "wanda"]}
+    sweep({"name": "older", "layers": [{"sample": ["layer0.key"]}], "grid": grid}, store=store)
+    sweep({"name": "newer", "layers": [{"sample": ["toy"]}], "grid": grid}, store=store)
+    at = open_page()
+    assert at.selectbox(key="_sw_open").value == "newer"
+    assert "2 of 2 runs shown" in captions(at)
+    at.selectbox(key="_sw_open").set_value("older").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="_sw_f_layer").value == ["layer0.key"]
+    assert "2 of 2 runs shown" in captions(at) and len(at.get("plotly_chart")) == 1 + 2 + 1
+    # the sweep shown is resumed with another layer and method (here: by another process)
+    at.multiselect(key="_sw_f_method").set_value(["wanda"]).run()
+    assert "1 of 2 runs shown" in captions(at)
+    sweep({"name": "older", "layers": [{"sample": ["layer0.key", "toy"]}],
+           "grid": {**grid, "methods": ["magnitude", "wanda", "obd"]}}, store=store)
+    at.run()
+    assert set(at.multiselect(key="_sw_f_layer").value) == {"layer0.key", "toy"}
+    assert set(at.multiselect(key="_sw_f_method").value) == {"wanda", "obd"}
+    assert "4 of 6 runs shown" in captions(at)

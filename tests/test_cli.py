@@ -145,6 +145,16 @@ def test_prune_free_form_geometry_and_a_clear_error_for_a_bad_one(tmp_path: Path
     assert "block=(1, 3)" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_prune_warns_before_a_choice_that_prunes_nothing(tmp_path: Path) -> None:
+    done = run_cli("prune", SAMPLE_DIR / "toy.safetensors", "--preset", "2:4", "--nnz", "4",
+                   "--method", "magnitude", "--out", tmp_path / "t.safetensors", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "warning: 4:4 keeps all 4 blocks of every scope: nothing is pruned" in done.stderr
+    quiet = run_cli("prune", SAMPLE_DIR / "toy.safetensors", "--preset", "2:4", "--nnz", "1",
+                    "--method", "magnitude", "--out", tmp_path / "u.safetensors", "-q")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr
+
+
 def test_bench_prints_ratios_against_sparsegpt(tmp_path: Path) -> None:
     done = run_cli("bench", "--file", SAMPLE_DIR / "toy.safetensors", "--layers", "toy",
                    "--presets", "2:4", "--methods", "local", "sparsegpt",

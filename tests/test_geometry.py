@@ -622,3 +622,22 @@ def test_one_key_is_the_identity_used_by_eq_and_hash():
     d = Geometry.preset("2:4-pairs", (8, 16))
     assert d != a and d.key != a.key
     assert Geometry.from_dict(d.to_dict()).key == d.key
+
+
+def test_a_name_says_what_is_run():
+    """nnz overrides a preset's N: 4:8 at nnz 1 is 1:8; a named preset at another nnz says so;
+    a choice that keeps every block of a scope prunes nothing."""
+    from obsviz.geometry import run_name
+
+    assert [run_name("4:8", k) for k in (1, 4, 8)] == ["1:8", "4:8", "8:8"]
+    assert run_name("2:4", 1) == "1:4" and run_name("block16", 1) == "block16"
+    assert run_name("block16", 2) == "block16 at nnz = 2"
+    assert run_name("coupled-2:4", 1) == "coupled-2:4 at nnz = 1"
+    desc = "view W, block (1, 2), scope (1, 4)"
+    assert run_name(desc, 3) == desc
+    for name, k in (("4:8", 1), ("block16", 2), ("2:4-pairs", 3)):
+        assert run_name(run_name(name, k), k) == run_name(name, k)
+    g = Geometry.preset("block16", (32, 32))
+    assert g.run_name(2) == "block16 at nnz = 2" and g.prunes_nothing(2)
+    assert not g.prunes_nothing(1) and Geometry.preset("2:4", (4, 8)).prunes_nothing(4)
+    assert Geometry.preset("4:8", (4, 8)).run_name(1) == "1:8"

@@ -15,18 +15,23 @@ import torch
 from torch.testing import assert_close
 
 import obsviz
+from obsviz import reference
 from obsviz.errors import ArgumentError
 from obsviz.lesson import (
     COMPARED_MODES,
+    COUPLED_TOY,
     MAX_ROWS,
+    SCORINGS,
     Lesson,
     column_ranges,
+    coupled_toy,
     first_columns,
     interleaved_worse_rows,
     lesson_geometry,
     mode_outcomes,
     same_mask_worse,
 )
+from obsviz.methods import SCORING
 from obsviz.metrics import row_error
 
 
@@ -42,23 +47,40 @@ def real(k: int = 16, dtype: torch.dtype = torch.float64, name: str = obsviz.DEF
     return W.to(dtype), H.to(dtype)
 
 
-def engine_rows(W, H, geom, rows, damp=0.01) -> torch.Tensor:
-    res = obsviz.prune(W, H, geom, geom.nnz, method="true_obs", ng=1, scoring="joint",
-                       damp=damp, device="cpu")
+def engine_rows(W, H, geom, rows, damp=0.01, scoring=SCORING.default) -> torch.Tensor:
+    """prune's true_obs at the Prune page's defaults (but ``scoring``) on ``rows``."""
+    res = obsviz.prune(W, H, geom, geom.nnz, method="true_obs", scoring=scoring, damp=damp,
+                       device="cpu")
     return res.weight[list(rows)]
+
+
+def coupled(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    layer = coupled_toy()
+    return layer.weight.to(dtype), layer.hessian.to(dtype)
 
 
 # ---- the lesson is true_obs -------------------------------------------------------------------
 
 
+def test_scorings_start_with_prunes_default():
+    """Learn and Prune use the same true_obs default: the lesson's scoring is prune's."""
+    assert SCORINGS[0] == SCORING.default == "independent" and set(SCORINGS) == {
+        "independent", "joint"}
+    W, H = toy()
+    geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
+    assert Lesson.start(W, H, geom, 2, 0).scoring == SCORING.default
+
+
+@pytest.mark.parametrize("scoring", SCORINGS)
 @pytest.mark.parametrize("preset", ["2:4", "2:4-pairs", "4:8", "coupled-2:4", "1:4", "2:8"])
-def test_toy_final_row_equals_true_obs_ng1_joint(preset):
+def test_toy_final_row_equals_true_obs(preset, scoring):
     W, H = toy()
     geom = obsviz.Geometry.preset(preset, tuple(W.shape))
+    pruned = engine_rows(W, H, geom, range(W.shape[0]), scoring=scoring)
     for row in range(W.shape[0]):
-        lesson = Lesson.start(W, H, geom, geom.nnz, row)
-        assert lesson.rows == (row,) and not lesson.coupled
-        assert_close(lesson.final_weight, engine_rows(W, H, geom, [row]), rtol=0, atol=1e-12)
+        lesson = Lesson.start(W, H, geom, geom.nnz, row, scoring=scoring)
+        assert lesson.rows == (row,) and not lesson.coupled and not lesson.overruled_steps
+        assert_close(lesson.final_weight, pruned[[row]], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("row", [0, 7, 200, 383])
@@ -92,7 +114,7 @@ def test_block16_and_coupled_final_rows_equal_true_obs(preset, k):
 def test_block16_each_scope_prunes_one_rows_block_by_the_summed_cost():
     W, H = real(32)
     geom = obsviz.Geometry.preset("block16", tuple(W.shape))
-    lesson = Lesson.start(W, H, geom, 1, 3)
+    lesson = Lesson.start(W, H, geom, 1, 3, scoring="joint")
     for step in lesson.steps:
         assert step.row_costs.shape == (2, 2) and step.costs.shape == (2,)
         # candidate j prunes block j, which lies in one row only: the other row's cost is 0
@@ -123,7 +145,7 @@ def test_a_scope_over_four_rows_is_stepped_together():
 def test_float32_final_row_within_1e_5_of_true_obs():
     for W, H in (toy(torch.float32), real(16, torch.float32)):
         geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
-        pruned = obsviz.prune(W, H, geom, 2, method="true_obs", ng=1, scoring="joint").weight
+        pruned = obsviz.prune(W, H, geom, 2, method="true_obs").weight
         for row in range(4):
             lesson = Lesson.start(W, H, geom, 2, row)
             assert lesson.final_weight.dtype == torch.float32
@@ -133,14 +155,23 @@ def test_float32_final_row_within_1e_5_of_true_obs():
 # ---- what the steps say -----------------------------------------------------------------------
 
 
-def test_each_step_prunes_the_argmin_of_its_listed_costs():
+@pytest.mark.parametrize("scoring", SCORINGS)
+def test_each_step_prunes_the_argmin_of_its_listed_scores(scoring):
+    """OBS prunes the candidate of least score: ε itself when joint; when independent, the sum
+    of w_c² / C_cc over the candidate's weights (current w and C), which the step lists too."""
     W, H = toy()
     for preset in ("2:4", "2:4-pairs", "4:8", "coupled-2:4"):
         geom = obsviz.Geometry.preset(preset, tuple(W.shape))
-        lesson = Lesson.start(W, H, geom, geom.nnz, 3)
+        lesson = Lesson.start(W, H, geom, geom.nnz, 3, scoring=scoring)
         for step in lesson.steps:
-            assert not step.greedy
-            assert step.chosen == (int(step.costs.argmin()),)
+            assert not step.greedy and not step.overruled and step.chosen == step.obs_chosen
+            assert step.chosen == (int(step.scores.argmin()),)
+            C = step.C_before[0]
+            for i in range(len(step.scores)):
+                P = step.candidate_cols(i)
+                alone = float((step.w_before[0, P] ** 2 / torch.diagonal(C)[P]).sum())
+                want = alone if scoring == "independent" else float(step.costs[i])
+                assert float(step.scores[i]) == pytest.approx(want, rel=1e-10)
             assert step.pruned_blocks == tuple(sorted(step.candidates[step.chosen[0]].tolist()))
             assert list(step.pruned_cols[0]) == step.candidate_cols(step.chosen[0])
             assert torch.all(step.w_after[0, list(step.pruned_cols[0])] == 0)
@@ -283,26 +314,28 @@ def test_first_step_prices_like_local_and_full():
     """Before anything is pruned the two ways of pricing agree; afterwards they may not."""
     W, H = toy()
     geom = obsviz.Geometry.preset("2:4-pairs", tuple(W.shape))
-    lesson = Lesson.start(W, H, geom, 2, 3)
+    lesson = Lesson.start(W, H, geom, 2, 3, scoring="joint")
     first = lesson.steps[0]
     assert_close(first.costs, first.frozen_costs, rtol=1e-12, atol=0)
+    assert_close(first.scores, first.costs, rtol=0, atol=0)      # joint ranks by ε itself
     flips = [s.index for s in lesson.steps if s.choice_flips]
-    assert flips == [1]   # the page points students at this row to watch a choice flip
+    assert flips == [1]
 
 
 # ---- the modes side by side -------------------------------------------------------------------
 
 
-def test_mode_outcomes_come_from_prune_on_the_rows():
+@pytest.mark.parametrize("scoring", SCORINGS)
+def test_mode_outcomes_come_from_prune_on_the_rows(scoring):
     W, H = toy()
     geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
-    lesson = Lesson.start(W, H, geom, 2, 4)
-    out = mode_outcomes(W, H, geom, 2, lesson.rows)
+    lesson = Lesson.start(W, H, geom, 2, 4, scoring=scoring)
+    out = mode_outcomes(W, H, geom, 2, lesson.rows, scoring=scoring)
     assert tuple(out) == COMPARED_MODES and "split" in out
     assert_close(out["true_obs"].weight, lesson.final_weight, rtol=0, atol=1e-12)
     assert out["true_obs"].error == pytest.approx(lesson.steps[-1].error, rel=1e-10)
-    for method in COMPARED_MODES:
-        extra = dict(ng=1, scoring="joint") if method == "true_obs" else {}
+    for method in COMPARED_MODES:   # the Prune page's defaults
+        extra = dict(scoring=scoring) if method == "true_obs" else {}
         res = obsviz.prune(W, H, geom, 2, method=method, rows=torch.tensor([4]), **extra)
         assert_close(out[method].weight[0], res.weight[4], rtol=0, atol=0)
         assert int(out[method].kept.sum()) == 8 and len(out[method].pruned_cols[0]) == 8
@@ -426,11 +459,17 @@ def test_greedy_selection_when_subsets_are_too_many():
     W = torch.randn(2, 16, dtype=torch.float64)
     H = X.T @ X / 64
     geom = obsviz.Geometry.nm(8, 16, (2, 16))   # C(16, 8) = 12870 subsets: greedy
-    lesson = Lesson.start(W, H, geom, 8, 1)
-    step = lesson.steps[0]
-    assert step.greedy and step.candidates.shape == (16, 1) and len(step.chosen) == 8
-    assert set(step.chosen) == set(torch.topk(step.costs, 8, largest=False).indices.tolist())
-    assert_close(lesson.final_weight, engine_rows(W, H, geom, [1]), rtol=0, atol=1e-12)
+    for scoring in SCORINGS:
+        lesson = Lesson.start(W, H, geom, 8, 1, scoring=scoring)
+        step = lesson.steps[0]
+        assert step.greedy and step.candidates.shape == (16, 1) and len(step.chosen) == 8
+        assert set(step.chosen) == set(torch.topk(step.scores, 8, largest=False).indices.tolist())
+        assert_close(lesson.final_weight, engine_rows(W, H, geom, [1], scoring=scoring), rtol=0,
+                     atol=1e-12)
+        # the chosen cost is the joint ε of the 8 columns together, not a sum of singles
+        assert lesson.cost_so_far(1) == pytest.approx(lesson.damped_loss_after(1), rel=1e-10)
+        with pytest.raises(ArgumentError, match="too many to list"):
+            lesson.overrule(1, 0)
 
 
 def test_largest_move_is_the_free_column_the_step_moved_most():
@@ -498,3 +537,131 @@ def test_row_figure_legend_shows_the_rows_colour_whatever_is_pruned_first():
     assert bars[1].marker.color[0] == CHOSEN and bars[1].showlegend is False
     swatch = [t for t in fig.data if t.name == "after" and t.type == "scatter"]
     assert len(swatch) == 1 and swatch[0].marker.color == ROW
+
+
+# ---- the row-coupled toy: block16 over rows r and r + 8 ----------------------------------------
+
+
+@pytest.mark.parametrize("scoring", SCORINGS)
+def test_coupled_toy_block16_steps_each_row_with_its_own_compensation(scoring):
+    """On the shipped 16 × 64 toy, block16 follows rows 0 and 8 through four scopes. At every
+    step one of the two rows gives up its 16-column block; that row alone moves, by its own
+    OBS update with its own C (a plain formula here, not the engine's), and its own C is
+    downdated; the other row keeps its weights and its C exactly. The last weights are prune's."""
+    W, H = coupled()
+    assert coupled_toy().name == COUPLED_TOY and tuple(W.shape) == (16, 64)
+    geom = obsviz.Geometry.preset("block16", tuple(W.shape))
+    lesson = Lesson.start(W, H, geom, 1, 0, scoring=scoring)
+    assert lesson.rows == (0, 8) and lesson.coupled and lesson.n_steps == 4 >= 2
+    losers = []
+    gone: list[set[int]] = [set(), set()]
+    for n, step in enumerate(lesson.steps, start=1):
+        assert step.label == f"rows 0 and 8, columns {16 * (n - 1)}–{16 * n - 1}"
+        lost = [r for r in range(2) if step.pruned_cols[r]]
+        assert len(lost) == 1                      # the coupled choice: one row gives up a block
+        losers.append(lost[0])
+        for r in range(2):
+            P = list(step.pruned_cols[r])
+            w, C = step.w_before[r], step.C_before[r]
+            if not P:
+                assert torch.equal(step.w_after[r], w) and torch.equal(step.C_after[r], C)
+                assert lesson.moved_cols(n, r) == []
+                continue
+            assert P == list(range(16 * (n - 1), 16 * n))
+            expected = reference.obs_remove(w, C, P, gone[r])     # w − w_P (C_PP)⁻¹ C_P,:
+            assert_close(step.w_after[r], expected, rtol=0, atol=1e-12)
+            assert_close(step.C_after[r], reference.schur_downdate(C, P), rtol=1e-10,
+                         atol=1e-12 * float(C.abs().max()))
+            gone[r].update(P)
+            free = lesson.free_cols_after(n, r)
+            assert lesson.moved_cols(n, r) == free and len(free) == 64 - 16 * len(
+                [x for x in losers if x == r])         # every weight it still has moved
+        assert step.chosen_cost == pytest.approx(
+            sum(reference.eps(step.w_before[r], step.C_before[r], list(step.pruned_cols[r]))
+                for r in range(2)), rel=1e-10)
+    assert set(losers) == {0, 1}                   # both rows give up blocks on this toy
+    assert_close(lesson.final_weight, engine_rows(W, H, geom, (0, 8), scoring=scoring), rtol=0,
+                 atol=1e-12)
+    slow = reference.true_obs(W, H, geom, 1, scoring=scoring)
+    assert_close(lesson.final_weight, slow.weight[[0, 8]], rtol=0, atol=1e-10)
+
+
+def test_coupled_toy_scorings_disagree_where_the_page_says():
+    """Independent scoring (Prune's default) and joint scoring pick different rows at the first
+    step of rows 0 and 8: the page shows both numbers, and joint ends lower."""
+    W, H = coupled()
+    geom = obsviz.Geometry.preset("block16", tuple(W.shape))
+    ind = Lesson.start(W, H, geom, 1, 0, scoring="independent")
+    joint = Lesson.start(W, H, geom, 1, 0, scoring="joint")
+    first = ind.steps[0]
+    assert first.chosen != joint.steps[0].chosen and first.chosen[0] != first.cheapest
+    assert joint.rel_errors[-1] < ind.rel_errors[-1]
+
+
+def forced_by_scope(lesson: Lesson, forced: dict[int, tuple[int, ...]]) -> dict:
+    """A lesson's ``forced`` (by step) as the reference takes it (by scope id)."""
+    return {lesson.steps[t].scope: blocks for t, blocks in forced.items()}
+
+
+CASES = [("toy", "2:4", 2, "independent"), ("toy", "2:4-pairs", 3, "joint"),
+         ("toy", "coupled-2:4", 5, "independent"), ("coupled", "block16", 0, "independent"),
+         ("coupled", "block16", 3, "joint"), ("coupled", "1:4", 9, "joint")]
+
+
+@pytest.mark.parametrize("layer, preset, row, scoring", CASES)
+def test_an_overruled_step_continues_as_the_reference_with_that_mask_forced(
+        layer, preset, row, scoring):
+    """The student prunes another candidate at step n: the lesson's steps before n are OBS's,
+    step n prunes the pick, the later ones are OBS's own choices again on the new state, and
+    the last weights equal the plain-loop reference (obsviz.reference.true_obs) with that mask
+    forced, on every row the lesson follows."""
+    W, H = toy() if layer == "toy" else coupled()
+    geom = obsviz.Geometry.preset(preset, tuple(W.shape))
+    obs_path = Lesson.start(W, H, geom, geom.nnz, row, scoring=scoring)
+    rows = list(obs_path.rows)
+    for n in range(1, obs_path.n_steps + 1):
+        step = obs_path.steps[n - 1]
+        others = [i for i in range(len(step.costs)) if i not in step.chosen]
+        for pick in others[:2]:
+            forced = obs_path.overrule(n, pick)
+            yours = Lesson.start(W, H, geom, geom.nnz, row, scoring=scoring, forced=forced)
+            assert yours.overruled_steps == [n]
+            assert yours.steps[n - 1].chosen == (pick,)
+            assert yours.steps[n - 1].obs_chosen == step.obs_chosen
+            for a, b in zip(obs_path.steps[:n - 1], yours.steps[:n - 1], strict=True):
+                assert torch.equal(a.w_after, b.w_after)
+            slow = reference.true_obs(W, H, geom, geom.nnz, scoring=scoring,
+                                      forced=forced_by_scope(yours, forced))
+            assert_close(yours.final_weight, slow.weight[rows], rtol=0, atol=1e-10)
+            assert torch.equal(yours.final_weight != 0, slow.mask[rows])
+            err = float(row_error(W[rows], slow.weight[rows], (H + H.T) / 2).sum())
+            assert yours.error_after(yours.n_steps) == pytest.approx(err, rel=1e-9)
+            n_cost = yours.steps[n - 1].chosen_cost
+            assert n_cost == pytest.approx(float(step.costs[pick]), rel=1e-10)
+
+
+def test_overruling_again_keeps_earlier_picks_and_drops_later_ones():
+    W, H = toy()
+    geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
+    lesson = Lesson.start(W, H, geom, 2, 1)
+    f3 = lesson.overrule(3, 0 if lesson.steps[2].chosen != (0,) else 1)
+    at3 = Lesson.start(W, H, geom, 2, 1, forced=f3)
+    f1 = at3.overrule(1, 5 if at3.steps[0].chosen != (5,) else 4)
+    assert set(f1) == {0}                                  # step 3's pick was on another state
+    f4 = at3.overrule(4, 2)
+    assert set(f4) == {2, 3}
+    again = Lesson.start(W, H, geom, 2, 1, forced=at3.overrule(3, at3.steps[2].obs_chosen[0]))
+    assert not again.overruled_steps                       # picking OBS's own is no overrule
+
+
+@pytest.mark.parametrize("forced, match", [
+    ({0: (0,)}, "must be 2 distinct"), ({0: (0, 0)}, "must be 2 distinct"),
+    ({0: (0, 4)}, r"in \[0, 4\)"), ({-1: (0, 1)}, ">= 0"), ({9: (0, 1)}, "has 4 steps"),
+    ({0: "ab"}, "block indices"),
+])
+def test_bad_forced_choices_are_refused(forced, match):
+    W, H = toy()
+    geom = obsviz.Geometry.preset("2:4", tuple(W.shape))
+    with pytest.raises(ArgumentError, match=match) as err:
+        Lesson.start(W, H, geom, 2, 0, forced=forced)
+    assert err.value.argument == "forced"

@@ -118,7 +118,8 @@ def test_done_key_stored_once_failed_kept(tmp_path, toy, toy_result):
     # a preset that could not be built for the layer is recorded by name
     bad = store.get(_record(store, toy, "block16", None, key="b16", status="failed",
                             error="needs M divisible by 16", result=None))
-    assert bad.geometry == "block16" and bad.geometry_spec == {"preset": "block16"}
+    # named for what was run: block16 at nnz = 2 (block16's own nnz is 1)
+    assert bad.geometry == "block16 at nnz = 2" and bad.geometry_spec == {"preset": "block16"}
     with pytest.raises(ValueError):
         bad.geometry_obj()
     with pytest.raises(ArgumentError):
@@ -199,13 +200,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 5
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
     assert store.model_runs() == []
-    assert RunStore(path).schema_version == 3  # opening again changes nothing
+    assert RunStore(path).schema_version == 5  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -266,6 +267,26 @@ def test_keys_and_labels(toy):
     assert geometry_label(free) == free.describe()
     liar = Geometry(shape, (1, 2), (1, 4), name="2:4")  # named like a preset, is not one
     assert geometry_label(liar) == liar.describe()
+    # with nnz, the name of what is run
+    assert geometry_label(Geometry.preset("4:8", shape), 1) == "1:8"
+    assert geometry_label(g, 2) == "2:4" and geometry_label(free, 1) == free.describe()
+
+
+def test_a_stored_geometry_is_named_for_what_was_run(tmp_path):
+    """4:8 at nnz 1 was stored as "4:8" (and 1:4 trials found done under 2:4's key as "2:4"):
+    a row is named for what ran, rows of older stores included."""
+    toy = load_sample_layer("toy")
+    store = RunStore(tmp_path / "r.sqlite")
+    geom = Geometry.preset("4:8", toy.shape)
+    res = prune(toy.weight, toy.hessian, geom, 1, method="magnitude")
+    rid = store.record(key="k", layer="toy", shape=toy.shape, geometry=geom, nnz=1,
+                       method="magnitude", result=res)
+    assert store.get(rid).geometry == "1:8"
+    con = sqlite3.connect(store.path)   # a row as an older obsviz wrote it
+    with con:
+        con.execute("UPDATE runs SET geometry = '4:8' WHERE id = ?", (rid,))
+    con.close()
+    assert store.get(rid).geometry == "1:8" and store.runs()[0].geometry == "1:8"
 
 
 def _writer(path: str, worker: int, n: int) -> None:
@@ -411,7 +432,7 @@ def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, 
                        ).fetchone()[0] == 0
     con.close()
     store = RunStore(path)
-    assert store.schema_version == 3
+    assert store.schema_version == 5
     (run,) = store.runs(sweep="sw")
     assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
     assert store.model_runs() == []
@@ -475,3 +496,40 @@ def test_a_model_run_needs_a_report_and_a_known_status(tmp_path, model_report):
     with pytest.raises(ArgumentError, match="report"):
         store.record_model_run({"methods": {}})
     assert store.model_runs() == []
+
+
+def test_a_running_model_run_whose_process_is_gone_is_marked_stopped(tmp_path, model_report):
+    """A run is owned by the process that writes it (issue 21.5): one killed mid-run (here a
+    process that wrote its first method and exited) leaves a ``running`` row that the next
+    start-up marks stopped, keeping what it finished; a live process's run is left alone."""
+    import subprocess
+    import sys
+
+    from obsviz.owner import process_token, token_alive
+
+    path = tmp_path / "runs.sqlite"
+    first = {**model_report, "methods": {"magnitude": model_report["methods"]["magnitude"]}}
+    (tmp_path / "r.json").write_text(json.dumps(first))
+    code = ("import json, sys; from obsviz.store import RunStore; "
+            "print(RunStore(sys.argv[1]).record_model_run(json.loads(open(sys.argv[2]).read()), "
+            "methods=['magnitude', 'sparsegpt']))")
+    dead = int(subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "r.json")],
+                              capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+    store = RunStore(path)
+    alive = store.record_model_run(first, methods=["magnitude", "sparsegpt"])
+    with sqlite3.connect(path) as con:
+        legacy = con.execute("INSERT INTO model_runs (created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version) SELECT created, updated, name, kind, plan, "
+                             "hessians, methods, finished, status, report, obsviz_version, "
+                             "torch_version FROM model_runs WHERE id = ?", (dead,)).lastrowid
+    assert token_alive(process_token()) and token_alive("junk") is False
+    assert token_alive("elsewhere.invalid:1:1") is None
+    assert sorted(store.stop_orphaned_model_runs()) == sorted([dead, legacy])
+    by_id = {r.id: r for r in store.model_runs()}
+    assert by_id[alive].status == "running"
+    for rid in (dead, legacy):
+        assert by_id[rid].status == "stopped" and by_id[rid].finished == ["magnitude"]
+        assert "process ended" in by_id[rid].error
+        assert store.model_run(rid).report["methods"].keys() == {"magnitude"}
+    assert store.stop_orphaned_model_runs() == []

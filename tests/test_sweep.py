@@ -149,7 +149,10 @@ def test_grid_free_form_nm_nnz_and_a_geometry_that_does_not_fit(spec_dir, tmp_pa
     # coupled-2:4 needs K divisible by 16: 'odd' has K = 24 → those trials fail, named, the rest run
     # 1:3 on K = 64 and nnz = 2 with a scope of 2 blocks (coupled-2:4 has 4, 1:3 has 3) are fine
     assert rep.failed == len(failed) == 2 * 2 * 2 + 2 * 2 * 2
-    assert {(r.layer, r.geometry) for r in failed} == {("odd", "coupled-2:4"), ("key", "1:3")}
+    # each name says what was run: 1:3 at nnz 2 is 2:3, coupled-2:4 at nnz 1 says so
+    assert {(r.layer, r.geometry) for r in failed} == {
+        ("odd", "coupled-2:4"), ("odd", "coupled-2:4 at nnz = 1"), ("key", "1:3"),
+        ("key", "2:3")}
     assert all("divisible by 16" in r.error for r in failed if r.layer == "odd")
     assert all("does not divide" in r.error for r in failed if r.layer == "key")
     done = store.runs(status="done")
@@ -162,7 +165,9 @@ def test_grid_free_form_nm_nnz_and_a_geometry_that_does_not_fit(spec_dir, tmp_pa
         assert r.rel_error == pytest.approx(ref.rel_error, rel=1e-9, abs=1e-12)
         assert r.options["n_splits"] == 2
         assert r.sparsity == pytest.approx(geom.sparsity(r.nnz))
-    assert {r.geometry for r in done} >= {"1:4", "view W, block (1, 2), scope (1, 4)"}
+    assert {r.geometry for r in done} >= {"1:4", "2:4", "view W, block (1, 2), scope (1, 4)"}
+    assert {(r.geometry, r.nnz) for r in done if ":" in r.geometry and "," not in r.geometry
+            } >= {("1:4", 1), ("2:4", 2), ("1:3", 1), ("2:3", 2)}
 
 
 def test_sample_layers_and_first_rows(tmp_path):
@@ -197,9 +202,10 @@ def test_checkpoint_layers_get_dense_hessians(tmp_path):
         pytest.skip("the MiniLM checkpoint package is not installed")
     (tmp_path / "calib.txt").write_text("The quick brown fox jumps over the lazy dog. " * 20)
     name = "encoder.layer.0.attention.self.query"
-    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": "calib.txt",
+    # a spec built in Python (no base folder): its paths are used as given
+    spec = parse_spec({"layers": [{"checkpoint": str(model), "text": str(tmp_path / "calib.txt"),
                                    "names": [name], "max_tokens": 64, "seq_len": 32}],
-                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}}, base=tmp_path)
+                       "grid": {"presets": ["2:4"], "methods": ["magnitude"]}})
     from obsviz.sweep import check_checkpoint_memory, checkpoint_hessian_bytes
 
     # memory checked from the weight files' headers before anything is allocated
@@ -339,6 +345,20 @@ def test_duplicate_grid_points_run_once(tmp_path):
     assert len(plan(spec, device="cpu").trials) == 1
 
 
+def test_cli_warns_before_a_choice_that_prunes_nothing(tmp_path, capsys):
+    from obsviz.cli import main
+
+    spec = tmp_path / "b16.toml"
+    spec.write_text('[[layers]]\nsample = "layer0.query"\n[grid]\npresets = ["block16"]\n'
+                    'nnz = [1, 2]\nmethods = ["magnitude"]\n')
+    assert main(["sweep", str(spec), "--store", str(tmp_path / "r.sqlite"), "-q",
+                 "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: block16 at nnz = 2 keeps all 2 blocks of every scope: nothing is " \
+           "pruned" in err and "(1 trial)" in err
+    assert "block16 at nnz = 2  0.0%" in out
+
+
 # ---- Ray: a real local cluster, started once for this module ----------------------------------
 
 
@@ -451,16 +471,17 @@ def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, ca
     head = next(i for i, ln in enumerate(lines) if ln.startswith("geometry"))
     table = [ln.split() for ln in lines[head + 1:head + 7]]
     runs = {(r.geometry, r.method): r for r in RunStore(db).runs()}
-    for geometry, method, trials, failed, pct, _, secs in table:
+    for geometry, sparsity, method, damp, trials, failed, pct, _, secs in table:
         r = runs[(geometry, method)]
-        assert (trials, failed) == ("1", "0") and pct == f"{100 * r.rel_error:.2f}"
+        assert (trials, failed, damp) == ("1", "0", "0.01") and sparsity == "50.0%"
+        assert pct == f"{100 * r.rel_error:.2f}"
         assert secs == f"{r.seconds:.3f}"
     # resume from the command line: nothing runs again
     assert main(["sweep", str(spec_dir / "example.toml"), "--store", str(db), "-q"]) == 0
     assert "0 run, 6 already done" in capsys.readouterr().out
     # failed trials: recorded, listed, exit code 3; a bad spec: exit code 1, the field named
-    spec = tmp_path / "odd.toml"
-    spec.write_text(f'[[layers]]\nfile = "{spec_dir / "layers.safetensors"}"\nnames = ["odd"]\n'
+    spec = spec_dir / "odd.toml"
+    spec.write_text('[[layers]]\nfile = "layers.safetensors"\nnames = ["odd"]\n'
                     '[grid]\npresets = ["coupled-2:4", "2:4"]\nmethods = ["magnitude"]\n')
     assert main(["sweep", str(spec), "--store", str(db), "-q"]) == 3
     out = capsys.readouterr().out

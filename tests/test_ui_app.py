@@ -62,7 +62,8 @@ def test_every_session_key_the_pages_write_is_declared():
 def test_the_sidebar_is_drawn_once_on_every_page_by_the_entrypoint():
     at = open_app()
     names = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
-    assert names == ["compare.py", "geometry.py", "learn.py", "model.py", "prune.py", "sweep.py"]
+    assert names == ["compare.py", "geometry.py", "learn.py", "model.py", "prune.py",
+                     "sensitivity.py", "sweep.py"]
     for page in ("pages/geometry.py", "pages/prune.py", "pages/compare.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)

@@ -13,10 +13,11 @@ from ui.runs import Run
 def safetensors_bytes(run: Run) -> bytes:
     """The pruned layer as ``obsviz.save_pruned`` writes it (weight, mask, Hessian, report), so
     ``obsviz.load_layer`` reads the download back."""
-    layer = run.layer.layer
-    return save_pruned(None, run.result, hessian=layer.hessian, name=layer.name,
+    layer = run.layer.layer   # None for a stored run whose layer is not here: no Hessian then
+    return save_pruned(None, run.result, hessian=None if layer is None else layer.hessian,
+                       name=run.layer.label if layer is None else layer.name,
                        report=json.loads(json.dumps(run.report, default=str)),
-                       nsamples=layer.nsamples,
+                       nsamples=None if layer is None else layer.nsamples,
                        source=f"{run.layer.label}, pruned ({run.label or run.method})")
 
 

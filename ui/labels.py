@@ -30,16 +30,17 @@ def sample_text(sample: tuple[str, int] | None) -> str:
     return f"first {n} rows" if how == "first" else f"every {n}th row"
 
 
-def geometry_text(geometry: Geometry) -> str:
-    """A preset's name, or the free-form geometry's view, block and scope."""
-    return geometry.name or f"free-form {geometry.describe()}"
+def geometry_text(geometry: Geometry, nnz: int) -> str:
+    """What pruning ``geometry`` with ``nnz`` is called (``Geometry.run_name``): a preset's
+    name as run (``"4:8"`` at nnz 1 is ``"1:8"``), or the free-form view, block and scope."""
+    return geometry.run_name(nnz)
 
 
 def facets(run: Run) -> dict:
     """What describes ``run``, by facet (``obsviz.figures.results.FACETS``)."""
     job = run.job
     return {"method": run.method, "options": job.method_options(run.method),
-            "geometry": geometry_text(job.geometry), "nnz": f"nnz={job.nnz}",
+            "geometry": geometry_text(job.geometry, job.nnz), "nnz": f"nnz={job.nnz}",
             "sample": sample_text(job.sample), "damp": f"damp={job.damp:g}",
             "device": job.device, "layer": run.layer.label}
 

@@ -8,6 +8,10 @@ Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
 - ``user_layer``: ``ActiveLayer | None``, the last layer uploaded or built from a checkpoint; it
   stays when the Prune page (where it is uploaded) is left, until another replaces it.
 - ``layer_error``: ``str``, why the chosen sample could not be loaded (shown in the sidebar).
+- ``upload_error``: ``str | None``, the name of the file the latest upload could not load; while
+  set, no layer is current from the upload (the page said which file failed; the layer uploaded
+  before it is offered again, never used silently). Cleared by a good upload, by taking the
+  file away, or by choosing a layer.
 - ``_p_upload_parsed``: ``dict`` for the file in the uploader: ``id`` (its file id, name and
   size), ``digest`` (of its bytes), ``name`` (the file's name), ``contents``
   (``upload_contents``) or ``error``. Read once per upload, so a rerun neither re-hashes nor
@@ -30,6 +34,7 @@ import streamlit as st
 from obsviz import layers as L
 from obsviz.estimate import format_bytes
 from obsviz.store import layer_hash
+from obsviz.text import visible
 
 from ui.text import md
 from ui.widgets import copy_widget
@@ -41,14 +46,30 @@ CALIBRATION_TEXT = L.SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
 
 @dataclass(frozen=True)
 class ActiveLayer:
-    """A loaded layer and what identifies it."""
+    """A loaded layer and what identifies it; or, for runs read back from the run store whose
+    layer is not here (``kind == "stored"``, ``layer`` ``None``), what the store knows of it."""
 
-    layer: L.Layer
+    layer: L.Layer | None
     digest: str     # layer_hash of the weight and Hessian: what runs are keyed and stored by
     label: str      # how the app names it: "layer0.query", "my.safetensors · fc1", …
-    kind: str       # a key of SOURCES
+    kind: str       # a key of SOURCES, or "stored"
     origin: str = ""  # digest of what it was made from (the file and layer name, the checkpoint
                       # inputs): tells whether the widgets ask for this layer or another
+    stored_shape: tuple[int, int] | None = None   # W's shape when ``layer`` is None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether W and H are here (maps and per-row errors need them)."""
+        return self.layer is not None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.layer.shape if self.layer is not None else self.stored_shape
+
+
+def stored(digest: str, label: str, shape: tuple[int, int]) -> ActiveLayer:
+    """A layer known only from the run store (its runs' rows): its digest, name and shape."""
+    return ActiveLayer(None, digest, label, "stored", stored_shape=tuple(shape))
 
 
 def digest_bytes(*parts: bytes | str) -> str:
@@ -116,7 +137,9 @@ def from_upload(data: bytes, filename: str, name: str, file_digest: str | None =
     known). Raises ``LayerFileError``."""
     origin = digest_bytes(file_digest or digest_bytes(data), name)
     layer = L.load_layer(data, name, filename=filename)
-    return ActiveLayer(layer, tensor_digest(layer), f"{filename} · {name}", "upload", origin)
+    # the label is what every page shows: inert (visible) wherever it goes, a selectbox too
+    return ActiveLayer(layer, tensor_digest(layer), visible(f"{filename} · {name}"), "upload",
+                       origin)
 
 
 def init() -> None:
@@ -125,6 +148,7 @@ def init() -> None:
     ss = st.session_state
     ss.setdefault("layer_source", "sample")
     ss.setdefault("user_layer", None)
+    ss.setdefault("upload_error", None)
     if "layer_name" not in ss:
         names = sample_layer_names()
         wanted = st.query_params.get("layer")
@@ -147,9 +171,15 @@ def current() -> ActiveLayer | None:
             ss["layer_error"] = f"{name} could not be loaded"
         return found
     user = ss["user_layer"]
-    if user is None or user.kind != ss["layer_source"]:
+    if user is None or user.kind != ss["layer_source"] or failed_upload():
         return None
     return user
+
+
+def failed_upload() -> str | None:
+    """The file name of an upload that failed, while no layer is current because of it."""
+    ss = st.session_state
+    return ss.get("upload_error") if ss.get("layer_source") == "upload" else None
 
 
 #: The sidebar's value for the uploaded or checkpoint layer (samples are listed by name).
@@ -172,12 +202,13 @@ def current_choice() -> str | None:
     init()
     if ss["layer_source"] == "sample":
         return ss["layer_name"]
-    return USER if ss["user_layer"] is not None else None
+    return USER if current() is not None else None
 
 
 def choose(choice: str) -> None:
     """Make ``choice`` (a key of ``choices()``) the current layer."""
     ss = st.session_state
+    ss["upload_error"] = None   # a layer chosen: the failed upload is behind us
     if choice == USER:
         if ss.get("user_layer") is not None:
             ss["layer_source"] = ss["user_layer"].kind
@@ -245,17 +276,32 @@ def _upload_widgets() -> None:
     parsed = _parsed_upload(upload)
     if parsed["error"] is not None:
         st.error(md(parsed["error"]), icon="⚠️")
+        _say_none_in_use(upload.name, user)
         return
     contents = parsed["contents"]
     names = [name for name, _, _ in contents]
-    describe = {name: f"{name} · {M} × {K} · H from {src}" for name, (M, K), src in contents}
-    # (a selectbox shows its options as plain text: names from the file are safe there)
+    describe = {name: visible(f"{name} · {M} × {K} · H from {src}")
+                for name, (M, K), src in contents}
+    # (a selectbox shows its options as plain text, no markdown; visible() keeps U+202E inert)
     if ss.get("_p_upload_layer") not in names:
         ss["_p_upload_layer"] = names[0]
     st.selectbox("Layer in the file", names, key="_p_upload_layer", format_func=describe.get,
                  on_change=_load_upload)
     if parsed.get("load_error"):
         st.error(md(parsed["load_error"]), icon="⚠️")
+        _say_none_in_use(upload.name, user)
+
+
+def _say_none_in_use(filename: str, user: ActiveLayer | None) -> None:
+    """Under a failed upload: which layer is current (none), and where the earlier one is."""
+    if current() is not None:   # the user chose a layer since: say which
+        st.info(f"In use: **{md(current().label)}**; {md(filename)} was not loaded.")
+        return
+    earlier = (f" The layer uploaded before it, **{md(user.label)}**, is not in use; pick it "
+               "in the sidebar (or take this file away) to use it again."
+               if user is not None and user.kind == "upload" else "")
+    st.info(f"No layer is in use: {md(filename)} was not loaded. Upload another file, or pick "
+            f"a layer in the sidebar.{earlier}", icon=":material/block:")
 
 
 def _load_upload() -> None:
@@ -264,9 +310,12 @@ def _load_upload() -> None:
     ss = st.session_state
     upload = ss.get("_p_upload")
     if upload is None:
-        return      # cleared: the layer uploaded earlier stays current
+        ss["upload_error"] = None   # cleared: the layer uploaded earlier is current again
+        return
     parsed = _parsed_upload(upload)
+    ss["layer_source"] = "upload"
     if parsed["error"] is not None:
+        ss["upload_error"] = upload.name   # no layer is current: never the earlier one silently
         return
     names = [name for name, _, _ in parsed["contents"]]
     name = ss.get("_p_upload_layer")
@@ -274,14 +323,14 @@ def _load_upload() -> None:
         name = ss["_p_upload_layer"] = names[0]
     user = ss.get("user_layer")
     if user is not None and user.origin == digest_bytes(parsed["digest"], name):
-        ss["layer_source"] = "upload"
+        ss["upload_error"] = None
         return
     try:
         ss["user_layer"] = from_upload(upload.getvalue(), upload.name, name, parsed["digest"])
-        ss["layer_source"] = "upload"
-        parsed["load_error"] = None
+        ss["upload_error"] = parsed["load_error"] = None
     except Exception as err:
         parsed["load_error"] = _message(err)
+        ss["upload_error"] = upload.name
 
 
 def _parsed_upload(upload) -> dict:

@@ -29,6 +29,17 @@ def maps(key: str, _run: Run) -> rfig.ResultMaps:
                             row_ref=_row_ref(_run.layer.digest, layer))
 
 
+@st.cache_resource(max_entries=64, show_spinner="Reading the stored weights…")
+def _stored(key: str, window: rfig.Window | None, _run: Run) -> dict[str, rfig.Tiles]:
+    return rfig.stored_maps(_run.result.weight, _run.result.mask, window)
+
+
+def stored(run: Run, window: rfig.Window | None = None) -> dict[str, rfig.Tiles]:
+    """The maps of a run whose layer's W and H are not here, from its stored pruned weight and
+    mask (``rfig.stored_maps``), once per run key and window."""
+    return _stored(run.key, None if window is None else tuple(window), run)
+
+
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _window(key: str, window: rfig.Window, _run: Run) -> tuple[dict[str, rfig.Tiles], np.ndarray]:
     layer, result = _run.layer.layer, _run.result

@@ -7,12 +7,19 @@ Session-state keys (see also ``ui.state``):
   ``status`` (``"done" | "cached" | "failed" | "refused" | "stopped"``), ``key`` or ``message``.
 - ``run_pending``: ``list[str]`` of methods still to run while a run is in progress; left
   non-empty when the user stops a run (the next script run reports them as stopped).
+- ``model_run_owner``: the owner of this session's Model run folder (:func:`model_run_dir`);
+  when Streamlit drops the session, the folder goes with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import shutil
+import tempfile
 import time
+import weakref
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -21,11 +28,12 @@ from obsviz import metrics, prune
 from obsviz.estimate import format_bytes, time_estimate
 from obsviz.methods import C_DTYPES, METHODS, OPTIONS
 from obsviz.metrics import format_rel_error
+from obsviz.owner import process_token, token_alive
 
 from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, lookup, record_failure, run_key, store
+from ui.runs import Job, Run, add, lookup, record_failure, run_key, run_store, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -197,3 +205,75 @@ def _failed(method: str, label: str, slot, message: str) -> dict:
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
     seconds = "cached" if cached else f"{run.seconds:.2f} s"
     return f"{md(label)} · relative error {format_rel_error(run.rel_error)} · {seconds}"
+
+
+# ---- whole-model runs: nothing outlives its owner ------------------------------------------------
+
+MODEL_DIR_PREFIX = "obsviz-model-"
+_MODEL_DIR_RE = re.compile(rf"^{MODEL_DIR_PREFIX}(\d{{1,10}})-(\d{{1,20}})-")
+#: A folder whose name says no owner (made before owners were named) is removed at start-up
+#: once it has been left this long.
+LEGACY_DIR_AGE_S = 24 * 3600
+
+
+class _FolderOwner:
+    """Held in a session's state; the session's Model run folder is removed when it goes."""
+
+
+def model_run_dir() -> str:
+    """A new folder for this session's Model run (its pruned checkpoints, 90–175 MB for
+    MiniLM), named for this process (``obsviz-model-<pid>-<start>-…``). It is removed when the
+    session goes (Streamlit drops a session's state when the session ends: the owner kept in
+    ``model_run_owner`` is then collected, and its finalizer removes the folder), when the next
+    run of the session replaces it, when the server exits, and, for a server that was killed,
+    at the next start-up (:func:`start_up`)."""
+    _, pid, start = process_token().rsplit(":", 2)
+    path = tempfile.mkdtemp(prefix=f"{MODEL_DIR_PREFIX}{pid}-{start}-")
+    owner = _FolderOwner()
+    weakref.finalize(owner, shutil.rmtree, path, ignore_errors=True)
+    st.session_state["model_run_owner"] = owner
+    return path
+
+
+def remove_orphaned_dirs(root: str | Path | None = None) -> list[str]:
+    """Remove the Model run folders under ``root`` (default the temporary folder) whose process
+    is gone, and those without an owner in their name left for a day; returns their names."""
+    import os
+
+    root = Path(root or tempfile.gettempdir())
+    host = process_token().rsplit(":", 2)[0]
+    removed = []
+    for entry in root.glob(f"{MODEL_DIR_PREFIX}*"):
+        try:
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            m = _MODEL_DIR_RE.match(entry.name)
+            if m is not None:
+                gone = token_alive(f"{host}:{m[1]}:{m[2]}") is False
+            else:
+                gone = entry.stat().st_mtime < time.time() - LEGACY_DIR_AGE_S
+        except OSError:
+            continue
+        if gone and os.access(entry, os.W_OK):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
+def orphans_at_start_up() -> dict:
+    """What a server cleans up when it starts: Model run folders and ``running`` model runs of
+    processes that are gone (killed mid-run: :meth:`obsviz.store.RunStore.stop_orphaned_model_runs`
+    marks them stopped, with what they finished). A store that cannot be written is left as it
+    is."""
+    done = {"folders": remove_orphaned_dirs(), "runs": []}
+    db = run_store()
+    if db is not None:
+        with contextlib.suppress(Exception):
+            done["runs"] = db.stop_orphaned_model_runs()
+    return done
+
+
+@st.cache_resource(show_spinner=False)
+def start_up(store_path: str) -> dict:
+    """:func:`orphans_at_start_up`, once per server process and run database."""
+    return orphans_at_start_up()

@@ -2,14 +2,13 @@
 names it (``run_key``), and the session's collection of finished runs (``store``/``add``), kept
 in the run database (``obsviz.store.RunStore`` at its default path) as well.
 
-Session-state keys (declared in ``ui.state.KEYS``; this module owns them):
+Session-state keys (declared in ``ui.state.KEYS``; this module owns them; ``ui.stored_runs``
+lists the run store's runs in ``results``):
 
 - ``results``: ``dict[str, Run]``, every finished result of this session (and the stored runs
   it asked for again), oldest first, keyed by ``run_key``. Nothing is ever dropped from it:
   beyond ``MAX_IN_MEMORY`` results, the oldest pruned weights leave memory and are read back
   from the run store when asked for (``Run.result``).
-- ``results_adopted``: ``list[str]``, layer digests whose stored runs were listed in
-  ``results`` (``adopt_stored``, e.g. when Compare opens them).
 
 A run's key is the run store's trial key (``obsviz.store.trial_key``: the layer's content, the
 geometry, nnz, the method, its options and the device, damping, the row sample), so asking again
@@ -89,12 +88,30 @@ class Run:
     @property
     def report(self) -> dict:
         """``obsviz.metrics.summarize`` of the result, plus ``device`` and ``layer`` (computed
-        when first asked for, for a run read back from the store)."""
+        when first asked for, for a run read back from the store). When the layer's W and H are
+        not here, what the store alone gives: the relative error, sparsity, seconds and the
+        mask's validity; the per-row errors (they need W and H) are ``None``."""
         if self._report is None:
-            W, H = self.layer.layer.weight, self.layer.layer.hessian
-            self._report = {**metrics.summarize(W, H, self.job.geometry, self.result),
-                            "device": self.job.device, "layer": self.layer.label}
+            if self.layer.loaded:
+                W, H = self.layer.layer.weight, self.layer.layer.hessian
+                report = metrics.summarize(W, H, self.job.geometry, self.result)
+            else:
+                report = self._stored_report()
+            self._report = {**report, "device": self.job.device, "layer": self.layer.label}
         return self._report
+
+    def _stored_report(self) -> dict:
+        result = self.result
+        rows = result.rows
+        mask = result.mask if rows is None else result.mask[rows]
+        valid = metrics.validity(result.mask, self.job.geometry, self.job.nnz, rows=rows)
+        return {"method": self.method, "rel_error": self.rel_error,
+                **dict.fromkeys(("row_rel_error_p50", "row_rel_error_p90", "row_rel_error_p99",
+                                 "row_rel_error_max")),
+                "sparsity": metrics.sparsity(mask), "valid": valid.ok,
+                "bad_blocks": valid.bad_blocks, "bad_scopes": valid.bad_scopes,
+                "seconds": self.seconds, "rows": int(mask.shape[0]),
+                "geometry": self.job.geometry.to_dict(), "options": dict(result.options)}
 
     @property
     def in_memory(self) -> bool:
@@ -210,15 +227,15 @@ def lookup(job: Job, method: str) -> Run | None:
     left on disk until asked for), else ``None``."""
     key = run_key(job, method)
     runs = store()
-    if key in runs:
+    if key in runs and runs[key].layer.loaded:
         return runs[key]
     db = run_store()
     try:
         row = None if db is None else db.find(key)
     except Exception:
         row = None
-    run = None if row is None else _from_row(row, job.layer)
-    if run is not None:
+    run = None if row is None else from_row(row, job.layer)
+    if run is not None:   # (in place of one listed on its stored layer alone: W is here now)
         runs[key] = run
     return run
 
@@ -235,39 +252,19 @@ def known(job: Job, method: str) -> bool:
         return False
 
 
-def adopt_stored(layer: ActiveLayer, limit: int = 200) -> int:
-    """List the run store's finished runs of ``layer`` (at most ``limit``, newest) in the
-    session, once per layer and session; their weights stay on disk until asked for. Only runs
-    whose key this app would give them are taken. Returns how many were added."""
-    ss = st.session_state
-    adopted = ss.setdefault("results_adopted", [])
-    db = run_store()
-    if layer.digest in adopted or db is None:
-        return 0
-    adopted.append(layer.digest)
-    try:
-        rows = db.runs(layer_hash=layer.digest, status="done", limit=limit)
-    except Exception:
-        return 0
-    runs, added = store(), 0
-    for row in reversed(rows):   # oldest first, like the session's own
-        run = _from_row(row, layer)
-        if run is not None and run.key not in runs:
-            runs[run.key] = run
-            added += 1
-    return added
-
-
-def _from_row(row: StoredRun, layer: ActiveLayer) -> Run | None:
+def from_row(row: StoredRun, layer: ActiveLayer) -> Run | None:
+    """A finished stored run on ``layer``, under its stored key (a sweep's rows have keys of
+    their own conventions); its weights stay on disk until asked for. ``None`` for a row this
+    version cannot read."""
     try:
         opts = dict(row.options)
-        device, sample = opts.pop("device", "cpu"), opts.pop("sample", None)
-        job = Job(layer, row.geometry_obj(), int(row.nnz), float(row.damp), str(device),
+        device = str(opts.pop("device", None) or row.device or "cpu")
+        sample = opts.pop("sample", None)
+        job = Job(layer, row.geometry_obj(), int(row.nnz),
+                  0.01 if row.damp is None else float(row.damp), device,
                   {**DEFAULT_OPTIONS, **opts}, None if sample is None else tuple(sample))
-        if row.key != run_key(job, row.method):
-            return None   # stored by other code, with other conventions
-        run = Run(row.key, job, row.method, None, None, stored_id=row.id,
-                  rel_error=row.rel_error)
+        run = Run(row.key or f"stored-{row.id}", job, row.method, None, None,
+                  stored_id=row.id, rel_error=row.rel_error)
         run.seconds = float(row.seconds or 0.0)
         return run
     except Exception:

@@ -33,7 +33,6 @@ from obsviz import ArgumentError, Geometry
 from obsviz import layers as L
 from obsviz.estimate import geometry_maps_bytes, require_memory, reserve_memory
 from obsviz.figures.common import pool2d
-from obsviz.layout import layout_shape
 from obsviz.figures.geometry import (
     GeometryMaps,
     column_map_figure,
@@ -43,6 +42,7 @@ from obsviz.figures.geometry import (
     layout_window,
     row_coupling_figure,
 )
+from obsviz.layout import layout_shape
 
 from ui import layers
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
@@ -75,24 +75,39 @@ KEYS: dict[str, Key] = {
     "layer_name": Key("ui.layers", "str | None: the sample layer chosen"),
     "user_layer": Key("ui.layers", "ActiveLayer | None: the uploaded or checkpoint layer"),
     "layer_error": Key("ui.layers", "str: why the chosen sample could not be loaded"),
+    "upload_error": Key("ui.layers", "str | None: the file the latest upload could not load "
+                        "(no layer is current from it)"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
     "link_ignored": Key("ui.state", "list[str]: URL values the Geometry form could not use"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
     "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
                               "ones it asked for again)"),
-    "results_adopted": Key("ui.runs", "list[str]: layers whose stored runs are in results"),
+    "results_adopted": Key("ui.stored_runs", "dict: what of the run store is listed in "
+                           "results (its newest row, the layers here then, the latest run)"),
     "last_run": Key("ui.runner", "list[dict]: per method of the latest Run click, its outcome"),
     "run_pending": Key("ui.runner", "list[str]: methods a running (or stopped) run has left"),
+    "model_run_owner": Key("ui.runner", "the owner of this session's Model run folder: the "
+                           "folder is removed when the session (and so this) goes"),
     "compare_pick": Key("pages/compare.py", "the results the Compare page shows"),
-    "learn_setup": Key("pages/learn.py", "dict: the Learn page's choices"),
-    "learn_step": Key("pages/learn.py", "int: scopes of the lesson's row decided so far"),
+    "learn_setup": Key("ui.learn", "dict: the Learn page's choices"),
+    "learn_step": Key("ui.learn", "int: scopes of the lesson's row decided so far"),
     "learn_weights": Key("pages/learn.py", "list[float]: that row's weights after those steps"),
+    "learn_forced": Key("ui.learn", "dict[int, tuple[int, ...]]: the steps the student overruled "
+                        "(step index → pruned blocks)"),
+    "learn_picks": Key("ui.learn", "int: counts the student's picks (keys the cost chart, so a "
+                       "new pick starts with no selection)"),
     "model_form": Key("pages/model.py", "the Model page's inputs"),
     "model_result": Key("pages/model.py", "the whole-model result the Model page shows (its "
                         "own run or one opened from the run database)"),
+    "sensitivity_form": Key("pages/sensitivity.py", "the Sensitivity page's inputs"),
+    "sensitivity_result": Key("pages/sensitivity.py", "the scan the Sensitivity page shows "
+                              "(its own or one opened from the run database), its checked "
+                              "plans and the layer clicked"),
     "sweep_open": Key("pages/sweep.py", "the stored sweep the Sweep page shows"),
     "sweep_running": Key("pages/sweep.py", "whether a sweep is running in this session"),
     "sweep_last": Key("pages/sweep.py", "the Sweep page's latest sweep"),
+    "sweep_filters": Key("pages/sweep.py", "dict: the Sweep page's filter choices and the "
+                         "values they were offered, for the sweep shown"),
 }
 
 #: Widget keys: Streamlit's own, one prefix per owner; forgotten when their page is left, so
@@ -100,7 +115,7 @@ KEYS: dict[str, Key] = {
 WIDGET_PREFIXES: dict[str, str] = {
     "_w_": "app.py sidebar", "_g_": "pages/geometry.py", "_p_": "pages/prune.py (and ui.layers)",
     "_c_": "pages/compare.py", "_l_": "pages/learn.py", "_m_": "pages/model.py",
-    "_s_": "pages/sweep.py",
+    "_s_": "pages/sweep.py", "_n_": "pages/sensitivity.py",
 }
 
 #: Form fields that travel in the URL (see ``form_to_query``).
@@ -132,6 +147,11 @@ def require_entrypoint() -> None:
 
 def init_state() -> None:
     """Defaults for the shared keys (idempotent; the entrypoint calls it on every run)."""
+    from obsviz.store import default_store_path
+
+    from ui import runner
+
+    runner.start_up(str(default_store_path()))   # once per process: what dead ones left
     ss = st.session_state
     if "device" not in ss or ss["device"] not in device_options():
         ss["device"] = device_options()[0]
@@ -176,10 +196,13 @@ def draw_sidebar() -> None:
                                         "visible.")
         options = layers.choices()
         chosen = layers.current_choice()
+        failed = layers.failed_upload()
         if options:
-            ss["_w_layer"] = chosen if chosen in options else next(iter(options))
+            ss["_w_layer"] = (None if failed else chosen if chosen in options
+                              else next(iter(options)))
             st.selectbox("Layer", list(options), key="_w_layer", format_func=options.get,
                          on_change=lambda: layers.choose(ss["_w_layer"]),
+                         placeholder="No layer in use",
                          help="The layer every page works on: a real layer shipped with "
                               "obsviz, or one you uploaded (or built from a checkpoint) on the "
                               "Prune page.")
@@ -188,6 +211,8 @@ def draw_sidebar() -> None:
             M, K = active.layer.shape
             st.caption(f"**{md(active.label)}** · W {M} × {K} · "
                        f"{active.layer.nsamples:,} calibration samples")
+        elif failed:
+            st.caption(f"No layer in use: {md(failed)} was not loaded. Pick one above.")
         else:
             st.caption("No layer loaded: pages use a shape you choose.")
             if ss.get("layer_error"):
@@ -196,7 +221,8 @@ def draw_sidebar() -> None:
         if chosen_geom is not None:
             geom, nnz = chosen_geom
             st.markdown("#### Geometry")
-            st.caption(f"**{geom.name or 'free-form'}**, nnz = {nnz} · "
+            st.caption(f"**{md(geom.run_name(nnz)) if geom.name else 'free-form'}**, "
+                       f"nnz = {nnz} · "
                        f"{geom.describe()}")
 
 

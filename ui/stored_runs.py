@@ -1,97 +1,111 @@
-"""Stored runs the Compare page can open: every finished run in the run store whose layer is here
-(the current layer, a shipped sample, or the layer of a run in this session) — the app's own
-runs from earlier sessions and the Sweep's alike. A run is opened into the session's collection
-(``ui.runs.store``) under its stored trial key; its weights stay on disk until a chart needs them.
+"""Stored runs are results: the run store's finished runs (the app's own from earlier sessions
+and the Sweep's alike) listed in the session's collection (``ui.runs.store``), after a restart as
+before it, by ``sync``; ``latest`` is the latest run's results, the default a restart leaves.
+
+A stored run is listed on its layer when that is here (the current layer, a shipped sample of
+the same content, the layer of a run in this session), else on what the store knows of the layer
+(``ui.layers.stored``: its name, shape and digest), so that its metrics and tables come from the
+store alone; what needs W and H (the error maps, the per-row errors) says so. When the layer is
+here later (the file uploaded again), its runs move onto it. Weights stay on disk until a chart
+needs them.
+
+Session-state key (declared in ``ui.state.KEYS``; this module owns it): ``results_adopted``,
+``dict``: what of the run store is listed (its newest row id, the layers here then, whether it
+holds more than ``MAX_LISTED``, the latest run's keys).
 """
 
 from __future__ import annotations
+
+import streamlit as st
 
 from obsviz.store import StoredRun
 
 from ui import layers, runs
 
 #: Most stored runs listed (newest first).
-MAX_LISTED = 5000
+MAX_LISTED = 1000
 
 
-def stored_layers() -> list[dict]:
-    """The run store's layers with finished runs, newest first: ``layer_hash``, ``label`` (the
-    name stored with the newest run), ``shape``, ``runs`` (how many), ``open`` (how many are
-    not in this session yet), ``layer`` (the ``ActiveLayer`` to open them on, or ``None`` when
-    its weight and Hessian are not here)."""
+def sync() -> bool:
+    """List the run store's finished runs (the newest ``MAX_LISTED``) in the session's
+    collection, oldest first among its own by row id; again only when the store has a newer
+    run or a stored layer is here now. Returns whether the store holds more than are listed."""
     db = runs.run_store()
     if db is None:
-        return []
+        return False
+    ss = st.session_state
+    here = _layers_here()
+    try:
+        newest = db.runs(status="done", limit=1)
+    except Exception:   # unreadable now: the session's own runs are still there
+        return False
+    mark = {"newest": newest[0].id if newest else 0, "here": sorted(here)}
+    seen = ss.get("results_adopted")
+    if isinstance(seen, dict) and {k: seen.get(k) for k in mark} == mark:
+        return bool(seen.get("more"))
     try:
         rows = db.runs(status="done", limit=MAX_LISTED)
     except Exception:
-        return []
-    in_session = runs.store()
-    found: dict[str, dict] = {}
-    for row in rows:
-        if not row.layer_hash:
+        return False
+    collection = runs.store()
+    for row in reversed(rows):      # oldest first
+        if not row.layer_hash or not row.key:
             continue
-        entry = found.setdefault(row.layer_hash, {
-            "layer_hash": row.layer_hash, "label": row.layer, "shape": row.shape, "runs": 0,
-            "open": 0, "rows": []})
-        entry["runs"] += 1
-        if row.key not in in_session:
-            entry["open"] += 1
-            entry["rows"].append(row)
-    here = _layers_here()
-    for entry in found.values():
-        entry["layer"] = here.get(entry["layer_hash"]) or _sample_named(entry)
-    return list(found.values())
+        layer = here.get(row.layer_hash) or _sample_named(row) or \
+            layers.stored(row.layer_hash, row.layer, row.shape)
+        listed = collection.get(row.key)
+        if listed is not None and (listed.layer.loaded or not layer.loaded):
+            continue
+        run = runs.from_row(row, layer)
+        if run is not None:
+            collection[run.key] = run
+    order = sorted(enumerate(collection.values()), key=lambda ir: (
+        ir[1].stored_id if ir[1].stored_id is not None else float("inf"), ir[0]))
+    collection.clear()
+    collection.update((run.key, run) for _, run in order)
+    ss["results_adopted"] = {**mark, "more": len(rows) >= MAX_LISTED,
+                             "latest": _latest_block(rows)}
+    return len(rows) >= MAX_LISTED
+
+
+def latest() -> list[str]:
+    """The run keys of the latest stored run (oldest first), as before a restart: the newest
+    rows of one job (layer, geometry, nnz, damping, row sample; the app's own runs before a
+    sweep's), those listed in the collection."""
+    seen = st.session_state.get("results_adopted")
+    keys = seen.get("latest", []) if isinstance(seen, dict) else []
+    collection = runs.store()
+    return [k for k in keys if k in collection]
+
+
+def _latest_block(rows: list[StoredRun]) -> list[str]:
+    own = [r for r in rows if r.sweep is None] or rows
+
+    def job(r: StoredRun) -> tuple:
+        return (r.layer_hash, r.geometry, r.nnz, r.damp, r.sweep,
+                repr(r.options.get("sample")), r.options.get("device"))
+
+    block = []
+    for r in own:       # newest first: up to the first row of another job
+        if block and job(r) != job(own[0]):
+            break
+        block.append(r.key)
+    return block[::-1]
 
 
 def _layers_here() -> dict[str, layers.ActiveLayer]:
     """Layers this session has (the current one, those of its runs), by digest (the store's
-    layer hash)."""
-    here = {run.layer.digest: run.layer for run in runs.store().values()}
+    layer hash); only loaded ones."""
+    here = {run.layer.digest: run.layer for run in runs.store().values() if run.layer.loaded}
     current = layers.current()
     if current is not None:
         here[current.digest] = current
     return here
 
 
-def _sample_named(entry: dict) -> layers.ActiveLayer | None:
+def _sample_named(row: StoredRun) -> layers.ActiveLayer | None:
     """The shipped sample a stored layer is named after, when its content is the same."""
-    if entry["label"] not in layers.sample_layer_names():
+    if row.layer not in layers.sample_layer_names():
         return None
-    found = layers.sample(entry["label"])
-    return found if found is not None and found.digest == entry["layer_hash"] else None
-
-
-def open_stored(entry: dict) -> list[str]:
-    """Put the stored runs of ``entry`` (one of ``stored_layers()``) in the session; returns
-    their run keys, oldest first."""
-    layer = entry["layer"]
-    if layer is None:
-        return []
-    runs.adopt_stored(layer)        # the app's own runs, under the keys the app gives them
-    collection, keys = runs.store(), []
-    for row in reversed(entry["rows"]):
-        run = collection.get(row.key) or _run_of(row, layer)
-        if run is None:
-            continue
-        collection.setdefault(run.key, run)
-        keys.append(run.key)
-    return keys
-
-
-def _run_of(row: StoredRun, layer: layers.ActiveLayer) -> runs.Run | None:
-    """A stored run written with other conventions (a sweep), kept under its stored key."""
-    try:
-        opts = dict(row.options)
-        device = str(opts.pop("device", None) or row.device or "cpu")
-        sample = opts.pop("sample", None)
-        job = runs.Job(layer, row.geometry_obj(), int(row.nnz),
-                       0.01 if row.damp is None else float(row.damp), device,
-                       {**runs.DEFAULT_OPTIONS, **opts},
-                       None if sample is None else tuple(sample))
-        run = runs.Run(row.key or f"stored-{row.id}", job, row.method, None, None,
-                       stored_id=row.id, rel_error=row.rel_error)
-        run.seconds = float(row.seconds or 0.0)
-        return run
-    except Exception:      # a row this version cannot read: left out of the list it came from
-        return None
+    found = layers.sample(row.layer)
+    return found if found is not None and found.digest == row.layer_hash else None

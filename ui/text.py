@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import string
 
+from obsviz.text import visible
+
 #: Every ASCII punctuation character: CommonMark lets a backslash escape each of them.
 _ESCAPED = {c: "\\" + c for c in string.punctuation}
 #: Characters that start or end Streamlit's own markdown extensions (``:red[…]``,
@@ -18,14 +20,17 @@ _ESCAPED = {c: "\\" + c for c in string.punctuation}
 #: a backslash is not enough for them, so they get a word joiner (U+2060) next to them, which breaks
 #: the pattern and shows nothing.
 _BREAK = {":": ":\u2060", "$": "\\$\u2060", ".": "\u2060\\.", "@": "\\@\u2060"}
-_TABLE = str.maketrans({**_ESCAPED, **_BREAK, "\n": " ", "\r": " ", "\t": " "})
+_FLAT = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
+_TABLE = str.maketrans({**_ESCAPED, **_BREAK})
 
 
 def md(value: object, limit: int = 300) -> str:
     """``value`` as text, safe inside markdown: every markdown special escaped, line breaks
-    flattened, no link, image, HTML, colour, icon, emoji or math can come out of it; cut to
-    ``limit`` characters (a name is short; a page must stay readable)."""
+    flattened, no link, image, HTML, colour, icon, emoji or math can come out of it, control and
+    bidirectional characters shown as escapes (``obsviz.text.visible``: U+202E cannot reverse
+    the text after it); cut to ``limit`` characters (a name is short; a page must stay
+    readable)."""
     text = str(value)
     if len(text) > limit:
         text = text[:limit] + "…"
-    return text.translate(_TABLE)
+    return visible(text.translate(_FLAT)).translate(_TABLE)

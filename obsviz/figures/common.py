@@ -12,6 +12,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from obsviz.text import visible
+
 #: Categorical colours for block ids. Eleven entries on purpose: a prime count means blocks that
 #: sit next to each other (ids one apart, or a grid row apart) almost never share a colour.
 BLOCK_PALETTE: tuple[str, ...] = (
@@ -59,10 +61,11 @@ def discrete_colorscale(colours: list[str]) -> list[list]:
 
 
 def plot_text(text: object) -> str:
-    """Text for a Plotly label, title, tick or hover: Plotly renders a few HTML tags (links
-    among them), so ``<``, ``>`` and ``&`` are escaped — labels can hold user file and layer
-    names."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for a Plotly label, legend entry, title, tick or hover, inert: Plotly renders a few
+    HTML tags (``<b>``, links among them), so ``<``, ``>`` and ``&`` are escaped, and control and
+    bidirectional characters (U+202E reverses what follows) are written as escapes
+    (:func:`obsviz.text.visible`) — labels hold user file, layer and method names."""
+    return visible(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def base_layout(**overrides) -> dict:

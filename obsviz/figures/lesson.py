@@ -157,10 +157,15 @@ def candidates_figure(labels: Sequence[str], costs: Sequence[float] | torch.Tens
                       chosen: Sequence[int], *, title: str = "cost ε(P) of each candidate",
                       compare: Sequence[float] | torch.Tensor | None = None,
                       compare_chosen: Sequence[int] = (), names: tuple[str, str] = (
-                          "now", "original C and w"), height: int = 320) -> go.Figure:
+                          "now", "original C and w"), height: int = 320,
+                      marks: Sequence[tuple[int, str, str]] | None = None,
+                      clickable: bool = False) -> go.Figure:
     """One bar per candidate subset (``labels``: which columns it prunes), the ``chosen`` ones in
     the accent colour with their cost written on top. With ``compare``, a second series beside
-    each bar (the same candidates priced another way), its own choice outlined."""
+    each bar (the same candidates priced another way), its own choice outlined.
+
+    ``marks`` (``(candidate, text, colour)``) replaces the marks above the picks; ``clickable``
+    says so in the hover text (the page lets a click on a bar choose that candidate)."""
     c = _np(costs)
     n = len(labels)
     picked = set(chosen)
@@ -171,7 +176,9 @@ def candidates_figure(labels: Sequence[str], costs: Sequence[float] | torch.Tens
         text=[fmt(v) for v in c], textposition="outside", cliponaxis=False,
         textfont=dict(size=11 if n <= 12 else 9), constraintext="none",
         textangle=0 if compare is None else -90,
-        hovertemplate="%{x}<br>ε = %{y:.5g}<extra>" + names[0] + "</extra>"))
+        hovertemplate="%{x}<br>" + names[0].split(":")[0] + " = %{y:.5g}"
+        + ("<br>click: prune this instead" if clickable else "")
+        + "<extra>" + names[0] + "</extra>"))
     top = float(c.max()) if n else 1.0
     if compare is not None:
         f = _np(compare)
@@ -184,12 +191,18 @@ def candidates_figure(labels: Sequence[str], costs: Sequence[float] | torch.Tens
             text=[fmt(v) for v in f], textposition="outside", cliponaxis=False,
             textfont=dict(size=11 if n <= 12 else 9, color=MUTED), constraintext="none",
             textangle=-90,
-            hovertemplate="%{x}<br>ε = %{y:.5g}<extra>" + names[1] + "</extra>")
+            hovertemplate="%{x}<br>" + names[1].split(":")[0] + " = %{y:.5g}"
+            + ("<br>click: prune this instead" if clickable else "")
+            + "<extra>" + names[1] + "</extra>")
     # Mark the pick(s) right above their bars: one mark when both ways pick the same subset.
     ours = sorted(picked)
     others = sorted(set(compare_chosen)) if compare is not None else []
     notes: list[tuple[int, float, str, str, float]] = []
-    if compare is None:
+    if marks is not None:
+        top_of = (lambda i: float(c[i])) if compare is None else (
+            lambda i: max(float(c[i]), float(f[i])))
+        notes = [(i, top_of(i), text, colour, 0.0) for i, text, colour in marks]
+    elif compare is None:
         notes = [(i, float(c[i]), "cheapest", CHOSEN, 0.0) for i in ours]
     elif ours == others:
         notes = [(i, max(float(c[i]), float(f[i])), "both pick this", INK, 0.0) for i in ours]
@@ -279,14 +292,17 @@ def row_figure(w_before: torch.Tensor, w_after: torch.Tensor | None = None, *,
 
 
 def error_figure(rel_errors: Sequence[float], n_steps: int,
-                 finals: Mapping[str, float] | None = None, height: int = 300) -> go.Figure:
+                 finals: Mapping[str, float] | None = None, height: int = 300,
+                 yours: Sequence[float] | None = None) -> go.Figure:
     """The rows' relative error after each step taken so far (step 0 = before any), on an axis
     that already spans the whole lesson; ``finals`` marks where each mode ends, as short
     ticks right of the last step with the mode's name and error beside them (labels nudged apart
-    when close), so no value written on the path sits on them."""
+    when close), so no value written on the path sits on them. ``yours``: the student's path
+    (where they overruled OBS), drawn beside OBS's own, its values written below its points."""
     y = [100 * v for v in rel_errors]
     fig = go.Figure()
-    top = max([*y, 1e-9, *(100 * v for v in (finals or {}).values())])
+    mine = [100 * v for v in yours] if yours is not None else []
+    top = max([*y, *mine, 1e-9, *(100 * v for v in (finals or {}).values())])
     x0, x1 = n_steps + 0.35, n_steps + 0.85            # the finals' ticks, right of the path
     gap = 0.09 * top                                   # least vertical distance between labels
     placed: list[float] = []
@@ -302,15 +318,26 @@ def error_figure(rel_errors: Sequence[float], n_steps: int,
         annotations.append(dict(x=x1, y=at, xref="x", yref="y", xanchor="left", showarrow=False,
                                 text=f"{method} {format_rel_error(value)}",
                                 font=dict(size=10, color=colour)))
-    fig.add_scatter(x=list(range(len(y))), y=y, mode="lines+markers+text", name="this lesson",
+    fig.add_scatter(x=list(range(len(y))), y=y, mode="lines+markers+text",
+                    name="this lesson" if yours is None else "OBS",
                     line=dict(color=CHOSEN, width=3), marker=dict(size=9, color=CHOSEN),
                     text=[format_rel_error(v / 100) for v in y], textposition="top center",
-                    textfont=dict(size=10, color=CHOSEN), cliponaxis=False, showlegend=False,
-                    hovertemplate="after step %{x}: %{y:.3f} %<extra></extra>")
+                    textfont=dict(size=10, color=CHOSEN), cliponaxis=False,
+                    showlegend=yours is not None,
+                    hovertemplate="after step %{x}: %{y:.3f} %<extra>OBS</extra>")
+    if yours is not None:
+        fig.add_scatter(x=list(range(len(mine))), y=mine, mode="lines+markers+text", name="yours",
+                        line=dict(color=INK, width=3, dash="dash"),
+                        marker=dict(size=9, color=INK, symbol="diamond"),
+                        text=[""] + [format_rel_error(v / 100) for v in mine[1:]],
+                        textposition="bottom center", textfont=dict(size=10, color=INK),
+                        cliponaxis=False,
+                        hovertemplate="after step %{x}: %{y:.3f} %<extra>yours</extra>")
     top = max(top, placed[-1] if placed else 0)
     fig.update_layout(**base_layout(
-        height=height, showlegend=False, annotations=annotations,
-        margin=dict(l=48, r=112 if finals else 12, t=24, b=40)))
+        height=height, showlegend=yours is not None, annotations=annotations,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        margin=dict(l=48, r=112 if finals else 12, t=24 if yours is None else 40, b=40)))
     fig.update_xaxes(range=[-0.3, (x1 if finals else n_steps) + 0.05], title_text="steps taken",
                      showgrid=False, tickvals=list(range(n_steps + 1)))
     fig.update_yaxes(range=[0, top * 1.25], ticksuffix=" %", gridcolor="#EEE",

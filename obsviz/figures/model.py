@@ -35,11 +35,12 @@ def layer_error_figure(report: Mapping, height: int = 380) -> go.Figure:
     labels = [plot_text(short_layer_name(n, block_list)) for n in names]
     fig = go.Figure()
     for method, entry in report["methods"].items():
+        shown = plot_text(method)
         err = {lr["name"]: 100 * lr["rel_error"] for lr in entry["layers"]}
-        fig.add_scatter(x=labels, y=[err.get(n) for n in names], name=method,
+        fig.add_scatter(x=labels, y=[err.get(n) for n in names], name=shown,
                         mode="lines+markers", line=dict(color=method_colour(method), width=2),
                         marker=dict(size=6),
-                        hovertemplate="%{x}<br>" + method + ": %{y:.2f} %<extra></extra>")
+                        hovertemplate="%{x}<br>" + shown + ": %{y:.2f} %<extra></extra>")
     fig.update_layout(**base_layout(height=height, margin=dict(l=60, r=20, t=20, b=120),
                                     showlegend=True,
                                     legend=dict(orientation="h", y=1.02, yanchor="bottom")))
@@ -52,12 +53,13 @@ def drift_figure(report: Mapping, height: int = 320) -> go.Figure:
     """Each block's output drift (relative error vs the dense block on held-out text, %)."""
     fig = go.Figure()
     for method, entry in report["methods"].items():
+        shown = plot_text(method)
         drift = entry.get("drift")
         if not drift:
             continue
-        fig.add_scatter(x=list(range(len(drift))), y=[100 * d for d in drift], name=method,
+        fig.add_scatter(x=list(range(len(drift))), y=[100 * d for d in drift], name=shown,
                         mode="lines+markers", line=dict(color=method_colour(method), width=2),
-                        hovertemplate="block %{x}<br>" + method + ": %{y:.2f} %<extra></extra>")
+                        hovertemplate="block %{x}<br>" + shown + ": %{y:.2f} %<extra></extra>")
     fig.update_layout(**base_layout(height=height, margin=dict(l=60, r=20, t=20, b=50),
                                     showlegend=True,
                                     legend=dict(orientation="h", y=1.02, yanchor="bottom")))
@@ -79,7 +81,8 @@ def layer_method_heatmap(report: Mapping, height: int | None = None) -> go.Figur
             row.append(100 * err[n] if n in err else None)
         z.append(row)
     fig = go.Figure(go.Heatmap(
-        z=z, x=methods, y=[plot_text(short_layer_name(n, block_list)) for n in names],
+        z=z, x=[plot_text(m) for m in methods],
+        y=[plot_text(short_layer_name(n, block_list)) for n in names],
         colorscale="Viridis", colorbar=dict(title="error %"),
         hovertemplate="%{y}<br>%{x}: %{z:.2f} %<extra></extra>"))
     fig.update_layout(**base_layout(height=height or max(300, 16 * len(names) + 80),

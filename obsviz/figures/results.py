@@ -70,7 +70,12 @@ MAP_KINDS: dict[str, MapKind] = {
     "error": MapKind("error ΔW⊙(ΔW H)", DIVERGING, signed=True),
     "mask": MapKind("kept fraction", KEPT_SCALE, signed=False),
     "delta": MapKind("|ΔW|", DELTA_SCALE, signed=False),
+    # what a stored result shows without its layer's W and H: the pruned weights themselves
+    "weight": MapKind("|W| pruned", DELTA_SCALE, signed=False),
 }
+#: The map kinds computed from W, H and the result (``result_maps``); ``"weight"`` needs the
+#: result only (``stored_maps``).
+LAYER_KINDS = ("error", "mask", "delta")
 
 Window = tuple[int, int, int, int]  # (first row, end row, first column, end column), end exclusive
 
@@ -326,7 +331,7 @@ def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
     M, K = W0.shape
     R, C = pool_shape((M, K), max_cells)
     re, ce = tile_edges(M, R), tile_edges(K, C)
-    sums = {kind: np.zeros((R, C)) for kind in MAP_KINDS}
+    sums = {kind: np.zeros((R, C)) for kind in LAYER_KINDS}
     row_error = np.empty(M)
     band = max(1, chunk_elements // max(1, K))
     i = 0
@@ -346,7 +351,7 @@ def result_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
     # metrics.row_rel_error, from the row errors already summed above
     rel = np.sqrt(np.clip(row_error[sel], 0, None) / np.clip(ref[sel], 1e-30, None))
     return ResultMaps(
-        *(Tiles((sums[kind] / area).astype(np.float32), re, ce) for kind in MAP_KINDS),
+        *(Tiles((sums[kind] / area).astype(np.float32), re, ce) for kind in LAYER_KINDS),
         row_error=row_error, row_rel_error=rel.astype(np.float32))
 
 
@@ -368,6 +373,19 @@ def window_maps(W0: torch.Tensor, H: torch.Tensor, weight: torch.Tensor, mask: t
     maps = {kind: Tiles(full, np.arange(r0, r1 + 1), np.arange(c0, c1 + 1))
             for kind, full in part.items()}
     return maps, part["error"].sum(1, dtype=np.float64)
+
+
+def stored_maps(weight: torch.Tensor, mask: torch.Tensor, window: Window | None = None,
+                max_cells: int = PREVIEW_CELLS) -> dict[str, Tiles]:
+    """The maps a result shows from its own pruned weight and mask, without the layer's W and
+    H (a stored result whose layer is not here): the kept fraction (``"mask"``) and ``|W|``
+    after pruning (``"weight"``), mean per tile; of ``window`` (every weight) when given."""
+    weight, mask = weight.detach().cpu(), mask.detach().cpu()
+    r0, r1, c0, c1 = ((0, *weight.shape[:1], 0, weight.shape[1]) if window is None
+                      else clamp_window(tuple(weight.shape), window))
+    cells = max_cells if window is None else (r1 - r0) * (c1 - c0)
+    return {"mask": tiles(mask[r0:r1, c0:c1].to(torch.float32), cells, r0, c0),
+            "weight": tiles(weight[r0:r1, c0:c1].abs().to(torch.float32), cells, r0, c0)}
 
 
 def clamp_window(shape: tuple[int, int], window: Window) -> Window:
@@ -669,7 +687,8 @@ def error_bar_figure(labels: Sequence[Label], errors: Sequence[float]) -> go.Fig
         ys = [v for v in order if v in mine]
         style = setting_style(s)
         data.append(go.Bar(
-            x=[100 * mine[v][1] for v in ys], y=ys, orientation="h", name=setting or "result",
+            x=[100 * mine[v][1] for v in ys], y=[plot_text(v) for v in ys], orientation="h",
+            name=plot_text(setting or "result"),
             marker=dict(color=[method_colour(mine[v][0].method) for v in ys],
                         line=dict(width=0.6 if len(settings) > 1 else 0, color=INK),
                         pattern=dict(shape=style["pattern"], fgcolor=INK, size=6,

@@ -1,7 +1,12 @@
 """A sweep's runs as a table and as figures: error vs sparsity per method (with each method's
-Pareto front), a layer × geometry heatmap per method, error vs seconds; CSV and Parquet exports.
+Pareto front), a layer × geometry heatmap per method at one sparsity, error vs seconds at one
+sparsity; CSV and Parquet exports.
 
-Tables keep the fraction ``rel_error`` (exports too); figures show it as a percentage.
+Tables keep the fraction ``rel_error`` (exports too); figures show it as a percentage. Figures
+compare like with like: sparsity is ``target_sparsity`` (the fraction each scope prunes, the
+sparsity of the rows pruned), a heatmap cell or a time point is one sparsity and one damping,
+and a trial that prunes nothing (0 % sparsity, no error by construction) is in no figure:
+``nothing_pruned`` lists those for the page to name.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import plotly.graph_objects as go
 from obsviz.figures.common import base_layout, plot_text
 from obsviz.figures.results import method_colour
 from obsviz.metrics import format_rel_error
+from obsviz.sweep import target_sparsity
 
 #: The table's columns, in order (exports write these).
 TABLE_COLUMNS = ("id", "time", "sweep", "layer", "geometry", "nnz", "method", "options", "damp",
-                 "rel_error", "sparsity", "seconds", "device", "status", "error", "shape",
-                 "source", "layer_hash", "key", "obsviz_version", "torch_version")
+                 "rel_error", "sparsity", "target_sparsity", "seconds", "device", "status",
+                 "error", "shape", "source", "layer_hash", "key", "obsviz_version",
+                 "torch_version")
 
 
 def runs_table(runs: Iterable) -> pd.DataFrame:
@@ -32,9 +39,10 @@ def runs_table(runs: Iterable) -> pd.DataFrame:
         d = r.as_dict()
         d["options"] = json.dumps(d["options"], sort_keys=True)
         d["shape"] = " × ".join(str(v) for v in d["shape"])
+        d["target_sparsity"] = target_sparsity(r.geometry_spec, r.nnz)
         rows.append({k: d.get(k) for k in TABLE_COLUMNS})
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    for col in ("rel_error", "sparsity", "seconds", "damp"):
+    for col in ("rel_error", "sparsity", "target_sparsity", "seconds", "damp"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
@@ -59,29 +67,58 @@ def _done(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["status"] == "done") & df["rel_error"].notna()]
 
 
+def _charted(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs figures draw: those that prune something."""
+    d = _done(df)
+    return d[d["target_sparsity"] > 0]
+
+
+def nothing_pruned(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that prune nothing (0 % sparsity: nnz keeps every block of a scope):
+    no figure draws them; the page names them."""
+    d = _done(df)
+    return d[d["target_sparsity"] == 0]
+
+
+def sparsity_levels(df: pd.DataFrame) -> list[float]:
+    """The sparsities the figures can show one at a time: every ``target_sparsity`` above 0 of
+    a finished run, ascending."""
+    return sorted(float(v) for v in _charted(df)["target_sparsity"].unique())
+
+
+def at_level(df: pd.DataFrame, sparsity: float, damp: float | None = None) -> pd.DataFrame:
+    """The rows of ``df`` at one sparsity (and one damping, when given)."""
+    keep = df["target_sparsity"] == sparsity
+    if damp is not None:
+        keep &= df["damp"] == damp
+    return df[keep]
+
+
 def _hover(d: pd.DataFrame) -> list[str]:
     return [f"{plot_text(r.layer)} · {plot_text(r.geometry)} · nnz {r.nnz} · damp {r.damp:g}<br>"
-            f"{r.method}: {format_rel_error(r.rel_error)}, sparsity {r.sparsity:.1%}, "
-            f"{r.seconds:.3g} s" for r in d.itertuples()]
+            f"{plot_text(r.method)}: {format_rel_error(r.rel_error)}, sparsity "
+            f"{r.target_sparsity:.1%}, {r.seconds:.3g} s" for r in d.itertuples()]
 
 
 def pareto_figure(df: pd.DataFrame, height: int = 420) -> go.Figure:
-    """Relative error (%) vs sparsity, one colour per method; each method's Pareto front as a
-    line (the runs no run of that method beats)."""
+    """Relative error (%) vs sparsity (``target_sparsity``), one colour per method; each
+    method's Pareto front as a line (the runs no run of that method beats). Runs that prune
+    nothing are left out."""
     fig = go.Figure()
-    d = _done(df)
+    d = _charted(df)
     for method, g in d.groupby("method", sort=False):
         colour = method_colour(str(method))
         fig.add_trace(go.Scatter(
-            x=g["sparsity"], y=100 * g["rel_error"], mode="markers", name=str(method),
+            x=g["target_sparsity"], y=100 * g["rel_error"], mode="markers", name=plot_text(method),
             marker=dict(color=colour, size=8, opacity=0.55), hovertext=_hover(g),
-            hoverinfo="text", legendgroup=str(method)))
-        front = g[pareto_front(g["sparsity"], g["rel_error"])].sort_values("sparsity")
+            hoverinfo="text", legendgroup=plot_text(method)))
+        front = g[pareto_front(g["target_sparsity"], g["rel_error"])].sort_values(
+            "target_sparsity")
         fig.add_trace(go.Scatter(
-            x=front["sparsity"], y=100 * front["rel_error"], mode="lines+markers",
-            name=f"{method} front", line=dict(color=colour, width=2),
+            x=front["target_sparsity"], y=100 * front["rel_error"], mode="lines+markers",
+            name=plot_text(f"{method} front"), line=dict(color=colour, width=2),
             marker=dict(color=colour, size=9), hovertext=_hover(front), hoverinfo="text",
-            legendgroup=str(method), showlegend=False))
+            legendgroup=plot_text(method), showlegend=False))
     fig.update_layout(**base_layout(height=height, showlegend=True,
                                     legend=dict(orientation="h", y=1.1)))
     fig.update_xaxes(title="sparsity (fraction pruned)", tickformat=".0%", range=[-0.02, 1.02])
@@ -89,40 +126,56 @@ def pareto_figure(df: pd.DataFrame, height: int = 420) -> go.Figure:
     return fig
 
 
-def heatmap_table(df: pd.DataFrame, method: str) -> pd.DataFrame:
-    """Layers × geometries of one method's mean ``rel_error`` over its finished runs (NaN where
-    none finished); rows and columns in first-seen order."""
-    d = _done(df)
+def heatmap_table(df: pd.DataFrame, method: str, sparsity: float, damp: float | None = None,
+                  aggfunc: str = "mean") -> pd.DataFrame:
+    """Layers × geometries of one method at one sparsity (and damping, when given): each cell
+    the ``aggfunc`` (``"mean"``, or ``"count"``) of ``rel_error`` over its finished runs — one
+    run, unless runs differ in what the table does not show (options, rows) — NaN where none
+    finished. Rows: every layer of ``df``; columns: the geometries run at that sparsity; both in
+    first-seen order."""
+    level = at_level(df, sparsity, damp)
+    d = _done(level)
     d = d[d["method"] == method]
     layers = list(dict.fromkeys(df["layer"]))
-    geoms = list(dict.fromkeys(df["geometry"]))
-    table = d.pivot_table(index="layer", columns="geometry", values="rel_error", aggfunc="mean")
+    geoms = list(dict.fromkeys(level["geometry"]))
+    table = d.pivot_table(index="layer", columns="geometry", values="rel_error", aggfunc=aggfunc)
     return table.reindex(index=layers, columns=geoms)
 
 
-def heatmap_figure(df: pd.DataFrame, method: str, height: int | None = None) -> go.Figure:
-    """One method's mean relative error per layer × geometry; the cell text is the percentage
-    (``–`` where no run finished)."""
-    t = heatmap_table(df, method)
+def heatmap_figure(df: pd.DataFrame, method: str, sparsity: float, damp: float | None = None,
+                   height: int | None = None) -> go.Figure:
+    """One method's relative error per layer × geometry at one sparsity (``heatmap_table``);
+    the cell text is the percentage (``–`` where no run finished; ``mean of n`` where a cell
+    holds several runs)."""
+    t = heatmap_table(df, method, sparsity, damp)
+    n = heatmap_table(df, method, sparsity, damp, aggfunc="count").to_numpy(dtype=float)
     z = t.to_numpy(dtype=float)
-    text = [[("–" if np.isnan(v) else format_rel_error(v)) for v in row] for row in z]
+    text = [[("–" if np.isnan(v) else format_rel_error(v)
+              + (f" (mean of {int(c)})" if c > 1 else "")) for v, c in zip(row, counts,
+                                                                           strict=True)]
+            for row, counts in zip(z, n, strict=True)]
     fig = go.Figure(go.Heatmap(
         z=100 * z, x=[plot_text(c) for c in t.columns], y=[plot_text(i) for i in t.index],
         text=text, texttemplate="%{text}", colorscale="Reds", zmin=0,
         colorbar=dict(title="error %"), hovertemplate="%{y} · %{x}: %{text}<extra></extra>"))
+    title = plot_text(f"{method} · {sparsity:.1%} sparsity"
+                      + ("" if damp is None else f" · damp {damp:g}"))
     fig.update_layout(**base_layout(height=height or max(220, 60 + 36 * len(t.index)),
-                                    title=dict(text=str(method), x=0)))
+                                    title=dict(text=title, x=0)))
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
-def time_figure(df: pd.DataFrame, height: int = 380) -> go.Figure:
-    """Relative error (%) vs seconds (log scale), one colour per method."""
+def time_figure(df: pd.DataFrame, sparsity: float | None = None, damp: float | None = None,
+                height: int = 380) -> go.Figure:
+    """Relative error (%) vs seconds (log scale), one colour per method: the runs at one
+    sparsity (and damping) when given; runs that prune nothing are left out."""
     fig = go.Figure()
-    for method, g in _done(df).groupby("method", sort=False):
+    d = _charted(df if sparsity is None else at_level(df, sparsity, damp))
+    for method, g in d.groupby("method", sort=False):
         fig.add_trace(go.Scatter(
             x=g["seconds"].clip(lower=1e-4), y=100 * g["rel_error"], mode="markers",
-            name=str(method), marker=dict(color=method_colour(str(method)), size=8),
+            name=plot_text(method), marker=dict(color=method_colour(str(method)), size=8),
             hovertext=_hover(g), hoverinfo="text"))
     fig.update_layout(**base_layout(height=height, showlegend=True,
                                     legend=dict(orientation="h", y=1.1)))
