@@ -27,8 +27,8 @@ def test_home_runs_and_links_the_path_through_the_app():
     at = open_app()
     assert at.title[0].value == "obsviz"
     links = [link.label for link in at.get("page_link")]
-    assert links == ["1 · Geometry", "2 · Prune", "3 · Compare", "4 · Model", "5 · Sweep",
-                     "6 · Learn"]
+    assert links == ["1 · Geometry", "2 · Prune", "3 · Compare", "4 · Model", "5 · Sensitivity",
+                     "6 · Sweep", "7 · Learn"]
     assert any(m.label == "Device" for m in at.metric)
 
 
