@@ -401,7 +401,8 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
         pi = pi_all[rows]
         W0 = p.W[rows]
         wp = obs.gather_masked(W0, pi).to(work)                             # w' in decision order
-        U = torch.zeros(B, cap, N, dtype=c_dtype, device=p.W.device)
+        # only the rows and positions written are ever read (rows of batch b from its end on)
+        U = torch.empty(B, cap, N, dtype=c_dtype, device=p.W.device)
         n_u = 0
         kept_c = torch.ones_like(W0, dtype=torch.bool)
         scope_c = layout.scope[rows]

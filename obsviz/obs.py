@@ -457,7 +457,7 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
     ``C_pi`` is C in that order when every row shares it, else ``C`` is gathered per row."""
     B, q = Q.shape
     ok = Q >= 0
-    Qc = Q.clamp(min=0)
+    Qc = torch.where(ok, Q, lo)   # padding reads position lo (written in every row of U)
     if C_pi is not None:
         C_Qx = C_pi[:, lo:][Qc]                                        # (B, q, N − lo)
     else:
@@ -471,7 +471,7 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
     R = R.to(work) * ok.unsqueeze(-1)
     with one_thread():
         L = _cholesky(with_identity(
-            R.gather(2, (Qc - lo).clamp(min=0).unsqueeze(1).expand(B, q, q)), ok))
+            R.gather(2, (Qc - lo).unsqueeze(1).expand(B, q, q)), ok))
         eye = torch.eye(q, dtype=work, device=R.device)
         L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     new = torch.bmm(L_inv, R[:, :, hi - lo:])                           # (B, q, |F|)
@@ -495,10 +495,14 @@ def refit_kept(Hd: torch.Tensor, W0: torch.Tensor, kept: torch.Tensor) -> torch.
     _, which = torch.unique(key, return_inverse=True)
     first = torch.full((int(which.max()) + 1,), B, dtype=torch.long, device=W0.device)
     first.scatter_reduce_(0, which, torch.arange(B, device=W0.device), "amin")
+    def H_KK(i: torch.Tensor) -> torch.Tensor:
+        if bool((i >= 0).all()):   # no padding: a plain gather
+            return Hd[i.unsqueeze(-1), i.unsqueeze(-2)]
+        return principal(Hd, i)
     if first.numel() < B and bool((kept[first][which] == kept).all()):
-        L = _cholesky(principal(Hd, idx[first]))[which]                 # one per kept set
+        L = _cholesky(H_KK(idx[first]))[which]                          # one per kept set
     else:
-        L = _cholesky(principal(Hd, idx))
+        L = _cholesky(H_KK(idx))
     delta = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1) * (idx >= 0)
     out = (W0.to(work) * kept).scatter_add(1, idx.clamp(min=0), delta)
     return out.to(W0.dtype)
