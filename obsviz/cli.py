@@ -274,9 +274,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                    warn=warn)
     if not args.quiet:
         _say(err=True)
+    shared = f", {report.shared} shared" if report.shared else ""
     _say(f"sweep {report.name!r}: {report.total} trials, {report.done} run, {report.skipped} "
-         f"already done, {report.failed} failed, in {report.seconds:.1f} s "
+         f"already done{shared}, {report.failed} failed, in {report.seconds:.1f} s "
          f"({report.executor}); store: {store.path}")
+    for name, earlier in report.same_as.items():
+        _say(f"layer {name!r} has the same weight and Hessian as {earlier!r}: its trials are "
+             "that layer's, computed once and stored under both names")
     rows = summary_table(store, report.run_ids)
     if rows:
         head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
@@ -293,6 +297,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _say("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     for run in store.runs(id=report.run_ids, status="failed") if report.failed else []:
         _say(f"failed: {run.layer} · {run.geometry} · nnz {run.nnz} · {run.method}: {run.error}")
+    if report.unwritten:
+        _print_err(f"{len(report.unwritten)} computed trials are not in the store "
+                   f"({report.unwritten[0][1]}); run the sweep again to compute them: "
+                   + "; ".join(label for label, _ in report.unwritten[:20])
+                   + (" …" if len(report.unwritten) > 20 else ""))
+        return 4
     return 0 if report.failed == 0 else 3
 def _option_value(text: str):
     """``"8"`` -> 8, ``"0.1"`` -> 0.1, anything else stays a string."""
@@ -704,7 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run a grid of layers × geometries × methods into the run database",
         description="Run every trial of a sweep spec (TOML: [[layers]] and [grid]) that the run "
                     "database does not hold yet, locally or on Ray; show progress with ETA and "
-                    "a summary. Exit code 3 when some trials failed (they are recorded).")
+                    "a summary. Exit code 3 when some trials failed (they are recorded), 4 when "
+                    "some results could not be written to the store (it is locked, the disk "
+                    "full).")
     p.add_argument("spec", type=Path, metavar="SPEC.toml")
     p.add_argument("--executor", default="local", choices=["local", "ray"])
     p.add_argument("--address", help="Ray cluster address (default: start Ray locally)")

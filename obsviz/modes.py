@@ -353,10 +353,16 @@ def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 
 def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
              c_dtype: torch.dtype) -> torch.Tensor:
-    """Exact OBS per row: every row keeps its own C, Schur-downdated as its weights go, so each
-    decision sees all earlier ones (``ng`` steps are decided on the batch's small system, then
-    applied to the K × K C at once: see :func:`decide_batch`). Coupled rows (one scope over
-    several rows) are processed in the same chunk and decide together.
+    """Exact OBS per row: each decision sees every earlier one of its row (the row's C is the
+    inverse of H_d on the columns it still has).
+
+    Per chunk of rows the state is small: the columns are put in decision order (batch after
+    batch of ``ng`` steps), and each row keeps a factor ``U = L⁻¹ C_P,F`` of its pruned set P on
+    the columns F still to decide (``L Lᵀ = C_PP``), with ``w'_F = w_F − vᵀ U_F``. A batch's
+    small system is ``C_SS − U_Sᵀ U_S`` (decided by :func:`decide_batch`); its pruned set Q then
+    appends ``q`` rows to U (one product of ``q × |P| × |F|``). Once the mask is decided, the
+    kept weights are the exact damped refit ``w_K = w0_K + H_KK⁻¹ H_KP w0_P``
+    (:func:`obs.refit_kept`): a sequence of OBS removals composes exactly to it.
 
     Plain version, one row, one step and one subset at a time: :func:`obsviz.reference.true_obs`
     (the same masks and weights; ``ng`` and ``chunk_size`` only change the speed)."""
@@ -375,30 +381,54 @@ def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
     batches = [step_order[i:i + ng] for i in range(0, layout.n_steps, ng)]
     first = (first_batch_decisions(p, batches[0], chunk_size, c_dtype)
              if scoring == "independent" and not coupled and batches else None)
+    gs, Lb = layout.cols.shape[2:]
+    m = gs * Lb
+    bounds = [0]
+    for ts in batches:
+        bounds.append(bounds[-1] + ts.numel() * m)
+    order_all = torch.cat(batches) if batches else step_order
+    pi_all = layout.cols[:, order_all].reshape(M, -1)                   # (M, N) decision order
+    N = pi_all.shape[1]
+    shared = bool((pi_all == pi_all[:1]).all())
+    C = p.C.to(c_dtype)
+    C_pi = obs.principal(C, pi_all[0]).to(c_dtype) if shared else None   # (N, N)
+    work = torch.promote_types(c_dtype, torch.float32)
+    # rows U can get: the pruned elements of every batch but the last (no columns after it)
+    cap = (layout.n_steps - (batches[-1].numel() if batches else 0)) * p.n_prune * Lb
     for ci, rows in enumerate(chunks):
         p.progress(ci / len(chunks), f"rows chunk {ci + 1}/{len(chunks)} ({rows.numel()} rows)")
-        W = p.W[rows]
-        C = p.C.to(c_dtype).expand(rows.numel(), K, K).clone()
-        kept_c = torch.ones_like(W, dtype=torch.bool)
-        cols_c, scope_c = layout.cols[rows], layout.scope[rows]
+        B = rows.numel()
+        pi = pi_all[rows]
+        W0 = p.W[rows]
+        wp = obs.gather_masked(W0, pi).to(work)                             # w' in decision order
+        # only the rows and positions written are ever read (rows of batch b from its end on)
+        U = torch.empty(B, cap, N, dtype=c_dtype, device=p.W.device)
+        n_u = 0
+        kept_c = torch.ones_like(W0, dtype=torch.bool)
+        scope_c = layout.scope[rows]
         for bi, ts in enumerate(batches):
-            cols = cols_c[:, ts]                                           # (B, nt, gs, Lb)
-            scope = scope_c[:, ts]                                         # (B, nt)
-            S = cols.reshape(rows.numel(), -1)                             # the batch's columns
+            lo, hi = bounds[bi], bounds[bi + 1]
+            S = pi[:, lo:hi]
             if not bool((S >= 0).any()):
                 continue
+            U_S = U[:, :n_u, lo:hi]
+            if shared:
+                C_SS = C_pi[lo:hi, lo:hi].expand(B, -1, -1)
+            else:
+                C_SS = obs.principal(C, S).to(c_dtype)
+            C_SS = torch.baddbmm(C_SS, U_S.transpose(1, 2), U_S, alpha=-1).to(work)
             if bi == 0 and first is not None:
                 pruned_S = first[rows]
             else:
-                pruned_S = decide_batch(p, W, C, S, scope, cols.shape[2:], scoring, coupled)
-            P = obs.compact(S, pruned_S)
-            # Only the columns of later batches are read again: downdate just those (none
-            # after the last batch).
-            later = later_columns(cols_c, batches, bi)
-            obs.obs_update_per_row(W, C, P, keep_exact=later)
-            obs.zero_at(kept_c, P)
-            W.mul_(kept_c)  # earlier pruned weights stay exactly zero
-        p.W[rows] = W
+                with obs.one_thread():   # many small operations
+                    pruned_S = decide_batch(p, C_SS, wp[:, lo:hi].clone(), S, scope_c[:, ts],
+                                            (gs, Lb), scoring, coupled)
+            Q = obs.compact(torch.arange(lo, hi, device=S.device).expand(B, -1), pruned_S)
+            obs.zero_at(kept_c, obs.gather_masked(pi + 1, Q).long() - 1)
+            if hi >= N or Q.shape[1] == 0:
+                continue
+            n_u = obs.append_factor(U, n_u, wp, C_pi, C, pi, Q, lo, hi)
+        p.W[rows] = obs.refit_kept(p.Hd, W0, kept_c)
         kept[rows] = kept_c
     return kept
 
@@ -436,19 +466,6 @@ def first_batch_decisions(p: Problem, steps: torch.Tensor, chunk_size: int,
     return out
 
 
-def later_columns(cols: torch.Tensor, batches: list[torch.Tensor], bi: int
-                  ) -> torch.Tensor | slice:
-    """The W columns the steps of batches after ``bi`` hold in rows ``cols`` ``(B, T, gs, Lb)``
-    (of all rows together): a slice when they form one range, else sorted indices."""
-    if bi + 1 >= len(batches):
-        return torch.zeros(0, dtype=torch.long, device=cols.device)
-    c = cols[:, torch.cat(batches[bi + 1:])].reshape(-1)
-    c = torch.unique(c[c >= 0])
-    if c.numel() and int(c[-1]) - int(c[0]) + 1 == c.numel():
-        return slice(int(c[0]), int(c[-1]) + 1)
-    return c
-
-
 def shares_scopes(layout: RowSteps) -> bool:
     """Whether some scope holds elements of several rows (a row-coupled geometry)."""
     s = layout.scope[layout.scope >= 0]
@@ -459,16 +476,15 @@ def shares_scopes(layout: RowSteps) -> bool:
 SUB_STEPS = 8
 
 
-def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
+def decide_batch(p: Problem, C_SS: torch.Tensor, w_S: torch.Tensor, S: torch.Tensor,
                  scope: torch.Tensor, block_shape: tuple[int, int], scoring: str,
                  coupled: bool = True) -> torch.Tensor:
     """The masks of one batch of steps, decided one step after another.
 
     The decisions only read C and w on the batch's own columns ``S`` ``(B, n)``, so they run on
-    the small system ``(C_SS, w_S)``, which the same OBS update + Schur downdate keeps exact after
-    each step; the ``K × K`` downdate is then applied once for the whole batch (OBS removals
-    compose). So every decision sees all earlier ones, whatever ``ng`` is. Without ``coupled``
-    (no scope spans two rows) each row chooses its own blocks.
+    the small system ``(C_SS, w_S)`` (both written in place), which the same OBS update + Schur
+    downdate keeps exact after each step. So every decision sees all earlier ones, whatever
+    ``ng`` is. Without ``coupled`` (no scope spans two rows) each row chooses its own blocks.
 
     The same composition is used once more inside the batch: ``SUB_STEPS`` steps at a time are
     decided on their own (smaller) system, and their union is then removed from the rest of the
@@ -480,8 +496,6 @@ def decide_batch(p: Problem, W: torch.Tensor, C: torch.Tensor, S: torch.Tensor,
     gs, Lb = block_shape
     m = gs * Lb
     nt = scope.shape[1]
-    C_SS = obs.principal_per_row(C, S)                                  # (B, n, n)
-    w_S = obs.gather_masked(W, S).to(C_SS.dtype)                        # (B, n)
     valid = (S >= 0).view(B, nt, gs, Lb)
     present = (scope >= 0).any(0).tolist()
     full = bool(valid.all())

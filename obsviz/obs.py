@@ -8,6 +8,7 @@ weight), so one batched call serves sets of different sizes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from itertools import combinations
 
 import torch
@@ -16,6 +17,25 @@ from obsviz.errors import ArgumentError
 
 #: Subset counts above this are not enumerated; selection falls back to greedy.
 MAX_SUBSETS = 10_000
+
+
+# ---- threads ----------------------------------------------------------------------------------
+
+@contextmanager
+def one_thread():
+    """Run the enclosed (small) operations on one thread: split over several OpenMP threads, a
+    batched factorisation of tiny systems waits for every thread, and on a busy machine a
+    descheduled one (a batch of 16 32 × 32 Cholesky factors: 16 ms with two threads, far less
+    with one). Large products outside keep torch's thread count."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 # ---- small SPD systems ------------------------------------------------------------------------
@@ -421,3 +441,68 @@ def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Te
         singles = torch.arange(gs, device=cols.device)[:, None]
         return choose_blocks(subset_costs(cols, w, C, singles, batch), scope, n_prune), True
     return choose_subsets(subset_costs(cols, w, C, subsets, batch), scope, subsets, gs), False
+
+
+# ---- true_obs: the factor of the pruned set, and the final refit -------------------------------
+
+def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tensor | None,
+                  C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int) -> int:
+    """Add a batch's pruned positions ``Q`` ``(B, q)`` (-1 padded, in ``[lo, hi)``) to each row's
+    factor ``U = L⁻¹ C_P,F`` ``(B, ·, N)`` on the positions still to decide (``hi`` on), in place;
+    ``wp`` ``(B, N)`` (``w'``) follows. Returns the new number of rows of U.
+
+    With ``L_new = [[L, 0], [U_Qᵀ, L_QQ]]``: ``C'_Q,x = C_Q,x − U_Qᵀ U_x`` (x from ``lo`` on),
+    ``L_QQ L_QQᵀ = C'_QQ``, the new rows ``L_QQ⁻¹ C'_Q,F`` and ``v_Q = L_QQ⁻¹ w'_Q``, so
+    ``w'_F −= v_Qᵀ U_Q,F``. Positions are those of ``pi`` ``(B, N)`` (W columns, -1 padding);
+    ``C_pi`` is C in that order when every row shares it, else ``C`` is gathered per row."""
+    B, q = Q.shape
+    ok = Q >= 0
+    Qc = torch.where(ok, Q, lo)   # padding reads position lo (written in every row of U)
+    if C_pi is not None:
+        C_Qx = C_pi[:, lo:][Qc]                                        # (B, q, N − lo)
+    else:
+        cols = pi[:, lo:]
+        rows = gather_masked(pi + 1, Q).long() - 1                     # W columns of Q
+        C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
+        C_Qx = C_Qx * (cols >= 0).unsqueeze(1)
+    U_Q = U[:, :n_u].gather(2, Qc.unsqueeze(1).expand(B, n_u, q))      # (B, n_u, q)
+    R = torch.baddbmm(C_Qx.to(U.dtype), U_Q.transpose(1, 2), U[:, :n_u, lo:], alpha=-1)
+    work = torch.promote_types(U.dtype, torch.float32)
+    R = R.to(work) * ok.unsqueeze(-1)
+    with one_thread():
+        L = _cholesky(with_identity(
+            R.gather(2, (Qc - lo).unsqueeze(1).expand(B, q, q)), ok))
+        eye = torch.eye(q, dtype=work, device=R.device)
+        L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    new = torch.bmm(L_inv, R[:, :, hi - lo:])                           # (B, q, |F|)
+    v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
+    wp[:, hi:].sub_(torch.bmm(v.transpose(1, 2), new).squeeze(1).to(wp.dtype))
+    U[:, n_u:n_u + q, hi:] = new.to(U.dtype)
+    return n_u + q
+
+
+def refit_kept(Hd: torch.Tensor, W0: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The exact damped refit of rows ``W0`` ``(B, K)`` on their masks ``kept``: pruned weights 0,
+    ``w_K = w0_K + H_KK⁻¹ H_KP w0_P`` (the minimiser of ``(w − w0) H_d (w − w0)ᵀ`` with
+    ``w_P = 0``). One batched Cholesky of ``H_KK``, per group of rows with the same kept columns."""
+    B, K = W0.shape
+    work = Hd.dtype
+    idx = compact(torch.arange(K, device=W0.device).expand(B, K), kept)  # (B, k), -1 padded
+    r = (W0 * ~kept).to(work) @ Hd                                       # H_:P w0_P
+    rhs = gather_masked(r, idx)
+    key = kept.to(work) @ torch.rand(K, dtype=work, device=W0.device,
+                                     generator=torch.Generator(W0.device).manual_seed(0))
+    _, which = torch.unique(key, return_inverse=True)
+    first = torch.full((int(which.max()) + 1,), B, dtype=torch.long, device=W0.device)
+    first.scatter_reduce_(0, which, torch.arange(B, device=W0.device), "amin")
+    def H_KK(i: torch.Tensor) -> torch.Tensor:
+        if bool((i >= 0).all()):   # no padding: a plain gather
+            return Hd[i.unsqueeze(-1), i.unsqueeze(-2)]
+        return principal(Hd, i)
+    if first.numel() < B and bool((kept[first][which] == kept).all()):
+        L = _cholesky(H_KK(idx[first]))[which]                          # one per kept set
+    else:
+        L = _cholesky(H_KK(idx))
+    delta = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1) * (idx >= 0)
+    out = (W0.to(work) * kept).scatter_add(1, idx.clamp(min=0), delta)
+    return out.to(W0.dtype)

@@ -18,11 +18,22 @@ Consistency rules:
 - every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise.
 
 The schema has a version (``PRAGMA user_version``) and a migration path: opening an older
-store upgrades it, a store from a newer obsviz is refused with a clear message.
+store upgrades it, a store from a newer obsviz is refused with a clear message, and so is a
+SQLite file whose tables are not those of its version (checked against the migrations
+themselves: a new table slots in with its migration).
+
+Files are checked against their name when read and before one is reused: a file missing,
+truncated or changed behind the store is a :class:`StoredTensorsError`, never weights read
+back silently. A store on a read-only filesystem (or a file this user may not write) opens
+read-only (``RunStore.readonly``): every read works, every write is a :class:`StoreError`.
+Writes that cannot be made (another writer holding the lock past the busy timeout, a full
+disk) are :class:`StoreError` too, with ``transient`` set when trying again may succeed.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import math
@@ -32,6 +43,8 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,12 +58,12 @@ from obsviz.errors import ArgumentError
 from obsviz.geometry import PRESETS, Geometry, run_name
 from obsviz.owner import process_token, token_alive
 
-__all__ = ["SCHEMA_VERSION", "STORE_ENV", "RunStore", "StoredModelRun", "StoredRun", "StoredScan",
-           "StoreError", "default_store_path", "geometry_key", "geometry_label", "layer_hash",
-           "trial_key"]
+__all__ = ["SCHEMA_VERSION", "STORE_ENV", "TENSORS_GONE", "RunStore", "StoredModelRun",
+           "StoredRun", "StoredScan", "StoreError", "StoredTensorsError", "default_store_path",
+           "geometry_key", "geometry_label", "layer_hash", "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STATUSES = ("done", "failed")
 #: A whole-model run: ``running`` while methods go (or killed before it could say otherwise),
 #: ``done``, ``stopped`` (by the user, between methods) or ``failed``.
@@ -58,6 +71,11 @@ MODEL_STATUSES = ("running", "done", "stopped", "failed")
 #: Largest report read back (bytes of JSON; the whole MiniLM with nine methods is ~0.1 MB).
 MAX_REPORT_BYTES = 32 * 2**20
 _BUSY_TIMEOUT_S = 60.0
+#: A ``.tmp-*.part`` file this much older than now is the orphan of a killed write (a live one
+#: is written to continuously, then moved into place within seconds).
+ORPHAN_AGE_S = 600.0
+#: What the pages say of a run whose tensor files are missing or changed (its row still shows).
+TENSORS_GONE = "the stored weights of this run are missing or changed"
 _FILE_RE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 
 #: Columns of ``runs`` in order (``id`` first). Plain SQL readers rely on these names.
@@ -78,10 +96,18 @@ FILTERS = ("id", "key", "sweep", "layer", "source", "layer_hash", "geometry", "n
 
 
 class StoreError(ArgumentError):
-    """A store that cannot be used (not a database, from a newer obsviz, a missing file)."""
+    """A store that cannot be used (not an obsviz database, from a newer obsviz, read-only) or
+    a write that could not be made. ``transient``: trying again later may succeed (another
+    writer held the lock)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__("store", message)
+        self.transient = transient
+
+
+class StoredTensorsError(StoreError):
+    """A run's tensor file is missing, or its content is not the one its name is the digest of
+    (truncated, changed). The row (metrics) is fine; only the weights are gone."""
 
 
 def default_store_path() -> Path:
@@ -231,6 +257,9 @@ def _row_to_run(row: sqlite3.Row) -> StoredRun:
         known["geometry"] = run_name(str(known["geometry"]), int(known["nnz"]))
     except (TypeError, ValueError):
         pass
+    asked = d.pop("asked_layer", None)
+    if asked is not None and asked != known["layer"]:   # the name a sweep asked for it by
+        d["stored_layer"], known["layer"] = known["layer"], asked
     return StoredRun(**known, extra=d)
 
 
@@ -387,9 +416,54 @@ _SCHEMA_V5 = """
 ALTER TABLE model_runs ADD COLUMN owner TEXT;
 """
 
+# v6: the name a sweep asked for a run under (``sweep_runs.layer``). Two layers of equal contents
+# and different names share one run (its key is the content's), and each is listed under its
+# own name.
+_SCHEMA_V6 = """
+CREATE TABLE sweep_runs_v6 (
+    sweep   TEXT NOT NULL,
+    run_id  INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    layer   TEXT NOT NULL,
+    PRIMARY KEY (sweep, run_id, layer)
+) WITHOUT ROWID;
+INSERT INTO sweep_runs_v6 (sweep, run_id, layer)
+    SELECT s.sweep, s.run_id, r.layer FROM sweep_runs s JOIN runs r ON r.id = s.run_id;
+DROP TABLE sweep_runs;
+ALTER TABLE sweep_runs_v6 RENAME TO sweep_runs;
+CREATE INDEX sweep_runs_run ON sweep_runs(run_id);
+"""
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
+#: A new table or column is one more entry here (and ``SCHEMA_VERSION`` one more): the check
+#: of a store's tables (``expected_tables``) follows from these.
 MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4,
-                              4: _SCHEMA_V5}
+                              4: _SCHEMA_V5, 5: _SCHEMA_V6}
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _tables(con: sqlite3.Connection) -> dict[str, set[str]]:
+    """Every table of a database (SQLite's own left out) with its column names."""
+    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                       "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+    return {n: {r[0] for r in con.execute("SELECT name FROM pragma_table_info(?)", (n,))}
+            for n in names}
+
+
+@functools.cache
+def expected_tables(version: int) -> dict[str, frozenset[str]]:
+    """The tables (with their columns) of an obsviz store at schema ``version``: the
+    migrations up to it, run on an empty database in memory."""
+    con = sqlite3.connect(":memory:")
+    try:
+        for v in range(version):
+            for statement in _statements(MIGRATIONS[v]):
+                con.execute(statement)
+        return {n: frozenset(cols) for n, cols in _tables(con).items()}
+    finally:
+        con.close()
 
 
 def _json_default(value: Any) -> Any:
@@ -420,30 +494,107 @@ def _versions() -> tuple[str, str]:
     return __version__, torch.__version__
 
 
+def _readonly_fs(folder: Path) -> bool:
+    """Whether ``folder`` is on a filesystem mounted read-only."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):   # not there, or no statvfs (Windows)
+        return False
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 # ---- the store ---------------------------------------------------------------------------------
 
 
 class RunStore:
     """A run database at ``path`` (``None``: :func:`default_store_path`); created or migrated
-    on open. Safe to use from several threads and processes: each thread (of each process) has
-    its own connection."""
+    on open, or opened read-only (``readonly``) when it cannot be written. Safe to use from
+    several threads and processes: each thread (of each process) has its own connection.
+    ``busy_timeout``: seconds a write waits for another writer's lock before it is a
+    :class:`StoreError` (``transient``)."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *,
+                 busy_timeout: float = _BUSY_TIMEOUT_S) -> None:
         self.path = Path(path).expanduser() if path is not None else default_store_path()
         if self.path.is_dir():
             raise StoreError(f"store={str(self.path)!r} is a folder; give a file such as "
                              "runs.sqlite")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout = float(busy_timeout)
         self.files_dir = self.path.with_name(self.path.name + ".files")
         self._local = threading.local()
+        self.readonly = not self._writable()
+        self._target, self._uri = str(self.path), False
         try:
+            if self.readonly:
+                self._open_readonly()
             self._migrate()
         except BaseException:
             self.close()
             raise
+        if not self.readonly:
+            self._remove_orphans()
 
     def __repr__(self) -> str:
-        return f"RunStore({str(self.path)!r})"
+        return f"RunStore({str(self.path)!r}{', read-only' if self.readonly else ''})"
+
+    # -- opening
+
+    def _writable(self) -> bool:
+        """Whether this process can write the store (create it when it is not there)."""
+        folder = self.path.parent
+        if not self.path.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"store={str(self.path)!r} cannot be created ({e.strerror}); "
+                                 "set OBSVIZ_STORE to a file in a folder you can write") from None
+            if not os.access(folder, os.W_OK) or _readonly_fs(folder):
+                raise StoreError(f"store={str(self.path)!r} cannot be created: its folder is "
+                                 "read-only; set OBSVIZ_STORE to a file in a folder you can "
+                                 "write")
+            return True
+        return (os.access(self.path, os.R_OK | os.W_OK) and os.access(folder, os.W_OK)
+                and not _readonly_fs(folder))
+
+    def _open_readonly(self) -> None:
+        """Connect read-only: ``mode=ro``, or, on a read-only filesystem where SQLite cannot
+        keep its shared-memory file (a WAL store), ``immutable`` (nothing can change it)."""
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"store={str(self.path)!r} cannot be read (permission denied)")
+        url = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        for query in ("mode=ro", "immutable=1"):
+            self._target, self._uri = f"{url}?{query}", True
+            self.close()
+            try:
+                with self._connect() as con:
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return
+            except sqlite3.OperationalError:
+                if query == "immutable=1" or not _readonly_fs(self.path.parent):
+                    raise StoreError(f"store={str(self.path)!r} is read-only and cannot be "
+                                     "opened for reading either") from None
+
+    def _remove_orphans(self) -> None:
+        """Delete the temporary files of writes killed before they ended (``.tmp-*.part``
+        older than ``ORPHAN_AGE_S``; a younger one may be another process's write)."""
+        try:
+            parts = list(self.files_dir.glob(".tmp-*.part"))
+        except OSError:
+            return
+        now = time.time()
+        for part in parts:
+            try:
+                if now - part.stat().st_mtime > ORPHAN_AGE_S:
+                    part.unlink()
+            except OSError:
+                pass
 
     # -- connections
 
@@ -452,8 +603,8 @@ class RunStore:
         which would cost a write per call)."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # never reuse one across a fork
-            con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
-                                  check_same_thread=True)
+            con = sqlite3.connect(self._target, timeout=self.busy_timeout, isolation_level=None,
+                                  check_same_thread=True, uri=self._uri)
             con.row_factory = sqlite3.Row
             # WAL + NORMAL: a commit survives a killed process (the consistency promised
             # here); only a power cut may lose the last commits, never half of one
@@ -479,40 +630,100 @@ class RunStore:
             con.close()
         self._local.__dict__.clear()
 
+    def _refuse_write(self) -> None:
+        if self.readonly:
+            raise StoreError(f"store={str(self.path)!r} is read-only (a read-only filesystem, "
+                             "or a file you may not write): its runs can be read, nothing new "
+                             "is kept in it")
+
+    def _write_error(self, e: sqlite3.Error) -> StoreError:
+        """What a write that SQLite refused means, in words."""
+        text = str(e).lower()
+        where = f"store={str(self.path)!r}"
+        if "locked" in text or "busy" in text:
+            return StoreError(f"{where} is locked by another writer (waited "
+                              f"{self.busy_timeout:g} s); nothing was written",
+                              transient=True)
+        if "full" in text:
+            return StoreError(f"the disk holding {where} is full; nothing was written")
+        if "readonly" in text or "read-only" in text:
+            return StoreError(f"{where} cannot be written (read-only); nothing was written")
+        return StoreError(f"{where} could not be written ({e}); nothing was written")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so concurrent writers queue, not deadlock."""
+        """One write transaction, taken up front so concurrent writers queue, not deadlock.
+        Anything SQLite refuses (the lock held past the busy timeout, a full disk) is a
+        :class:`StoreError`, the transaction rolled back."""
+        self._refuse_write()
         with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise self._write_error(e) from None
             try:
                 yield con
-            except BaseException:
-                con.execute("ROLLBACK")
+                con.execute("COMMIT")
+            except BaseException as e:
+                if con.in_transaction:
+                    try:
+                        con.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                if isinstance(e, sqlite3.OperationalError):
+                    raise self._write_error(e) from None
                 raise
-            con.execute("COMMIT")
 
     def _migrate(self) -> None:
+        with self._connect() as con:   # read first: a file not obsviz's is left as it was
+            version = self._checked_version(con)
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"store={str(self.path)!r} is read-only and "
+                    + ("empty" if version == 0 else f"has schema version {version}, from an "
+                       f"older obsviz (this one reads {SCHEMA_VERSION}); open it once where it "
+                       "can be written to upgrade it"))
+            return
         with self._connect() as con:
             mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
                 con.execute("PRAGMA journal_mode = DELETE")
         with self._write() as con:
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store={str(self.path)!r} has schema version {version}, written by a newer "
-                    f"obsviz (this one reads up to {SCHEMA_VERSION}); upgrade obsviz or choose "
-                    "another store")
-            if version == 0 and con.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]:
-                raise StoreError(f"store={str(self.path)!r} has a 'runs' table but no obsviz "
-                                 "schema version; it was not written by obsviz")
+            version = self._checked_version(con)   # again: another process may have migrated
             while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                for statement in _statements(MIGRATIONS[version]):
+                    con.execute(statement)
                 version += 1
                 con.execute(f"PRAGMA user_version = {int(version)}")
+
+    def _checked_version(self, con: sqlite3.Connection) -> int:
+        """The store's schema version, once its tables are those of that version (a newer
+        version, a negative one, or other tables: :class:`StoreError`)."""
+        where = f"store={str(self.path)!r}"
+        version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where} has schema version {version}, written by a newer obsviz (this one "
+                f"reads up to {SCHEMA_VERSION}); upgrade obsviz or choose another store")
+        if version < 0:
+            raise StoreError(f"{where} is not an obsviz run database (schema version "
+                             f"{version})")
+        have = _tables(con)
+        if version == 0:
+            if have:
+                raise StoreError(f"{where} is not an obsviz run database: it has tables "
+                                 f"({', '.join(sorted(have)[:5])}) but no obsviz schema "
+                                 "version; it was not written by obsviz")
+            return 0
+        for table, columns in expected_tables(version).items():
+            missing = sorted(columns - have.get(table, set()))
+            if table not in have or missing:
+                what = (f"no table {table!r}" if table not in have else
+                        f"table {table!r} lacks {', '.join(missing[:5])}")
+                raise StoreError(f"{where} is not an obsviz run database: it says schema "
+                                 f"version {version} but has {what}")
+        return version
 
     @property
     def schema_version(self) -> int:
@@ -523,26 +734,58 @@ class RunStore:
 
     def _put_tensor(self, name: str, tensor: torch.Tensor) -> str:
         """Write ``{name: tensor}`` as a safetensors file named by its sha256; returns the file
-        name. Written to a temporary file and moved into place: never half a file."""
+        name. Written to a temporary file and moved into place: never half a file. A file
+        already there is reused only when its content is the one its name says."""
         from safetensors.torch import save
 
+        self._refuse_write()
         data = save({name: tensor.detach().to("cpu").contiguous()})
-        fname = hashlib.sha256(data).hexdigest() + ".safetensors"
-        self.files_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(data).hexdigest()
+        fname = digest + ".safetensors"
         target = self.files_dir / fname
-        if target.is_file() and target.stat().st_size == len(data):
-            return fname
-        fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-", suffix=".part")
+        try:
+            if target.is_file() and target.stat().st_size == len(data) \
+                    and _file_digest(target) == digest:
+                return fname
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.files_dir, prefix=".tmp-", suffix=".part")
+        except OSError as e:
+            raise self._file_error(e) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise self._file_error(e) from None
             raise
         return fname
+
+    def _file_error(self, e: OSError) -> StoreError:
+        why = ("the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else e.strerror or str(e))
+        return StoreError(f"the pruned weights could not be written to {self.files_dir} "
+                          f"({why}); nothing was written")
+
+    def _read_tensor_file(self, fname: str) -> bytes:
+        """The bytes of a stored tensor file, checked against the digest its name is
+        (:class:`StoredTensorsError` when it is missing, truncated or changed)."""
+        path = self.file_path(fname)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoredTensorsError(f"{TENSORS_GONE}: {fname} is missing from "
+                                     f"{self.files_dir}") from None
+        except OSError as e:
+            raise StoredTensorsError(f"{TENSORS_GONE}: {fname} cannot be read "
+                                     f"({e.strerror})") from None
+        if hashlib.sha256(data).hexdigest() != fname.removesuffix(".safetensors"):
+            raise StoredTensorsError(f"{TENSORS_GONE}: {fname} in {self.files_dir} is not "
+                                     "what was stored (truncated or changed)")
+        return data
 
     def file_path(self, fname: str) -> Path:
         """Where a stored tensor file lives; refuses any name that is not ``<sha256>.safetensors``
@@ -563,8 +806,11 @@ class RunStore:
         ``rel_error``, sparsity, ``seconds`` and device go in the row, its mask and pruned weight
         in content-addressed files. ``status='failed'`` needs ``error`` (the message).
 
-        A trial ``key`` has at most one row: when it is already stored as done, nothing is
-        written and the existing id is returned; a new attempt replaces earlier failures.
+        A trial ``key`` has at most one finished row: when it is already stored as done, no
+        row is written and the existing id is returned (filed under ``sweep`` with this
+        ``layer`` name: a layer of the same contents under another name shares the run). A
+        finished run replaces the trial's failures; a failure replaces the earlier failures of
+        the trial under the same layer name.
         """
         if status not in STATUSES:
             raise ArgumentError("status", f"status={status!r} is unknown; valid: "
@@ -576,6 +822,7 @@ class RunStore:
         else:
             raise ArgumentError("geometry", f"geometry={geometry!r} must be an obsviz.Geometry "
                                 "(or, for a failed run, the name of the preset that failed)")
+        self._refuse_write()
         if status == "done" and result is None:
             raise ArgumentError("result", "status='done' needs result (a PruneResult)")
         if status == "failed" and not error:
@@ -621,21 +868,32 @@ class RunStore:
                                     (key,)).fetchone()
                 if found is not None:  # finished already (a racing writer, a late failure)
                     run_id = int(found[0])
-                else:  # a new attempt replaces the trial's earlier failures: one row per trial
+                elif status == "done":  # replaces the trial's failures: one row per trial
                     con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed'", (key,))
+                else:   # a failure replaces the earlier ones under this name
+                    con.execute("DELETE FROM runs WHERE key = ? AND status = 'failed' AND "
+                                "layer = ?", (key, row["layer"]))
             if run_id is None:
                 run_id = int(con.execute(f"INSERT INTO runs ({names}) VALUES ({marks})",
                                          row).lastrowid)
             if sweep is not None:
-                con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) VALUES (?, ?)",
-                            (sweep, run_id))
+                con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id, layer) "
+                            "VALUES (?, ?, ?)", (sweep, run_id, row["layer"]))
             return run_id
 
-    def add_to_sweep(self, sweep: str, run_ids: list[int]) -> None:
-        """File existing runs under ``sweep`` too (a sweep that found them already done)."""
+    def add_to_sweep(self, sweep: str, run_ids: list[int],
+                     layers: list[str] | None = None) -> None:
+        """File existing runs under ``sweep`` too (a sweep that found them already done), each
+        under the layer name the sweep asked for it by (``layers``, one per run; default the
+        name the run was stored with)."""
+        if layers is not None and len(layers) != len(run_ids):
+            raise ArgumentError("layers", f"{len(layers)} layer names for {len(run_ids)} runs")
         with self._write() as con:
-            con.executemany("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) SELECT ?, id "
-                            "FROM runs WHERE id = ?", [(sweep, int(i)) for i in run_ids])
+            con.executemany(
+                "INSERT OR IGNORE INTO sweep_runs (sweep, run_id, layer) SELECT ?, id, "
+                "coalesce(?, layer) FROM runs WHERE id = ?",
+                [(sweep, None if layers is None else str(layers[i]), int(rid))
+                 for i, rid in enumerate(run_ids)])
 
     def delete(self, run_id: int) -> None:
         """Remove a run's row and its sweep memberships (its files stay: other runs may share
@@ -687,7 +945,7 @@ class RunStore:
         with self._connect() as con:
             rows = con.execute("SELECT id, owner FROM model_runs WHERE status = 'running'")
             gone = [int(r["id"]) for r in rows if token_alive(r["owner"]) is False]
-        if gone:
+        if gone and not self.readonly:   # read-only: shown as they are
             now = datetime.now(UTC).isoformat(timespec="microseconds")
             with self._write() as con:
                 con.executemany(
@@ -787,14 +1045,17 @@ class RunStore:
     def runs(self, *, limit: int | None = None, **where) -> list[StoredRun]:
         """Runs newest first, filtered by column: ``runs(layer="layer0.query", method=[...])``;
         a list/tuple/set value matches any of its items, ``None`` matches NULL. ``sweep=``
-        matches every run filed under that sweep (``None``: runs of no sweep)."""
+        matches every run filed under that sweep (``None``: runs of no sweep), once per layer
+        name the sweep asked for it by: ``layer`` is that name (and ``layer=`` filters on it),
+        ``extra["stored_layer"]`` the name it was stored with when that differs (a layer of
+        the same contents as another)."""
+        in_sweep = where.get("sweep") is not None
         clauses, params = [], []
         for col, value in where.items():
             if col not in FILTERS:
                 raise ArgumentError(col, f"{col}= is not a filter; valid: {', '.join(FILTERS)}")
-            # sweep=: every run filed under it (run by it, or found done by it)
-            target = "id IN (SELECT run_id FROM sweep_runs WHERE sweep {})" if col == "sweep" \
-                else f"{col} {{}}"
+            target = ("s.sweep {}" if col == "sweep" else
+                      "s.layer {}" if col == "layer" and in_sweep else f"runs.{col} {{}}")
             if isinstance(value, list | tuple | set | frozenset):
                 items = list(value)
                 if not items:
@@ -802,15 +1063,16 @@ class RunStore:
                 clauses.append(target.format(f"IN ({', '.join('?' * len(items))})"))
                 params.extend(items)
             elif value is None:
-                clauses.append("id NOT IN (SELECT run_id FROM sweep_runs)" if col == "sweep"
-                               else f"{col} IS NULL")
+                clauses.append("runs.id NOT IN (SELECT run_id FROM sweep_runs)" if col == "sweep"
+                               else f"runs.{col} IS NULL")
             else:
                 clauses.append(target.format("= ?"))
                 params.append(value)
-        sql = "SELECT * FROM runs"
+        sql = ("SELECT DISTINCT runs.*, s.layer AS asked_layer FROM runs JOIN sweep_runs s ON "
+               "s.run_id = runs.id" if in_sweep else "SELECT * FROM runs")
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY id DESC"
+        sql += " ORDER BY runs.id DESC" + (", s.layer" if in_sweep else "")
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ArgumentError("limit", f"limit={limit!r} must be a non-negative integer")
@@ -864,23 +1126,27 @@ class RunStore:
             return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
 
     def tensors(self, run_id: int) -> dict[str, torch.Tensor]:
-        """``{"weight": (M, K), "mask": (M, K) bool}`` of a finished run."""
-        from safetensors.torch import load_file
+        """``{"weight": (M, K), "mask": (M, K) bool}`` of a finished run, each file checked
+        against its digest first (:class:`StoredTensorsError` when one is missing or is not
+        what was stored)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
         run = self.get(run_id)
         if run.status != "done" or not run.weight_file or not run.mask_file:
             raise StoreError(f"run {run_id} has no stored tensors (status {run.status!r})")
         out = {}
         for name, fname in (("weight", run.weight_file), ("mask", run.mask_file)):
-            path = self.file_path(fname)
-            if not path.is_file():
-                raise StoreError(f"run {run_id}: its {name} file {fname} is missing from "
-                                 f"{self.files_dir}")
-            loaded = load_file(str(path))
+            data = self._read_tensor_file(fname)
+            try:
+                loaded = load(data)
+            except (SafetensorError, ValueError, RuntimeError) as e:  # stored so, not changed
+                raise StoredTensorsError(f"{TENSORS_GONE}: {fname} is not a tensor file "
+                                         f"({e})") from None
             if name not in loaded:
-                raise StoreError(f"run {run_id}: {fname} holds no {name!r} tensor")
+                raise StoredTensorsError(f"{TENSORS_GONE}: {fname} holds no {name!r} tensor")
             out[name] = loaded[name]
         if tuple(out["weight"].shape) != run.shape or tuple(out["mask"].shape) != run.shape:
-            raise StoreError(f"run {run_id}: stored tensors do not have the row's shape "
-                             f"{run.shape}")
+            raise StoredTensorsError(f"{TENSORS_GONE}: its tensors do not have the row's shape "
+                                     f"{run.shape}")
         return out

@@ -33,7 +33,15 @@ its paths are used as given. Integers are at most ``SPEC_MAX_INT``; arrays and t
 most ``MAX_SPEC_DEPTH`` deep.
 
 Each trial has a key (a digest of the layer's content, the geometry, nnz, method, its resolved
-options, damp and rows); a trial already stored as done is skipped (resume).
+options, damp and rows); a trial already stored as done is skipped (resume). Two layers of equal
+contents under different names are pruned once: each name gets its trials in the store (the
+same run, filed under both names) and the report says which layer each one shares
+(``SweepReport.same_as``).
+
+A result that cannot be written to the store (another writer holding its lock past the busy
+timeout, a full disk) does not stop the sweep: it is kept in memory and written as soon as the
+store takes writes again; what still cannot be written at the end is listed in
+``SweepReport.unwritten``.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from obsviz.hessian import check_damp
 from obsviz.layers import DEFAULT_MAX_BYTES, Layer, load_layers, load_sample_layer
 from obsviz.methods import METHODS
 from obsviz.prune import PruneResult, prune, resolve_device
-from obsviz.store import RunStore, geometry_label, layer_hash, trial_key
+from obsviz.store import RunStore, StoreError, geometry_label, layer_hash, trial_key
 
 __all__ = ["EXECUTORS", "SpecError", "SweepProgress", "SweepReport", "SweepSpec", "Trial",
            "load_spec", "parse_spec", "plan", "run_trial", "summary_table", "sweep",
@@ -525,6 +533,9 @@ class Plan:
     #: What to say before the trials run: each choice that prunes nothing (nnz keeps every
     #: block of a scope), once per geometry name, with its count of trials.
     warnings: list[str] = field(default_factory=list)
+    #: A layer's name -> the name of the earlier layer whose contents it has (its trials are
+    #: that layer's, computed once).
+    same_as: dict[str, str] = field(default_factory=dict)
 
 
 def resolved_options(method: str, options: dict, device: str) -> dict:
@@ -623,10 +634,15 @@ def plan(spec: SweepSpec, device: str | None = None,
     names = Counter(lay.name for lay in layers)
     hashes = [layer_hash(lay.weight, lay.hessian) for lay in layers]
     trials: list[Trial] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     nothing: dict[str, list[int]] = {}   # run name -> [blocks per scope, trials]
+    first_named: dict[str, str] = {}   # layer hash -> the first name it came under
+    same_as: dict[str, str] = {}
     for li, lay in enumerate(layers):
         name = lay.name if names[lay.name] == 1 else f"{lay.name} ({lay.source})"
+        earlier = first_named.setdefault(hashes[li], name)
+        if earlier != name:
+            same_as.setdefault(name, earlier)
         for gs in spec.geometries:
             try:
                 geom: Geometry | None = gs.build(lay.shape)
@@ -652,9 +668,9 @@ def plan(spec: SweepSpec, device: str | None = None,
                                         f"unbuilt:{gs}", nnz, ms.method,
                                         {**opts, "device": dev}, damp,
                                         list(rows) if rows else None)
-                        if key in seen:  # the same computation listed twice
+                        if (name, key) in seen:  # the same computation listed twice
                             continue
-                        seen.add(key)
+                        seen.add((name, key))
                         trials.append(Trial(len(trials), key, name, li, glabel, gspec, nnz,
                                             ms.method, opts, damp, dev, rows, err))
                         if empty:
@@ -663,7 +679,7 @@ def plan(spec: SweepSpec, device: str | None = None,
                             raise SpecError("grid", f"over {MAX_TRIALS:,} trials")
     warnings = [f"{nothing_pruned_text(label, gs)} ({n} trial{'s' if n > 1 else ''})"
                 for label, (gs, n) in nothing.items()]
-    return Plan(spec, layers, hashes, trials, warnings)
+    return Plan(spec, layers, hashes, trials, warnings, same_as)
 
 
 def run_trial(W: torch.Tensor, H: torch.Tensor, trial: Trial) -> dict:
@@ -693,13 +709,15 @@ class SweepProgress:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    shared: int = 0          # trials of a layer with the contents of an earlier one: its result
     elapsed_s: float = 0.0
     last: str = ""           # the label of the trial that just ended
     last_status: str = ""    # "done" | "failed" | "skipped" | ""
+    unwritten: int = 0       # trials the store has not taken yet (it is locked, the disk full)
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed + self.skipped
+        return self.done + self.failed + self.skipped + self.shared
 
     @property
     def eta_s(self) -> float | None:
@@ -719,13 +737,19 @@ class SweepReport:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    shared: int = 0          # trials whose result is that of a layer with the same contents
     stopped: bool = False
     seconds: float = 0.0
-    run_ids: list[int] = field(default_factory=list)   # every trial's row, grid order
+    run_ids: list[int] = field(default_factory=list)   # every stored trial's row, grid order
+    #: A layer's name -> the earlier layer whose contents it has (``Plan.same_as``).
+    same_as: dict[str, str] = field(default_factory=dict)
+    #: Trials computed but not in the store (its lock held past every retry, a full disk):
+    #: ``(trial label, why)``. They are lost when this process ends; run the sweep again.
+    unwritten: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def left(self) -> int:
-        return self.total - self.done - self.failed - self.skipped
+        return self.total - self.done - self.failed - self.skipped - self.shared
 
 
 # ---- executors --------------------------------------------------------------------------------
@@ -746,13 +770,12 @@ def _record(store: RunStore, plan_: Plan, trial: Trial, outcome: dict, name: str
                         status="failed", error=str(outcome.get("error") or "failed")[:4000])
 
 
-def _run_local(plan_: Plan, todo: list[Trial], emit, stop, store, name) -> bool:
+def _run_local(plan_: Plan, todo: list[Trial], emit, stop) -> bool:
     for trial in todo:
         if stop():
             return True
         lay = plan_.layers[trial.layer_ref]
-        outcome = run_trial(lay.weight, lay.hessian, trial)
-        emit(trial, _record(store, plan_, trial, outcome, name), outcome["status"])
+        emit(trial, run_trial(lay.weight, lay.hessian, trial))
     return False
 
 
@@ -893,7 +916,7 @@ def ray_each(ray, task, items: list, args_of: Callable[[Any], tuple],
     return stopped
 
 
-def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: str | None,
+def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, address: str | None,
              max_retries: int, trial_fn: Callable, max_in_flight: int | None) -> bool:
     ray = _ray(address)
 
@@ -914,7 +937,7 @@ def _run_ray(plan_: Plan, todo: list[Trial], emit, stop, store, name, address: s
             out = {"status": "done", "result": PruneResult(
                 weight=out["weight"], mask=out["mask"], error=out["rel_error"],
                 seconds=out["seconds"], method=out["method"], options=out["options"])}
-        emit(trial, _record(store, plan_, trial, out, name), out["status"])
+        emit(trial, out)
 
     return ray_each(ray, task, todo, args_of, on_out, stop,
                     max_in_flight or ray_slots(ray, gpus))
@@ -927,7 +950,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
           device: str | None = None, max_retries: int = 3, trial_fn: Callable = run_trial,
           max_in_flight: int | None = None,
           log: Callable[[str], None] = lambda m: None,
-          warn: Callable[[str], None] | None = None) -> SweepReport:
+          warn: Callable[[str], None] | None = None, write_retries: int = 3,
+          retry_wait_s: float = 2.0) -> SweepReport:
     """Run every trial of ``spec`` not yet done in ``store`` and record each as it ends.
 
     ``spec``: a :class:`SweepSpec`, a TOML file path or a dict (see the module docstring).
@@ -938,7 +962,11 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
     sweep after the trials running now (the rest are left for a later resume).
     A trial that raises is recorded as failed with its message; the others go on.
     ``warn(message)`` (default: ``log``) hears each of the plan's warnings (``Plan.warnings``:
-    a choice that prunes nothing) before any trial runs.
+    a choice that prunes nothing) before any trial runs. Layers of the same contents share
+    their trials (``SweepReport.same_as``). Results the store does not take (locked past its
+    busy timeout, a full disk) are kept and tried again after each trial and
+    ``write_retries`` times at the end (``retry_wait_s`` apart); ``SweepReport.unwritten``
+    lists those it never took. A read-only store is refused.
     """
     if executor not in EXECUTORS:
         raise ArgumentError("executor", f"executor={executor!r} is unknown; valid: "
@@ -956,6 +984,9 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
                             "or the path of a TOML file")
     if not isinstance(store, RunStore):
         store = RunStore(store)
+    if store.readonly:
+        raise StoreError(f"store={str(store.path)!r} is read-only: a sweep's results could not "
+                         "be kept; set OBSVIZ_STORE (or --store) to a file you can write")
     stop = stop or (lambda: False)
     name = name or spec.name
     t0 = time.perf_counter()
@@ -969,50 +1000,108 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
     done_keys = store.done_keys([t.key for t in p.trials])
     ids: dict[int, int] = {}
     state = SweepProgress(total=len(p.trials))
-    todo = []
+    keeper = _Keeper(store)
+    todo: list[Trial] = []
+    shares: dict[str, list[Trial]] = {}   # key -> the later trials of that computation
+    found_done: list[Trial] = []
     for t in p.trials:
-        if t.key in done_keys:
-            found = store.find(t.key)
-            if found is not None:
-                ids[t.index] = found.id
-                state.skipped += 1
-                continue
-        todo.append(t)
-    if ids:  # found done (maybe by another sweep): filed under this one too
-        store.add_to_sweep(name, list(ids.values()))
+        found = store.find(t.key) if t.key in done_keys else None
+        if found is not None:
+            ids[t.index] = found.id
+            state.skipped += 1
+            found_done.append(t)
+        elif t.key in shares:   # a layer with the contents of an earlier one
+            shares[t.key].append(t)
+        else:
+            shares[t.key] = []
+            todo.append(t)
+    if found_done:  # found done (maybe by another sweep): filed under this one too
+        keeper.keep([t.label for t in found_done], lambda: store.add_to_sweep(
+            name, [ids[t.index] for t in found_done], [t.layer for t in found_done]))
     notify = progress or (lambda s: None)
     start = time.perf_counter()
     state.elapsed_s = 0.0
+    state.unwritten = len(keeper.unwritten())
     notify(state)
 
-    def emit(trial: Trial, run_id: int, status: str) -> None:
+    def write(trial: Trial, outcome: dict) -> None:
+        run_id = _record(store, p, trial, outcome, name)
         ids[trial.index] = run_id
+        for other in shares[trial.key]:   # the same run, under each layer's own name
+            if outcome["status"] == "done":
+                store.add_to_sweep(name, [run_id], [other.layer])
+                ids[other.index] = run_id
+            else:
+                ids[other.index] = _record(store, p, other, outcome, name)
+
+    def emit(trial: Trial, outcome: dict) -> None:
+        status = outcome["status"]
         if status == "done":
             state.done += 1
         else:
             state.failed += 1
+        state.shared += len(shares[trial.key])
+        keeper.keep([trial.label] + [t.label for t in shares[trial.key]],
+                    lambda: write(trial, outcome))
         state.elapsed_s = time.perf_counter() - start
         state.last, state.last_status = trial.label, status
+        state.unwritten = len(keeper.unwritten())
         notify(state)
 
     if executor == "local":
-        stopped = _run_local(p, todo, emit, stop, store, name)
+        stopped = _run_local(p, todo, emit, stop)
     else:
-        stopped = _run_ray(p, todo, emit, stop, store, name, address, max_retries, trial_fn,
-                           max_in_flight)
+        stopped = _run_ray(p, todo, emit, stop, address, max_retries, trial_fn, max_in_flight)
+    for _ in range(write_retries):
+        if not keeper.pending:
+            break
+        time.sleep(retry_wait_s)
+        keeper.flush()
     return SweepReport(name=name, store=str(store.path), executor=executor, total=len(p.trials),
                        done=state.done, failed=state.failed, skipped=state.skipped,
-                       stopped=stopped, seconds=time.perf_counter() - t0,
-                       run_ids=[ids[i] for i in sorted(ids)])
+                       shared=state.shared, stopped=stopped,
+                       seconds=time.perf_counter() - t0, run_ids=[ids[i] for i in sorted(ids)],
+                       same_as=dict(p.same_as), unwritten=keeper.unwritten())
+
+
+class _Keeper:
+    """Writes to the store in order; a write the store refuses (a :class:`StoreError`: its
+    lock held past the busy timeout, a full disk) waits, with every later one, and is tried
+    again on the next ``keep`` or ``flush``: nothing computed is dropped while the process
+    lives."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.pending: list[tuple[list[str], Callable[[], None]]] = []
+        self.why = ""
+
+    def keep(self, labels: list[str], write: Callable[[], None]) -> None:
+        self.pending.append((labels, write))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                self.pending[0][1]()
+            except StoreError as e:
+                self.why = str(e)
+                return
+            self.pending.pop(0)
+
+    def unwritten(self) -> list[tuple[str, str]]:
+        return [(label, self.why) for labels, _ in self.pending for label in labels]
 
 
 def summary_table(store: RunStore, run_ids: Iterable[int]) -> list[dict]:
     """Per geometry (the name of what was run) × nnz × method × damp, in first-seen order:
-    trials (one per layer), failed, ``sparsity`` (the fraction each scope prunes), mean
-    ``rel_error`` and mean seconds of the finished ones (``None`` when none finished). Only
-    like is averaged with like: never two sparsities, nnz values or dampings in one mean."""
+    trials (one per layer: a run shared by two layers of equal contents counts for each),
+    failed, ``sparsity`` (the fraction each scope prunes), mean ``rel_error`` and mean seconds
+    of the finished ones (``None`` when none finished). Only like is averaged with like: never
+    two sparsities, nnz values or dampings in one mean."""
+    run_ids = sorted(run_ids)
+    by_id = {r.id: r for r in store.runs(id=list(set(run_ids)))}
     groups: dict[tuple, list] = {}
-    for run in sorted(store.runs(id=list(run_ids)), key=lambda r: r.id):
+    for run in (by_id[i] for i in run_ids if i in by_id):
         groups.setdefault((run.geometry, run.nnz, run.method, run.damp), []).append(run)
 
     def mean(xs: list[float]) -> float | None:

@@ -46,6 +46,10 @@ except (StoreError, OSError) as err:
     st.stop()
 st.caption("Run database (set `OBSVIZ_STORE` to use another):")
 st.code(str(store.path), language=None)
+if store.readonly:
+    st.info("This run database is read-only (a read-only filesystem, or a file you may not "
+            "write): its sweeps can be browsed below; a new sweep needs one you can write "
+            "(set OBSVIZ_STORE).", icon=":material/lock:")
 
 
 def show_error(title: str, err: Exception) -> None:
@@ -128,7 +132,7 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
         st.warning(f"{len(trials)} trials is more than the {MAX_APP_TRIALS} this page runs; "
                    "make the grid smaller or use `obsviz sweep SPEC.toml` (locally or on Ray).")
     run = st.button("Run the sweep", type="primary", icon=":material/play_arrow:",
-                    disabled=not trials or too_many, key="_sw_run")
+                    disabled=not trials or too_many or store.readonly, key="_sw_run")
 
 if ss.get("sweep_running") and not run:  # the previous script run ended mid-sweep
     was = ss.pop("sweep_running")

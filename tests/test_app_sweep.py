@@ -259,3 +259,43 @@ def test_filters_follow_the_sweep_shown_and_a_resumed_sweep(db):
     assert set(at.multiselect(key="_sw_f_layer").value) == {"layer0.key", "toy"}
     assert set(at.multiselect(key="_sw_f_method").value) == {"wanda", "obd"}
     assert "4 of 6 runs shown" in captions(at)
+
+
+def test_a_foreign_or_read_only_store_is_explained_never_an_exception(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import sqlite3
+
+    foreign = tmp_path / "foreign.sqlite"
+    con = sqlite3.connect(foreign)      # SQLite, with a model_runs table, but not obsviz's
+    con.execute("CREATE TABLE model_runs (id INTEGER)")
+    con.commit()
+    con.close()
+    monkeypatch.setenv("OBSVIZ_STORE", str(foreign))
+    at = open_page()
+    assert "cannot be opened" in at.error[0].value
+    assert "not an obsviz run database" in at.code[0].value
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only filesystem needs root to mount")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        path = where / "runs.sqlite"
+        from obsviz.sweep import sweep
+
+        store = RunStore(path)
+        sweep({"layers": [{"sample": "toy"}], "grid": {"presets": ["2:4"],
+                                                       "methods": ["magnitude"]}},
+              store=store, name="kept")
+        store.close()                    # the last connection: the WAL checkpointed, closed
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        monkeypatch.setenv("OBSVIZ_STORE", str(path))
+        at = open_page()
+        assert "read-only" in at.info[0].value
+        assert at.button(key="_sw_run").disabled
+        assert at.selectbox(key="_sw_open").value == "kept"
+        assert "1 of 1 runs shown" in captions(at)
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

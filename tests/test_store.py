@@ -200,13 +200,13 @@ def test_a_version_1_store_is_migrated(tmp_path):
     con.commit()
     con.close()
     store = RunStore(path)
-    assert store.schema_version == SCHEMA_VERSION == 5
+    assert store.schema_version == SCHEMA_VERSION
     (run,) = store.runs(sweep="old sweep")
     assert (run.layer, run.method, run.status, run.sweep) == ("toy", "wanda", "failed",
                                                               "old sweep")
     assert store.sweeps()[0]["sweep"] == "old sweep"
     assert store.model_runs() == []
-    assert RunStore(path).schema_version == 5  # opening again changes nothing
+    assert RunStore(path).schema_version == SCHEMA_VERSION  # opening again changes nothing
 
 
 def test_a_run_is_filed_under_every_sweep_that_asked_for_it(tmp_path, toy, toy_result):
@@ -432,7 +432,7 @@ def test_a_version_2_store_is_migrated_to_model_runs(tmp_path, toy, toy_result, 
                        ).fetchone()[0] == 0
     con.close()
     store = RunStore(path)
-    assert store.schema_version == 5
+    assert store.schema_version == SCHEMA_VERSION
     (run,) = store.runs(sweep="sw")
     assert (run.layer, run.method, run.error) == ("toy", "wanda", "x")
     assert store.model_runs() == []
@@ -533,3 +533,207 @@ def test_a_running_model_run_whose_process_is_gone_is_marked_stopped(tmp_path, m
         assert "process ended" in by_id[rid].error
         assert store.model_run(rid).report["methods"].keys() == {"magnitude"}
     assert store.stop_orphaned_model_runs() == []
+
+
+# ---- a content-addressed store verifies content; foreign, read-only, locked, full stores ------
+
+
+def _stored_files(store, rid):
+    run = store.get(rid)
+    return store.file_path(run.weight_file), store.file_path(run.mask_file)
+
+
+@pytest.mark.parametrize("how", ["changed", "truncated", "deleted"])
+def test_a_tensor_file_changed_behind_the_store_is_never_read_back(tmp_path, toy, toy_result,
+                                                                   how):
+    from obsviz.store import TENSORS_GONE, StoredTensorsError
+
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    weight_file, _ = _stored_files(store, rid)
+    data = bytearray(weight_file.read_bytes())
+    if how == "changed":   # same size: one weight becomes 12345.0
+        data[-4:] = torch.tensor([12345.0]).numpy().tobytes()
+        weight_file.write_bytes(bytes(data))
+    elif how == "truncated":
+        weight_file.write_bytes(bytes(data[:len(data) // 2]))
+    else:
+        weight_file.unlink()
+    with pytest.raises(StoredTensorsError, match=TENSORS_GONE):
+        store.tensors(rid)
+    run = store.get(rid)          # the row (metrics) still reads
+    assert run.rel_error == res.rel_error and run.status == "done"
+    # the same trial stored again (a re-run, another key with the same weights): the file is
+    # written anew, not reused because it has the right name and size
+    rid2 = _record(store, toy, geom, res, key="k2")
+    for r in (rid, rid2):
+        assert torch.equal(store.tensors(r)["weight"], res.weight)
+
+
+def test_foreign_sqlite_files_are_not_obsviz_run_databases(tmp_path):
+    from obsviz.store import MIGRATIONS
+
+    def make(name, script):
+        path = tmp_path / f"{name}.sqlite"
+        con = sqlite3.connect(path)
+        con.executescript(script)
+        con.commit()
+        con.close()
+        return path
+
+    cases = {
+        "model_runs only": "CREATE TABLE model_runs (id INTEGER, name TEXT);",
+        "v1 no tables": "PRAGMA user_version = 1;",
+        "v3 wrong tables": "CREATE TABLE runs (id INTEGER, layer TEXT); "
+                           "CREATE TABLE notes (x); PRAGMA user_version = 3;",
+        "v3 runs only": MIGRATIONS[0] + "PRAGMA user_version = 3;",
+        "v2 runs lacks a column": MIGRATIONS[0].replace("    mask_file       TEXT,\n", "")
+                                  + MIGRATIONS[1] + "PRAGMA user_version = 2;",
+        "negative": "PRAGMA user_version = -1;",
+        "negative with tables": MIGRATIONS[0] + "PRAGMA user_version = -7;",
+    }
+    for name, script in cases.items():
+        path = make(name.replace(" ", "_"), script)
+        before = path.read_bytes()
+        with pytest.raises(StoreError, match="not an obsviz run database"):
+            RunStore(path)
+        assert path.read_bytes() == before, name   # nothing written to someone else's file
+
+
+def test_every_schema_version_is_checked_against_its_migrations(tmp_path):
+    from obsviz.store import MIGRATIONS, expected_tables
+
+    assert sorted(MIGRATIONS) == list(range(SCHEMA_VERSION))   # one step per version
+    for version in range(1, SCHEMA_VERSION + 1):   # a store written at each version opens
+        path = tmp_path / f"v{version}.sqlite"
+        con = sqlite3.connect(path)
+        con.executescript("".join(MIGRATIONS[v] for v in range(version))
+                          + f"PRAGMA user_version = {version};")
+        con.close()
+        assert RunStore(path).schema_version == SCHEMA_VERSION
+    assert set(expected_tables(SCHEMA_VERSION)) >= {"runs", "sweep_runs", "model_runs"}
+    assert expected_tables(SCHEMA_VERSION)["runs"] == set(COLUMNS)
+
+
+def test_orphan_part_files_of_killed_writes_are_removed(tmp_path, toy, toy_result):
+    import os
+    import time
+
+    from obsviz.store import ORPHAN_AGE_S
+
+    geom, res = toy_result
+    store = RunStore(tmp_path / "runs.sqlite")
+    rid = _record(store, toy, geom, res)
+    old = store.files_dir / ".tmp-killed.part"
+    young = store.files_dir / ".tmp-writing.part"
+    for p in (old, young):
+        p.write_bytes(b"half a file")
+    past = time.time() - ORPHAN_AGE_S - 60
+    os.utime(old, (past, past))
+    store.close()
+    again = RunStore(tmp_path / "runs.sqlite")
+    assert not old.exists() and young.exists()   # a young one may be another writer's
+    assert torch.equal(again.tensors(rid)["mask"], res.mask)
+
+
+def test_a_writer_holding_the_lock_is_a_transient_store_error(tmp_path, toy, toy_result):
+    geom, res = toy_result
+    path = tmp_path / "runs.sqlite"
+    store = RunStore(path, busy_timeout=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="locked by another writer") as err:
+            _record(store, toy, geom, res)
+        assert err.value.transient
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    rid = _record(store, toy, geom, res)        # the lock gone: written
+    assert store.get(rid).status == "done" and store.count() == 1
+
+
+def _mount_tmpfs(where: Path, size: str) -> None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real filesystem of its own (tmpfs), unmounted afterwards: ``(folder, remount)``."""
+    where = tmp_path / "mnt"
+    _mount_tmpfs(where, "4m")
+
+    def remount(opts: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{opts}", str(where)], check=True)
+
+    yield where, remount
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_store_on_a_read_only_filesystem_opens_read_only(tmpfs, toy, toy_result):
+    where, remount = tmpfs
+    geom, res = toy_result
+    path = where / "runs.sqlite"
+    store = RunStore(path)
+    rid = _record(store, toy, geom, res, sweep="s")
+    store.close()
+    remount("ro")
+    ro = RunStore(path)
+    assert ro.readonly and "read-only" in repr(ro)
+    assert [r.id for r in ro.runs(sweep="s")] == [rid] and ro.sweeps()[0]["done"] == 1
+    assert torch.equal(ro.tensors(rid)["weight"], res.weight)
+    assert ro.schema_version == SCHEMA_VERSION
+    with pytest.raises(StoreError, match="read-only"):
+        _record(ro, toy, geom, res, key="k9")
+    with pytest.raises(StoreError, match="read-only"):
+        ro.add_to_sweep("t", [rid])
+    with pytest.raises(StoreError, match="cannot be created"):
+        RunStore(where / "new.sqlite")           # nothing to read, nowhere to write
+
+
+def test_a_full_disk_is_a_store_error_and_writes_nothing(tmpfs, toy):
+    where, _ = tmpfs
+    path = where / "runs.sqlite"
+    store = RunStore(path)
+    geom = Geometry.preset("2:4", (256, 512))
+    big = torch.randn(256, 512)
+    res = prune(big, torch.eye(512), geom, 2, method="magnitude")
+    filler = where / "filler"
+
+    def fill(leave: int = 0) -> None:
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+            f.truncate(max(0, f.tell() - leave))
+
+    fill(leave=300_000)              # less than one weight file (512 KiB) free
+    with pytest.raises(StoreError, match="disk is full"):
+        store.record(key="big", layer="w", shape=big.shape, geometry=geom, nnz=2,
+                     method="magnitude", result=res)
+    assert store.count() == 0 and not list(store.files_dir.glob(".tmp-*"))
+    fill()                           # nothing free at all: the row itself cannot go in
+    with pytest.raises(StoreError, match="full"):
+        for i in range(200):           # until SQLite needs a page the disk does not have
+            store.record(key=f"f{i}", layer="w" * 2000, shape=big.shape, geometry=geom, nnz=2,
+                         method="magnitude", status="failed", error="x" * 4000)
+    filler.unlink()
+    n = store.count()
+    store.record(key="after", layer="w", shape=big.shape, geometry=geom, nnz=2,
+                 method="magnitude", status="failed", error="x")
+    assert store.count() == n + 1
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()

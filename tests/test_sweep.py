@@ -490,3 +490,108 @@ def test_cli_progress_summary_and_exit_codes(ray_cluster, spec_dir, tmp_path, ca
     spec.write_text('[[layers]]\nsample = "toy"\n[grid]\nmethods = ["magnitude"]\n')
     assert main(["sweep", str(spec), "--store", str(db)]) == 1
     assert "grid.presets" in capsys.readouterr().err
+
+
+# ---- layers of equal contents under different names; a store that does not take writes -------
+
+
+@pytest.fixture(scope="module")
+def twins_dir(tmp_path_factory) -> Path:
+    """Five layers in one file, two of them ("key" and "key copy") with equal contents."""
+    d = tmp_path_factory.mktemp("twins")
+    key = crop("key", "layer0.key", 16, 32)
+    save_layers(d / "layers.safetensors", [
+        crop("q", "layer0.query", 16, 32), key,
+        Layer("key copy", key.weight.clone(), key.hessian.clone(), key.nsamples, "copy"),
+        crop("v", "layer0.value", 16, 32), crop("o", "layer5.query", 16, 32)])
+    (d / "twins.toml").write_text('[[layers]]\nfile = "layers.safetensors"\n[grid]\n'
+                                  'presets = ["2:4", "1:4"]\nmethods = ["magnitude", '
+                                  '"sparsegpt"]\n')
+    return d
+
+
+def test_layers_of_equal_contents_each_keep_their_name(twins_dir, tmp_path):
+    from obsviz.sweep import summary_table
+
+    db = tmp_path / "runs.sqlite"
+    rep = sweep(twins_dir / "twins.toml", store=db)
+    assert (rep.total, rep.done, rep.shared, rep.skipped) == (20, 16, 4, 0)
+    assert rep.same_as == {"key copy": "key"} and rep.left == 0 and rep.unwritten == []
+    assert len(rep.run_ids) == 20 and len(set(rep.run_ids)) == 16   # computed once
+    store = RunStore(db)
+    shown = store.runs(sweep="twins")
+    by_layer = {}
+    for r in shown:
+        by_layer.setdefault(r.layer, []).append(r)
+    assert sorted(by_layer) == ["key", "key copy", "o", "q", "v"]
+    assert all(len(rs) == 4 for rs in by_layer.values())
+    copy = {(r.geometry, r.method): r for r in by_layer["key copy"]}
+    for r in by_layer["key"]:
+        twin = copy[(r.geometry, r.method)]
+        assert twin.id == r.id and twin.extra["stored_layer"] == "key"
+    assert store.count() == 16 and store.sweeps()[0]["runs"] == 20
+    assert [row["trials"] for row in summary_table(store, rep.run_ids)] == [5, 5, 5, 5]
+    # resumed under another name: every name found done, nothing computed
+    again = sweep(twins_dir / "twins.toml", store=db, name="again")
+    assert (again.done, again.skipped, again.shared) == (0, 20, 0)
+    assert sorted({r.layer for r in store.runs(sweep="again")}) == sorted(by_layer)
+
+
+def test_cli_sweep_reports_layers_merged(twins_dir, tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-m", "obsviz", "sweep", str(twins_dir / "twins.toml"),
+                          "--store", str(tmp_path / "r.sqlite")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "20 trials" in out.stdout and "16 run" in out.stdout
+    assert "'key copy' has the same weight and Hessian as 'key'" in out.stdout
+
+
+def test_a_locked_store_neither_stops_the_sweep_nor_loses_its_trials(spec_dir, tmp_path):
+    import threading
+    import time
+
+    db = tmp_path / "runs.sqlite"
+    store = RunStore(db, busy_timeout=0.1)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")      # another writer holds the lock past the timeout
+    seen = []
+    released = threading.Event()
+
+    def progress(s):
+        seen.append(s.unwritten)
+        if s.done == 3 and not released.is_set():   # then lets go, mid-sweep
+            holder.execute("ROLLBACK")
+            released.set()
+
+    rep = sweep(spec_dir / "example.toml", store=store, progress=progress, retry_wait_s=0)
+    assert max(seen) >= 2 and rep.unwritten == [] and rep.done == 6
+    assert store.count() == 6 and len(store.runs(sweep="example")) == 6
+    # held for good: the sweep ends, every trial computed, and says which were not written
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.perf_counter()
+        rep = sweep({"layers": [{"sample": "toy"}],
+                     "grid": {"presets": ["2:4"], "methods": ["magnitude", "wanda"]}},
+                    store=store, write_retries=2, retry_wait_s=0)
+        assert time.perf_counter() - t0 < 30
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert rep.done == 2 and [label for label, _ in rep.unwritten] == [
+        "magnitude · 2:4 · nnz 2 · toy", "wanda · 2:4 · nnz 2 · toy"]
+    assert all("locked by another writer" in why for _, why in rep.unwritten)
+    assert store.count() == 6
+
+
+def test_a_read_only_store_is_refused_before_the_sweep(spec_dir, tmp_path, monkeypatch):
+    from obsviz.store import StoreError
+
+    db = tmp_path / "runs.sqlite"
+    RunStore(db).close()
+    store = RunStore(db)
+    monkeypatch.setattr(store, "readonly", True)   # the real filesystem case: test_store
+    with pytest.raises(StoreError, match="read-only"):
+        sweep(spec_dir / "example.toml", store=store)
