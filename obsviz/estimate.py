@@ -3,7 +3,10 @@ geometry. The cost models themselves are declared with each method in :mod:`obsv
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 
 import torch
@@ -14,6 +17,7 @@ from obsviz.geometry import Geometry
 from obsviz.methods import BASELINES, METHODS, OBS_MODES, default_c_dtype
 
 __all__ = ["memory_estimate", "flop_estimate", "time_estimate", "available_memory",
+           "require_memory", "reserve_memory", "held_memory",
            "format_bytes", "default_c_dtype", "METHODS", "OBS_MODES", "BASELINES"]
 
 
@@ -46,30 +50,71 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     return None
 
 
-#: Peak bytes per weight of a geometry's maps (block, scope and position maps plus the scope
-#: elements, as :func:`obsviz.figures.geometry.compute_maps` builds them): measured 25–33 on
-#: 1024² and 2048² weights (``tests/test_hostile.py`` checks it), rounded up.
+#: Peak bytes per weight of what the Geometry page computes for a geometry: its maps (block,
+#: scope and position maps plus the scope elements, as
+#: :func:`obsviz.figures.geometry.compute_maps` builds them) and its facts (the row-step layout's
+#: shape behind every method's memory figure). Measured 23–30 on 2048² weights
+#: (``tests/test_hostile_numbers.py`` checks it), rounded up.
 MAP_BYTES_PER_WEIGHT = 40
 
 
 def geometry_maps_bytes(weight_shape: tuple[int, int]) -> int:
-    """Peak working memory in bytes to build a geometry over ``weight_shape`` and its maps."""
+    """Peak working memory in bytes to build a geometry over ``weight_shape``, its maps and its
+    facts (all the Geometry page computes on the whole of W)."""
     M, K = weight_shape
     return MAP_BYTES_PER_WEIGHT * int(M) * int(K)
+
+
+# Memory promised to work in progress in this process (a server's sessions are threads of one
+# process): a check counts it as taken, so two requests that each fit alone cannot together
+# take more than what is free. Work holds its promise while it runs (:func:`reserve_memory`).
+_held: dict[str, int] = {}
+_held_lock = threading.Lock()
+
+
+def held_memory(device: str | torch.device = "cpu") -> int:
+    """Bytes promised to work still running in this process on ``device``."""
+    with _held_lock:
+        return _held.get(torch.device(device).type, 0)
+
+
+def _check(need: int, device, what: str, argument: str) -> None:
+    free, held = available_memory(device), _held.get(torch.device(device).type, 0)
+    if free is not None and need > free - held:
+        where = torch.device(device).type.upper()
+        others = (f" ({format_bytes(held)} of it promised to other work in progress on this "
+                  "server; try again when it ends)" if held else "")
+        raise ArgumentError(
+            argument, f"{what} needs about {format_bytes(need)} but only "
+            f"{format_bytes(max(free - held, 0))} of {where} memory is free{others}; refused "
+            "before allocating anything")
 
 
 def require_memory(need: int, device: str | torch.device = "cpu", what: str = "this run",
                    argument: str = "geometry") -> None:
     """Refuse up front, before allocating, work whose estimate ``need`` (bytes) exceeds the memory
-    free on ``device`` (CPU: ``MemAvailable``; CUDA: free plus cached). Raises
-    :class:`~obsviz.errors.ArgumentError` naming ``argument``, with both numbers in words.
-    Nothing is refused when the free memory cannot be read."""
-    free = available_memory(device)
-    if free is not None and need > free:
-        where = torch.device(device).type.upper()
-        raise ArgumentError(
-            argument, f"{what} needs about {format_bytes(need)} but only {format_bytes(free)} "
-            f"of {where} memory is free; refused before allocating anything")
+    free on ``device`` (CPU: ``MemAvailable``; CUDA: free plus cached) less what other work in
+    progress holds (:func:`reserve_memory`). Raises :class:`~obsviz.errors.ArgumentError` naming
+    ``argument``, with both numbers in words. Nothing is refused when the free memory cannot be
+    read."""
+    with _held_lock:
+        _check(need, device, what, argument)
+
+
+@contextlib.contextmanager
+def reserve_memory(need: int, device: str | torch.device = "cpu", what: str = "this run",
+                   argument: str = "geometry") -> Iterator[None]:
+    """:func:`require_memory`, then hold ``need`` bytes as promised until the block ends, so that
+    concurrent work (another session of the same server) is checked against it too."""
+    dev = torch.device(device).type
+    with _held_lock:
+        _check(need, device, what, argument)
+        _held[dev] = _held.get(dev, 0) + int(need)
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held[dev] -= int(need)
 
 
 def format_bytes(n: float) -> str:

@@ -293,7 +293,16 @@ class Geometry:
         if not (_is_int(n) and 0 <= n <= m):
             raise ArgumentError("n", f"n={n!r} must be an integer in [0, m={m}]")
         n, m = int(n), int(m)
-        return cls(weight_shape, block=(1, 1), scope=(1, m), name=f"{n}:{m}", nnz=n)
+        shape = _as_shape("weight_shape", weight_shape, allow_whole=False)
+        if len(shape) == 2 and shape[1] % m:
+            K = shape[1]
+            fits = [d for d in range(2, 65) if K % d == 0]   # cheap whatever K is
+            hint = (f"group sizes that divide it: {', '.join(map(str, fits))}" if fits
+                    else "no group size from 2 to 64 divides it")
+            raise ArgumentError(
+                "m", f"{n}:{m} keeps {n} of every {m} weights of a row, so the group size {m} "
+                f"must divide the row length K = {K}; {hint}")
+        return cls(shape, block=(1, 1), scope=(1, m), name=f"{n}:{m}", nnz=n)
 
     # ---- counts ---------------------------------------------------------------------------
 

@@ -58,12 +58,22 @@ def dead_columns(H: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(H) == 0
 
 
+#: The damping ``prune`` uses unless told otherwise (relative: 1 % of the mean diagonal).
+DAMP_DEFAULT = 0.01
+#: The largest damping accepted. Below 1 damping is relative (``λ = damp · mean(diag H)``), from 1
+#: on it is ``λ`` itself; past 10⁶ H no longer matters and every OBS mode is magnitude pruning.
+DAMP_MAX = 1e6
+
+
 def check_damp(damp: float) -> float:
-    """``damp`` as a float, or an ``ArgumentError("damp")`` unless it is a finite number
-    ``>= 0``."""
+    """``damp`` as a float, or an ``ArgumentError("damp")`` unless it is a number in
+    ``[0, DAMP_MAX]``: the one check of every damping obsviz takes (``prune``, the pages, the
+    command line and sweep specs)."""
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (
-            math.isfinite(damp) and damp >= 0):
-        raise ArgumentError("damp", f"damp={damp!r} must be a finite number >= 0")
+            math.isfinite(damp) and 0 <= damp <= DAMP_MAX):
+        raise ArgumentError(
+            "damp", f"damp={damp!r} must be a number from 0 to {DAMP_MAX:g}: below 1 it is "
+            "relative (λ = damp × mean(diag H), e.g. 0.01), from 1 on it is λ itself")
     return float(damp)
 
 
@@ -71,7 +81,7 @@ def damping(H: torch.Tensor, damp: float) -> float:
     """``λ = damp * mean(diag H)`` when ``damp < 1`` (relative damping, as SparseGPT), else
     ``λ = damp`` (absolute)."""
     if damp < 1:
-        return float(damp * torch.diagonal(H).mean())
+        return float(damp * torch.diagonal(H).double().mean())   # a float32 sum can overflow
     return float(damp)
 
 

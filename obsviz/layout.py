@@ -52,16 +52,22 @@ class RowSteps:
 
 @lru_cache(maxsize=16)
 def layout_shape(geometry: Geometry) -> tuple[int, int, int, int]:
-    """``(M, T, gs, Lb)`` of :func:`row_steps` without building it (to check memory first)."""
+    """``(M, T, gs, Lb)`` of :func:`row_steps` without building it (to check memory first).
+
+    Cheap in memory (it runs before every estimate): from the geometry's cached block rows, and
+    only for blocks that span several rows a sort over their elements."""
     M, K = geometry.weight_shape
-    elements = geometry.scope_elements()
-    S, gs, bk = elements.shape
-    rows = elements // K
+    lo, hi = geometry._block_row_range                           # (S, gs) first and last row
+    S, gs = lo.shape
     if geometry.is_row_coupled:
         per_row = torch.bincount(geometry.row_coupling().reshape(-1) + 1, minlength=M + 1)[1:]
     else:
-        per_row = torch.bincount(rows[:, 0, 0], minlength=M)
+        per_row = torch.bincount(lo[:, 0].long(), minlength=M)
+    if torch.equal(lo, hi):   # every block in one row (all presets): Lb is the block's size
+        return M, int(per_row.max()), gs, geometry.block_numel
     # Lb: most elements one block has in one row (rows sorted inside each block, then counted).
+    rows = geometry.scope_elements() // K
+    bk = rows.shape[2]
     block_rows = torch.sort(rows.reshape(S * gs, bk), dim=1).values
     key = torch.arange(S * gs)[:, None] * M + block_rows
     _, counts = torch.unique_consecutive(key.reshape(-1), return_counts=True)

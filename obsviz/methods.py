@@ -268,6 +268,7 @@ class Method:
     memory_model: Callable[..., int] = _obs_memory()
     flop_model: Callable[..., float] = _sweep_flops()
     overhead_s: Callable[[int], float] = lambda K: 0.2 + 1e-3 * K  # Python-side seconds, given K
+    uses_damping: bool = True        # False: the damped H is never read (damp is ignored)
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -313,10 +314,12 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            _true_obs_memory, _true_obs_flops),
     Method("magnitude", "baseline", "magnitude",
            "prune the blocks of least L2 norm; no compensation",
-           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, lambda K: 0.05),
+           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, lambda K: 0.05,
+           uses_damping=False),
     Method("wanda", "baseline", "Wanda",
            "prune the blocks of least |w|·‖x‖ (Wanda's score); no compensation",
-           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, lambda K: 0.05),
+           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, lambda K: 0.05,
+           uses_damping=False),
     Method("obd", "baseline", "OBD",
            "Optimal Brain Damage: prune the blocks of least w²/C_cc; no compensation",
            "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops, lambda K: 0.05),

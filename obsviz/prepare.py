@@ -60,12 +60,12 @@ def prepare(W: torch.Tensor, H: torch.Tensor, damp: float = 0.01,
     check_hessian(H, damp, dtype)  # O(K²): a negated or impossible H, a damping that overflows
     W0 = W.detach().to(device, dtype).contiguous()   # the modes index W as one flat vector
     H0 = H.detach().to(device, dtype)
-    H0 = (H0 + H0.T) / 2
+    H0 = H0 / 2 + H0.T / 2   # as (H0 + H0ᵀ) / 2, exactly, without overflowing near the top
     dead = dead_columns(H0)
     Hu = H0.clone()
     torch.diagonal(Hu)[dead] = 1.0
     Hd = damped(H0, damp)
-    scale = float(torch.diagonal(Hd).mean())
+    scale = float(torch.diagonal(Hd).double().mean())
     Hu, Hd = Hu / scale, Hd / scale
     C = spd_inverse(Hd)
     Wp = W0.clone()

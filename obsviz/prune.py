@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
 from collections.abc import Callable
@@ -11,8 +12,9 @@ import torch
 
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
-from obsviz.estimate import available_memory, format_bytes, require_memory
+from obsviz.estimate import available_memory, format_bytes, reserve_memory
 from obsviz.geometry import Geometry
+from obsviz.hessian import DAMP_DEFAULT, check_damp
 from obsviz.layout import (
     coupled_closure,
     layout_bytes,
@@ -119,7 +121,7 @@ def prune(
     geometry: Geometry,
     nnz: int,
     method: str = "true_obs",
-    damp: float = 0.01,
+    damp: float = DAMP_DEFAULT,
     device: str | torch.device | None = None,
     progress: Callable[[float, str], None] | None = None,
     rows: torch.Tensor | None = None,
@@ -133,7 +135,9 @@ def prune(
         geometry: the sparsity geometry (view, block, scope) over ``(M, K)``.
         nnz: blocks kept per scope, in ``[0, blocks per scope]``.
         method: one of ``obsviz.METHODS`` (see :mod:`obsviz.methods`).
-        damp: ``λ = damp · mean(diag H)`` when ``damp < 1``, else ``λ = damp``.
+        damp: ``λ = damp · mean(diag H)`` when ``damp < 1``, else ``λ = damp``; at most
+            ``obsviz.hessian.DAMP_MAX``. Methods that never read the damped H (magnitude,
+            Wanda) take any valid damp and ignore it.
         device: ``"cpu"``, ``"cuda"``, or ``None`` for CUDA when present.
         progress: called as ``progress(fraction, message)`` while it runs.
         rows: optional long indices: prune only those rows — widened to whole coupling groups —
@@ -158,20 +162,29 @@ def prune(
     spec = registry.get(method)
     check_inputs(W, H, geometry)
     geometry.check_nnz(nnz)
+    damp = check_damp(damp)
     dev = resolve_device(device)
     report = progress or (lambda fraction, message: None)
     n_rows = None if rows is None else _check_rows(rows, geometry.weight_shape[0]).numel()
-    require_memory(spec.memory(geometry, n_rows, dev, **opts), dev,
-                   f"method={method!r} on W {geometry.weight_shape}",
-                   "chunk_size" if method == "true_obs" else "geometry")
+    need = spec.memory(geometry, n_rows, dev, **opts)
+    with reserve_memory(need, dev, f"method={method!r} on W {geometry.weight_shape}",
+                        "chunk_size" if method == "true_obs" else "geometry"):
+        return _prune(W, H, geometry, nnz, method, spec, opts, damp, dev, report, rows)
 
+
+def _prune(W, H, geometry, nnz, method, spec, opts, damp, dev, report, rows) -> PruneResult:
+    """``prune`` once its arguments are checked and its memory is held."""
     t_start = time.perf_counter()
     report(0.0, "inverting the damped Hessian")
-    prep = prepare(W, H, damp, dev)
-    W0, Wp = prep.W0, prep.W.clone()
+    prep = prepare(W, H, damp if spec.uses_damping else DAMP_DEFAULT, dev)
+    # Every method is equivariant in W's scale, so it works on W · s with s a power of two that
+    # brings max |W| near 1 (exact in floating point): squared scores of W · 1e20 would overflow
+    # float32 and those of W · 1e-23 underflow, giving other masks. The result is divided back.
+    s = weight_scale(prep.W)
+    Wp = prep.W * s
 
     n_prune = geometry.pruned_per_scope(nnz)
-    options = {"nnz": nnz, "damp": float(damp), "device": dev.type, "selection": "exhaustive",
+    options = {"nnz": nnz, "damp": damp, "device": dev.type, "selection": "exhaustive",
                "dead_inputs": int(prep.dead.sum()), **opts}
     report(0.0, "laying out blocks and scopes")
     _check_layout_fits(geometry)
@@ -182,14 +195,15 @@ def prune(
         options["rows"] = rows.numel()
         layout = restrict_rows(layout, rows)
         rows = rows.to(dev)
-        W0, Wp = W0[rows], Wp[rows]
+        Wp = Wp[rows]
     kept = torch.ones_like(Wp, dtype=torch.bool)
     if n_prune == 0:
-        Wp = W0.clone()
+        Wp = (prep.W0 if rows is None else prep.W0[rows]).clone()
     else:
         problem = Problem(Wp, prep.Hu, prep.Hd, prep.C, layout.to(dev), n_prune, report)
         kept = spec.run(problem, **opts)
         options.update(problem.notes)
+        Wp = Wp / s
     if rows is not None:  # put the sampled rows back into the whole layer
         Wp_all = prep.W0.clone()
         Wp_all[rows] = Wp
@@ -198,14 +212,37 @@ def prune(
         Wp, kept = Wp_all, kept_all
     report(1.0, "done")
     seconds = time.perf_counter() - t_start
-    sampled = Wp if rows is None else Wp[rows]
+    weight = _fit_dtype(Wp, W.dtype, method).to(W.device)
+    # the error is that of the weights returned, rounded to W's dtype
+    returned = weight.to(prep.dtype) if rows is None else weight.to(dev, prep.dtype)[rows]
     W0s, H0 = (prep.W0 if rows is None else prep.W0[rows]), prep.H0
-    return PruneResult(weight=Wp.to(W.device, W.dtype), mask=kept.to(W.device),
-                       error=lambda: rel_error(W0s, sampled, H0), seconds=seconds,
+    return PruneResult(weight=weight, mask=kept.to(W.device),
+                       error=lambda: rel_error(W0s, returned, H0), seconds=seconds,
                        method=method, options=options, rows=None if rows is None else rows.cpu())
 
 
 prune.__doc__ = prune.__doc__.replace("{options}", _options_doc())
+
+
+def weight_scale(W: torch.Tensor) -> float:
+    """A power of two ``s`` with ``max |W · s|`` in ``[0.5, 1)`` (1 for an all-zero W)."""
+    peak = float(W.abs().max()) if W.numel() else 0.0
+    if not peak > 0:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(peak)[1])
+
+
+def _fit_dtype(weight: torch.Tensor, dtype: torch.dtype, method: str) -> torch.Tensor:
+    """``weight`` (the working precision) cast to the caller's ``dtype``; a compensation that
+    leaves that dtype's range (float16 stops at 65504) is refused rather than returned as inf."""
+    out = weight.to(dtype)
+    if dtype != weight.dtype and not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).sum())
+        raise ArgumentError(
+            "W", f"method={method!r}: {bad} compensated weights exceed the range of "
+            f"{str(dtype).removeprefix('torch.')} (largest {torch.finfo(dtype).max:.6g}); prune "
+            "a float32 copy of W (W.float()) to keep them")
+    return out
 
 
 def _check_layout_fits(geometry: Geometry) -> None:

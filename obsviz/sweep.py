@@ -63,6 +63,7 @@ import torch
 from obsviz import methods as registry
 from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry, nothing_pruned_text, run_name
+from obsviz.hessian import check_damp
 from obsviz.layers import DEFAULT_MAX_BYTES, Layer, load_layers, load_sample_layer
 from obsviz.methods import METHODS
 from obsviz.prune import PruneResult, prune, resolve_device
@@ -298,9 +299,10 @@ def parse_spec(data: dict, base: str | os.PathLike | None = None, where: str = "
                     enumerate(_list_of(grid, "methods", (str, dict), err, required=True)))
     damp = _list_of(grid, "damp", (int, float), err, required=False) or [0.01]
     for i, d in enumerate(damp):
-        if not (math.isfinite(d) and 0 <= d <= 1e6):
-            raise err(f"grid.damp[{i}]", f"{_show(d)} must be a finite number >= 0 (relative "
-                      "damping of H's mean diagonal)")
+        try:
+            check_damp(d)
+        except ArgumentError as bad:
+            raise err(f"grid.damp[{i}]", str(bad)) from None
     first_rows = grid.get("first_rows")
     if first_rows is not None:
         _check_int("grid.first_rows", first_rows, 1, err, "rows pruned")

@@ -11,6 +11,7 @@ import streamlit as st
 from obsviz import DEFAULT_SAMPLE, Geometry
 from obsviz.figures import results as rfig
 from obsviz.metrics import format_rel_error
+from obsviz.store import TENSORS_GONE
 
 from ui import exports, labels, layers, result_maps, runner, runs, state, stored_runs
 from ui.text import md
@@ -93,6 +94,14 @@ same_layer = [k for k in keys if everything[k].layer.digest == newest_layer]
 b_layer.button(f"Newest layer ({len(same_layer)})", on_click=_pick, args=(same_layer,),
                width="stretch")
 chosen = [everything[k] for k in ss["_c_pick"]]
+gone = runs.without_weights(chosen)
+if gone:
+    st.warning(f"{TENSORS_GONE[0].upper()}{TENSORS_GONE[1:]}, so the charts leave "
+               f"{'it' if len(gone) == 1 else 'them'} out: "
+               + "; ".join(f"{md(names[r.key].short)} (relative error "
+                           f"{format_rel_error(r.rel_error)}, {r.seconds:.2f} s)" for r in gone)
+               + ".", icon=":material/broken_image:")
+    chosen = [r for r in chosen if r not in gone]
 if not chosen:
     st.info("Pick at least one result.")
     st.stop()

@@ -15,6 +15,7 @@ st.set_page_config(page_title="Geometry · obsviz", page_icon=":material/grid_vi
                    layout="wide")
 form = state.geometry_form()
 ss = st.session_state
+ignored = state.link_ignored()
 
 
 def refill(field: str) -> None:
@@ -38,6 +39,9 @@ def shape_now() -> tuple[int, int]:
 
 
 st.title("Geometry explorer")
+if ignored:
+    st.warning(md(f"The link's {', '.join(ignored)} {'was' if len(ignored) == 1 else 'were'} "
+                  f"ignored; showing {form.pattern}."), icon="⚠️")
 st.markdown(
     "A **geometry** says which weights are removed together (a **block**) and which blocks "
     "compete (a **scope**, which keeps **nnz** of its blocks). Pick one, then read off what "

@@ -21,6 +21,7 @@ from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes
 from obsviz.figures.model import drift_figure, layer_error_figure, layer_method_heatmap
+from obsviz.hessian import DAMP_MAX
 from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 from obsviz.model import (
@@ -264,7 +265,8 @@ with c_opts:
                           "dense": "from the dense model"}.get,
              help="Sequential (SparseGPT's way): each layer sees the errors of the layers "
                   "pruned before it and can compensate. Dense: every layer on its own.")
-    st.number_input("Damping", min_value=0.0, step=0.005, format="%.4f", key=bind("damp"),
+    st.number_input("Damping", min_value=0.0, max_value=DAMP_MAX, step=0.005, format="%.4f",
+                    key=bind("damp"),
                     on_change=changed, args=("damp",))
     state.device_select("_m_device", help="CUDA is offered when a GPU is visible.")
 st.multiselect("Methods to compare", METHODS, key=bind("methods"), on_change=changed,

@@ -6,6 +6,7 @@ import streamlit as st
 from obsviz import BASELINES, METHODS, OBS_MODES, PRESETS, ArgumentError, Geometry
 from obsviz.estimate import format_bytes
 from obsviz.geometry import nothing_pruned_text
+from obsviz.hessian import check_damp
 from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 
@@ -100,7 +101,7 @@ with c_geom:
                       help="λ added to the Hessian's diagonal: damp × mean(diag H) when "
                            "below 1, else λ = damp.")
         try:
-            damp = parse_float("damp", form.damp, minimum=0.0)
+            damp = check_damp(parse_float("damp", form.damp, minimum=0.0))
         except ArgumentError as err:
             st.error(md(err), icon="⚠️")
             errors["damp"] = str(err)

@@ -248,3 +248,21 @@ def test_runs_of_an_uploaded_layer_open_from_the_store_alone(tmp_path):
     assert again.dataframe[0].value["row p50"].tolist() == [
         format_rel_error(before[k]["row_rel_error_p50"]) for k in keys]
     assert "_c_fig_rows" in charts(again)
+
+
+def test_a_run_whose_stored_weights_changed_keeps_its_metrics_and_leaves_the_charts():
+    from obsviz.store import RunStore
+
+    store = fresh_store()
+    at = open_app(state={"layer_name": "toy"}, store=store)
+    prune(at, "2:4", ["magnitude", "sparsegpt"])
+    db = RunStore(store)
+    run = next(r for r in db.runs(status="done") if r.method == "sparsegpt")
+    path = db.file_path(run.weight_file)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF                     # changed behind the store, same size
+    path.write_bytes(bytes(data))
+    again = compare(open_app(state={"layer_name": "toy"}, store=store))   # after a restart
+    (warning,) = [w.value for w in again.warning if "missing or changed" in w.value]
+    assert "sparsegpt" in warning and format_rel_error(run.rel_error) in warning
+    assert len(charts(again)) == 3       # magnitude drawn alone (no difference view)

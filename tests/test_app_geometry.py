@@ -4,7 +4,7 @@ import pytest
 
 from obsviz import Geometry
 
-from apptest import errors, open_app
+from apptest import errors, open_app, plain
 from ui.forms import build_geometry
 
 
@@ -27,8 +27,8 @@ def test_home_runs_and_links_the_path_through_the_app():
     at = open_app()
     assert at.title[0].value == "obsviz"
     links = [link.label for link in at.get("page_link")]
-    assert links == ["1 · Geometry", "2 · Prune", "3 · Compare", "4 · Model", "5 · Sweep",
-                     "6 · Learn"]
+    assert links == ["1 · Geometry", "2 · Prune", "3 · Compare", "4 · Model", "5 · Sensitivity",
+                     "6 · Sweep", "7 · Learn"]
     assert any(m.label == "Device" for m in at.metric)
 
 
@@ -166,3 +166,25 @@ def test_huge_subset_count_is_capped_and_says_greedy():
     assert facts["Blocks / scope"] == f"{384 * 384}"
     at = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
     assert metrics(at)["Subsets / scope"] == "6"
+
+
+def test_a_link_with_bad_values_says_what_it_ignored():
+    """Issue 24.14: ``?pattern=bogus&n=99&m=abc`` fell back to 2:4 without a word."""
+    at = open_geometry(pattern="bogus", n="99", m="abc", weight="64, 128")
+    assert not at.exception, at.exception
+    said = " ".join(plain(w.value) for w in at.warning)
+    assert "pattern='bogus' (no such pattern)" in said
+    assert "m='abc' (not a whole number)" in said
+    assert "n='99' (not used by 2:4)" in said and "showing 2:4" in said
+    at.run()   # said once, not on every rerun
+    assert not any("ignored" in plain(w.value) for w in at.warning)
+    clean = open_geometry(pattern="2:4", weight="64, 128", nnz="2")
+    assert not any("ignored" in plain(w.value) for w in clean.warning)
+
+
+def test_an_n_m_whose_group_does_not_divide_k_answers_in_n_m_terms():
+    at = open_geometry(pattern="N:M", n="2", m="5", weight="64, 128")
+    message = errors(at)[0]
+    assert message.startswith("2:5 keeps 2 of every 5 weights of a row")
+    assert "group size 5 must divide the row length K = 128" in message
+    assert "2, 4, 8, 16, 32, 64" in message and "scope=" not in message

@@ -285,3 +285,31 @@ def test_a_failed_upload_leaves_no_doubt_which_layer_is_current(tmp_path):
     assert not at.exception, at.exception
     assert at.sidebar.selectbox(key="_w_layer").value == ":user"
     assert any(b.label == "Run" for b in at.button)
+
+
+def test_a_failed_method_is_kept_in_the_run_store_with_its_message(monkeypatch):
+    """Issue 24.10: the Prune page's failures were not in the run store (sweeps keep theirs)."""
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    def broken(p, n_splits):
+        raise ValueError("method='interleaved' is broken on purpose")
+
+    patch_run(monkeypatch, "interleaved", broken)
+    db = fresh_store()
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["interleaved", "full"])
+    rows = {r.method: r for r in RunStore(db).runs()}
+    assert rows["full"].status == "done"
+    assert rows["interleaved"].status == "failed"
+    assert "broken on purpose" in rows["interleaved"].error
+
+
+@pytest.mark.parametrize("typed", ["1e308", "2e6", "-1"])
+def test_a_damping_out_of_range_is_refused_under_the_field(typed):
+    at = open_page("pages/prune.py")
+    at.text_input(key="_p_damp").set_value(typed).run()
+    assert not at.exception, at.exception
+    assert any("damp" in e and "from 0 to" in e or "at least" in e for e in errors(at))
+    assert not any(b.label == "Run" for b in at.button)

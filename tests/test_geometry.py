@@ -486,7 +486,7 @@ def test_bad_geometry_raises_value_error_naming_argument_value_and_valid_range(k
     ("call", "fragments"),
     [
         (lambda: Geometry.preset("2:5", (4, 8)),
-         [r"scope=\(1, 5\)", "block-grid size 8", r"valid sizes: \[1, 2, 4, 8\]"]),
+         ["2:5 keeps 2 of every 5 weights", "row length K = 8", "sizes that divide it: 2, 4, 8"]),
         (lambda: Geometry.preset("coupled-2:4", (4, 24)),
          ["coupled-2:4", "K divisible by 16", "K=24"]),
         (lambda: Geometry.preset("block16", (24, 32)),
@@ -602,7 +602,7 @@ def test_every_geometry_error_carries_its_argument(kwargs, argument):
 @pytest.mark.parametrize("call, argument", [
     (lambda: Geometry.preset("bogus", (4, 8)), "preset"),
     (lambda: Geometry.preset("coupled-2:4", (4, 24)), "preset"),
-    (lambda: Geometry.preset("2:5", (4, 8)), "scope"),
+    (lambda: Geometry.preset("2:5", (4, 8)), "m"),
     (lambda: Geometry.nm(5, 4, (4, 8)), "n"),
     (lambda: Geometry.nm(1, 0, (4, 8)), "m"),
     (lambda: Geometry.preset("2:4", (4, 8)).check_nnz(7), "nnz"),

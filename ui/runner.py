@@ -33,7 +33,7 @@ from obsviz.owner import process_token, token_alive
 from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, lookup, run_key, run_store, store
+from ui.runs import Job, Run, add, lookup, record_failure, run_key, run_store, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -193,6 +193,7 @@ def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: 
         return {"status": "done", "key": key}
     finally:
         release_device_memory(job.device)
+    record_failure(job, method, message)
     return _failed(method, label, slot, message)
 
 

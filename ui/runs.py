@@ -25,7 +25,7 @@ import torch
 from obsviz import Geometry, PruneResult, metrics
 from obsviz.layout import row_sample
 from obsviz.methods import OPTIONS, REGISTRY, resolve_options
-from obsviz.store import RunStore, StoredRun, default_store_path, trial_key
+from obsviz.store import RunStore, StoredRun, StoredTensorsError, default_store_path, trial_key
 
 from ui.layers import ActiveLayer
 
@@ -170,6 +170,22 @@ def _record(run: Run) -> int | None:
         return None
 
 
+def record_failure(job: Job, method: str, message: str) -> int | None:
+    """Keep a method that failed on ``job`` in the run store, with its message (as sweeps keep
+    their failed trials); ``None`` when there is no store or it cannot take the row."""
+    db = run_store()
+    if db is None:
+        return None
+    try:
+        return db.record(key=run_key(job, method), layer=job.layer.label, source=job.layer.kind,
+                         layer_hash=job.layer.digest, shape=job.layer.layer.shape,
+                         geometry=job.geometry, nnz=job.nnz, method=method,
+                         options=job.trial_options(method), damp=job.damp, status="failed",
+                         error=message)
+    except Exception:   # the page shows the failure either way
+        return None
+
+
 def _load_result(run: Run) -> PruneResult:
     db = run_store()
     if db is None or run.stored_id is None:
@@ -179,6 +195,21 @@ def _load_result(run: Run) -> PruneResult:
                        seconds=run.seconds, method=run.method,
                        options={"nnz": run.job.nnz, "damp": run.job.damp,
                                 **run.job.trial_options(run.method)}, rows=run.job.rows())
+
+
+def without_weights(chosen: list[Run]) -> list[Run]:
+    """The runs of ``chosen`` whose pruned weights cannot be read back: their stored files are
+    missing or changed (``obsviz.store.StoredTensorsError``). Their rows (error, seconds) are
+    still good; charts that need the weights leave them out."""
+    gone = []
+    for run in chosen:
+        if run.in_memory or run.stored_id is None:
+            continue
+        try:
+            _ = run.result   # read back (and checked) now, as the charts would
+        except StoredTensorsError:
+            gone.append(run)
+    return gone
 
 
 def _evict(keep: str | None = None) -> None:

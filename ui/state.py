@@ -31,7 +31,7 @@ import streamlit as st
 
 from obsviz import ArgumentError, Geometry
 from obsviz import layers as L
-from obsviz.estimate import geometry_maps_bytes, require_memory
+from obsviz.estimate import geometry_maps_bytes, require_memory, reserve_memory
 from obsviz.figures.common import pool2d
 from obsviz.figures.geometry import (
     GeometryMaps,
@@ -42,6 +42,7 @@ from obsviz.figures.geometry import (
     layout_window,
     row_coupling_figure,
 )
+from obsviz.layout import layout_shape
 
 from ui import layers
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
@@ -77,6 +78,7 @@ KEYS: dict[str, Key] = {
     "upload_error": Key("ui.layers", "str | None: the file the latest upload could not load "
                         "(no layer is current from it)"),
     "geometry_form": Key("pages/geometry.py", "ui.forms.GeometryForm: its inputs as typed"),
+    "link_ignored": Key("ui.state", "list[str]: URL values the Geometry form could not use"),
     "prune_form": Key("pages/prune.py", "ui.forms.PruneForm: its inputs as typed"),
     "results": Key("ui.runs", "dict[run key, Run]: the session's finished runs (and stored "
                               "ones it asked for again)"),
@@ -229,10 +231,12 @@ def draw_sidebar() -> None:
 
 def form_from_query(base: GeometryForm) -> GeometryForm:
     """``base`` with every form field the URL carries replaced by the URL's value (as text the
-    form's parsers read; a value of the wrong kind is ignored)."""
+    form's parsers read). A value of the wrong kind, or one the pattern does not use, is left
+    out and listed in ``link_ignored`` (the Geometry page says what, see :func:`link_ignored`)."""
     params = st.query_params
     kinds = {f.name: f.type for f in fields(GeometryForm)}
     form = GeometryForm(**vars(base))
+    ignored: list[str] = []
     for key in _QUERY_FIELDS:
         if key not in params:
             continue
@@ -241,15 +245,34 @@ def form_from_query(base: GeometryForm) -> GeometryForm:
             try:
                 value = int(value)
             except ValueError:
+                ignored.append(f"{key}={_short_value(value)} (not a whole number)")
                 continue
         setattr(form, key, value)
     if form.pattern not in PATTERNS:
+        ignored.append(f"pattern={_short_value(form.pattern)} (no such pattern)")
         form.pattern = base.pattern
     if form.win not in WINDOWS:
+        ignored.append(f"win={_short_value(form.win)} (no such window)")
         form.win = base.win
+    unused = [k for k in ("n", "m") if k in params and form.pattern != "N:M"]
+    unused += [k for k in ("view", "stride", "block", "scope")
+               if k in params and form.pattern != "free-form"]
+    ignored += [f"{k}={_short_value(params[k])} (not used by {form.pattern})" for k in unused
+                if not any(i.startswith(f"{k}=") for i in ignored)]
     if "weight" in params:
         form.use_layer = "layer" in params
+    st.session_state["link_ignored"] = ignored
     return form
+
+
+def _short_value(text: str, limit: int = 24) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def link_ignored() -> list[str]:
+    """What the link that opened this session carried and the form could not use, each item
+    ``field=value (why)``; given once (the page that shows it says it on its first draw)."""
+    return st.session_state.pop("link_ignored", None) or []
 
 
 def form_to_query(form: GeometryForm) -> None:
@@ -329,17 +352,21 @@ def spec_key(spec: dict) -> str:
 
 # ---- the geometry's maps ----------------------------------------------------------------------
 
+def _maps_need(geom: Geometry) -> tuple[int, str]:
+    M, K = geom.weight_shape
+    return geometry_maps_bytes((M, K)), f"labelling every weight of W {M} × {K}"
+
+
 def require_maps_memory(geom: Geometry) -> None:
-    """Refuse, before anything is allocated, a geometry whose maps would not fit in the memory
-    free now (a typed shape of 2**28 weights needs ~16 GiB): ``obsviz.estimate``'s estimate and
-    check.
+    """Refuse, before anything is allocated, a geometry whose maps and facts would not fit in
+    the memory free now, less what other sessions' work in progress holds (a typed shape of
+    2**28 weights needs ~10 GiB): ``obsviz.estimate``'s estimate and check.
 
     Raises:
         ArgumentError: ``weight_shape``, with what is needed and what is free.
     """
-    M, K = geom.weight_shape
-    require_memory(geometry_maps_bytes((M, K)), "cpu",
-                   what=f"labelling every weight of W {M} × {K}", argument="weight_shape")
+    need, what = _maps_need(geom)
+    require_memory(need, "cpu", what=what, argument="weight_shape")
 
 
 # Maps hold (M, K) int tensors (hundreds of MB for a 4096 x 11008 layer): cache_resource keeps
@@ -347,13 +374,23 @@ def require_maps_memory(geom: Geometry) -> None:
 # The key is the geometry's content; ``_geom`` (not hashed) is the object it describes.
 @st.cache_resource(max_entries=2, show_spinner="Labelling every weight with its block and scope…")
 def geometry_maps(key: str, _geom: Geometry) -> GeometryMaps:
-    """Block, scope and position maps of a geometry, computed once per geometry."""
-    return compute_maps(_geom)
+    """Block, scope and position maps of a geometry, computed once per geometry, with their
+    memory (and the facts', computed next) held from other sessions while they are built."""
+    need, what = _maps_need(_geom)
+    with reserve_memory(need, "cpu", what=what, argument="weight_shape"):
+        maps = compute_maps(_geom)
+        layout_shape(_geom)   # the facts' part, cached on the geometry
+        return maps
 
 
 def maps_of(geom: Geometry) -> GeometryMaps:
-    """The cached maps of ``geom`` (the budget and the name do not change them)."""
-    return geometry_maps(geom.key, geom)
+    """The cached maps of ``geom`` (the budget and the name do not change them). Refused (the
+    page stops with the reason) when another session took the memory since the first check."""
+    try:
+        return geometry_maps(geom.key, geom)
+    except ArgumentError as err:
+        st.error(md(str(err)), icon="⚠️")
+        st.stop()
 
 
 @st.cache_resource(max_entries=24, show_spinner=False)
