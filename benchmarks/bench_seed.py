@@ -3,8 +3,10 @@
     python benchmarks/bench_seed.py                      # every layer × preset × mode, best of 3
     python benchmarks/bench_seed.py --layers layer0.mlp_up --presets 2:4 --modes true_obs
 
-Same W, H, geometry and options for both (damp 0.01, fp32 C, ``split``/``interleaved`` with 4
-splits, ``true_obs`` with ng 64, chunks of 16 rows, independent scoring, left to right). Runs of
+Same W, H and geometry for both, damp 0.01, ``split``/``interleaved`` with 4 splits; ``true_obs``
+at each library's own defaults (obsviz: ``obsviz.methods``' ``ng``/``chunk_size``; the seed:
+``ng=64``, 16-row chunks), independent scoring, left to right, fp32 C (both libraries' CPU
+default). Runs of
 the two libraries are interleaved and each keeps its best of ``--repeat``. Wall time and CPU time
 (``time.process_time``; with one thread it moves far less than wall time on a shared machine) are
 both recorded. The seed library is installed into ``benchmarks/_seed/`` on first use (see
@@ -66,8 +68,8 @@ def run_seed(sk, W: torch.Tensor, H: torch.Tensor, g: Geometry, mode: str, devic
     try:
         obs = sk.StructuredOBS(scope, Hc, damp=DAMP)
         if mode == "true_obs":
-            obs.prune_true_obs(g.nnz, ng=64, chunk_size=16, order="left_to_right",
-                               scoring="independent", c_dtype=torch.float32)
+            obs.prune_true_obs(g.nnz, order="left_to_right", scoring="independent",
+                               c_dtype=torch.float32)
         else:
             obs.prune(g.nnz, compensate=mode, n_splits=N_SPLITS)
     except Exception as exc:  # the seed fails on some geometries: report, go on
@@ -80,8 +82,7 @@ def run_ours(W: torch.Tensor, H: torch.Tensor, g: Geometry, mode: str, device: s
     sync(device)
     start, cpu = time.perf_counter(), time.process_time()
     res = prune(W, H, g, g.nnz, method=mode, damp=DAMP, device=device, n_splits=N_SPLITS,
-                ng=64, chunk_size=16, order="left_to_right", scoring="independent",
-                c_dtype="float32")
+                order="left_to_right", scoring="independent", c_dtype="float32")
     sync(device)
     return (time.perf_counter() - start, time.process_time() - cpu), res
 
