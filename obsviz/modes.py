@@ -354,7 +354,7 @@ def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
              c_dtype: torch.dtype) -> torch.Tensor:
     """Exact OBS per row (see :func:`true_obs_steps`), on one thread but for the large products
-    (:func:`obs.one_thread`)."""
+    (:func:`obs.one_thread`). Plain version: :func:`obsviz.reference.true_obs`."""
     with obs.one_thread():
         return true_obs_steps(p, ng, chunk_size, order, scoring, c_dtype)
 

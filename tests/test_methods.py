@@ -53,7 +53,7 @@ def test_resolve_options_fills_defaults_and_keeps_only_the_methods_own():
     assert resolve_options("split") == {"n_splits": 4}
     assert resolve_options("interleaved", n_splits=2, ng=8) == {"n_splits": 2}
     assert resolve_options("true_obs", ng=8, c_dtype=torch.float64) == {
-        "ng": 8, "chunk_size": 16, "order": "left_to_right", "scoring": "independent",
+        "ng": 8, "chunk_size": 64, "order": "left_to_right", "scoring": "independent",
         "c_dtype": "float64"}
     assert resolve_options("true_obs", c_dtype="fp16")["c_dtype"] == "float16"
     assert resolve_options("true_obs", c_dtype=None)["c_dtype"] == "auto"
@@ -119,7 +119,7 @@ def test_prune_records_the_resolved_options():
     W, H = ref.random_layer(*case.shape, seed=3)
     res = obsviz.prune(W, H, case.geometry(), case.nnz, method="true_obs", device="cpu", ng=4)
     assert {k: res.options[k] for k in ("ng", "chunk_size", "order", "scoring", "c_dtype")} == {
-        "ng": 4, "chunk_size": 16, "order": "left_to_right", "scoring": "independent",
+        "ng": 4, "chunk_size": 64, "order": "left_to_right", "scoring": "independent",
         "c_dtype": "float64"}   # W is float64: auto resolves to float64
     res = obsviz.prune(W, H, case.geometry(), case.nnz, method="split", device="cpu", ng=4)
     assert res.options["n_splits"] == 4 and "ng" not in res.options
