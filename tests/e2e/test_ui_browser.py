@@ -16,7 +16,7 @@ from obsviz import layers as L
 
 pytestmark = pytest.mark.e2e
 
-TITLES = ["Home", "Geometry", "Prune", "Compare", "Model", "Sweep", "Learn"]
+TITLES = ["Home", "Geometry", "Prune", "Compare", "Model", "Sensitivity", "Sweep", "Learn"]
 #: A layer name and a file name that would fetch, link, colour and typeset if rendered as markup.
 EVIL_LAYER = "![x](http://127.0.0.1:9/u.png) :red[boo] $x^2$"
 EVIL_FILE = "[Click to fix](http://127.0.0.1:9/fix).safetensors"
