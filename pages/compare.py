@@ -40,15 +40,8 @@ def first_job() -> runs.Job | None:
 
 
 
-more = stored_runs.sync()   # stored runs are results: listed after a restart as before it
-everything = runs.store()
-if not everything:
-    job = first_job()
-    st.markdown("Nothing to compare yet: run some methods on the **Prune** page, or start "
-                "with the fast modes here.")
-    if job is None:
-        st.info("No sample layer is available; upload one on the Prune page.")
-        st.stop()
+def offer_fast_modes(job: runs.Job) -> None:
+    """The fast modes on ``job``'s layer and geometry, one click away."""
     fast = runner.fast_methods(job)
     st.caption(f"{', '.join(fast)} on **{md(job.layer.label)}** "
                f"({job.layer.layer.shape[0]} × {job.layer.layer.shape[1]}) with "
@@ -57,7 +50,24 @@ if not everything:
     if st.button("Run the fast modes", type="primary", icon=":material/bolt:"):
         runner.run_methods(job, fast)
         st.rerun()
+
+
+more = stored_runs.sync()   # stored runs are results: listed after a restart as before it
+everything = runs.store()
+job = first_job()
+if not everything:
+    st.markdown("Nothing to compare yet: run some methods on the **Prune** page, or start "
+                "with the fast modes here.")
+    if job is None:
+        st.info("No sample layer is available; upload one on the Prune page.")
+        st.stop()
+    offer_fast_modes(job)
     st.stop()
+if job is not None and not any(r.layer.digest == job.layer.digest for r in everything.values()):
+    st.markdown(f"Nothing has run on **{md(job.layer.label)}** yet; the results below are of "
+                "other layers. Start with the fast modes here, or run methods on the **Prune** "
+                "page.")
+    offer_fast_modes(job)
 
 # ---- choose -----------------------------------------------------------------------------------
 keys = list(everything)                               # oldest first

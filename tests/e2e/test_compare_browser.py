@@ -100,7 +100,7 @@ def test_nine_methods_on_two_geometries_of_an_uploaded_layer(app, layer_file):
     picked = [t.get_attribute("aria-label") for t in tags.all()]
     assert sorted(p.split(" · ")[0] for p in picked) == sorted(METHODS_ALL)
     assert all("block16" in p for p in picked), picked
-    app.page.get_by_role("button", name=re.compile(r"^All \(18\)")).click()
+    app.page.get_by_role("button", name=re.compile(r"^Newest layer \(18\)")).click()
     app.settle().check()
     assert tags.count() == 18
     app.shot("compare-nine-methods-two-geometries")
