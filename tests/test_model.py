@@ -27,7 +27,9 @@ from obsviz.model import (
     Plan,
     eval_texts,
     find_blocks,
+    kept_summary,
     load_model,
+    plan_time_estimate,
     resolve_plan,
     run_methods,
 )
@@ -314,6 +316,68 @@ def test_stop_ends_the_run_between_layers(tokenizer):
     pm = run.prune(Plan(), stop=lambda: len(done) >= 2, on_layer=lambda *a: done.append(1))
     assert pm.stopped and len(pm.layers) == 2   # stopped inside the query/key/value group
     assert [lr.name.split(".")[-1] for lr in pm.layers] == ["query", "key"]
+
+
+def test_an_interrupt_in_the_first_method_keeps_its_finished_layers(tokenizer, tmp_path):
+    # a Stop click or Ctrl-C is an exception raised inside the run (not the stop() callable)
+    from obsviz.store import RunStore
+
+    run = make_run("bert", tokenizer)
+    seen: list[str] = []
+
+    def progress(f, msg):
+        seen.append(msg)
+        if sum("done (layer" in m for m in seen) == 3:
+            raise KeyboardInterrupt
+
+    report: dict = {}
+    with pytest.raises(KeyboardInterrupt):
+        run_methods(run, Plan(), ["magnitude", "sparsegpt"], progress=progress, into=report)
+    assert report["stopped"] is True and list(report["methods"]) == ["magnitude"]
+    entry = report["methods"]["magnitude"]
+    assert entry["stopped"] and "metrics" not in entry and entry["layers_planned"] == 12
+    assert [lr["name"].split(".")[-1] for lr in entry["layers"]] == ["query", "key", "value"]
+    assert kept_summary(report, ["magnitude", "sparsegpt"]) == (
+        "stopped during magnitude after 3 of 12 layers: the 3 layers' errors are kept; no end "
+        "metrics; not started: sparsegpt")
+    db = RunStore(tmp_path / "runs.sqlite")
+    row = db.record_model_run(report, methods=["magnitude", "sparsegpt"], status="stopped")
+    got = db.model_run(row)
+    assert got.finished == [] and got.report["methods"]["magnitude"]["layers"] == entry["layers"]
+
+
+def test_progress_names_the_layer_being_pruned_with_the_time_so_far_and_left(tokenizer):
+    run = make_run("bert", tokenizer)
+    events: list[tuple[str, str]] = []
+    run_methods(run, Plan(), ["magnitude", "sparsegpt"],
+                progress=lambda f, msg: events.append(("progress", msg)))
+    names = [lp.name for lp in resolve_plan(run.dense, Plan())]
+    for m in ("magnitude", "sparsegpt"):
+        msgs = [msg for kind, msg in events if msg.startswith(f"{m} (")]
+        for i, name in enumerate(names):
+            start = f"pruning {name} (layer {i + 1} of {len(names)})"
+            first = next(j for j, msg in enumerate(msgs) if start in msg)
+            done = next(j for j, msg in enumerate(msgs) if f"{name} done" in msg)
+            assert first < done   # named while it is pruned, not only once it is done
+        assert all(" so far · " in msg and ("left" in msg) for msg in msgs)
+
+
+def test_the_plans_time_estimate_is_the_layers_estimates_summed(tokenizer):
+    from obsviz.estimate import time_estimate
+
+    run = make_run("bert", tokenizer)
+    plan = Plan("2:4", exclude=("*.output.dense",))
+    got = plan_time_estimate(run, plan, ["sparsegpt", "true_obs"])
+    layers = resolve_plan(run.dense, plan)
+    for m in ("sparsegpt", "true_obs"):
+        want = {lp.name: time_estimate(lp.geometry, m, device="cpu") for lp in layers}
+        assert got[m]["layers"] == pytest.approx(want)
+        assert got[m]["seconds"] == pytest.approx(sum(want.values()))
+    assert plan_time_estimate(run.dense, plan, ["sparsegpt"])["sparsegpt"]["seconds"] == \
+        pytest.approx(got["sparsegpt"]["seconds"])
+    report = run_methods(run, plan, ["magnitude"])
+    assert report["estimate"]["magnitude"] == pytest.approx(
+        plan_time_estimate(run, plan, ["magnitude"])["magnitude"]["seconds"])
 
 
 def test_memory_is_estimated_first_and_refused_clearly(tokenizer, monkeypatch):

@@ -25,7 +25,7 @@ import streamlit as st
 import torch
 
 from obsviz import metrics, prune
-from obsviz.estimate import format_bytes, time_estimate
+from obsviz.estimate import eta_text, format_bytes, time_estimate
 from obsviz.methods import C_DTYPES, METHODS, OPTIONS
 from obsviz.metrics import format_rel_error
 from obsviz.owner import process_token, token_alive
@@ -138,20 +138,6 @@ def release_device_memory(device: str) -> None:
     memory) starts from what is really in use. Nothing to do on the CPU."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def eta_text(elapsed: float, fraction: float, estimate_s: float | None = None) -> str:
-    """The time left, in words: from the pace so far once there is some progress, else from the
-    estimate made before the run."""
-    if fraction >= 0.02 and elapsed > 0:
-        left = elapsed * (1 - fraction) / fraction
-    elif estimate_s is not None:
-        left = max(estimate_s - elapsed, 0.0)
-    else:
-        return "estimating the time left"
-    if left < 1:
-        return "under a second left"
-    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left"
 
 
 def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: str,
