@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from obsviz import METHODS, PRESETS, Geometry
+from obsviz import METHODS, PRESETS
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes
@@ -40,7 +40,7 @@ from obsviz.model import (
 from obsviz.store import StoreError
 
 from ui import folders, runner, runs, state
-from ui.forms import build_geometry
+from ui.forms import build_geometry, preset_budget
 from ui.runner import c_dtype_options
 from ui.text import md
 
@@ -59,15 +59,7 @@ form = ss.setdefault("model_form", {
 })
 
 
-def _preset_budget(field: str) -> None:
-    if field == "preset":
-        try:
-            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
-        except ValueError:
-            pass
-
-
-bind, changed = state.form_widgets("model_form", "_m_", after=_preset_budget)
+bind, changed = state.form_widgets("model_form", "_m_", after=preset_budget(form))
 
 
 def problem(title: str, detail: str | None = None) -> None:

@@ -11,7 +11,7 @@ from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 
 from ui import labels, layers, runner, runs, state
-from ui.forms import parse_float, parse_int
+from ui.forms import parse_float, parse_int, preset_budget
 from ui.text import md
 
 state.require_entrypoint()
@@ -21,16 +21,7 @@ form = state.prune_form(runner.DEFAULT_METHODS, runs.DEFAULT_OPTIONS)
 device = state.device()
 
 
-def _preset_budget(field: str) -> None:
-    """A new preset starts from its own nnz."""
-    if field == "preset":
-        try:
-            form.nnz = str(Geometry.preset(form.preset, (16, 16)).nnz)
-        except ValueError:
-            form.nnz = "1"
-
-
-bind, changed = state.form_widgets("prune_form", "_p_", after=_preset_budget)
+bind, changed = state.form_widgets("prune_form", "_p_", after=preset_budget(form, text=True))
 bind_opt, changed_opt = state.form_widgets(lambda: ss["prune_form"].options, "_p_opt_")
 errors: dict[str, str] = {}   # field -> message, shown under the field, which is marked red
 

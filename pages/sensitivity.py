@@ -11,7 +11,7 @@ besides drawing is in ``ui.scans``."""
 import pandas as pd
 import streamlit as st
 
-from obsviz import METHODS, PRESETS, Geometry
+from obsviz import METHODS, PRESETS
 from obsviz import sensitivity as sens
 from obsviz.errors import ArgumentError
 from obsviz.figures.sensitivity import curve_figure, damage_figure, plan_figures
@@ -19,6 +19,7 @@ from obsviz.metrics import format_rel_error
 from obsviz.model import Plan, plan_summary
 
 from ui import folders, runs, scans, state
+from ui.forms import preset_budget
 from ui.text import md
 
 state.require_entrypoint()
@@ -32,15 +33,7 @@ form = ss.setdefault("sensitivity_form", {
 SPARES = ["dense", "4:8", "1:2", "2:8"]
 
 
-def _preset_budget(field: str) -> None:
-    if field == "preset":
-        try:
-            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
-        except ValueError:
-            pass
-
-
-bind, changed = state.form_widgets("sensitivity_form", "_n_", after=_preset_budget)
+bind, changed = state.form_widgets("sensitivity_form", "_n_", after=preset_budget(form))
 
 
 st.title("Sensitivity")
