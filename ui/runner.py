@@ -261,15 +261,17 @@ def remove_orphaned_dirs(root: str | Path | None = None) -> list[str]:
 
 
 def orphans_at_start_up() -> dict:
-    """What a server cleans up when it starts: Model run folders and ``running`` model runs of
-    processes that are gone (killed mid-run: :meth:`obsviz.store.RunStore.stop_orphaned_model_runs`
-    marks them stopped, with what they finished). A store that cannot be written is left as it
-    is."""
-    done = {"folders": remove_orphaned_dirs(), "runs": []}
+    """What a server cleans up when it starts: Model run folders, and ``running`` model runs and
+    sensitivity scans of processes that are gone (killed mid-run:
+    :meth:`obsviz.store.RunStore.stop_orphaned_model_runs` and ``stop_orphaned_scans`` mark them
+    stopped, with what they finished). A store that cannot be written is left as it is."""
+    done = {"folders": remove_orphaned_dirs(), "runs": [], "scans": []}
     db = run_store()
     if db is not None:
         with contextlib.suppress(Exception):
             done["runs"] = db.stop_orphaned_model_runs()
+        with contextlib.suppress(Exception):
+            done["scans"] = db.stop_orphaned_scans()
     return done
 
 
