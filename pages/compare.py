@@ -53,6 +53,7 @@ def offer_fast_modes(job: runs.Job) -> None:
 
 
 more = stored_runs.sync()   # stored runs are results: listed after a restart as before it
+runs.store_notice(runs.run_store())   # the fast modes run here
 everything = runs.store()
 job = first_job()
 if not everything:

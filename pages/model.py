@@ -133,9 +133,7 @@ try:
     stored = db.model_runs(limit=500) if db is not None else []
 except Exception:  # a store this version cannot read: listed as empty
     stored = []
-if db is None:
-    st.caption("The run database cannot be opened (set `OBSVIZ_STORE` to another file): runs "
-               "made here are kept in this session only.")
+runs.store_notice(db)
 if stored:
     with st.expander(f"Stored runs ({len(stored)})", icon=":material/history:",
                      expanded=not ss.get("model_result")):

@@ -31,6 +31,7 @@ st.title("Prune")
 st.markdown("Prune the current layer with every OBS compensation mode and the usual baselines. "
             "Each finished result is kept (asking for it again is instant) and shows up on the "
             "**Compare** page.")
+runs.store_notice(runs.run_store())
 
 # ---- layer and geometry -----------------------------------------------------------------------
 c_layer, c_geom = st.columns([1.15, 1], gap="large")

@@ -313,3 +313,31 @@ def test_a_damping_out_of_range_is_refused_under_the_field(typed):
     assert not at.exception, at.exception
     assert any("damp" in e and "from 0 to" in e or "at least" in e for e in errors(at))
     assert not any(b.label == "Run" for b in at.button)
+
+
+def test_every_page_that_writes_says_a_read_only_store_keeps_nothing_new(monkeypatch):
+    """Issue 21.3: a store on a read-only filesystem opens read-only; the Sweep page said so,
+    the Prune, Model, Sensitivity and Compare pages ran on without a word while nothing they
+    made was kept. (Read-only is made here by the store's own check; the real filesystem case:
+    tests/test_store.py.)"""
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    db = fresh_store()
+    RunStore(db).close()                                   # a store, then it cannot be written
+    monkeypatch.setattr(RunStore, "_writable", lambda self: False)
+    pages = ("pages/prune.py", "pages/compare.py", "pages/model.py", "pages/sensitivity.py",
+             "pages/sweep.py")
+    for page in pages:
+        at = open_app(page, state={"layer_name": "toy"}, store=db)
+        said = [plain(i.value) for i in at.info if "read-only" in i.value]
+        assert len(said) == 1, (page, [i.value for i in at.info])
+        assert "not kept" in said[0] or "cannot run" in said[0], said
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["magnitude"])                         # runs, kept in the session only
+    assert [e["status"] for e in at.session_state["last_run"]] == ["done"]
+    assert RunStore(db).count() == 0 and not errors(at)
+    monkeypatch.undo()
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=fresh_store())
+    assert not [i for i in at.info if "read-only" in i.value]   # a store that can be written

@@ -155,6 +155,25 @@ def run_store() -> RunStore | None:
     return _open_store(str(default_store_path()))
 
 
+#: What a page that writes to the run store says of what it makes, when the store cannot keep it.
+NOT_KEPT = "new runs made here are not kept: they stay in this session only"
+
+
+def store_notice(db: RunStore | None, kept: str = NOT_KEPT) -> None:
+    """Say so when the run database ``db`` (``run_store()``, or the one a page opened itself)
+    cannot keep what the page makes: it is read-only (a read-only filesystem, or a file this
+    user may not write; what it holds can still be browsed) or could not be opened (``None``).
+    ``kept``: what happens to the page's new results. Every page that writes to the store shows
+    it, near its top; nothing when the store can be written."""
+    if db is None:
+        st.caption(f"The run database cannot be opened (set `OBSVIZ_STORE` to another file): "
+                   f"{kept}.")
+    elif db.readonly:
+        st.info(f"The run database is **read-only** (a read-only filesystem, or a file you may "
+                f"not write): what it holds can be browsed, but {kept}. Set `OBSVIZ_STORE` to a "
+                "file you can write.", icon=":material/lock:")
+
+
 def _record(run: Run) -> int | None:
     db = run_store()
     if db is None:
