@@ -446,6 +446,9 @@ CREATE TABLE run_layers (
 ) WITHOUT ROWID;
 """
 
+_NAME_RUN = ("INSERT OR IGNORE INTO run_layers (run_id, layer) SELECT id, ? FROM runs "
+             "WHERE id = ? AND layer != ?")
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
 #: A new table or column is one more entry here (and ``SCHEMA_VERSION`` one more): the check
 #: of a store's tables (``expected_tables``) follows from these.
@@ -894,10 +897,14 @@ class RunStore:
                 con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id, layer) "
                             "VALUES (?, ?, ?)", (sweep, run_id, row["layer"]))
             else:
-                con.execute("INSERT OR IGNORE INTO run_layers (run_id, layer) SELECT id, ? "
-                            "FROM runs WHERE id = ? AND layer != ?",
-                            (row["layer"], run_id, row["layer"]))
+                con.execute(_NAME_RUN, (row["layer"], run_id, row["layer"]))
             return run_id
+
+    def name_run(self, run_id: int, layer: str) -> None:
+        """Keep ``layer`` as one more name of a stored run (a layer of the same contents under
+        another name that reuses it outside a sweep; ``layer_names`` lists them)."""
+        with self._write() as con:
+            con.execute(_NAME_RUN, (str(layer), int(run_id), str(layer)))
 
     def add_to_sweep(self, sweep: str, run_ids: list[int],
                      layers: list[str] | None = None) -> None:

@@ -172,11 +172,12 @@ except ValueError as err:
 # ---- estimate and run -------------------------------------------------------------------------
 if methods:
     table = runner.estimate(job, methods)
-    cached = {m for m in methods if runs.known(job, m)}
+    done_as = {m: runs.done_as(job, m) for m in methods}
     st.dataframe(
         {"method": [e["method"] for e in table],
          "memory": [format_bytes(e["memory"]) for e in table],
-         "time": ["cached" if e["method"] in cached else f"~{e['seconds']:.1f} s"
+         "time": [runs.reused_text(done_as[e["method"]], active.label)
+                  if done_as[e["method"]] is not None else f"~{e['seconds']:.1f} s"
                   for e in table],
          "fits": ["✓" if e["fits"] else "too big: use a row sample" for e in table]},
         hide_index=True, width="stretch")
@@ -213,7 +214,8 @@ if last and not run:
                     f":green[:material/check_circle:] **{md(labels.describe(r.job, r.method))}**"
                     f" · relative error **{format_rel_error(r.rel_error)}** · sparsity "
                     f"{rep['sparsity']:.1%} · {valid} · {r.seconds:.2f} s on "
-                    f"{rep['device']}" + (" · cached" if entry["status"] == "cached" else ""))
+                    f"{rep['device']}" + (f" · {md(runs.reused_text(r.reused_from, r.layer.label))}"
+                                          if entry["status"] == "cached" else ""))
             else:
                 icon = (":orange[:material/pause_circle:]" if entry["status"] == "stopped"
                         else ":red[:material/error:]")

@@ -49,7 +49,7 @@ try:
     stored = db.scans(limit=200) if db is not None else []
 except Exception:
     stored = []
-runs.store_notice(db, "new scans made here are not kept: they stay in this session only")
+runs.store_notice(db, "new scans made here are kept in this session only")
 if stored:
     with st.expander(f"Stored scans ({len(stored)})", icon=":material/history:",
                      expanded=not ss.get("sensitivity_result")):

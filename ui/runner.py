@@ -33,7 +33,7 @@ from obsviz.owner import process_token, token_alive
 from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, lookup, record_failure, run_key, run_store, store
+from ui.runs import Job, Run, add, lookup, record_failure, reused_text, run_key, run_store, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -120,6 +120,8 @@ def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str,
     key = run_key(job, method)
     done = lookup(job, method)   # this session's, or the run store's (an earlier session's)
     if done is not None:
+        if done.reused_from is not None:   # under this name too, from now on
+            add(done)
         relabel()
         slot.success(_done_text(label, done, cached=True), icon=":material/check:")
         return {"status": "cached", "key": key}
@@ -203,7 +205,7 @@ def _failed(method: str, label: str, slot, message: str) -> dict:
 
 
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
-    seconds = "cached" if cached else f"{run.seconds:.2f} s"
+    seconds = reused_text(run.reused_from, run.layer.label) if cached else f"{run.seconds:.2f} s"
     return f"{md(label)} · relative error {format_rel_error(run.rel_error)} · {seconds}"
 
 
