@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from obsviz import METHODS, PRESETS, Geometry
+from obsviz import METHODS, PRESETS
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes, format_seconds
@@ -40,7 +40,7 @@ from obsviz.model import (
 from obsviz.store import StoreError
 
 from ui import folders, runner, runs, state
-from ui.forms import build_geometry
+from ui.forms import build_geometry, preset_budget
 from ui.model_runs import (
     STATUS,
     form_from_plan,
@@ -71,15 +71,7 @@ form = ss.setdefault("model_form", {
 })
 
 
-def _preset_budget(field: str) -> None:
-    if field == "preset":
-        try:
-            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
-        except ValueError:
-            pass
-
-
-bind, changed = state.form_widgets("model_form", "_m_", after=_preset_budget)
+bind, changed = state.form_widgets("model_form", "_m_", after=preset_budget(form))
 
 
 def problem(title: str, detail: str | None = None) -> None:
@@ -122,9 +114,7 @@ try:
     stored = db.model_runs(limit=500) if db is not None else []
 except Exception:  # a store this version cannot read: listed as empty
     stored = []
-if db is None:
-    st.caption("The run database cannot be opened (set `OBSVIZ_STORE` to another file): runs "
-               "made here are kept in this session only.")
+runs.store_notice(db)
 if stored:
     with st.expander(f"Stored runs ({len(stored)})", icon=":material/history:",
                      expanded=not ss.get("model_result")):

@@ -15,6 +15,7 @@ from obsviz.metrics import format_rel_error
 from obsviz.model import HESSIANS, finished_methods, kept_summary
 
 from ui import runs
+from ui.forms import preset_budget
 
 STATUS = {"running": "unfinished", "done": "done", "stopped": "stopped", "failed": "failed"}
 
@@ -92,8 +93,7 @@ def form_from_plan(form: dict, report: dict, methods: list[str]) -> list[str]:
     if isinstance(plan.get("nnz"), int):
         form["nnz"] = plan["nnz"]
     elif isinstance(geo, str) and geo in PRESETS:
-        from obsviz import Geometry
-        form["nnz"] = Geometry.preset(geo, (16, 16)).nnz
+        preset_budget(form)("preset")   # the preset's own nnz
     form["include"] = ", ".join(plan.get("include") or ["*"])
     form["exclude"] = ", ".join(plan.get("exclude") or [])
     if report.get("hessians") in HESSIANS:
