@@ -391,3 +391,33 @@ def test_a_renamed_copy_of_a_layer_reuses_its_results_and_keeps_its_own_name(tmp
     again = open_app("pages/compare.py", store=db)            # a restart
     assert sorted((r.layer.label, r.method) for r in again.session_state["results"].values()) \
         == sorted((name, m) for name in ("toy", copy) for m in ("magnitude", "sparsegpt"))
+
+
+def test_a_renamed_copy_reuses_this_sessions_result_when_nothing_is_stored(tmp_path,
+                                                                           monkeypatch):
+    """The same with a read-only store (nothing kept): the session's own result is reused under
+    the copy's name, said so, and both names are listed."""
+    from obsviz import layers as L
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    db = fresh_store()
+    RunStore(db).close()
+    monkeypatch.setattr(RunStore, "_writable", lambda self: False)
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["magnitude"])
+    path = tmp_path / "copy.safetensors"
+    L.save_layers(path, [dataclasses.replace(L.load_sample_layer("toy"), name="mine")])
+    at.session_state["layer_source"] = "upload"
+    at.run()
+    at.file_uploader(key="_p_upload").set_value(
+        ("copy.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    assert list(at.dataframe[0].value["time"]) == ["same contents as toy: result reused"]
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert "magnitude · relative error" in texts(at)
+    assert "same contents as toy: result reused" in texts(at)
+    results = at.session_state["results"].values()
+    assert sorted(r.layer.label for r in results) == ["copy.safetensors · mine", "toy"]
+    assert len({r.rel_error for r in results}) == 1 and RunStore(db).count() == 0
