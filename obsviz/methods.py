@@ -191,22 +191,30 @@ def _obs_memory(extra_kk: int = 0):
     return memory
 
 
+def _sparsity(geometry: Geometry) -> float:
+    """The fraction of weights the geometry's own nnz prunes (one half when it has none)."""
+    return 1 - geometry.nnz / max(1, geometry.blocks_per_scope) if geometry.nnz else 0.5
+
+
 def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=64, c_dtype="auto", ng=16,
                      **options) -> int:
     K = geometry.weight_shape[1]
     item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
     # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
-    # more than the rows pruned. Per row of a chunk: its own C (K × K), the K × K product its
-    # downdate subtracts (in fp32 or wider, then cast back when C is narrower), the batch's
+    # more than the rows pruned. Per row of a chunk: the factor U of its pruned set (s·K rows
+    # over the K positions, in C's dtype), the block rows of L (L Lᵀ = C_PP, (s·K)²/2 in fp32;
+    # with an fp16/bf16 C the refit factors H_KK instead, ((1 − s)·K)² twice), the batch's
     # small system C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes
-    # an entry), and the columns of C an update reads (K × up to n). Measured peaks (resident
-    # memory of real runs, tests/test_hostile.py) are 0.5–1.2 of this.
+    # an entry), and the columns of C a batch's update reads and forms (3 × K × n). Shared: C
+    # in C's dtype and in decision order. Measured peaks (resident memory of real runs,
+    # tests/test_hostile.py) are 0.5–1.2 of this.
     chunk_rows = min(_rows(geometry, rows), max(chunk_size, geometry.rows_per_scope))
     _, T, gs, Lb = layout_shape(geometry)
     n = min(ng, T) * gs * Lb
-    work = max(item, _F32)  # the dtype the downdate product is formed in
-    per_row = K * K * (item + work + (item if item < work else 0)) + 12 * n * n + 4 * K * n
-    return _obs_memory()(geometry, rows) + K * K * item + chunk_rows * per_row
+    s = _sparsity(geometry)
+    refit = (s * K) ** 2 / 2 * _F32 if item >= _F32 else 2 * ((1 - s) * K) ** 2 * _F32
+    per_row = s * K * K * item + refit + 12 * n * n + 3 * K * n * max(item, _F32)
+    return int(_obs_memory()(geometry, rows) + 2 * K * K * item + chunk_rows * per_row)
 
 
 def _inverse_flops(geometry: Geometry) -> float:
@@ -233,13 +241,15 @@ def _sweep_flops(chunks_option: str | None = None):
     return flops
 
 
-def _true_obs_flops(geometry, rows=None, **options) -> float:
+def _true_obs_flops(geometry, rows=None, c_dtype="auto", device="cpu", **options) -> float:
     # per row: the factor of the pruned set P on the columns F still to decide grows by
-    # 2·q·|P|·|F| per batch (Σ ≈ s²·K³/3 at sparsity s: K³/12 at 50 %), then one
-    # Cholesky of the kept part of H_d, ((1 − s)·K)³/3
+    # 2·q·|P|·|F| per batch (Σ ≈ s²·K³/3 at sparsity s: K³/12 at 50 %); the refit from that
+    # factor is O(K²), but with an fp16/bf16 C it is one Cholesky of the kept part of H_d,
+    # ((1 − s)·K)³/3
     K = geometry.weight_shape[1]
-    s = 1 - geometry.nnz / max(1, geometry.blocks_per_scope) if geometry.nnz else 0.5
-    per_row = s * s * K ** 3 / 3 + ((1 - s) * K) ** 3 / 3
+    s = _sparsity(geometry)
+    exact = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size() >= _F32
+    per_row = s * s * K ** 3 / 3 + (4 * K * K if exact else ((1 - s) * K) ** 3 / 3)
     return _inverse_flops(geometry) + _rows(geometry, rows) * per_row
 
 

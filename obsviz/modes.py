@@ -369,8 +369,10 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
     the columns F still to decide (``L Lᵀ = C_PP``), with ``w'_F = w_F − vᵀ U_F``. A batch's
     small system is ``C_SS − U_Sᵀ U_S`` (decided by :func:`decide_batch`); its pruned set Q then
     appends ``q`` rows to U (one product of ``q × |P| × |F|``). Once the mask is decided, the
-    kept weights are the exact damped refit ``w_K = w0_K + H_KK⁻¹ H_KP w0_P``
-    (:func:`obs.refit_kept`): a sequence of OBS removals composes exactly to it.
+    kept weights are the exact damped refit ``w_K = w0_K − C_KP (C_PP)⁻¹ w0_P``
+    (:func:`obs.refit_from_factor`, from the Cholesky factor of ``C_PP`` the batches built; with
+    an fp16/bf16 C, from ``H_KK`` instead, :func:`obs.refit_kept`): a sequence of OBS removals
+    composes exactly to it.
 
     Plain version, one row, one step and one subset at a time: :func:`obsviz.reference.true_obs`
     (the same masks and weights; ``ng`` and ``chunk_size`` only change the speed)."""
@@ -401,6 +403,7 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
     C = p.C.to(c_dtype)
     C_pi = obs.principal(C, pi_all[0]).to(c_dtype) if shared else None   # (N, N)
     work = torch.promote_types(c_dtype, torch.float32)
+    exact_factor = c_dtype == work
     # rows U can get: the pruned elements of every batch but the last (no columns after it)
     cap = (layout.n_steps - (batches[-1].numel() if batches else 0)) * p.n_prune * Lb
     for ci, rows in enumerate(chunks):
@@ -414,6 +417,7 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
         n_u = 0
         kept_c = torch.ones_like(W0, dtype=torch.bool)
         scope_c = layout.scope[rows]
+        L_rows, v, P_cols = [], [], []                                  # L Lᵀ = C_PP, v = L⁻¹ w0_P
         for bi, ts in enumerate(batches):
             lo, hi = bounds[bi], bounds[bi + 1]
             S = pi[:, lo:hi]
@@ -431,11 +435,19 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
                 pruned_S = decide_batch(p, C_SS, wp[:, lo:hi].clone(), S, scope_c[:, ts],
                                         (gs, Lb), scoring, coupled)
             Q = obs.compact(torch.arange(lo, hi, device=S.device).expand(B, -1), pruned_S)
-            obs.zero_at(kept_c, obs.gather_masked(pi + 1, Q).long() - 1)
-            if hi >= N or Q.shape[1] == 0:
+            if Q.shape[1] == 0:
                 continue
-            n_u = obs.append_factor(U, n_u, wp, C_pi, C, pi, Q, lo, hi)
-        p.W[rows] = obs.refit_kept(p.Hd, W0, kept_c)
+            Q_cols = obs.gather_masked(pi + 1, Q).long() - 1                # W columns of Q
+            obs.zero_at(kept_c, Q_cols)
+            rows_b, v_b = obs.append_factor(U, n_u, wp, C_pi, C, pi, Q, lo, hi)
+            L_rows.append(rows_b)
+            v.append(v_b)
+            P_cols.append(Q_cols)
+            n_u += Q.shape[1]
+        if exact_factor:
+            p.W[rows] = obs.refit_from_factor(p.C, W0, kept_c, L_rows, v, P_cols)
+        else:   # a factor in a low-precision C is only that exact: the refit is from H
+            p.W[rows] = obs.refit_kept(p.Hd, W0, kept_c)
         kept[rows] = kept_c
     return kept
 

@@ -471,38 +471,89 @@ def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Te
 # ---- true_obs: the factor of the pruned set, and the final refit -------------------------------
 
 def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tensor | None,
-                  C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int) -> int:
+                  C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Add a batch's pruned positions ``Q`` ``(B, q)`` (-1 padded, in ``[lo, hi)``) to each row's
-    factor ``U = L⁻¹ C_P,F`` ``(B, ·, N)`` on the positions still to decide (``hi`` on), in place;
-    ``wp`` ``(B, N)`` (``w'``) follows. Returns the new number of rows of U.
+    factor ``U = L⁻¹ C_P,F`` ``(B, ·, N)`` on the positions still to decide (``hi`` on), in place
+    (rows ``n_u .. n_u + q``); ``wp`` ``(B, N)`` (``w'``) follows.
 
     With ``L_new = [[L, 0], [U_Qᵀ, L_QQ]]``: ``C'_Q,x = C_Q,x − U_Qᵀ U_x`` (x from ``lo`` on),
     ``L_QQ L_QQᵀ = C'_QQ``, the new rows ``L_QQ⁻¹ C'_Q,F`` and ``v_Q = L_QQ⁻¹ w'_Q``, so
     ``w'_F −= v_Qᵀ U_Q,F``. Positions are those of ``pi`` ``(B, N)`` (W columns, -1 padding);
-    ``C_pi`` is C in that order when every row shares it, else ``C`` is gathered per row."""
+    ``C_pi`` is C in that order when every row shares it, else ``C`` is gathered per row. With
+    ``hi`` at the end (no F) only ``L_QQ`` and ``v_Q`` are formed.
+
+    Returns the new block row of ``L``, ``(U_Qᵀ, L_QQ)`` ``(B, q, n_u)``, ``(B, q, q)`` (zero
+    rows and an identity diagonal at padding), and ``v_Q`` ``(B, q)``: ``v = L⁻¹ w0_P`` grows by forward substitution,
+    and :func:`refit_from_factor` needs both."""
     B, q = Q.shape
+    N = pi.shape[1]
     ok = Q >= 0
     Qc = torch.where(ok, Q, lo)   # padding reads position lo (written in every row of U)
+    end = N if hi < N else hi     # the columns C' is needed on: the batch's, and F's
     if C_pi is not None:
-        C_Qx = C_pi[:, lo:][Qc]                                        # (B, q, N − lo)
+        C_Qx = C_pi[Qc, lo:end]                                         # (B, q, end − lo)
     else:
-        cols = pi[:, lo:]
+        cols = pi[:, lo:end]
         rows = gather_masked(pi + 1, Q).long() - 1                     # W columns of Q
         C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
         C_Qx = C_Qx * (cols >= 0).unsqueeze(1)
-    U_Q = U[:, :n_u].gather(2, Qc.unsqueeze(1).expand(B, n_u, q))      # (B, n_u, q)
-    with threads_for(2.0 * B * q * n_u * C_Qx.shape[-1]):
-        R = torch.baddbmm(C_Qx.to(U.dtype), U_Q.transpose(1, 2), U[:, :n_u, lo:], alpha=-1)
+    padded = not bool(ok.all())
+    U_Qt = U[:, :n_u].gather(2, Qc.unsqueeze(1).expand(B, n_u, q)).transpose(1, 2).contiguous()
+    with threads_for(2.0 * B * q * n_u * C_Qx.shape[-1]):   # (B, q, n_u): a plain GEMM operand
+        R = torch.baddbmm(C_Qx.to(U.dtype), U_Qt, U[:, :n_u, lo:end], alpha=-1)
     work = torch.promote_types(U.dtype, torch.float32)
-    R = R.to(work) * ok.unsqueeze(-1)
+    R = R.to(work)
+    if padded:
+        R = R * ok.unsqueeze(-1)
+        U_Qt = U_Qt * ok.unsqueeze(-1)
     L = _cholesky(with_identity(R.gather(2, (Qc - lo).unsqueeze(1).expand(B, q, q)), ok))
     eye = torch.eye(q, dtype=work, device=R.device)
     L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
-    new = torch.bmm(L_inv, R[:, :, hi - lo:])                           # (B, q, |F|)
     v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
-    wp[:, hi:].sub_(torch.bmm(v.transpose(1, 2), new).squeeze(1).to(wp.dtype))
-    U[:, n_u:n_u + q, hi:] = new.to(U.dtype)
-    return n_u + q
+    if hi < N:
+        if U.dtype == work:   # the new rows straight into U
+            new = torch.bmm(L_inv, R[:, :, hi - lo:], out=U[:, n_u:n_u + q, hi:])
+        else:
+            new = torch.bmm(L_inv, R[:, :, hi - lo:])                   # (B, q, |F|)
+            U[:, n_u:n_u + q, hi:] = new.to(U.dtype)
+        wp[:, hi:].sub_(torch.bmm(v.transpose(1, 2), new).squeeze(1).to(wp.dtype))
+    return (U_Qt.to(work), L), v.squeeze(-1)
+
+
+def refit_from_factor(C: torch.Tensor, W0: torch.Tensor, kept: torch.Tensor,
+                      L_rows: list[tuple[torch.Tensor, torch.Tensor]], v: list[torch.Tensor],
+                      P_cols: list[torch.Tensor]) -> torch.Tensor:
+    """The exact refit of rows ``W0`` ``(B, K)`` on their masks ``kept``: pruned weights 0,
+    ``w_K = w0_K − C_KP (C_PP)⁻¹ w0_P`` (``= w0_K + H_KK⁻¹ H_KP w0_P``, the minimiser of
+    ``(w − w0) H_d (w − w0)ᵀ`` with ``w_P = 0``), from the Cholesky factor ``L Lᵀ = C_PP`` that
+    :func:`append_factor` built block row by block row (``L_rows``, ``v = L⁻¹ w0_P``): one back
+    substitution ``z = L⁻ᵀ v`` per row, then ``Δ = z C_P,:`` (one product with C).
+
+    ``P_cols`` are the W columns of each block row's pruned elements (-1: padding)."""
+    B, K = W0.shape
+    work = v[0].dtype if v else torch.promote_types(C.dtype, torch.float32)
+    n = sum(v_b.shape[1] for v_b in v)
+    y = torch.zeros(B, n, dtype=work, device=W0.device)                 # Σ later zᵀ L_rows
+    z_all = []
+    end = n
+    for (off, L_b), v_b in zip(reversed(L_rows), reversed(v), strict=True):
+        n0 = end - v_b.shape[1]
+        rhs = (v_b - y[:, n0:end]).unsqueeze(-1)
+        z = torch.linalg.solve_triangular(L_b.transpose(1, 2), rhs, upper=True)   # (B, q, 1)
+        if n0:
+            y[:, :n0].add_(torch.bmm(z.transpose(1, 2), off).squeeze(1))
+        z_all.append(z.squeeze(-1))
+        end = n0
+    if not z_all:
+        return W0 * kept
+    z = torch.cat(z_all[::-1], 1)                                         # (B, n)
+    cols = torch.cat(P_cols, 1)
+    z_full = torch.zeros(B, K, dtype=work, device=W0.device).scatter_add_(
+        1, cols.clamp(min=0), z * (cols >= 0))
+    with threads_for(2.0 * B * K * K):
+        delta = z_full @ C.to(work)
+    return ((W0.to(work) - delta) * kept).to(W0.dtype)
 
 
 def refit_kept(Hd: torch.Tensor, W0: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

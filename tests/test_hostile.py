@@ -137,9 +137,10 @@ def test_a_permuted_view_is_still_checked_to_be_a_bijection() -> None:
 def test_true_obs_estimate_counts_the_rows_a_chunk_really_has() -> None:
     g = Geometry.preset("2:4", (384, 1536))
     est = memory_estimate(g, "true_obs", chunk_size=4096)
-    # 384 rows of a per-row C (1536² fp32 = 9 MiB) and its downdate product: ~6.8 GiB, not
-    # tens of GiB for 4096 rows
-    assert 6.75 * 2**30 < est < 8 * 2**30
+    # 384 rows, each with its factor U of 768 pruned elements on 1536 positions (4.5 MiB
+    # fp32), its L (1.1 MiB) and a batch's columns of C (1.1 MiB): ~2.6 GiB, not tens of GiB
+    # for 4096 rows
+    assert 2.4 * 2**30 < est < 2.9 * 2**30
     assert memory_estimate(g, "true_obs", chunk_size=4096) == memory_estimate(
         g, "true_obs", chunk_size=384)
     coupled = Geometry.preset("coupled-2:4", (384, 1536))
@@ -152,7 +153,7 @@ def test_prune_refuses_up_front_when_the_estimate_exceeds_free_memory() -> None:
     g = Geometry.preset("2:4", (4096, 4096))
     need = memory_estimate(g, "true_obs", chunk_size=4096)
     free = available_memory("cpu")
-    assert free is not None and need > free  # 4096 per-row C of 64 MiB: 256 GiB
+    assert free is not None and need > free  # 4096 rows of a 32 MiB factor U and an 8 MiB L: 160 GiB
     start = time.perf_counter()
     with pytest.raises(ArgumentError, match="free") as e:
         prune(W, H, g, 2, method="true_obs", chunk_size=4096, device="cpu")

@@ -104,9 +104,12 @@ def test_estimates_read_the_registry():
     assert flop_estimate(geom, "split", n_splits=8) > flop_estimate(geom, "split", n_splits=2)
     fp16 = memory_estimate(geom, "true_obs", c_dtype="float16")
     fp32 = memory_estimate(geom, "true_obs", c_dtype=torch.float32)
-    # per row of a chunk: C plus the downdate's fp32 product, plus its fp16 cast when C is fp16
-    # (4 + 4 vs 2 + 4 + 2 bytes an entry: the same); the shared C cast: 2 bytes more in fp32
-    assert fp32 - fp16 == 128 * 128 * 2
+    # per row of a chunk: the factor U in C's dtype (s·K² entries: 2 bytes less each in fp16),
+    # the refit (fp32 L of C_PP, (s·K)²/2, or with fp16 H_KK twice, 2·((1 − s)·K)²), and the
+    # shared C twice in C's dtype
+    s, K = 0.5, 128
+    per_row = s * K * K * 2 + (s * K) ** 2 / 2 * 4 - 2 * ((1 - s) * K) ** 2 * 4
+    assert fp32 - fp16 == int(64 * per_row + 2 * K * K * 2)
     # a chunk never holds more rows than the layer has (chunk_size 4096 on 64 rows: 64 rows)
     assert memory_estimate(geom, "true_obs", chunk_size=4096) == memory_estimate(
         geom, "true_obs", chunk_size=64)
