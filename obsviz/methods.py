@@ -141,8 +141,8 @@ N_SPLITS = Option(
     "n_splits", 4, int, "chunks the scope sequence is cut into; each chunk re-inverts the damped "
     "Hessian restricted to the columns not yet frozen", minimum=1)
 NG = Option(
-    "ng", 16, int, "scope steps decided per batch on the batch's small system before the "
-    "K × K per-row C is downdated once; the result is the same for every ng, only speed changes "
+    "ng", 16, int, "scope steps decided per batch on the batch's small system before each "
+    "row's factor of its pruned set grows once; the result is the same for every ng, only speed changes "
     "(16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
     minimum=1)
 CHUNK_SIZE = Option(
@@ -157,7 +157,7 @@ SCORING = Option(
     "per block (independent), or the exact joint OBS cost of each subset (joint)",
     choices=("independent", "joint"))
 C_DTYPE = Option(
-    "c_dtype", "auto", str, "dtype of the per-row C: 'auto' is fp16 on CUDA, fp32 on CPU and "
+    "c_dtype", "auto", str, "dtype of C and of each row's factor: 'auto' is fp16 on CUDA, fp32 on CPU and "
     "fp64 whenever W is fp64; also 'float16', 'bfloat16', 'float32', 'float64' or a torch dtype",
     choices=("auto", "float16", "bfloat16", "float32", "float64"), parse=_parse_c_dtype)
 
@@ -319,8 +319,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "as split, each chunk's masks re-selected with that chunk's C and the current W",
            "#F58518", (N_SPLITS,), modes.interleaved, _obs_memory(1), _sweep_flops("n_splits")),
     Method("true_obs", "obs_mode", "true OBS",
-           "exact OBS per row: every row keeps its own C, Schur-downdated as its weights go, so "
-           "every decision sees all earlier ones",
+           "exact OBS per row: every row keeps its own C (as a factor of its pruned set), "
+           "downdated as its weights go, so every decision sees all earlier ones",
            "#E45756", (NG, CHUNK_SIZE, ORDER, SCORING, C_DTYPE), _run_true_obs,
            _true_obs_memory, _true_obs_flops),
     Method("magnitude", "baseline", "magnitude",

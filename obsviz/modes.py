@@ -457,8 +457,8 @@ def first_batch_decisions(p: Problem, steps: torch.Tensor, chunk_size: int,
     """The first batch's masks of every row, decided for many rows at a time.
 
     Every row enters the first batch with the shared C and its original weights, so its small
-    system needs no per-row ``K × K`` C: rows are taken in groups as large as the memory of one
-    chunk of per-row C allows (far fewer steps of Python for the same arithmetic). Only for the
+    system needs no factor yet: rows are taken in groups as large as the memory of one chunk's
+    factors allows (far fewer steps of Python for the same arithmetic). Only for the
     case :func:`decide_batch_independent` covers; ``None`` otherwise (e.g. padding)."""
     layout = p.layout
     M, K = p.W.shape

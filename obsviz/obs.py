@@ -499,7 +499,9 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
         C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
         C_Qx = C_Qx * (cols >= 0).unsqueeze(1)
     padded = not bool(ok.all())
-    U_Qt = U[:, :n_u].gather(2, Qc.unsqueeze(1).expand(B, n_u, q)).transpose(1, 2).contiguous()
+    # U on Q, gathered from the batch's own positions (a few cache lines a row, not the row)
+    U_Qt = U[:, :n_u, lo:hi].gather(2, (Qc - lo).unsqueeze(1).expand(B, n_u, q))
+    U_Qt = U_Qt.transpose(1, 2).contiguous()
     with threads_for(2.0 * B * q * n_u * C_Qx.shape[-1]):   # (B, q, n_u): a plain GEMM operand
         R = torch.baddbmm(C_Qx.to(U.dtype), U_Qt, U[:, :n_u, lo:end], alpha=-1)
     work = torch.promote_types(U.dtype, torch.float32)
@@ -512,11 +514,12 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
     L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
     if hi < N:
-        if U.dtype == work:   # the new rows straight into U
-            new = torch.bmm(L_inv, R[:, :, hi - lo:], out=U[:, n_u:n_u + q, hi:])
-        else:
-            new = torch.bmm(L_inv, R[:, :, hi - lo:])                   # (B, q, |F|)
-            U[:, n_u:n_u + q, hi:] = new.to(U.dtype)
+        with threads_for(2.0 * B * q * q * (N - hi)):
+            if U.dtype == work:   # the new rows straight into U
+                new = torch.bmm(L_inv, R[:, :, hi - lo:], out=U[:, n_u:n_u + q, hi:])
+            else:
+                new = torch.bmm(L_inv, R[:, :, hi - lo:])               # (B, q, |F|)
+                U[:, n_u:n_u + q, hi:] = new.to(U.dtype)
         wp[:, hi:].sub_(torch.bmm(v.transpose(1, 2), new).squeeze(1).to(wp.dtype))
     return (U_Qt.to(work), L), v.squeeze(-1)
 
