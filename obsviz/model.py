@@ -1269,10 +1269,11 @@ def _errors_kept(n: int) -> str:
     return "its error is kept" if n == 1 else f"the {n} layers' errors are kept"
 
 
-def kept_summary(report: dict, asked: Sequence[str] = ()) -> str:
+def kept_summary(report: dict, asked: Sequence[str] = (), how: str = "stopped") -> str:
     """What a run that did not finish keeps, in words, method by method: ``"stopped during
     sparsegpt after 7 of 36 layers: the 7 layers' errors are kept; no end metrics"``, the
-    methods that finished (end metrics kept) and those of ``asked`` never started."""
+    methods that finished (end metrics kept) and those of ``asked`` never started. ``how``:
+    the word for the end (``"stopped"``, ``"failed"``)."""
     entries = report.get("methods", {}) if isinstance(report, dict) else {}
     finished = finished_methods(report) if entries else []
     parts = []
@@ -1285,19 +1286,19 @@ def kept_summary(report: dict, asked: Sequence[str] = ()) -> str:
         n, of = len(e.get("layers", [])), e.get("layers_planned")
         of = of if isinstance(of, int) and not isinstance(of, bool) and of >= n else None
         if n == 0:
-            parts.append(f"stopped during {m} before its first layer finished: nothing of {m} "
+            parts.append(f"{how} during {m} before its first layer finished: nothing of {m} "
                          "is kept")
         elif n == of:
-            parts.append(f"stopped during {m} after all {n} layer{'s' if n != 1 else ''}, while "
+            parts.append(f"{how} during {m} after all {n} layer{'s' if n != 1 else ''}, while "
                          f"measuring the model: {_errors_kept(n)}; no end metrics")
         else:
-            parts.append(f"stopped during {m} after {n}{f' of {of}' if of else ''} "
+            parts.append(f"{how} during {m} after {n}{f' of {of}' if of else ''} "
                          f"layer{'s' if (of or n) != 1 else ''}: {_errors_kept(n)}; no end "
                          "metrics")
     later = [m for m in asked if m not in entries]
     if later:
         parts.append(f"not started: {', '.join(later)}")
-    return "; ".join(parts) if parts else "stopped before any method started: nothing is kept"
+    return "; ".join(parts) if parts else f"{how} before any method started: nothing is kept"
 
 
 def plan_summary(plan: dict) -> str:

@@ -335,9 +335,11 @@ if run:
         keep(result, "stopped" if result["report"].get("stopped") else "done")
     except ArgumentError as err:
         problem("The run was refused.", str(err))
+        result["status"] = "failed"
         keep(result, "failed", str(err))
     except Exception as err:  # a message, never a traceback
         problem("The run failed.", f"{type(err).__name__}: {err}"[:600])
+        result["status"] = "failed"
         keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
     except BaseException:   # Stop, or the tab closed or reloaded: Streamlit stopped the script;
         keep(result, "stopped")   # the row keeps what finished and is never left running
