@@ -28,6 +28,8 @@ from obsviz.model import (
     CALIBRATION_TEXT,
     HELD_OUT_TEXT,
     HESSIANS,
+    MAX_EVAL_TOKENS,
+    MAX_TOKENS,
     ModelRun,
     Plan,
     checkpoint_zip,
@@ -39,7 +41,7 @@ from obsviz.model import (
 )
 from obsviz.store import StoreError
 
-from ui import folders, runner, runs, state
+from ui import calibration, folders, runner, runs, state
 from ui.forms import build_geometry
 from ui.runner import c_dtype_options
 from ui.text import md
@@ -53,7 +55,8 @@ MAX_UPLOAD = 2 * 2**20  # bytes of uploaded text
 FAST = ["magnitude", "wanda", "sparsegpt"]
 form = ss.setdefault("model_form", {
     "source": "minilm", "path": "", "cal": "shipped", "eval": "shipped",
-    "cal_tokens": 2048, "eval_tokens": 2048, "seq_len": 128, "geo_source": "preset",
+    "cal_tokens": MAX_TOKENS, "eval_tokens": MAX_EVAL_TOKENS, "seq_len": 128,
+    "geo_source": "preset",
     "preset": "2:4", "nnz": 2, "hessians": "sequential", "damp": 0.01, "include": "*",
     "exclude": "", "methods": list(FAST),
 })
@@ -320,6 +323,8 @@ if layers is not None:
     st.caption(f"{len(layers)} Linear layer{'s' if len(layers) != 1 else ''} will be pruned in "
                f"{n_blocks} block{'s' if n_blocks != 1 else ''}; {pruned_weights / 1e6:.2f} M "
                "weights set to zero per method.")
+    calibration.plan_calibration(layers, _loaded(model_dir)[1], cal_text or "",
+                                 int(form["cal_tokens"]), int(form["seq_len"]))
 
 # ---- run --------------------------------------------------------------------------------------
 ready = layers is not None and methods and cal_text is not None and eval_text is not None
