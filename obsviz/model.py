@@ -332,8 +332,7 @@ def thin_warning(layers: Sequence[LayerPlan], nsamples: int) -> str | None:
     if not thin:
         return None
     widest = max(lp.shape[1] for lp in thin)
-    names = ", ".join(lp.name for lp in thin[:6]) + (f", … ({len(thin)} in all)"
-                                                      if len(thin) > 6 else "")
+    names = ", ".join(lp.name for lp in thin[:6]) + (", …" if len(thin) > 6 else "")
     return f"{len(thin)} of {len(layers)} layers ({names}): " + thin_text(nsamples, widest)
 
 

@@ -118,3 +118,18 @@ def test_the_checkpoint_tab_opens_a_folder_under_the_roots_with_one_message(tmp_
     active = at.session_state["user_layer"]
     assert active.label == "tiny · encoder.layer.0.attention.self.query"
     assert active.layer.shape == (32, 32) and active.layer.nsamples > 32
+
+
+def test_the_upload_widget_states_the_real_limit():
+    """Issue 24.13: Streamlit wrote the 512 MiB limit as "1GB per file" (1000-byte kB); the page
+    hides that line and its label says the loader's own limit, declared once."""
+    from ui import layers
+
+    at = open_app("pages/prune.py", state={"layer_source": "upload"})
+    up = at.file_uploader(key="_p_upload")
+    assert up.label == layers.upload_label()
+    assert up.label.endswith(f"at most {512 * 2**20 / 2**20:.1f} MiB)")  # 512 MiB by default
+    assert L.DEFAULT_MAX_BYTES == 512 * 2**20
+    css = " ".join(h.value for h in at.html)
+    assert "st-key-_p_upload [data-testid='stFileUploaderDropzoneInstructions']" in css
+    assert "display: none" in css

@@ -256,10 +256,21 @@ def upload_limit_mib() -> int:
     return max(1, -(-L.DEFAULT_MAX_BYTES // 2**20))
 
 
+def upload_label() -> str:
+    """The upload widget's label: the file types and the loader's own limit (one number,
+    ``obsviz.layers.DEFAULT_MAX_BYTES``)."""
+    return (f"Layer file ({', '.join('.' + t for t in UPLOAD_TYPES)}; at most "
+            f"{format_bytes(L.DEFAULT_MAX_BYTES)})")
+
+
 def _upload_widgets() -> None:
     ss = st.session_state
+    # Streamlit writes the limit in its own units under the button (512 MiB shows as "1GB" in a
+    # browser that counts 1000 bytes a kB): that line is hidden and the label says the limit.
+    st.html("<style>.st-key-_p_upload [data-testid='stFileUploaderDropzoneInstructions'] "
+            "{ display: none; }</style>")
     upload = st.file_uploader(
-        "Layer file", type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
+        upload_label(), type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
         on_change=_load_upload,
         help=f"A weight (M, K) plus a Hessian (K, K) or calibration inputs (N, K); "
              f".safetensors preferred, .npz or .pt (loaded without unpickling code). At most "
