@@ -373,9 +373,31 @@ def _model_plan(args: argparse.Namespace):
                 overrides=tuple(overrides))
 
 
-def _bar(frac: float, msg: str, width: int = 30) -> str:
+def _bar(frac: float, msg: str, width: int = 20) -> str:
+    """A progress line that fits the terminal: a longer message loses its middle (its start
+    names the step, its end the time left); written to a file or a pipe, it is whole."""
+    import shutil
+
     filled = int(round(width * max(0.0, min(1.0, frac))))
-    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg[:70]:70s}"
+    room = max(20, shutil.get_terminal_size((120, 24)).columns - width - 12)
+    if len(msg) > room and sys.stderr.isatty():
+        msg = f"{msg[:room // 2 - 1]}…{msg[-(room - room // 2):]}"
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac:6.1%}  {msg:{room}s}"
+
+
+def _keeping(work, keep, stopped) -> None:
+    """Run ``work()`` with its run database row following it: ``keep("stopped")`` on Ctrl-C,
+    ``keep("failed", message)`` on an error (both raised on), else ``keep("stopped")`` or
+    ``keep("done")`` as ``stopped()`` says."""
+    try:
+        work()
+    except KeyboardInterrupt:
+        keep("stopped")
+        raise
+    except Exception as err:
+        keep("failed", f"{type(err).__name__}: {err}")
+        raise
+    keep("stopped" if stopped() else "done")
 
 
 #: What MODEL_DIR may also be: the shipped all-MiniLM-L6-v2.
@@ -480,7 +502,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         data.setdefault("checks", []).append(check)
         keep()
 
-    try:
+    def work() -> None:
         sens.scan(run, plan, executor=args.executor, address=args.address, progress=progress,
                   on_layer=lambda e, s: keep(), into=data)
         if args.curve:
@@ -492,13 +514,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                                                known=data.get("checks", []))
             data["fewest"]["checked"] = [c["k"] for c in data["fewest"]["checks"]]
             data["fewest"].pop("checks")
-    except KeyboardInterrupt:
-        keep("stopped")
-        raise
-    except Exception as err:
-        keep("failed", f"{type(err).__name__}: {err}")
-        raise
-    keep("stopped" if data.get("stopped") else "done")
+
+    _keeping(work, keep, lambda: data.get("stopped"))
     if not args.quiet:
         _say(err=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -527,7 +544,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     import time
 
     from obsviz.metrics import format_rel_error
-    from obsviz.model import run_methods
+    from obsviz.model import estimate_text, kept_summary, plan_time_estimate, run_methods
 
     found = _model_inputs(args)
     if found is None:
@@ -556,6 +573,8 @@ def cmd_model(args: argparse.Namespace) -> int:
              f"{info['calibration']['tokens']} calibration tokens, "
              f"{info['evaluation']['tokens']} held-out tokens; needs about "
              f"{need['total'] / 2**20:.0f} MiB", err=True)
+        _say(f"estimate: {estimate_text(plan_time_estimate(run, plan, args.methods))}",
+             err=True)
     t0 = time.perf_counter()
     report: dict = {}
     stored: list[int] = []   # the run's row, once its first method has finished
@@ -567,16 +586,16 @@ def cmd_model(args: argparse.Namespace) -> int:
                                                 run_id=stored[0] if stored else None)]
 
     try:
-        run_methods(run, plan, args.methods, hessians=args.hessians, out_dir=args.out,
-                    progress=progress, on_method=lambda m, entry: keep(), into=report,
-                    executor=args.executor, address=args.address)
+        _keeping(lambda: run_methods(run, plan, args.methods, hessians=args.hessians,
+                                     out_dir=args.out, progress=progress,
+                                     on_method=lambda m, entry: keep(), into=report,
+                                     executor=args.executor, address=args.address),
+                 keep, lambda: report.get("stopped"))
     except KeyboardInterrupt:
-        keep("stopped")
+        _say(err=True)
+        _say(f"obsviz: stopped: {kept_summary(report, args.methods)}"
+             + (f" (model run {stored[0]} in {store.path})" if stored else ""), err=True)
         raise
-    except Exception as err:
-        keep("failed", f"{type(err).__name__}: {err}")
-        raise
-    keep("stopped" if report.get("stopped") else "done")
     if not args.quiet:
         _say(err=True)
     dense = report["dense"]

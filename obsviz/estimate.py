@@ -16,7 +16,8 @@ from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry
 from obsviz.methods import BASELINES, METHODS, OBS_MODES, default_c_dtype
 
-__all__ = ["memory_estimate", "flop_estimate", "time_estimate", "available_memory",
+__all__ = ["memory_estimate", "flop_estimate", "time_estimate", "eta_text", "format_seconds",
+           "available_memory",
            "require_memory", "reserve_memory", "held_memory",
            "format_bytes", "default_c_dtype", "METHODS", "OBS_MODES", "BASELINES"]
 
@@ -152,3 +153,30 @@ def time_estimate(geometry: Geometry, method: str, rows: int | None = None,
     # plus the Python-side cost of the sequential sweeps (per scope step or per column)
     overhead = methods.get(method).overhead_s(geometry.weight_shape[1])
     return overhead + flop_estimate(geometry, method, rows, n_splits) / rate
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in words: ``"0.4 s"``, ``"12 s"``, ``"3 min 05 s"``, ``"1 h 02 min"``."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def eta_text(elapsed: float, fraction: float, estimate_s: float | None = None) -> str:
+    """The time left, in words: from the pace so far once there is some progress (``fraction``
+    of the work done in ``elapsed`` seconds), else from the estimate made before the run."""
+    if fraction >= 0.02 and elapsed > 0:
+        left = elapsed * (1 - fraction) / fraction
+    elif estimate_s is not None:
+        left = max(estimate_s - elapsed, 0.0)
+    else:
+        return "estimating the time left"
+    if left < 1:
+        return "under a second left"
+    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left"

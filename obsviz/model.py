@@ -54,8 +54,10 @@ from obsviz.prune import prune, resolve_device
 
 __all__ = [
     "CALIBRATION_TEXT", "HELD_OUT_TEXT", "HESSIANS", "KINDS", "LayerPlan", "LayerReport",
-    "MAX_EVAL_TOKENS", "MAX_TOKENS", "ModelRun", "Override", "Plan", "PrunedModel", "checkpoint_zip", "eval_texts", "find_blocks",
-    "check_report", "finished_methods", "load_model", "plan_summary", "resolve_plan", "run_methods",
+    "MAX_EVAL_TOKENS", "MAX_TOKENS", "ModelRun", "Override", "Plan", "PrunedModel",
+    "calibration_samples", "calibration_table", "checkpoint_zip", "eval_texts", "find_blocks",
+    "check_report", "estimate_text", "finished_methods", "kept_summary", "load_model",
+    "plan_summary", "plan_time_estimate", "resolve_plan", "run_methods", "RunClock",
 ]
 
 #: The shipped texts: calibration (the Jargon File excerpt) and held-out evaluation (The Devil's
@@ -604,14 +606,19 @@ class ModelRun:
 
     def prune(self, plan: Plan, *, hessians: str = "sequential",
               progress: Progress | None = None, stop: Callable[[], bool] | None = None,
-              on_layer: Callable[[LayerPlan, torch.Tensor, object], None] | None = None
-              ) -> PrunedModel:
+              on_layer: Callable[[LayerPlan, torch.Tensor, object], None] | None = None,
+              on_report: Callable[[LayerReport], None] | None = None,
+              weights: dict[str, float] | None = None) -> PrunedModel:
         """Prune a copy of the dense model by ``plan``.
 
         ``hessians``: ``"sequential"`` (H from the pruned-so-far model, as SparseGPT) or
         ``"dense"`` (H from the dense model; layers independent). ``progress(fraction, message)``
-        after each layer; ``stop()`` is asked before each layer and ends the run there
-        (``stopped=True``, the layers done so far pruned). ``on_layer(layer_plan, H, result)`` sees
+        as each layer starts (the message names the layer being pruned), while it is pruned and
+        after it; the fraction weighs each layer by ``weights`` (layer name -> estimated seconds,
+        :func:`plan_time_estimate`; default: all alike). ``stop()`` is asked before each layer
+        and ends the run there (``stopped=True``, the layers done so far pruned).
+        ``on_report(layer_report)`` is called as each layer finishes (what a caller keeps when
+        the run is interrupted). ``on_layer(layer_plan, H, result)`` sees
         every layer's H (float64) and :class:`obsviz.PruneResult` (for tests and inspection).
         """
         if hessians not in HESSIANS:
@@ -627,6 +634,8 @@ class ModelRun:
         for lp in layers:
             by_block.setdefault(lp.block, []).append(lp)
         done: list[LayerReport] = []
+        cost = {lp.name: max(float((weights or {}).get(lp.name, 1.0)), 1e-9) for lp in layers}
+        total_cost, cost_done = sum(cost.values()), 0.0
         stopped = False
         report(0.0, f"catching the first block's inputs ({len(self.calibration)} batches)")
         inputs = self._block_inputs()
@@ -643,6 +652,8 @@ class ModelRun:
                 if stop is not None and stop():
                     stopped = True
                     break
+                report(cost_done / total_cost, f"pruning {plans[group[0]].name} "
+                       f"(layer {len(done) + 1} of {len(layers)}): its H")
                 acc = self._group_hessian(source, group[0], hs, extras)
                 H = acc.result(torch.float64)
                 wmods = dict(wblock.named_modules())
@@ -653,8 +664,14 @@ class ModelRun:
                     lp = plans[local]
                     mod = wmods[local]
                     W = _get_weight(mod)
+                    now = f"pruning {lp.name} (layer {len(done) + 1} of {len(layers)})"
+
+                    def inner(f, msg, now=now, start=cost_done, size=cost[lp.name]):
+                        report((start + min(max(f, 0.0), 1.0) * size) / total_cost, now)
+
+                    inner(0.0, "")
                     res = prune(W, H, lp.geometry, lp.nnz, method=lp.method,
-                                device=self.device, **lp.options)
+                                device=self.device, progress=inner, **lp.options)
                     _set_weight(mod, res.weight.to(W.dtype))
                     if on_layer is not None:
                         on_layer(lp, H, res)
@@ -662,8 +679,12 @@ class ModelRun:
                         lp.name, b, lp.shape, lp.geometry.name or lp.geometry.describe(), lp.nnz,
                         lp.method, float(res.rel_error), 1.0 - float(res.mask.float().mean()),
                         float(res.seconds), acc.nsamples))
-                    report(len(done) / len(layers),
-                           f"{lp.name}: {lp.method}, relative error {res.rel_error:.4f}")
+                    if on_report is not None:
+                        on_report(done[-1])
+                    cost_done += cost[lp.name]
+                    report(cost_done / total_cost,
+                           f"{lp.name} done (layer {len(done)} of {len(layers)}): relative "
+                           f"error {res.rel_error:.4f}")
                 if stopped:
                     break
             if stopped:
@@ -915,17 +936,111 @@ def perplexity(nll: float, n: int) -> float:
 # ---- several methods, one report ----------------------------------------------------------------
 
 
+def plan_time_estimate(model: nn.Module | ModelRun, plan: Plan, methods: Sequence[str],
+                       device: str | torch.device | None = None) -> dict[str, dict]:
+    """Seconds each method is estimated to take on this model before it runs:
+    :func:`obsviz.estimate.time_estimate` on every layer of ``plan`` (its geometry, its method,
+    the device), summed per method. ``model``: a :class:`ModelRun` (its dense model and device)
+    or the dense model itself (then ``device``, default the CPU). Returns ``{method: {"seconds":
+    total, "layers": {layer name: seconds}}}``. It counts the pruning, not the forward passes
+    that gather each H and measure the model (seconds on MiniLM)."""
+    from obsviz.estimate import time_estimate
+
+    if isinstance(model, ModelRun):
+        model, device = model.dense, model.device if device is None else device
+    device = resolve_device(device or "cpu")
+    out = {}
+    for m in dict.fromkeys(methods):
+        layers = {lp.name: time_estimate(lp.geometry, lp.method, device=device,
+                                         n_splits=lp.options.get("n_splits", 4))
+                  for lp in resolve_plan(model, plan.with_method(m))}
+        out[m] = {"seconds": sum(layers.values()), "layers": layers}
+    return out
+
+
+def estimate_text(estimate: dict[str, dict]) -> str:
+    """:func:`plan_time_estimate` in one line: ``"magnitude 0.4 s, sparsegpt 15 s (pruning
+    only; each H and the end metrics take their forward passes besides)"``."""
+    from obsviz.estimate import format_seconds
+
+    return (", ".join(f"{m} {format_seconds(e['seconds'])}" for m, e in estimate.items())
+            + " (pruning only; the forward passes for each H and the end metrics come on top)")
+
+
+class RunClock:
+    """The time so far and the time left of a run of several methods, one after the other:
+    from the estimate made before it (:func:`plan_time_estimate`), corrected by the pace so far
+    once some of the work is done. ``due`` thins progress out to a few updates a second (and
+    every new message)."""
+
+    def __init__(self, estimate: dict[str, dict], every_s: float = 0.25) -> None:
+        self.seconds = {m: max(float(e["seconds"]), 1e-9) for m, e in estimate.items()}
+        self.total = sum(self.seconds.values())
+        self.start = time.perf_counter()
+        self.every_s = every_s
+        self._last: tuple[float, str] = (-math.inf, "")
+
+    def fraction(self, method: str, f: float) -> float:
+        """The part of the whole run done when ``method`` is at ``f`` of its own work."""
+        before = 0.0
+        for m, s in self.seconds.items():
+            if m == method:
+                break
+            before += s
+        return min(1.0, (before + min(max(f, 0.0), 1.0) * self.seconds[method]) / self.total)
+
+    def text(self, method: str, f: float) -> str:
+        """``"12 s so far · about 40 s left"``."""
+        from obsviz.estimate import eta_text, format_seconds
+
+        elapsed = time.perf_counter() - self.start
+        return (f"{format_seconds(elapsed)} so far · "
+                f"{eta_text(elapsed, self.fraction(method, f), self.total)}")
+
+    def due(self, f: float, message: str) -> bool:
+        now = time.perf_counter()
+        if message != self._last[1] or now - self._last[0] >= self.every_s or f >= 1.0:
+            self._last = (now, message)
+            return True
+        return False
+
+
+def _new_entry(method: str, planned: int) -> dict:
+    """A method's entry before its first layer finishes: ``stopped`` until it has its end
+    metrics (what is kept if the run is interrupted there)."""
+    return {"method": method, "seconds": 0.0, "cpu_seconds": 0.0, "stopped": True, "layers": [],
+            "layers_planned": planned, "sparsity": 0.0}
+
+
 def _method_entry(run: ModelRun, plan: Plan, method: str, hessians: str,
-                  progress: Progress | None = None, stop: Callable[[], bool] | None = None
+                  progress: Progress | None = None, stop: Callable[[], bool] | None = None,
+                  entry: dict | None = None, weights: dict[str, float] | None = None
                   ) -> tuple[dict, PrunedModel]:
     """One method of :func:`run_methods`: the model pruned by ``plan`` with ``method`` and, unless
-    stopped, evaluated. ``(entry, pruned model)``."""
-    pm = run.prune(plan.with_method(method), hessians=hessians, progress=progress, stop=stop)
-    entry = {"method": method, "seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
-             "stopped": pm.stopped, "layers": [lr.to_dict() for lr in pm.layers],
-             "sparsity": _overall_sparsity(pm.layers)}
+    stopped, evaluated. ``(entry, pruned model)``. ``entry``: the dict to fill, in place as
+    each layer finishes: until the method has its end metrics it is marked ``stopped`` (what is
+    kept when the run is interrupted there), with ``layers_planned``."""
+    if entry is None:
+        entry = _new_entry(method, len(resolve_plan(run.dense, plan.with_method(method))))
+    done: list[LayerReport] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def finished(lr: LayerReport) -> None:   # each layer enters the entry as it finishes
+        done.append(lr)
+        entry["layers"].append(lr.to_dict())
+        entry.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
+                     sparsity=_overall_sparsity(done))
+
+    pm = run.prune(plan.with_method(method), hessians=hessians, progress=progress, stop=stop,
+                   on_report=finished, weights=weights)
+    entry.update({"seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
+                  "layers": [lr.to_dict() for lr in pm.layers],
+                  "sparsity": _overall_sparsity(pm.layers)})
     if not pm.stopped:
+        if progress is not None:
+            progress(1.0, "measuring the pruned model on the held-out text")
         entry.update(run.evaluate(pm.model))
+        entry["stopped"] = False
     return entry, pm
 
 
@@ -988,7 +1103,6 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
     GPU per task on CUDA; a task whose worker dies is retried ``max_retries`` times); methods
     enter the report as they finish (then in the order asked), ``on_method`` is called for each;
     a method whose task fails is left out, its message in ``report["failed"]``."""
-    import json
 
     from obsviz.sweep import EXECUTORS
 
@@ -1005,9 +1119,25 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
     layer_plans = {m: resolve_plan(run.dense, plan.with_method(m)) for m in methods}
     for m in methods:
         run.check_memory(plan.with_method(m), layer_plans[m])
+    estimate = plan_time_estimate(run, plan, methods)
     report = into if into is not None else {}
     report.update({"model": run.describe(), "plan": plan.describe(), "hessians": hessians,
-                   "methods": {}, "stopped": False})
+                   "methods": {}, "stopped": False,
+                   "estimate": {m: e["seconds"] for m, e in estimate.items()}})
+    try:
+        _run_methods(run, plan, methods, hessians, out_dir, progress, stop, on_method, report,
+                     estimate, executor, address, max_retries)
+    except BaseException:   # an interrupt (Ctrl-C, a Stop click): what finished stays in report
+        report["stopped"] = True
+        raise
+    return report
+
+
+def _run_methods(run, plan, methods, hessians, out_dir, progress, stop, on_method, report,
+                 estimate, executor, address, max_retries) -> None:
+    """:func:`run_methods` once its arguments are checked, filling ``report``."""
+    import json
+
     if run.kind == CAUSAL:
         report["dense"] = {"perplexity": run.evaluate(run.dense)["metrics"]["dense_perplexity"]}
     else:
@@ -1032,13 +1162,18 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
             on_method(m, entry)
 
     if executor == "local":
+        clock = RunClock(estimate)
         for i, m in enumerate(methods):
             def sub(f, msg, i=i, m=m):
-                say((i + f) / len(methods), f"{m}: {msg}")
-            entry, pm = _method_entry(run, plan, m, hessians, sub, stop)
+                if clock.due(f, msg):
+                    say(clock.fraction(m, f), f"{m} ({i + 1} of {len(methods)}): {msg} · "
+                                              f"{clock.text(m, f)}")
+            # in the report from the start, filled as its layers finish (kept if interrupted)
+            report["methods"][m] = _new_entry(m, len(estimate[m]["layers"]))
+            entry, pm = _method_entry(run, plan, m, hessians, sub, stop, report["methods"][m],
+                                      estimate[m]["layers"])
             if pm.stopped:
                 report["stopped"] = True
-                report["methods"][m] = entry
                 break
             finish(m, entry, pm)
             del pm
@@ -1056,7 +1191,6 @@ def run_methods(run: ModelRun, plan: Plan, methods: Sequence[str], *,
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
-    return report
 
 
 def _overall_sparsity(layers: list[LayerReport]) -> float:
@@ -1163,6 +1297,41 @@ def check_report(report: object) -> dict:
 def finished_methods(report: dict) -> list[str]:
     """The methods of a report that ran to the end (they have end metrics)."""
     return [m for m, e in report.get("methods", {}).items() if "metrics" in e]
+
+
+def _errors_kept(n: int) -> str:
+    return "its error is kept" if n == 1 else f"the {n} layers' errors are kept"
+
+
+def kept_summary(report: dict, asked: Sequence[str] = ()) -> str:
+    """What a run that did not finish keeps, in words, method by method: ``"stopped during
+    sparsegpt after 7 of 36 layers: the 7 layers' errors are kept; no end metrics"``, the
+    methods that finished (end metrics kept) and those of ``asked`` never started."""
+    entries = report.get("methods", {}) if isinstance(report, dict) else {}
+    finished = finished_methods(report) if entries else []
+    parts = []
+    if finished:
+        parts.append(f"{', '.join(finished)} finished: {'its' if len(finished) == 1 else 'their'}"
+                     " end metrics and per-layer errors are kept")
+    for m, e in entries.items():
+        if m in finished:
+            continue
+        n, of = len(e.get("layers", [])), e.get("layers_planned")
+        of = of if isinstance(of, int) and not isinstance(of, bool) and of >= n else None
+        if n == 0:
+            parts.append(f"stopped during {m} before its first layer finished: nothing of {m} "
+                         "is kept")
+        elif n == of:
+            parts.append(f"stopped during {m} after all {n} layer{'s' if n != 1 else ''}, while "
+                         f"measuring the model: {_errors_kept(n)}; no end metrics")
+        else:
+            parts.append(f"stopped during {m} after {n}{f' of {of}' if of else ''} "
+                         f"layer{'s' if (of or n) != 1 else ''}: {_errors_kept(n)}; no end "
+                         "metrics")
+    later = [m for m in asked if m not in entries]
+    if later:
+        parts.append(f"not started: {', '.join(later)}")
+    return "; ".join(parts) if parts else "stopped before any method started: nothing is kept"
 
 
 def plan_summary(plan: dict) -> str:

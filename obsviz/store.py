@@ -63,7 +63,7 @@ __all__ = ["SCHEMA_VERSION", "STORE_ENV", "TENSORS_GONE", "RunStore", "StoredMod
            "geometry_key", "geometry_label", "layer_hash", "trial_key"]
 
 STORE_ENV = "OBSVIZ_STORE"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 STATUSES = ("done", "failed")
 #: A whole-model run: ``running`` while methods go (or killed before it could say otherwise),
 #: ``done``, ``stopped`` (by the user, between methods) or ``failed``.
@@ -89,7 +89,7 @@ MODEL_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "hessians",
                  "owner")
 #: Columns of ``sensitivity_scans`` in order.
 SCAN_COLUMNS = ("id", "created", "updated", "name", "kind", "plan", "layers", "total", "checks",
-                "status", "error", "scan", "obsviz_version", "torch_version")
+                "status", "error", "scan", "obsviz_version", "torch_version", "owner")
 #: Columns ``RunStore.runs(**where)`` filters on.
 FILTERS = ("id", "key", "sweep", "layer", "source", "layer_hash", "geometry", "nnz", "method",
            "damp", "device", "status")
@@ -433,11 +433,27 @@ ALTER TABLE sweep_runs_v6 RENAME TO sweep_runs;
 CREATE INDEX sweep_runs_run ON sweep_runs(run_id);
 """
 
+# v7: the process that wrote a scan last (as v5 for model runs): a ``running`` scan whose process
+# is gone is marked stopped (``RunStore.stop_orphaned_scans``). And the names a run was asked for
+# by outside a sweep (``run_layers``: the app's runs; a sweep's are in ``sweep_runs.layer``): a
+# layer of the same contents as another under a new name shares its run and keeps its name.
+_SCHEMA_V7 = """
+ALTER TABLE sensitivity_scans ADD COLUMN owner TEXT;
+CREATE TABLE run_layers (
+    run_id  INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    layer   TEXT NOT NULL,
+    PRIMARY KEY (run_id, layer)
+) WITHOUT ROWID;
+"""
+
+_NAME_RUN = ("INSERT OR IGNORE INTO run_layers (run_id, layer) SELECT id, ? FROM runs "
+             "WHERE id = ? AND layer != ?")
+
 #: ``MIGRATIONS[v]`` takes a store at schema version ``v`` to ``v + 1`` (one transaction each).
 #: A new table or column is one more entry here (and ``SCHEMA_VERSION`` one more): the check
 #: of a store's tables (``expected_tables``) follows from these.
 MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4,
-                              4: _SCHEMA_V5, 5: _SCHEMA_V6}
+                              4: _SCHEMA_V5, 5: _SCHEMA_V6, 6: _SCHEMA_V7}
 
 
 def _statements(script: str) -> list[str]:
@@ -808,7 +824,8 @@ class RunStore:
 
         A trial ``key`` has at most one finished row: when it is already stored as done, no
         row is written and the existing id is returned (filed under ``sweep`` with this
-        ``layer`` name: a layer of the same contents under another name shares the run). A
+        ``layer`` name, or outside a sweep kept as one more of its names, ``layer_names``: a
+        layer of the same contents under another name shares the run). A
         finished run replaces the trial's failures; a failure replaces the earlier failures of
         the trial under the same layer name.
         """
@@ -879,7 +896,15 @@ class RunStore:
             if sweep is not None:
                 con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id, layer) "
                             "VALUES (?, ?, ?)", (sweep, run_id, row["layer"]))
+            else:
+                con.execute(_NAME_RUN, (row["layer"], run_id, row["layer"]))
             return run_id
+
+    def name_run(self, run_id: int, layer: str) -> None:
+        """Keep ``layer`` as one more name of a stored run (a layer of the same contents under
+        another name that reuses it outside a sweep; ``layer_names`` lists them)."""
+        with self._write() as con:
+            con.execute(_NAME_RUN, (str(layer), int(run_id), str(layer)))
 
     def add_to_sweep(self, sweep: str, run_ids: list[int],
                      layers: list[str] | None = None) -> None:
@@ -942,16 +967,25 @@ class RunStore:
         """Mark ``stopped`` every ``running`` model run whose process is gone (its owner token,
         :func:`obsviz.owner.token_alive`; a row from before owners were kept counts as gone),
         keeping what it finished; returns their ids. Call it at start-up."""
+        return self._stop_orphaned("model_runs", "run")
+
+    def stop_orphaned_scans(self) -> list[int]:
+        """:meth:`stop_orphaned_model_runs` for sensitivity scans: a ``running`` scan whose
+        process is gone is marked ``stopped``, keeping the layers it scanned; returns their
+        ids."""
+        return self._stop_orphaned("sensitivity_scans", "scan")
+
+    def _stop_orphaned(self, table: str, what: str) -> list[int]:
         with self._connect() as con:
-            rows = con.execute("SELECT id, owner FROM model_runs WHERE status = 'running'")
+            rows = con.execute(f"SELECT id, owner FROM {table} WHERE status = 'running'")
             gone = [int(r["id"]) for r in rows if token_alive(r["owner"]) is False]
         if gone and not self.readonly:   # read-only: shown as they are
             now = datetime.now(UTC).isoformat(timespec="microseconds")
             with self._write() as con:
                 con.executemany(
-                    "UPDATE model_runs SET status = 'stopped', updated = ?, error = ? "
+                    f"UPDATE {table} SET status = 'stopped', updated = ?, error = ? "
                     "WHERE id = ? AND status = 'running'",
-                    [(now, "its process ended before the run finished", i) for i in gone])
+                    [(now, f"its process ended before the {what} finished", i) for i in gone])
         return gone
 
     def model_runs(self, *, limit: int | None = None) -> list[StoredModelRun]:
@@ -997,7 +1031,8 @@ class RunStore:
                "total": int(scan.get("total", len(scan["layers"]))),
                "checks": len(scan.get("checks", [])), "status": status,
                "error": None if error is None else str(error), "scan": text,
-               "obsviz_version": obsviz_version, "torch_version": torch_version}
+               "obsviz_version": obsviz_version, "torch_version": torch_version,
+               "owner": process_token()}
         with self._write() as con:
             if scan_id is not None:
                 sets = ", ".join(f"{k} = :{k}" for k in row)
@@ -1011,15 +1046,15 @@ class RunStore:
 
     def scans(self, *, limit: int | None = None) -> list[StoredScan]:
         """Layer-sensitivity scans, newest first, without their data (``scan`` reads one)."""
-        cols = ", ".join(c for c in SCAN_COLUMNS if c != "scan")
+        cols = ", ".join(c for c in SCAN_COLUMNS if c not in ("scan", "owner"))
         sql = f"SELECT {cols} FROM sensitivity_scans ORDER BY id DESC"
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ArgumentError("limit", f"limit={limit!r} must be a non-negative integer")
             sql += f" LIMIT {int(limit)}"
         with self._connect() as con:
-            return [StoredScan(**{k: r[k] for k in SCAN_COLUMNS if k != "scan"}) for r in
-                    con.execute(sql)]
+            return [StoredScan(**{k: r[k] for k in SCAN_COLUMNS if k not in ("scan", "owner")})
+                    for r in con.execute(sql)]
 
     def scan(self, scan_id: int) -> StoredScan:
         """The scan with this id, checked (``KeyError`` when there is none; :class:`StoreError`
@@ -1038,7 +1073,8 @@ class RunStore:
             data = check_scan(json.loads(text))
         except (ValueError, RecursionError) as e:
             raise StoreError(f"scan {scan_id}: not a sensitivity scan ({str(e)[:300]})") from None
-        return StoredScan(**{k: row[k] for k in SCAN_COLUMNS if k != "scan"}, scan=data)
+        return StoredScan(**{k: row[k] for k in SCAN_COLUMNS if k not in ("scan", "owner")},
+                          scan=data)
 
     # -- reading
 
@@ -1094,6 +1130,27 @@ class RunStore:
             row = con.execute("SELECT * FROM runs WHERE key = ? AND status = 'done'",
                               (key,)).fetchone()
         return None if row is None else _row_to_run(row)
+
+    def layer_names(self, run_ids: list[int]) -> dict[int, list[str]]:
+        """Every name each run was asked for by: the one it was stored with first, then those
+        of layers of the same contents that shared it (the app's, ``run_layers``, and the
+        sweeps', ``sweep_runs.layer``), in that order, each once."""
+        ids = [int(i) for i in run_ids]
+        out: dict[int, list[str]] = {}
+        with self._connect() as con:
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                marks = ", ".join("?" * len(part))
+                rows = con.execute(
+                    f"SELECT id, layer, 0 AS o FROM runs WHERE id IN ({marks}) UNION ALL "
+                    f"SELECT run_id, layer, 1 FROM run_layers WHERE run_id IN ({marks}) "
+                    f"UNION ALL SELECT run_id, layer, 2 FROM sweep_runs WHERE run_id IN "
+                    f"({marks}) ORDER BY 3, 2", part * 3)
+                for r in rows:
+                    names = out.setdefault(int(r[0]), [])
+                    if r[1] not in names:
+                        names.append(r[1])
+        return out
 
     def done_keys(self, keys: list[str] | None = None) -> set[str]:
         """Keys of finished runs (of those in ``keys`` when given)."""

@@ -53,6 +53,7 @@ def offer_fast_modes(job: runs.Job) -> None:
 
 
 more = stored_runs.sync()   # stored runs are results: listed after a restart as before it
+runs.store_notice(runs.run_store())   # the fast modes run here
 everything = runs.store()
 job = first_job()
 if not everything:
@@ -202,16 +203,18 @@ with c_rows:
 # ---- maps -------------------------------------------------------------------------------------
 st.subheader("Where the error is")
 layer_of = {d: rs[0].layer for d, rs in by_layer.items()}
+# layers of the same contents under other names share the maps: each name is said
+names_of = {d: ", ".join(dict.fromkeys(r.layer.label for r in rs)) for d, rs in by_layer.items()}
 digest = list(by_layer)[-1]
 if len(by_layer) > 1:
     digest = st.selectbox("Layer", list(by_layer), index=len(by_layer) - 1,
-                          format_func=lambda d: layer_of[d].label, key="_c_layer",
+                          format_func=lambda d: names_of[d], key="_c_layer",
                           help="Maps and the difference view compare results of one layer "
                                "(the same W); the charts above span every layer.")
 here = by_layer[digest]
 loaded = layer_of[digest].loaded
 M, K = layer_of[digest].shape
-st.caption(f"{md(layer_of[digest].label)} · W {M} × {K}")
+st.caption(f"{md(names_of[digest])} · W {M} × {K}")
 c_view, c_r0, c_c0, c_size = st.columns([1.4, 1, 1, 1])
 view = c_view.segmented_control("View", ["Whole layer", "Window"], default="Whole layer",
                                 key="_c_view",

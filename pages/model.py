@@ -2,10 +2,10 @@
 to the model (end metrics on held-out text, per-layer error, block-by-block drift).
 
 Every run is kept in the run database (``model_runs``) as it goes, one update per finished
-method; the stored runs are listed here and open into the same views (their pruned checkpoints
+method (a Stop keeps the layers finished of the method under way); the stored runs are listed
+here and open into the same views and the plan they were made with (their pruned checkpoints
 are not stored: those stay downloadable only for this session's own run). ``model_result``:
-``report``, ``dir`` (this session's run folder: its checkpoints), ``own_id`` (that run's row),
-``stored_id`` (the row of the report shown), ``methods`` (asked for), ``running``."""
+see ``ui.model_runs``."""
 
 import copy
 import dataclasses
@@ -16,14 +16,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from obsviz import METHODS, PRESETS, Geometry
+from obsviz import METHODS, PRESETS
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.errors import ArgumentError
-from obsviz.estimate import format_bytes
+from obsviz.estimate import format_bytes, format_seconds
 from obsviz.figures.model import drift_figure, layer_error_figure, layer_method_heatmap
 from obsviz.hessian import DAMP_MAX
 from obsviz.methods import OPTIONS, REGISTRY
-from obsviz.metrics import format_rel_error
 from obsviz.model import (
     CALIBRATION_TEXT,
     HELD_OUT_TEXT,
@@ -36,13 +35,26 @@ from obsviz.model import (
     finished_methods,
     load_model,
     plan_summary,
+    plan_time_estimate,
     resolve_plan,
     run_methods,
 )
 from obsviz.store import StoreError
 
 from ui import calibration, folders, runner, runs, state
-from ui.forms import build_geometry
+from ui.forms import build_geometry, preset_budget
+from ui.model_runs import (
+    STATUS,
+    form_from_plan,
+    keep,
+    layer_rows,
+    metric_rows,
+    new_result,
+    opened_result,
+    stored_label,
+    unfinished,
+    when,
+)
 from ui.runner import c_dtype_options
 from ui.text import md
 
@@ -62,15 +74,7 @@ form = ss.setdefault("model_form", {
 })
 
 
-def _preset_budget(field: str) -> None:
-    if field == "preset":
-        try:
-            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
-        except ValueError:
-            pass
-
-
-bind, changed = state.form_widgets("model_form", "_m_", after=_preset_budget)
+bind, changed = state.form_widgets("model_form", "_m_", after=preset_budget(form))
 
 
 def problem(title: str, detail: str | None = None) -> None:
@@ -100,37 +104,6 @@ def _text(which: str, shipped: Path) -> tuple[str | None, str]:
     return up.getvalue().decode("utf-8", errors="replace"), "uploaded text"
 
 
-def keep(result: dict, status: str = "running", error: str | None = None) -> None:
-    """Write this session's run (its finished methods) to the run database: a new row at the
-    first finished method, the same row updated after. A store that fails is said, never
-    fatal: the result stays in the session."""
-    db = runs.run_store()
-    if db is None or not (result.get("report") or {}).get("methods"):
-        return
-    try:
-        result["own_id"] = result["stored_id"] = db.record_model_run(
-            result["report"], methods=result["methods"], status=status, error=error,
-            run_id=result.get("own_id"))
-    except Exception as err:  # a full disk must not lose the result in memory
-        result["store_error"] = f"{type(err).__name__}: {err}"[:300]
-
-
-def when(iso: str) -> str:
-    """A stored UTC time as ``2026-11-29 22:31 UTC``."""
-    return f"{str(iso)[:16].replace('T', ' ')} UTC"
-
-
-STATUS = {"running": "unfinished", "done": "done", "stopped": "stopped", "failed": "failed"}
-
-
-def stored_label(row) -> str:
-    """One stored model run on one line (plain text: a selectbox shows it as it is)."""
-    methods = ", ".join(row.finished) or "no method finished"
-    status = "" if row.status == "done" else f" · {STATUS.get(row.status, row.status)}"
-    return (f"#{row.id} · {row.name} · {row.plan} · {methods} · {when(row.created)}"
-            f"{status}")[:400]
-
-
 st.title("Model")
 st.markdown(
     "Prune **every Linear layer inside a real model's transformer blocks**, block by block, the "
@@ -144,9 +117,7 @@ try:
     stored = db.model_runs(limit=500) if db is not None else []
 except Exception:  # a store this version cannot read: listed as empty
     stored = []
-if db is None:
-    st.caption("The run database cannot be opened (set `OBSVIZ_STORE` to another file): runs "
-               "made here are kept in this session only.")
+runs.store_notice(db)
 if stored:
     with st.expander(f"Stored runs ({len(stored)})", icon=":material/history:",
                      expanded=not ss.get("model_result")):
@@ -166,11 +137,11 @@ if stored:
             except (KeyError, StoreError) as err:
                 problem("That stored run cannot be shown.", str(err))
             else:
-                old = ss.get("model_result") or {}
-                ss["model_result"] = {"report": got.report, "stored_id": got.id,
-                                      "dir": old.get("dir"), "own_id": old.get("own_id"),
-                                      "methods": got.methods, "running": False,
-                                      "created": got.created, "status": got.status}
+                ss["model_result"] = opened_result(got, ss.get("model_result"))
+                missed = form_from_plan(form, got.report, got.methods)
+                st.caption(f"The plan below is run #{got.id}'s"
+                           + (f", but for what this form cannot show: {md(', '.join(missed))}"
+                              if missed else "") + ".")
 
 # ---- model and texts --------------------------------------------------------------------------
 c_model, c_text = st.columns(2, gap="large")
@@ -316,6 +287,7 @@ if model_dir is not None:
         problem("This plan does not fit the model.", str(err))
     except Exception as err:  # a checkpoint we could not foresee: a message, never a traceback
         problem("The checkpoint could not be used.", f"{type(err).__name__}: {err}"[:600])
+estimate = None
 if layers is not None:
     pruned_weights = sum(lp.shape[0] * lp.shape[1] * lp.geometry.sparsity(lp.nnz)
                          for lp in layers)
@@ -323,6 +295,16 @@ if layers is not None:
     st.caption(f"{len(layers)} Linear layer{'s' if len(layers) != 1 else ''} will be pruned in "
                f"{n_blocks} block{'s' if n_blocks != 1 else ''}; {pruned_weights / 1e6:.2f} M "
                "weights set to zero per method.")
+    if methods:
+        try:
+            estimate = plan_time_estimate(dense, plan, methods, device=ss["device"])
+        except ArgumentError as err:
+            problem("This plan does not fit the model.", str(err))
+        else:
+            st.caption("Estimated time to prune, before the run: " + " · ".join(
+                f"**{m}** {format_seconds(e['seconds'])}" for m, e in estimate.items())
+                + " (about " + format_seconds(sum(e["seconds"] for e in estimate.values()))
+                + " in all; the forward passes for each H and the end metrics come on top).")
     calibration.plan_calibration(layers, _loaded(model_dir)[1], cal_text or "",
                                  int(form["cal_tokens"]), int(form["seq_len"]))
 
@@ -337,9 +319,8 @@ if run:
     old = ss.get("model_result")
     if old and old.get("dir"):
         shutil.rmtree(old["dir"], ignore_errors=True)
-    out_dir = runner.model_run_dir()
-    result = {"dir": out_dir, "report": None, "running": True, "methods": methods,
-              "own_id": None, "stored_id": None}
+    result = new_result(old, runner.model_run_dir(), methods)
+    out_dir = result["dir"]
     ss["model_result"] = result
     bar = st.progress(0.0, text="Preparing the calibration and held-out text…")
     try:
@@ -354,7 +335,7 @@ if run:
 
         result["report"] = {}
         run_methods(mrun, plan, methods, hessians=form["hessians"], out_dir=out_dir,
-                    progress=lambda f, msg: bar.progress(min(1.0, f), text=msg),
+                    progress=lambda f, msg: bar.progress(min(1.0, f), text=md(msg)),
                     on_method=lambda m, entry: keep(result), into=result["report"])
         keep(result, "stopped" if result["report"].get("stopped") else "done")
     except ArgumentError as err:
@@ -375,12 +356,33 @@ if run:
 # ---- results ----------------------------------------------------------------------------------
 result = ss.get("model_result")
 if result and result.get("running") and not run:
-    st.warning("The last run was stopped before it finished; the methods it completed are "
-               "below.", icon=":material/pause_circle:")
-    result["running"] = False
+    result["running"] = False   # stopped (a click ended the script inside the run)
+    result["status"] = "stopped"
     keep(result, "stopped")
-report = result.get("report") if result else None
-if report and finished_methods(report):
+
+
+def show(result: dict, key: str = "") -> None:
+    """A run's results: what it kept when it did not finish, its end metrics, per-layer errors,
+    drift, the layer × method map and the downloads."""
+    report = result.get("report")
+    said = unfinished(result) if report else None
+    if said:
+        st.warning(f"Run #{result['stored_id']} did not finish. " if result.get("stored_id")
+                   is not None else "This run did not finish. ", icon=":material/pause_circle:")
+        st.text(said)
+    if not report or not any(e["layers"] for e in report["methods"].values()):
+        return
+    if finished_methods(report):
+        _results(result, report, key)
+    else:
+        st.subheader("The layers pruned before the stop")
+        st.caption("Each layer's own relative error ‖X ΔWᵀ‖ / ‖X W₀ᵀ‖ under the H it was "
+                   "pruned with; no end metrics (no method ran to the end).")
+        st.plotly_chart(layer_error_figure(report), width="stretch", key=f"{key}partial")
+        st.dataframe(pd.DataFrame(layer_rows(report)), hide_index=True, width="stretch")
+
+
+def _results(result: dict, report: dict, key: str) -> None:
     st.subheader("What each method did to the model")
     info = report["model"]
     st.caption(f"{md(info['name'])}: {md(info['kind'])}, {info['blocks']} blocks · calibration "
@@ -398,56 +400,31 @@ if report and finished_methods(report):
         st.caption("Not kept in the run database:")
         st.text(result["store_error"])
     # a stored report is checked (obsviz.model.check_report); a method stopped midway has no
-    # end metrics and is left out of the views
+    # end metrics: it is in the per-layer views only
+    st.dataframe(pd.DataFrame(metric_rows(report)), hide_index=True, width="stretch")
     entries = {m: report["methods"][m] for m in finished_methods(report)}
-    report = {**report, "methods": entries}
-    ref = entries.get("sparsegpt")
-
-    def timing(e: dict) -> dict:
-        return {"sparsity": f"{100 * e['sparsity']:.1f} %", "seconds": f"{e['seconds']:.1f}",
-                "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}"
-                if ref and ref["seconds"] > 0 else "–"}
-
-    dash = {"sparsity": "0.0 %", "seconds": "–", "time ÷ SparseGPT": "–"}
-    if info["kind"] == "encoder":
-        rows = [{"model": "dense", "cosine similarity": "1", "last hidden state error":
-                 format_rel_error(0.0), **dash}]
-        rows += [{"model": m, "cosine similarity": f"{e['metrics']['cosine']:.4f}",
-                  "last hidden state error":
-                      format_rel_error(e["metrics"]["last_hidden_rel_error"]), **timing(e)}
-                 for m, e in entries.items()]
-    else:
-        rows = [{"model": "dense", "perplexity": f"{report['dense']['perplexity']:.3f}", **dash}]
-        rows += [{"model": m, "perplexity": f"{e['metrics']['perplexity']:.3f}", **timing(e)}
-                 for m, e in entries.items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    finished = {**report, "methods": entries}
 
     t_layers, t_drift, t_heat, t_table = st.tabs(
         ["Error per layer", "Drift per block", "Layer × method", "Table"])
     with t_layers:
         st.caption("Each layer's own relative error ‖X ΔWᵀ‖ / ‖X W₀ᵀ‖ under the H it was "
                    "pruned with, in pipeline order.")
-        st.plotly_chart(layer_error_figure(report), width="stretch")
+        st.plotly_chart(layer_error_figure(report), width="stretch", key=f"{key}layers")
     with t_drift:
         st.caption("How far each block's output has moved from the dense model's, on held-out "
                    "text (relative error over every token).")
-        st.plotly_chart(drift_figure(report), width="stretch")
+        st.plotly_chart(drift_figure(finished), width="stretch", key=f"{key}drift")
     with t_heat:
-        st.plotly_chart(layer_method_heatmap(report), width="stretch")
+        st.plotly_chart(layer_method_heatmap(report), width="stretch", key=f"{key}heat")
     with t_table:
-        st.dataframe(pd.DataFrame([
-            {"method": m, "layer": lr["name"], "shape": f"{lr['shape'][0]} × {lr['shape'][1]}",
-             "geometry": lr["geometry"], "nnz": lr["nnz"],
-             "relative error": format_rel_error(lr["rel_error"]),
-             "seconds": round(lr["seconds"], 3)}
-            for m, e in entries.items() for lr in e["layers"]]), hide_index=True,
-            width="stretch")
+        st.dataframe(pd.DataFrame(layer_rows(report)), hide_index=True, width="stretch")
 
     st.subheader("Downloads")
     cols = st.columns(min(4, len(entries) + 1))
     cols[0].download_button("Report (JSON)", json.dumps(result["report"], indent=2),
                             file_name="model_report.json", mime="application/json",
-                            icon=":material/download:", on_click="ignore")
+                            icon=":material/download:", on_click="ignore", key=f"{key}report")
     # checkpoints (tens of MB each) are not stored: only this session's own run folder has them
     own_dir = result.get("dir") if result.get("stored_id") == result.get("own_id") else None
     if own_dir is None or not Path(own_dir).is_dir():
@@ -459,10 +436,18 @@ if report and finished_methods(report):
             cols[(i + 1) % len(cols)].download_button(
                 f"{m} checkpoint (zip)", lambda folder=folder: checkpoint_zip(folder),
                 file_name=f"pruned-{m}.zip", mime="application/zip",
-                icon=":material/download:", on_click="ignore", key=f"_m_zip_{m}",
+                icon=":material/download:", on_click="ignore", key=f"_m_zip_{key}{m}",
                 help="A Hugging Face-format folder (config, model.safetensors, tokenizer): "
                      "transformers loads it as it is.")
-elif not result:
+
+
+if result:
+    show(result)
+    if result.get("previous") and not finished_methods(result.get("report") or {}):
+        st.divider()
+        st.subheader("The run shown before this one")
+        show(result["previous"], key="previous_")
+if not result:
     st.info("Choose a model, texts, a plan and methods, then **Run**. With the defaults "
             "(MiniLM, the shipped texts, 2:4, three fast methods) it takes seconds to a minute.",
             icon=":material/info:")

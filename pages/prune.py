@@ -11,7 +11,7 @@ from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 
 from ui import calibration, labels, layers, runner, runs, state
-from ui.forms import parse_float, parse_int
+from ui.forms import parse_float, parse_int, preset_budget
 from ui.text import md
 
 state.require_entrypoint()
@@ -21,16 +21,7 @@ form = state.prune_form(runner.DEFAULT_METHODS, runs.DEFAULT_OPTIONS)
 device = state.device()
 
 
-def _preset_budget(field: str) -> None:
-    """A new preset starts from its own nnz."""
-    if field == "preset":
-        try:
-            form.nnz = str(Geometry.preset(form.preset, (16, 16)).nnz)
-        except ValueError:
-            form.nnz = "1"
-
-
-bind, changed = state.form_widgets("prune_form", "_p_", after=_preset_budget)
+bind, changed = state.form_widgets("prune_form", "_p_", after=preset_budget(form, text=True))
 bind_opt, changed_opt = state.form_widgets(lambda: ss["prune_form"].options, "_p_opt_")
 errors: dict[str, str] = {}   # field -> message, shown under the field, which is marked red
 
@@ -40,6 +31,7 @@ st.title("Prune")
 st.markdown("Prune the current layer with every OBS compensation mode and the usual baselines. "
             "Each finished result is kept (asking for it again is instant) and shows up on the "
             "**Compare** page.")
+runs.store_notice(runs.run_store())
 
 # ---- layer and geometry -----------------------------------------------------------------------
 c_layer, c_geom = st.columns([1.15, 1], gap="large")
@@ -180,11 +172,12 @@ except ValueError as err:
 # ---- estimate and run -------------------------------------------------------------------------
 if methods:
     table = runner.estimate(job, methods)
-    cached = {m for m in methods if runs.known(job, m)}
+    done_as = {m: runs.done_as(job, m) for m in methods}
     st.dataframe(
         {"method": [e["method"] for e in table],
          "memory": [format_bytes(e["memory"]) for e in table],
-         "time": ["cached" if e["method"] in cached else f"~{e['seconds']:.1f} s"
+         "time": [runs.reused_text(done_as[e["method"]], active.label)
+                  if done_as[e["method"]] is not None else f"~{e['seconds']:.1f} s"
                   for e in table],
          "fits": ["✓" if e["fits"] else "too big: use a row sample" for e in table]},
         hide_index=True, width="stretch")
@@ -221,7 +214,8 @@ if last and not run:
                     f":green[:material/check_circle:] **{md(labels.describe(r.job, r.method))}**"
                     f" · relative error **{format_rel_error(r.rel_error)}** · sparsity "
                     f"{rep['sparsity']:.1%} · {valid} · {r.seconds:.2f} s on "
-                    f"{rep['device']}" + (" · cached" if entry["status"] == "cached" else ""))
+                    f"{rep['device']}" + (f" · {md(runs.reused_text(r.reused_from, r.layer.label))}"
+                                          if entry["status"] == "cached" else ""))
             else:
                 icon = (":orange[:material/pause_circle:]" if entry["status"] == "stopped"
                         else ":red[:material/error:]")

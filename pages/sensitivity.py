@@ -11,7 +11,7 @@ besides drawing is in ``ui.scans``."""
 import pandas as pd
 import streamlit as st
 
-from obsviz import METHODS, PRESETS, Geometry
+from obsviz import METHODS, PRESETS
 from obsviz import sensitivity as sens
 from obsviz.errors import ArgumentError
 from obsviz.figures.sensitivity import curve_figure, damage_figure, plan_figures
@@ -19,6 +19,7 @@ from obsviz.metrics import format_rel_error
 from obsviz.model import MAX_EVAL_TOKENS, MAX_TOKENS, Plan, plan_summary
 
 from ui import folders, runs, scans, state
+from ui.forms import preset_budget
 from ui.text import md
 
 state.require_entrypoint()
@@ -33,15 +34,7 @@ form = ss.setdefault("sensitivity_form", {
 SPARES = ["dense", "4:8", "1:2", "2:8"]
 
 
-def _preset_budget(field: str) -> None:
-    if field == "preset":
-        try:
-            form["nnz"] = Geometry.preset(form["preset"], (16, 16)).nnz
-        except ValueError:
-            pass
-
-
-bind, changed = state.form_widgets("sensitivity_form", "_n_", after=_preset_budget)
+bind, changed = state.form_widgets("sensitivity_form", "_n_", after=preset_budget(form))
 
 
 st.title("Sensitivity")
@@ -57,6 +50,7 @@ try:
     stored = db.scans(limit=200) if db is not None else []
 except Exception:
     stored = []
+runs.store_notice(db, "new scans made here are kept in this session only")
 if stored:
     with st.expander(f"Stored scans ({len(stored)})", icon=":material/history:",
                      expanded=not ss.get("sensitivity_result")):

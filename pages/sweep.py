@@ -15,7 +15,7 @@ from obsviz.figures import sweep as sfig
 from obsviz.store import RunStore, StoreError, default_store_path
 from obsviz.sweep import SpecError, parse_spec, plan, sweep
 
-from ui import state
+from ui import runs, state
 from ui.text import md
 
 state.require_entrypoint()
@@ -46,10 +46,7 @@ except (StoreError, OSError) as err:
     st.stop()
 st.caption("Run database (set `OBSVIZ_STORE` to use another):")
 st.code(str(store.path), language=None)
-if store.readonly:
-    st.info("This run database is read-only (a read-only filesystem, or a file you may not "
-            "write): its sweeps can be browsed below; a new sweep needs one you can write "
-            "(set OBSVIZ_STORE).", icon=":material/lock:")
+runs.store_notice(store, "a new sweep cannot run on it")
 
 
 def show_error(title: str, err: Exception) -> None:

@@ -191,10 +191,12 @@ def test_any_stored_run_opens_sweeps_included():
         stored[key] = result.rel_error
     at = compare(open_app(state={"layer_name": "toy"}, store=path))
     assert not any("Nothing to compare yet" in m.value for m in at.markdown)
-    assert at.multiselect(key="_c_pick").value == list(stored)
     runs = at.session_state["results"]
-    assert {k: runs[k].rel_error for k in stored} == stored
-    assert all(runs[k].layer.loaded for k in stored)    # a shipped sample: W and H are here
+    picked = [runs[k] for k in at.multiselect(key="_c_pick").value]
+    assert [r.trial for r in picked] == list(stored)     # the store's keys, on its layer name
+    assert {r.layer.label for r in picked} == {"layer0.key"}
+    assert {r.trial: r.rel_error for r in picked} == stored
+    assert all(r.layer.loaded for r in picked)          # a shipped sample: W and H are here
     # the stored weights are read back for the maps: one panel per run
     assert titles(charts(at)["_c_fig_maps"]) == ["magnitude", "wanda"]
 

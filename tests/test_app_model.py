@@ -135,7 +135,9 @@ def test_stored_runs_are_hostile_text_and_junk_is_refused():
     at.selectbox(key="_m_stored").set_value(good).run()
     at.button(key="_m_open").click().run()
     assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
+    # the form takes the run's plan: its include pattern (the hostile text) selects no layer
+    assert [e.value for e in at.error] == ["This plan does not fit the model."]
+    assert at.text_input(key="_m_include").value == evil
     assert "example.invalid" not in "\n".join(c.value for c in at.caption).replace("\u2060", "")
     head = next(plain(c.value) for c in at.caption if ": encoder" in c.value)
     assert head.startswith(evil + ": encoder")

@@ -313,3 +313,111 @@ def test_a_damping_out_of_range_is_refused_under_the_field(typed):
     assert not at.exception, at.exception
     assert any("damp" in e and "from 0 to" in e or "at least" in e for e in errors(at))
     assert not any(b.label == "Run" for b in at.button)
+
+
+def test_every_page_that_writes_says_a_read_only_store_keeps_nothing_new(monkeypatch):
+    """Issue 21.3: a store on a read-only filesystem opens read-only; the Sweep page said so,
+    the Prune, Model, Sensitivity and Compare pages ran on without a word while nothing they
+    made was kept. (Read-only is made here by the store's own check; the real filesystem case:
+    tests/test_store.py.)"""
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    db = fresh_store()
+    RunStore(db).close()                                   # a store, then it cannot be written
+    monkeypatch.setattr(RunStore, "_writable", lambda self: False)
+    pages = ("pages/prune.py", "pages/compare.py", "pages/model.py", "pages/sensitivity.py",
+             "pages/sweep.py")
+    for page in pages:
+        at = open_app(page, state={"layer_name": "toy"}, store=db)
+        said = [plain(i.value) for i in at.info if "read-only" in i.value]
+        assert len(said) == 1, (page, [i.value for i in at.info])
+        assert "kept in this session only" in said[0] or "cannot run" in said[0], said
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["magnitude"])                         # runs, kept in the session only
+    assert [e["status"] for e in at.session_state["last_run"]] == ["done"]
+    assert RunStore(db).count() == 0 and not errors(at)
+    monkeypatch.undo()
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=fresh_store())
+    assert not [i for i in at.info if "read-only" in i.value]   # a store that can be written
+
+
+def test_a_renamed_copy_of_a_layer_reuses_its_results_and_keeps_its_own_name(tmp_path):
+    """Issue 24.3: layers of equal contents and different names were merged: an uploaded
+    renamed copy of a sample showed a bare "cached" and never appeared on Compare under its own
+    name. The computation is reused (one stored run each), the reuse is said, and each name
+    the user gave appears, in this session and after a restart."""
+    from obsviz import layers as L
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    db = fresh_store()
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["magnitude", "sparsegpt"])
+    assert [e["status"] for e in at.session_state["last_run"]] == ["done", "done"]
+
+    path = tmp_path / "copy.safetensors"
+    L.save_layers(path, [dataclasses.replace(L.load_sample_layer("toy"), name="mine")])
+    at.session_state["layer_source"] = "upload"
+    at.run()
+    at.file_uploader(key="_p_upload").set_value(
+        ("copy.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    copy = at.session_state["user_layer"].label
+    assert copy == "copy.safetensors · mine"
+    (table,) = at.dataframe
+    assert list(table.value["time"]) == ["same contents as toy: result reused"] * 2
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert [e["status"] for e in at.session_state["last_run"]] == ["cached", "cached"]
+    said = texts(at)
+    assert said.count("same contents as toy: result reused") == 2 and "· cached" not in said
+    store = RunStore(db)
+    assert store.count() == 2                                  # computed once per method
+    assert all(store.layer_names([r.id])[r.id] == ["toy", copy] for r in store.runs())
+
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    results = at.session_state["results"]
+    assert sorted((r.layer.label, r.method) for r in results.values()) == sorted(
+        (name, m) for name in ("toy", copy) for m in ("magnitude", "sparsegpt"))
+    picked = [results[k] for k in at.multiselect(key="_c_pick").value]
+    assert {r.layer.label for r in picked} == {copy}          # the latest run: the copy's
+    options = at.multiselect(key="_c_pick").options            # as shown
+    assert len(set(options)) == 4 and sum(copy in o for o in options) == 2, options
+
+    again = open_app("pages/compare.py", store=db)            # a restart
+    assert sorted((r.layer.label, r.method) for r in again.session_state["results"].values()) \
+        == sorted((name, m) for name in ("toy", copy) for m in ("magnitude", "sparsegpt"))
+
+
+def test_a_renamed_copy_reuses_this_sessions_result_when_nothing_is_stored(tmp_path,
+                                                                           monkeypatch):
+    """The same with a read-only store (nothing kept): the session's own result is reused under
+    the copy's name, said so, and both names are listed."""
+    from obsviz import layers as L
+    from obsviz.store import RunStore
+
+    from apptest import fresh_store
+
+    db = fresh_store()
+    RunStore(db).close()
+    monkeypatch.setattr(RunStore, "_writable", lambda self: False)
+    at = open_app("pages/prune.py", state={"layer_name": "toy"}, store=db)
+    run_methods(at, ["magnitude"])
+    path = tmp_path / "copy.safetensors"
+    L.save_layers(path, [dataclasses.replace(L.load_sample_layer("toy"), name="mine")])
+    at.session_state["layer_source"] = "upload"
+    at.run()
+    at.file_uploader(key="_p_upload").set_value(
+        ("copy.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    assert list(at.dataframe[0].value["time"]) == ["same contents as toy: result reused"]
+    next(b for b in at.button if b.label == "Run").click().run()
+    assert not at.exception, at.exception
+    assert "magnitude · relative error" in texts(at)
+    assert "same contents as toy: result reused" in texts(at)
+    results = at.session_state["results"].values()
+    assert sorted(r.layer.label for r in results) == ["copy.safetensors · mine", "toy"]
+    assert len({r.rel_error for r in results}) == 1 and RunStore(db).count() == 0

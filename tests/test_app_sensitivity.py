@@ -79,3 +79,25 @@ def test_a_folder_outside_the_model_roots_is_refused(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert REFUSED in [c.value for c in at.caption]
     assert next(b for b in at.button if b.label == "Scan").disabled
+
+
+def test_a_scan_left_running_by_a_dead_process_is_stopped_at_start_up():
+    """A scan has an owner until it ends (issue 21.5, as model runs): one whose process was
+    killed mid-scan is marked stopped, with the layers it scanned, when a server starts."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "from obsviz.owner import process_token; "
+                           "print(process_token())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    store = fresh_store()
+    RunStore(store).close()
+    with sqlite3.connect(store) as con:        # a scan row of a process that is gone
+        con.execute("INSERT INTO sensitivity_scans (created, updated, name, kind, plan, layers, "
+                    "total, checks, status, scan, obsviz_version, torch_version, owner) VALUES "
+                    "('t', 't', 'm', 'encoder', '2:4', 3, 36, 0, 'running', '{}', '0.1', '2.9', ?)",
+                    (dead,))
+    open_app(store=store)
+    (row,) = RunStore(store).scans()
+    assert (row.status, row.layers) == ("stopped", 3)

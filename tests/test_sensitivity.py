@@ -200,6 +200,12 @@ def test_scans_are_kept_in_the_run_store_and_reopen(tokenizer, tmp_path):
     db.record_scan(got, status="done", scan_id=ids[0])
     got["checks"] = [check_plan(run, got, Plan("2:4", method="magnitude"), 2)]
     db.record_scan(got, status="done", scan_id=ids[0])
+    import sqlite3
+
+    from obsviz.owner import process_token
+
+    with sqlite3.connect(tmp_path / "runs.sqlite") as con:   # its owner: this process
+        assert con.execute("SELECT owner FROM sensitivity_scans").fetchone()[0] == process_token()
     again = RunStore(tmp_path / "runs.sqlite")      # a restart
     (row,) = again.scans()
     assert (row.id, row.status, row.layers, row.checks) == (ids[0], "done", len(got["layers"]),

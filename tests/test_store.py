@@ -737,3 +737,51 @@ def test_a_full_disk_is_a_store_error_and_writes_nothing(tmpfs, toy):
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_a_version_6_store_gains_scan_owners_and_run_names(tmp_path, toy, toy_result):
+    """v7 (issues 21.5 and 24.3): a ``running`` scan whose process is gone (or from before scans
+    had owners) is marked stopped at start-up, a live one is left; a run asked for again outside
+    a sweep under another layer name (same contents) keeps that name too."""
+    import subprocess
+    import sys
+
+    from obsviz.owner import process_token
+    from obsviz.store import MIGRATIONS
+
+    path = tmp_path / "v6.sqlite"
+    con = sqlite3.connect(path)          # what obsviz with schema 6 wrote
+    con.executescript("".join(MIGRATIONS[v] for v in range(6)) + "PRAGMA user_version = 6;")
+    scan_row = ("INSERT INTO sensitivity_scans (created, updated, name, kind, plan, layers, total, "
+                "checks, status, scan, obsviz_version, torch_version) VALUES ('t', 't', 'm', "
+                "'encoder', '2:4', 1, 6, 0, 'running', '{}', '0.1', '2.9')")
+    legacy = con.execute(scan_row).lastrowid
+    con.commit()
+    con.close()
+    store = RunStore(path)
+    assert store.schema_version == SCHEMA_VERSION == 7
+    dead_token = subprocess.run([sys.executable, "-c", "from obsviz.owner import process_token; "
+                                 "print(process_token())"], capture_output=True, text=True,
+                                check=True, cwd=ROOT).stdout.strip()
+    with sqlite3.connect(path) as con:
+        dead = con.execute(scan_row.replace("checks, status", "checks, owner, status")
+                           .replace("0, 'running'", "0, ?, 'running'"), (dead_token,)).lastrowid
+        alive = con.execute(scan_row.replace("checks, status", "checks, owner, status")
+                            .replace("0, 'running'", "0, ?, 'running'"),
+                            (process_token(),)).lastrowid
+    assert sorted(store.stop_orphaned_scans()) == sorted([legacy, dead])
+    by_id = {s.id: s for s in store.scans()}
+    assert by_id[alive].status == "running"
+    assert {by_id[i].status for i in (legacy, dead)} == {"stopped"}
+    assert "process ended before the scan finished" in by_id[dead].error
+    assert store.stop_orphaned_scans() == []
+    geom, res = toy_result
+    rid = _record(store, toy, geom, res, key="same")
+    assert _record(store, toy, geom, res, key="same", layer="renamed copy") == rid
+    assert _record(store, toy, geom, res, key="same", layer="renamed copy") == rid
+    assert store.count() == 1                        # one computation, kept once
+    assert store.layer_names([rid]) == {rid: [toy.name, "renamed copy"]}
+    store.add_to_sweep("s", [rid], layers=["third name"])
+    assert store.layer_names([rid, 999]) == {rid: [toy.name, "renamed copy", "third name"]}
+    store.delete(rid)
+    assert store.layer_names([rid]) == {}

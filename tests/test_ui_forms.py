@@ -117,3 +117,20 @@ def test_a_message_that_merely_starts_like_an_argument_is_not_routed_by_its_text
     # routing reads ArgumentError.argument, never the wording
     assert forms.field_of(ValueError("block=(1, 3) …")) == "pattern"
     assert forms.field_of(obsviz.ArgumentError("scope", "anything")) == "scope"
+
+
+def test_preset_budget_starts_a_new_preset_from_its_own_nnz():
+    from ui.forms import PruneForm, preset_budget
+
+    form = {"preset": "4:8", "nnz": 1}
+    preset_budget(form)("preset")
+    assert form["nnz"] == 4
+    preset_budget(form)("damp")          # another field leaves nnz
+    form["preset"] = "not a preset"
+    preset_budget(form)("preset")
+    assert form["nnz"] == 4
+    typed = PruneForm()
+    typed.preset = "2:4"
+    typed.nnz = "3"
+    preset_budget(typed, text=True)("preset")
+    assert typed.nnz == "2"

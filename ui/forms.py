@@ -13,6 +13,7 @@ import ast
 import math
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from obsviz import PRESETS, ArgumentError, Geometry
@@ -77,6 +78,26 @@ class PruneForm:
     sample: str = "all"         # "all" | "first" | "every"
     first: int = 64
     every: int = 8
+
+
+def preset_budget(form: object, *, text: bool = False) -> Callable[[str], None]:
+    """The after-change hook (``ui.state.form_widgets``) of a form with ``preset`` and ``nnz``
+    fields, a dict or a form object: a new preset starts from its own nnz (as text, with
+    ``text``, for a form that keeps nnz as typed). A name that is not a preset leaves nnz."""
+    def after(name: str) -> None:
+        if name != "preset":
+            return
+        preset = form["preset"] if isinstance(form, dict) else form.preset
+        try:
+            nnz = Geometry.preset(preset, (16, 16)).nnz
+        except ValueError:
+            return
+        value = str(nnz) if text else nnz
+        if isinstance(form, dict):
+            form["nnz"] = value
+        else:
+            form.nnz = value
+    return after
 
 
 def parse_int(name: str, text: object, minimum: int | None = None) -> int:

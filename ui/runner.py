@@ -25,7 +25,7 @@ import streamlit as st
 import torch
 
 from obsviz import metrics, prune
-from obsviz.estimate import format_bytes, time_estimate
+from obsviz.estimate import eta_text, format_bytes, time_estimate
 from obsviz.methods import C_DTYPES, METHODS, OPTIONS
 from obsviz.metrics import format_rel_error
 from obsviz.owner import process_token, token_alive
@@ -33,7 +33,7 @@ from obsviz.owner import process_token, token_alive
 from ui import result_maps
 from ui.facts import memory_fits
 from ui.labels import describe, relabel
-from ui.runs import Job, Run, add, lookup, record_failure, run_key, run_store, store
+from ui.runs import Job, Run, add, lookup, record_failure, reused_text, run_key, run_store, store
 from ui.text import md
 
 #: The methods a fresh Prune page has chosen: the OBS modes that differ most, and SparseGPT.
@@ -120,6 +120,8 @@ def _run_or_refuse(job: Job, method: str, rows: torch.Tensor | None, label: str,
     key = run_key(job, method)
     done = lookup(job, method)   # this session's, or the run store's (an earlier session's)
     if done is not None:
+        if done.reused_from is not None:   # under this name too, from now on
+            add(done)
         relabel()
         slot.success(_done_text(label, done, cached=True), icon=":material/check:")
         return {"status": "cached", "key": key}
@@ -138,20 +140,6 @@ def release_device_memory(device: str) -> None:
     memory) starts from what is really in use. Nothing to do on the CPU."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def eta_text(elapsed: float, fraction: float, estimate_s: float | None = None) -> str:
-    """The time left, in words: from the pace so far once there is some progress, else from the
-    estimate made before the run."""
-    if fraction >= 0.02 and elapsed > 0:
-        left = elapsed * (1 - fraction) / fraction
-    elif estimate_s is not None:
-        left = max(estimate_s - elapsed, 0.0)
-    else:
-        return "estimating the time left"
-    if left < 1:
-        return "under a second left"
-    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left"
 
 
 def _run_one(job: Job, method: str, key: str, rows: torch.Tensor | None, label: str,
@@ -203,7 +191,7 @@ def _failed(method: str, label: str, slot, message: str) -> dict:
 
 
 def _done_text(label: str, run: Run, cached: bool = False) -> str:
-    seconds = "cached" if cached else f"{run.seconds:.2f} s"
+    seconds = reused_text(run.reused_from, run.layer.label) if cached else f"{run.seconds:.2f} s"
     return f"{md(label)} · relative error {format_rel_error(run.rel_error)} · {seconds}"
 
 
@@ -261,15 +249,17 @@ def remove_orphaned_dirs(root: str | Path | None = None) -> list[str]:
 
 
 def orphans_at_start_up() -> dict:
-    """What a server cleans up when it starts: Model run folders and ``running`` model runs of
-    processes that are gone (killed mid-run: :meth:`obsviz.store.RunStore.stop_orphaned_model_runs`
-    marks them stopped, with what they finished). A store that cannot be written is left as it
-    is."""
-    done = {"folders": remove_orphaned_dirs(), "runs": []}
+    """What a server cleans up when it starts: Model run folders, and ``running`` model runs and
+    sensitivity scans of processes that are gone (killed mid-run:
+    :meth:`obsviz.store.RunStore.stop_orphaned_model_runs` and ``stop_orphaned_scans`` mark them
+    stopped, with what they finished). A store that cannot be written is left as it is."""
+    done = {"folders": remove_orphaned_dirs(), "runs": [], "scans": []}
     db = run_store()
     if db is not None:
         with contextlib.suppress(Exception):
             done["runs"] = db.stop_orphaned_model_runs()
+        with contextlib.suppress(Exception):
+            done["scans"] = db.stop_orphaned_scans()
     return done
 
 

@@ -10,13 +10,18 @@ lists the run store's runs in ``results``):
   beyond ``MAX_IN_MEMORY`` results, the oldest pruned weights leave memory and are read back
   from the run store when asked for (``Run.result``).
 
-A run's key is the run store's trial key (``obsviz.store.trial_key``: the layer's content, the
-geometry, nnz, the method, its options and the device, damping, the row sample), so asking again
-for the same run, in this session or after a restart, is instant.
+A run's trial (``Run.trial``, ``trial_of``) is the run store's trial key
+(``obsviz.store.trial_key``: the layer's content, the geometry, nnz, the method, its options and
+the device, damping, the row sample), so asking again for the same run, in this session or after
+a restart, is instant. Its key in the session (``run_key``, ``named_key``) is the trial and the
+name of the layer it was asked for on: two layers of equal contents and different names share one
+computation (the second is "reused", ``reused_text``), and each name has its own entry, on
+Compare as in the run store (``RunStore.layer_names``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -73,8 +78,12 @@ class Run:
 
     def __init__(self, key: str, job: Job, method: str, result: PruneResult | None,
                  report: dict | None, label: str = "", stored_id: int | None = None,
-                 rel_error: float | None = None) -> None:
+                 rel_error: float | None = None, trial: str | None = None) -> None:
         self.key, self.job, self.method = key, job, method
+        self.trial = trial or trial_of(job, method)   # its run store key (the computation)
+        #: the name of the layer of the same contents whose result this one reuses (``None``
+        #: when it was run, or found, under its own layer's name)
+        self.reused_from: str | None = None
         self.label = label            # display only (``ui.labels``); ``key`` identifies it
         self.stored_id = stored_id    # its row in the run store, when stored
         self._result, self._report = result, report
@@ -133,9 +142,28 @@ class Run:
         return f"Run({self.key[:12]}…, {self.method}, {self.label!r})"
 
 
-def run_key(job: Job, method: str) -> str:
+def trial_of(job: Job, method: str) -> str:
+    """The run store's trial key of ``method`` on ``job``: what is computed (the layer's
+    contents, not its name)."""
     return trial_key(job.layer.digest, job.geometry, job.nnz, method, job.trial_options(method),
                      job.damp, rows=None if job.sample is None else list(job.sample))
+
+
+def named_key(trial: str, layer_label: str) -> str:
+    """A run's key in the session: its trial and the name of the layer it was asked for on."""
+    return f"{trial}|{layer_label}"
+
+
+def run_key(job: Job, method: str) -> str:
+    return named_key(trial_of(job, method), job.layer.label)
+
+
+def reused_text(name: str | None, layer_label: str) -> str:
+    """What a finished result found again is called: ``cached`` (asked before under this name)
+    or whose result it reuses (a layer of the same contents under another name)."""
+    if name is None or name == layer_label:
+        return "cached"
+    return f"same contents as {name}: result reused"
 
 
 # ---- the run store ----------------------------------------------------------------------------
@@ -155,13 +183,32 @@ def run_store() -> RunStore | None:
     return _open_store(str(default_store_path()))
 
 
+#: What a page that writes to the run store says of what it makes, when the store cannot keep it.
+NOT_KEPT = "new runs made here are kept in this session only"
+
+
+def store_notice(db: RunStore | None, kept: str = NOT_KEPT) -> None:
+    """Say so when the run database ``db`` (``run_store()``, or the one a page opened itself)
+    cannot keep what the page makes: it is read-only (a read-only filesystem, or a file this
+    user may not write; what it holds can still be browsed) or could not be opened (``None``).
+    ``kept``: what happens to the page's new results. Every page that writes to the store shows
+    it, near its top; nothing when the store can be written."""
+    if db is None:
+        st.caption(f"The run database cannot be opened (set `OBSVIZ_STORE` to another file): "
+                   f"{kept}.")
+    elif db.readonly:
+        st.info(f"The run database is **read-only** (a read-only filesystem, or a file you may "
+                f"not write): what it holds can be browsed, but {kept}. Set `OBSVIZ_STORE` to a "
+                "file you can write.", icon=":material/lock:")
+
+
 def _record(run: Run) -> int | None:
     db = run_store()
     if db is None:
         return None
     job = run.job
     try:
-        return db.record(key=run.key, layer=job.layer.label, source=job.layer.kind,
+        return db.record(key=run.trial, layer=job.layer.label, source=job.layer.kind,
                          layer_hash=job.layer.digest, shape=job.layer.layer.shape,
                          geometry=job.geometry, nnz=job.nnz, method=run.method,
                          options=job.trial_options(run.method), damp=job.damp,
@@ -177,7 +224,7 @@ def record_failure(job: Job, method: str, message: str) -> int | None:
     if db is None:
         return None
     try:
-        return db.record(key=run_key(job, method), layer=job.layer.label, source=job.layer.kind,
+        return db.record(key=trial_of(job, method), layer=job.layer.label, source=job.layer.kind,
                          layer_hash=job.layer.digest, shape=job.layer.layer.shape,
                          geometry=job.geometry, nnz=job.nnz, method=method,
                          options=job.trial_options(method), damp=job.damp, status="failed",
@@ -227,50 +274,83 @@ def store() -> dict[str, Run]:
 
 
 def add(run: Run) -> None:
-    """Add a finished run to the session (last) and to the run store."""
+    """Add a finished run to the session (last) and to the run store (a reused one: its layer's
+    name, as one more name of the stored run)."""
     runs = store()
     runs.pop(run.key, None)
     runs[run.key] = run
     if run.stored_id is None:
         run.stored_id = _record(run)
+    elif run.reused_from is not None:
+        db = run_store()
+        if db is not None and not db.readonly:
+            try:
+                db.name_run(run.stored_id, run.layer.label)
+            except Exception:   # the session has it either way
+                pass
     _evict(keep=run.key)
+
+
+def _stored_row(trial: str) -> tuple[StoredRun | None, list[str]]:
+    """The run store's finished run of ``trial`` and every name it was asked for by."""
+    db = run_store()
+    try:
+        row = None if db is None else db.find(trial)
+        return row, [] if row is None else db.layer_names([row.id]).get(row.id, [row.layer])
+    except Exception:
+        return None, []
+
+
+def _renamed(run: Run, layer: ActiveLayer) -> Run:
+    """``run``'s result under ``layer`` (of the same contents, another name)."""
+    out = Run(named_key(run.trial, layer.label), dataclasses.replace(run.job, layer=layer),
+              run.method, run._result, None, stored_id=run.stored_id, rel_error=run.rel_error,
+              trial=run.trial)
+    out.seconds, out.reused_from = run.seconds, run.layer.label
+    return out
 
 
 def lookup(job: Job, method: str) -> Run | None:
     """The finished run of ``method`` on ``job``: from this session, else from the run store
     (a run of an earlier session or before a restart; then added to this session, its weights
-    left on disk until asked for), else ``None``."""
-    key = run_key(job, method)
+    left on disk until asked for), else ``None``. A result of a layer of the same contents under
+    another name is reused under ``job``'s layer (its ``reused_from`` names the other)."""
+    trial = trial_of(job, method)
+    key, name = named_key(trial, job.layer.label), job.layer.label
     runs = store()
     if key in runs and runs[key].layer.loaded:
         return runs[key]
-    db = run_store()
-    try:
-        row = None if db is None else db.find(key)
-    except Exception:
-        row = None
+    row, names = _stored_row(trial)
     run = None if row is None else from_row(row, job.layer)
     if run is not None:   # (in place of one listed on its stored layer alone: W is here now)
+        if name not in names:
+            run.reused_from = names[0] if names else row.layer
         runs[key] = run
+        return run
+    same = next((r for r in reversed(runs.values()) if r.trial == trial), None)
+    if same is None:
+        return None
+    run = runs[key] = _renamed(same, job.layer)   # this session's alone (no store to ask)
     return run
 
 
-def known(job: Job, method: str) -> bool:
-    """Whether ``method`` on ``job`` is finished already (this session, or the run store)."""
-    key = run_key(job, method)
-    if key in store():
-        return True
-    db = run_store()
-    try:
-        return db is not None and bool(db.done_keys([key]))
-    except Exception:
-        return False
+def done_as(job: Job, method: str) -> str | None:
+    """The name of the layer whose finished result ``method`` on ``job`` is: ``job``'s own
+    (asked before), another's of the same contents (it would be reused), or ``None`` when it
+    has not run (this session, or the run store)."""
+    trial = trial_of(job, method)
+    if named_key(trial, job.layer.label) in store():
+        return job.layer.label
+    row, names = _stored_row(trial)
+    if row is not None:
+        return job.layer.label if job.layer.label in names else (names or [row.layer])[0]
+    return next((r.layer.label for r in store().values() if r.trial == trial), None)
 
 
 def from_row(row: StoredRun, layer: ActiveLayer) -> Run | None:
-    """A finished stored run on ``layer``, under its stored key (a sweep's rows have keys of
-    their own conventions); its weights stay on disk until asked for. ``None`` for a row this
-    version cannot read."""
+    """A finished stored run on ``layer``, under its stored key and the layer's name (a sweep's
+    rows have keys of their own conventions); its weights stay on disk until asked for.
+    ``None`` for a row this version cannot read."""
     try:
         opts = dict(row.options)
         device = str(opts.pop("device", None) or row.device or "cpu")
@@ -278,8 +358,9 @@ def from_row(row: StoredRun, layer: ActiveLayer) -> Run | None:
         job = Job(layer, row.geometry_obj(), int(row.nnz),
                   0.01 if row.damp is None else float(row.damp), device,
                   {**DEFAULT_OPTIONS, **opts}, None if sample is None else tuple(sample))
-        run = Run(row.key or f"stored-{row.id}", job, row.method, None, None,
-                  stored_id=row.id, rel_error=row.rel_error)
+        run = Run(named_key(row.key, layer.label) if row.key else f"stored-{row.id}", job,
+                  row.method, None, None, stored_id=row.id, rel_error=row.rel_error,
+                  trial=row.key or f"stored-{row.id}")
         run.seconds = float(row.seconds or 0.0)
         return run
     except Exception:

@@ -16,6 +16,8 @@ holds more than ``MAX_LISTED``, the latest run's keys).
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from obsviz.store import StoredRun
@@ -48,17 +50,21 @@ def sync() -> bool:
     except Exception:
         return False
     collection = runs.store()
+    try:   # every name each run was asked for by (layers of the same contents share a run)
+        names = db.layer_names([r.id for r in rows if r.layer_hash and r.key])
+    except Exception:
+        names = {}
     for row in reversed(rows):      # oldest first
         if not row.layer_hash or not row.key:
             continue
-        layer = here.get(row.layer_hash) or _sample_named(row) or \
-            layers.stored(row.layer_hash, row.layer, row.shape)
-        listed = collection.get(row.key)
-        if listed is not None and (listed.layer.loaded or not layer.loaded):
-            continue
-        run = runs.from_row(row, layer)
-        if run is not None:
-            collection[run.key] = run
+        for name in names.get(row.id) or [row.layer]:
+            layer = _layer_named(row, name, here)
+            listed = collection.get(runs.named_key(row.key, name))
+            if listed is not None and (listed.layer.loaded or not layer.loaded):
+                continue
+            run = runs.from_row(row, layer)
+            if run is not None:
+                collection[run.key] = run
     order = sorted(enumerate(collection.values()), key=lambda ir: (
         ir[1].stored_id if ir[1].stored_id is not None else float("inf"), ir[0]))
     collection.clear()
@@ -89,7 +95,7 @@ def _latest_block(rows: list[StoredRun]) -> list[str]:
     for r in own:       # newest first: up to the first row of another job
         if block and job(r) != job(own[0]):
             break
-        block.append(r.key)
+        block.append(runs.named_key(r.key, r.layer))
     return block[::-1]
 
 
@@ -103,9 +109,20 @@ def _layers_here() -> dict[str, layers.ActiveLayer]:
     return here
 
 
-def _sample_named(row: StoredRun) -> layers.ActiveLayer | None:
-    """The shipped sample a stored layer is named after, when its content is the same."""
-    if row.layer not in layers.sample_layer_names():
+def _layer_named(row: StoredRun, name: str,
+                 here: dict[str, layers.ActiveLayer]) -> layers.ActiveLayer:
+    """The layer a stored run is listed on under ``name`` (one of the names it was asked for
+    by): a layer of its contents here (under that name: the contents are the same), else the
+    shipped sample of that name and contents, else what the store knows of it."""
+    found = here.get(row.layer_hash)
+    if found is not None:
+        return found if found.label == name else dataclasses.replace(found, label=name)
+    return _sample_named(row, name) or layers.stored(row.layer_hash, name, row.shape)
+
+
+def _sample_named(row: StoredRun, name: str) -> layers.ActiveLayer | None:
+    """The shipped sample ``name``, when its content is the stored layer's."""
+    if name not in layers.sample_layer_names():
         return None
-    found = layers.sample(row.layer)
+    found = layers.sample(name)
     return found if found is not None and found.digest == row.layer_hash else None
