@@ -110,7 +110,7 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
         except (SpecError, ValueError) as err:
             show_error("The grid cannot be expanded.", err)
     for warning in warnings:  # a choice that prunes nothing, said before it runs
-        st.warning(md(warning), icon="⚠️")
+        st.warning(md(warning, limit=600), icon="⚠️")
     if trials:
         runnable = [t for t in trials if t.error is None]
         done = store.done_keys([t.key for t in trials])

@@ -133,3 +133,25 @@ def test_the_upload_widget_states_the_real_limit():
     css = " ".join(h.value for h in at.html)
     assert "st-key-_p_upload [data-testid='stFileUploaderDropzoneInstructions']" in css
     assert "display: none" in css
+
+
+def test_a_sweep_over_a_thin_layer_warns_before_and_after_it_runs(tmp_path, monkeypatch):
+    from ui.layers import ActiveLayer, tensor_digest
+
+    monkeypatch.setenv("OBSVIZ_STORE", str(tmp_path / "runs.sqlite"))
+    X = torch.randn(10, 32)
+    layer = L.Layer("fc1", torch.randn(8, 32), X.T @ X / 10, nsamples=10)
+    user = ActiveLayer(layer, tensor_digest(layer), "thin.safetensors · fc1", "upload")
+    at = open_app(None, state={"layer_name": "toy", "user_layer": user},
+                  store=tmp_path / "runs.sqlite")
+    at.switch_page("pages/sweep.py").run()
+    at.checkbox(key="_sw_user").check().run()
+    at.multiselect(key="_sw_methods").set_value(["magnitude"]).run()
+    assert not at.exception, at.exception
+    expected = thin_text(10, 32, "fc1")
+    assert [plain(w.value) for w in at.warning if "thin calibration" in w.value] == [expected]
+    at.button(key="_sw_run").click().run()
+    assert not at.exception, at.exception
+    assert "trials run" in at.success[0].value
+    # the grid's own warning (still drawn in the New sweep box) and the report's under the result
+    assert [plain(w.value) for w in at.warning].count(expected) == 2

@@ -57,3 +57,24 @@ def test_layers_verbose_never_says_zero_samples(tmp_path, capsys):
     assert "plain: N not recorded (K = 16 inputs)" in out
     assert "N = 0" not in out and "0 calibration samples" not in out
     assert f"warning: {thin_text(6, 16, 'thin')}" in out
+
+
+def test_model_names_its_thin_layers_before_the_run(minilm, tmp_path, capsys):
+    """A one-block BERT (K = 32, and 64 for the MLP's output) on 40 tokens: N = 44 positions,
+    so only encoder.layer.0.output.dense is thin, and ``model`` says so before it runs."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=128)
+    src = tmp_path / "tiny"
+    transformers.BertModel(cfg).save_pretrained(src)
+    tok.save_pretrained(src)
+    assert main(["model", str(src), "--methods", "magnitude", "--max-tokens", "40",
+                 "--seq-len", "32", "--max-eval-tokens", "256", "--out", str(tmp_path / "out"),
+                 "--no-store", "-q"]) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if "thin calibration" in line)
+    assert warning.startswith("warning: 1 of 6 layers (encoder.layer.0.output.dense): thin "
+                              "calibration data: N = 44 calibration samples for K = 64 inputs")
