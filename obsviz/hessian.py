@@ -158,3 +158,36 @@ def spd_inverse(A: torch.Tensor) -> torch.Tensor:
 def inverse_hessian(H: torch.Tensor, damp: float) -> torch.Tensor:
     """``C = H_d⁻¹`` ``(K, K)``."""
     return spd_inverse(damped(H, damp))
+
+
+# ---- how much calibration data is behind H -----------------------------------------------------
+# The one rule (and its wording) for thin calibration data, used wherever H is made or used: the
+# `hessian` command, the layer loader, the Prune, Model and Sweep pages and reports.
+
+
+def is_thin(nsamples: int | None, K: int) -> bool:
+    """``N < K``: ``H = XᵀX / N`` from fewer calibration samples than inputs has rank at most
+    ``N < K``, so only the damping makes it invertible. ``nsamples`` 0 or ``None`` means the N
+    was not recorded: not known to be thin."""
+    return bool(nsamples) and int(nsamples) < int(K)
+
+
+def samples_text(nsamples: int | None, K: int) -> str:
+    """N beside K, as every page and command says it: ``"N = 281 calibration samples for
+    K = 384 inputs"``, or ``"N not recorded (K = 384 inputs)"`` for a file that does not say."""
+    if not nsamples:
+        return f"N not recorded (K = {int(K):,} inputs)"
+    n = int(nsamples)
+    return f"N = {n:,} calibration sample{'s' if n != 1 else ''} for K = {int(K):,} inputs"
+
+
+def thin_text(nsamples: int | None, K: int, name: str | None = None) -> str | None:
+    """The warning for thin calibration data (``is_thin``), or ``None`` when N ≥ K or N is not
+    recorded. ``name``: the layer, put in front."""
+    if not is_thin(nsamples, K):
+        return None
+    head = f"{name}: " if name else ""
+    return (f"{head}thin calibration data: {samples_text(nsamples, K)} (N < K), so H = XᵀX / N is "
+            f"rank-deficient (rank ≤ {int(nsamples):,}) and only the damping makes it invertible; "
+            "the layer's own error then looks better than what the model will do. Use at least "
+            f"{int(K):,} calibration samples (tokens).")

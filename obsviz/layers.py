@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from obsviz.hessian import HessianAccumulator
+from obsviz.hessian import HessianAccumulator, samples_text, thin_text
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -112,6 +112,16 @@ class Layer:
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.weight.shape[0]), int(self.weight.shape[1]))
+
+    @property
+    def samples_text(self) -> str:
+        """N beside K (``obsviz.hessian.samples_text``): ``nsamples`` 0 is "not recorded"."""
+        return samples_text(self.nsamples, self.shape[1])
+
+    @property
+    def thin_text(self) -> str | None:
+        """The thin-calibration warning when the file records N < K (``obsviz.hessian``)."""
+        return thin_text(self.nsamples, self.shape[1], self.name)
 
 
 @dataclass
@@ -883,7 +893,7 @@ def _load_named(reader: _Reader, display: str, layers: dict[str, dict[str, str]]
 
 def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
     """Write layers to ``.safetensors`` as ``<name>.weight`` ``(M, K)``, ``<name>.hessian``
-    ``(K, K)`` float32 and ``<name>.nsamples`` ``(1,)`` int64; order, sources and notes go in the
+    ``(K, K)`` float32 and ``<name>.nsamples`` ``(1,)`` int64 (the N behind H, when known); order, sources and notes go in the
     file's metadata."""
     from safetensors.torch import save_file
 
@@ -903,7 +913,9 @@ def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
         # clone: safetensors refuses tensors that share memory
         tensors[f"{layer.name}.weight"] = W.detach().to(torch.float32).cpu().contiguous().clone()
         tensors[f"{layer.name}.hessian"] = H.detach().to(torch.float32).cpu().contiguous().clone()
-        tensors[f"{layer.name}.nsamples"] = torch.tensor([int(layer.nsamples)], dtype=torch.int64)
+        if layer.nsamples:   # 0: not recorded, and not written as if it were a count
+            tensors[f"{layer.name}.nsamples"] = torch.tensor([int(layer.nsamples)],
+                                                             dtype=torch.int64)
         if layer.source:
             meta["source"][layer.name] = layer.source
         if layer.notes:

@@ -48,13 +48,14 @@ from obsviz.calibrate import (
 from obsviz.errors import ArgumentError
 from obsviz.estimate import format_bytes, require_memory
 from obsviz.geometry import Geometry
-from obsviz.hessian import HessianAccumulator, check_damp
+from obsviz.hessian import HessianAccumulator, check_damp, is_thin, thin_text
 from obsviz.layers import SAMPLE_DIR
 from obsviz.prune import prune, resolve_device
 
 __all__ = [
     "CALIBRATION_TEXT", "HELD_OUT_TEXT", "HESSIANS", "KINDS", "LayerPlan", "LayerReport",
-    "ModelRun", "Override", "Plan", "PrunedModel", "checkpoint_zip", "eval_texts", "find_blocks",
+    "MAX_EVAL_TOKENS", "MAX_TOKENS", "ModelRun", "Override", "Plan", "PrunedModel",
+    "calibration_samples", "calibration_table", "checkpoint_zip", "eval_texts", "find_blocks",
     "check_report", "estimate_text", "finished_methods", "kept_summary", "load_model",
     "plan_summary", "plan_time_estimate", "resolve_plan", "run_methods", "RunClock",
 ]
@@ -63,6 +64,14 @@ __all__ = [
 #: Dictionary, A-E): two different public-domain books (sample_data/README.md).
 CALIBRATION_TEXT = SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
 HELD_OUT_TEXT = SAMPLE_DIR / "devils_dictionary_1911_a-e.txt"
+
+#: Text tokens a model run calibrates on (``max_tokens``) and evaluates on (``max_eval_tokens``)
+#: unless told otherwise: the one default of :class:`ModelRun`, ``obsviz model``/``sensitivity``
+#: and the Model and Sensitivity pages. 2048 calibration tokens (with the special tokens, N = 2082
+#: positions at 128 per sequence) exceed every input width of all-MiniLM-L6-v2 (K ≤ 1536), so no
+#: layer's H is thin; the measured runs of docs/BENCHMARKS.md use them.
+MAX_TOKENS = 2048
+MAX_EVAL_TOKENS = 2048
 
 ENCODER, CAUSAL = "encoder", "causal"
 KINDS = (ENCODER, CAUSAL)
@@ -304,6 +313,31 @@ def resolve_plan(model: nn.Module, plan: Plan) -> list[LayerPlan]:
 # ---- the model --------------------------------------------------------------------------------
 
 
+def calibration_samples(tokenizer, text: str, max_tokens: int | None = MAX_TOKENS,
+                        seq_len: int = 128) -> int:
+    """N of a model run, known before it: the token positions (special tokens included) every
+    layer's ``H = XᵀX / N`` is built from (:attr:`ModelRun.n_calibration_tokens` once made)."""
+    return sum(len(s) for s in calibration_sequences(tokenizer, text, max_tokens, seq_len))
+
+
+def calibration_table(layers: Sequence[LayerPlan], nsamples: int) -> list[dict]:
+    """Per layer of a plan, before the run: its name, K (``in_features``), the N its H is built
+    from and ``thin`` (``obsviz.hessian.is_thin``: N < K)."""
+    return [{"layer": lp.name, "K": lp.shape[1], "N": int(nsamples),
+             "thin": is_thin(nsamples, lp.shape[1])} for lp in layers]
+
+
+def thin_warning(layers: Sequence[LayerPlan], nsamples: int) -> str | None:
+    """One warning for the layers of a plan whose H would be thin (N < K), or ``None``: the
+    wording of :func:`obsviz.hessian.thin_text`, with the layers named."""
+    thin = [lp for lp in layers if is_thin(nsamples, lp.shape[1])]
+    if not thin:
+        return None
+    widest = max(lp.shape[1] for lp in thin)
+    names = ", ".join(lp.name for lp in thin[:6]) + (", …" if len(thin) > 6 else "")
+    return f"{len(thin)} of {len(layers)} layers ({names}): " + thin_text(nsamples, widest)
+
+
 def _shape_of(mod: nn.Module) -> tuple[int, int]:
     W = mod.weight
     M, K = W.shape if isinstance(mod, nn.Linear) else W.shape[::-1]  # Conv1D keeps (K, M)
@@ -425,8 +459,8 @@ class ModelRun:
     """
 
     def __init__(self, model: nn.Module, tokenizer, calibration_text: str, eval_text: str, *,
-                 seq_len: int = 128, max_tokens: int | None = 4096,
-                 max_eval_tokens: int | None = 4096, batch_size: int = 8,
+                 seq_len: int = 128, max_tokens: int | None = MAX_TOKENS,
+                 max_eval_tokens: int | None = MAX_EVAL_TOKENS, batch_size: int = 8,
                  device: str | torch.device | None = "cpu", name: str = "model") -> None:
         if not isinstance(model, nn.Module):
             raise ArgumentError("model", "model must be a torch.nn.Module")
@@ -1269,10 +1303,11 @@ def _errors_kept(n: int) -> str:
     return "its error is kept" if n == 1 else f"the {n} layers' errors are kept"
 
 
-def kept_summary(report: dict, asked: Sequence[str] = ()) -> str:
+def kept_summary(report: dict, asked: Sequence[str] = (), how: str = "stopped") -> str:
     """What a run that did not finish keeps, in words, method by method: ``"stopped during
     sparsegpt after 7 of 36 layers: the 7 layers' errors are kept; no end metrics"``, the
-    methods that finished (end metrics kept) and those of ``asked`` never started."""
+    methods that finished (end metrics kept) and those of ``asked`` never started. ``how``:
+    the word for the end (``"stopped"``, ``"failed"``)."""
     entries = report.get("methods", {}) if isinstance(report, dict) else {}
     finished = finished_methods(report) if entries else []
     parts = []
@@ -1285,19 +1320,19 @@ def kept_summary(report: dict, asked: Sequence[str] = ()) -> str:
         n, of = len(e.get("layers", [])), e.get("layers_planned")
         of = of if isinstance(of, int) and not isinstance(of, bool) and of >= n else None
         if n == 0:
-            parts.append(f"stopped during {m} before its first layer finished: nothing of {m} "
+            parts.append(f"{how} during {m} before its first layer finished: nothing of {m} "
                          "is kept")
         elif n == of:
-            parts.append(f"stopped during {m} after all {n} layer{'s' if n != 1 else ''}, while "
+            parts.append(f"{how} during {m} after all {n} layer{'s' if n != 1 else ''}, while "
                          f"measuring the model: {_errors_kept(n)}; no end metrics")
         else:
-            parts.append(f"stopped during {m} after {n}{f' of {of}' if of else ''} "
+            parts.append(f"{how} during {m} after {n}{f' of {of}' if of else ''} "
                          f"layer{'s' if (of or n) != 1 else ''}: {_errors_kept(n)}; no end "
                          "metrics")
     later = [m for m in asked if m not in entries]
     if later:
         parts.append(f"not started: {', '.join(later)}")
-    return "; ".join(parts) if parts else "stopped before any method started: nothing is kept"
+    return "; ".join(parts) if parts else f"{how} before any method started: nothing is kept"
 
 
 def plan_summary(plan: dict) -> str:

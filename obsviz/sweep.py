@@ -536,6 +536,9 @@ class Plan:
     #: A layer's name -> the name of the earlier layer whose contents it has (its trials are
     #: that layer's, computed once).
     same_as: dict[str, str] = field(default_factory=dict)
+    #: The thin-calibration warning (``obsviz.hessian.thin_text``: N < K) of each layer whose
+    #: file records fewer calibration samples than inputs; also in ``warnings``.
+    thin: list[str] = field(default_factory=list)
 
 
 def resolved_options(method: str, options: dict, device: str) -> dict:
@@ -677,9 +680,10 @@ def plan(spec: SweepSpec, device: str | None = None,
                             nothing.setdefault(glabel, [geom.blocks_per_scope, 0])[1] += 1
                         if len(trials) > MAX_TRIALS:
                             raise SpecError("grid", f"over {MAX_TRIALS:,} trials")
+    thin = list(dict.fromkeys(text for lay in layers if (text := lay.thin_text)))
     warnings = [f"{nothing_pruned_text(label, gs)} ({n} trial{'s' if n > 1 else ''})"
-                for label, (gs, n) in nothing.items()]
-    return Plan(spec, layers, hashes, trials, warnings, same_as)
+                for label, (gs, n) in nothing.items()] + thin
+    return Plan(spec, layers, hashes, trials, warnings, same_as, thin)
 
 
 def run_trial(W: torch.Tensor, H: torch.Tensor, trial: Trial) -> dict:
@@ -746,6 +750,8 @@ class SweepReport:
     #: Trials computed but not in the store (its lock held past every retry, a full disk):
     #: ``(trial label, why)``. They are lost when this process ends; run the sweep again.
     unwritten: list[tuple[str, str]] = field(default_factory=list)
+    #: The layers pruned from thin calibration data (N < K): their warnings (``Plan.thin``).
+    thin: list[str] = field(default_factory=list)
 
     @property
     def left(self) -> int:
@@ -1061,7 +1067,8 @@ def sweep(spec: SweepSpec | dict | str | os.PathLike, executor: str = "local",
                        done=state.done, failed=state.failed, skipped=state.skipped,
                        shared=state.shared, stopped=stopped,
                        seconds=time.perf_counter() - t0, run_ids=[ids[i] for i in sorted(ids)],
-                       same_as=dict(p.same_as), unwritten=keeper.unwritten())
+                       same_as=dict(p.same_as), unwritten=keeper.unwritten(),
+                       thin=list(p.thin))
 
 
 class _Keeper:

@@ -27,6 +27,8 @@ from obsviz.model import (
     CALIBRATION_TEXT,
     HELD_OUT_TEXT,
     HESSIANS,
+    MAX_EVAL_TOKENS,
+    MAX_TOKENS,
     ModelRun,
     Plan,
     checkpoint_zip,
@@ -39,7 +41,7 @@ from obsviz.model import (
 )
 from obsviz.store import StoreError
 
-from ui import folders, runner, runs, state
+from ui import calibration, folders, runner, runs, state
 from ui.forms import build_geometry, preset_budget
 from ui.model_runs import (
     STATUS,
@@ -65,7 +67,8 @@ MAX_UPLOAD = 2 * 2**20  # bytes of uploaded text
 FAST = ["magnitude", "wanda", "sparsegpt"]
 form = ss.setdefault("model_form", {
     "source": "minilm", "path": "", "cal": "shipped", "eval": "shipped",
-    "cal_tokens": 2048, "eval_tokens": 2048, "seq_len": 128, "geo_source": "preset",
+    "cal_tokens": MAX_TOKENS, "eval_tokens": MAX_EVAL_TOKENS, "seq_len": 128,
+    "geo_source": "preset",
     "preset": "2:4", "nnz": 2, "hessians": "sequential", "damp": 0.01, "include": "*",
     "exclude": "", "methods": list(FAST),
 })
@@ -302,6 +305,8 @@ if layers is not None:
                 f"**{m}** {format_seconds(e['seconds'])}" for m, e in estimate.items())
                 + " (about " + format_seconds(sum(e["seconds"] for e in estimate.values()))
                 + " in all; the forward passes for each H and the end metrics come on top).")
+    calibration.plan_calibration(layers, _loaded(model_dir)[1], cal_text or "",
+                                 int(form["cal_tokens"]), int(form["seq_len"]))
 
 # ---- run --------------------------------------------------------------------------------------
 ready = layers is not None and methods and cal_text is not None and eval_text is not None
@@ -335,9 +340,11 @@ if run:
         keep(result, "stopped" if result["report"].get("stopped") else "done")
     except ArgumentError as err:
         problem("The run was refused.", str(err))
+        result["status"] = "failed"
         keep(result, "failed", str(err))
     except Exception as err:  # a message, never a traceback
         problem("The run failed.", f"{type(err).__name__}: {err}"[:600])
+        result["status"] = "failed"
         keep(result, "failed", f"{type(err).__name__}: {err}"[:600])
     except BaseException:   # Stop, or the tab closed or reloaded: Streamlit stopped the script;
         keep(result, "stopped")   # the row keeps what finished and is never left running

@@ -10,7 +10,7 @@ from obsviz.hessian import check_damp
 from obsviz.methods import OPTIONS, REGISTRY
 from obsviz.metrics import format_rel_error
 
-from ui import labels, layers, runner, runs, state
+from ui import calibration, labels, layers, runner, runs, state
 from ui.forms import parse_float, parse_int, preset_budget
 from ui.text import md
 
@@ -41,9 +41,9 @@ with c_layer:
     if active is not None:
         M, K = active.layer.shape
         notes = "; ".join(active.layer.notes[:1])
-        st.markdown(f"**{md(active.label)}** · W {M} × {K} · "
-                    f"{active.layer.nsamples:,} calibration samples")
+        st.markdown(f"**{md(active.label)}** · {calibration.layer_facts(active.layer)}")
         st.caption(f"Hessian: {md(notes or active.layer.source)}")
+        calibration.layer_warning(active.layer)
 
 geom, nnz = None, None
 with c_geom:

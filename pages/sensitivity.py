@@ -16,7 +16,7 @@ from obsviz import sensitivity as sens
 from obsviz.errors import ArgumentError
 from obsviz.figures.sensitivity import curve_figure, damage_figure, plan_figures
 from obsviz.metrics import format_rel_error
-from obsviz.model import Plan, plan_summary
+from obsviz.model import MAX_EVAL_TOKENS, MAX_TOKENS, Plan, plan_summary
 
 from ui import folders, runs, scans, state
 from ui.forms import preset_budget
@@ -28,7 +28,8 @@ st.set_page_config(page_title="Sensitivity · obsviz", page_icon=":material/tune
 ss = st.session_state
 form = ss.setdefault("sensitivity_form", {
     "source": "minilm", "path": "", "preset": "2:4", "nnz": 2, "method": "sparsegpt",
-    "damp": 0.01, "cal_tokens": 2048, "eval_tokens": 2048, "seq_len": 128, "goal": "k", "k": 4,
+    "damp": 0.01, "cal_tokens": MAX_TOKENS, "eval_tokens": MAX_EVAL_TOKENS,
+    "seq_len": 128, "goal": "k", "k": 4,
     "within": 0.05, "spare": "dense", "curve": "0, 2, 4, 8, 16"})
 SPARES = ["dense", "4:8", "1:2", "2:8"]
 

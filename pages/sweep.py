@@ -110,7 +110,7 @@ with st.expander("New sweep", expanded=not store.sweeps(), icon=":material/add:"
         except (SpecError, ValueError) as err:
             show_error("The grid cannot be expanded.", err)
     for warning in warnings:  # a choice that prunes nothing, said before it runs
-        st.warning(md(warning), icon="⚠️")
+        st.warning(md(warning, limit=600), icon="⚠️")
     if trials:
         runnable = [t for t in trials if t.error is None]
         done = store.done_keys([t.key for t in trials])
@@ -152,7 +152,8 @@ if run and spec is not None:
     report = sweep(spec, store=store, progress=progress, device=ss["device"])
     ss.pop("sweep_running", None)
     ss["sweep_last"] = {"name": report.name, "done": report.done, "failed": report.failed,
-                        "skipped": report.skipped, "seconds": report.seconds}
+                        "skipped": report.skipped, "seconds": report.seconds,
+                        "thin": report.thin}
     ss["sweep_open"] = report.name
     st.rerun()
 
@@ -161,6 +162,8 @@ if last:
     st.success(f"Sweep finished in {last['seconds']:.1f} s: {last['done']} trials run, "
                f"{last['skipped']} already done, {last['failed']} failed.",
                icon=":material/check_circle:")
+    for warning in last.get("thin", []):   # the errors of these layers look better than they are
+        st.warning(md(warning, limit=600), icon="⚠️")
 
 # ---- open a stored sweep ------------------------------------------------------------------------
 st.subheader("Results")

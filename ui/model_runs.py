@@ -75,7 +75,8 @@ def unfinished(result: dict) -> str | None:
     stopped = result.get("status") in ("stopped", "failed", "running") or report.get("stopped")
     if not stopped and len(finished_methods(report)) == len(report.get("methods", {})):
         return None
-    text = kept_summary(report, result.get("methods") or ())
+    text = kept_summary(report, result.get("methods") or (),
+                        "failed" if result.get("status") == "failed" else "stopped")
     return text[:1].upper() + text[1:] + "."
 
 
@@ -117,8 +118,9 @@ def form_from_plan(form: dict, report: dict, methods: list[str]) -> list[str]:
 
 
 def metric_rows(report: dict) -> list[dict]:
-    """The end-metrics table: the dense model, then each finished method with its sparsity,
-    seconds and time against SparseGPT's (the estimate made before the run beside it)."""
+    """The end-metrics table: the dense model, then each finished method with its sparsity, its
+    seconds (all of it, and the pruning alone beside the estimate made before the run) and its
+    time against SparseGPT's."""
     info = report["model"]
     entries = {m: report["methods"][m] for m in finished_methods(report)}
     ref = entries.get("sparsegpt")
@@ -127,11 +129,13 @@ def metric_rows(report: dict) -> list[dict]:
     def timing(m: str, e: dict) -> dict:
         est = estimate.get(m)
         return {"sparsity": f"{100 * e['sparsity']:.1f} %", "seconds": f"{e['seconds']:.1f}",
-                "estimated s": f"{est:.1f}" if isinstance(est, int | float) else "–",
+                "pruning s": f"{sum(lr['seconds'] for lr in e['layers']):.1f}",
+                "pruning s estimated": f"{est:.1f}" if isinstance(est, int | float) else "–",
                 "time ÷ SparseGPT": f"{e['seconds'] / ref['seconds']:.2f}"
                 if ref and ref["seconds"] > 0 else "–"}
 
-    dash = {"sparsity": "0.0 %", "seconds": "–", "estimated s": "–", "time ÷ SparseGPT": "–"}
+    dash = {"sparsity": "0.0 %", "seconds": "–", "pruning s": "–", "pruning s estimated": "–",
+            "time ÷ SparseGPT": "–"}
     if info["kind"] == "encoder":
         rows = [{"model": "dense", "cosine similarity": "1", "last hidden state error":
                  format_rel_error(0.0), **dash}]

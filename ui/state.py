@@ -44,7 +44,7 @@ from obsviz.figures.geometry import (
 )
 from obsviz.layout import layout_shape
 
-from ui import layers
+from ui import calibration, layers
 from ui.forms import PATTERNS, WINDOWS, GeometryForm, PruneForm, build_geometry, default_form
 from ui.layers import ActiveLayer, sample_layer, sample_layer_names
 from ui.text import md
@@ -208,9 +208,7 @@ def draw_sidebar() -> None:
                               "Prune page.")
         active = current_layer()
         if active is not None:
-            M, K = active.layer.shape
-            st.caption(f"**{md(active.label)}** · W {M} × {K} · "
-                       f"{active.layer.nsamples:,} calibration samples")
+            st.caption(f"**{md(active.label)}** · {calibration.layer_facts(active.layer)}")
         elif failed:
             st.caption(f"No layer in use: {md(failed)} was not loaded. Pick one above.")
         else:
