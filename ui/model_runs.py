@@ -77,7 +77,8 @@ def unfinished(result: dict) -> str | None:
         return None
     text = kept_summary(report, result.get("methods") or (),
                         "failed" if result.get("status") == "failed" else "stopped")
-    return text[:1].upper() + text[1:] + "."
+    first = text.split(" ", 1)[0]
+    return (text if first in METHODS else text[:1].upper() + text[1:]) + "."   # names as they are
 
 
 def form_from_plan(form: dict, report: dict, methods: list[str]) -> list[str]:
