@@ -151,7 +151,7 @@ def time_estimate(geometry: Geometry, method: str, rows: int | None = None,
     matmul rate, at a fraction of peak that small batched kernels reach."""
     rate = _flops_per_second(torch.device(device).type) * 0.25
     # plus the Python-side cost of the sequential sweeps (per scope step or per column)
-    overhead = methods.get(method).overhead_s(geometry.weight_shape[1])
+    overhead = methods.get(method).overhead_s(geometry, rows)
     return overhead + flop_estimate(geometry, method, rows, n_splits) / rate
 
 

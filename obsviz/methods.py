@@ -253,6 +253,28 @@ def _true_obs_flops(geometry, rows=None, c_dtype="auto", device="cpu", **options
     return _inverse_flops(geometry) + _rows(geometry, rows) * per_row
 
 
+def _fixed_overhead(seconds: float) -> Callable[..., float]:
+    return lambda geometry, rows=None, **options: seconds
+
+
+# Overheads fitted to the layers of a whole MiniLM run on the 2-core CPU machine
+# (benchmarks/bench_model.py, docs/BENCHMARKS.md), flops counted at a quarter of the measured
+# matmul rate (obsviz.estimate.time_estimate).
+
+def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
+    # a fixed part and a per-weight part (masks, the lazy-batch copies): 0.07 s on 384 × 384,
+    # 0.2 s on 1536 × 384
+    return 0.03 + 3.2e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
+
+
+def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=64, **options) -> float:
+    # about 6 ms of small operations per (chunk of rows, batch of ng steps): 36 of them on
+    # 384 × 384 (0.3 s in all), 144 on 1536 × 384 and on 384 × 1536
+    _, T, _, _ = layout_shape(geometry)
+    chunk = max(chunk_size, geometry.rows_per_scope)
+    return 0.05 + 6e-3 * -(-_rows(geometry, rows) // chunk) * -(-T // ng)
+
+
 # ---- run functions ------------------------------------------------------------------------------
 
 def _run_true_obs(p: modes.Problem, ng: int, chunk_size: int, order: str, scoring: str,
@@ -278,7 +300,8 @@ class Method:
     run: Callable[..., torch.Tensor]
     memory_model: Callable[..., int] = _obs_memory()
     flop_model: Callable[..., float] = _sweep_flops()
-    overhead_s: Callable[[int], float] = lambda K: 0.2 + 1e-3 * K  # Python-side seconds, given K
+    # seconds beyond the flops (Python-side steps, memory traffic): (geometry, rows, **options)
+    overhead_model: Callable[..., float] = lambda g, rows=None, **o: 0.2 + 1e-3 * g.weight_shape[1]
     uses_damping: bool = True        # False: the damped H is never read (damp is ignored)
 
     @property
@@ -298,6 +321,10 @@ class Method:
         """Floating-point operations, to the leading order, to prune ``rows`` rows."""
         return float(self.flop_model(geometry, rows, **self._own(options)))
 
+    def overhead_s(self, geometry: Geometry, rows: int | None = None, **options) -> float:
+        """Seconds beyond the flops (Python-side steps, memory traffic) to prune ``rows`` rows."""
+        return float(self.overhead_model(geometry, rows, **self._own(options)))
+
     def _own(self, options: dict) -> dict:
         return resolve_options(self.name, **options)
 
@@ -306,7 +333,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("local", "obs_mode", "local OBS",
            "select per (row, scope) by exhaustive OBS cost; compensate only the scope's own kept "
            "weights, with the shared fixed C",
-           "#72B7B2", (), modes.local, flop_model=_local_flops, overhead_s=lambda K: 0.2),
+           "#72B7B2", (), modes.local, flop_model=_local_flops,
+           overhead_model=lambda g, rows=None, **o: 0.2),
     Method("full", "obs_mode", "full OBS",
            "select once with the shared C; then scope by scope, each row's pruned set "
            "compensates every not-yet-pruned column of its row",
@@ -322,22 +350,24 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "exact OBS per row: every row keeps its own C (as a factor of its pruned set), "
            "downdated as its weights go, so every decision sees all earlier ones",
            "#E45756", (NG, CHUNK_SIZE, ORDER, SCORING, C_DTYPE), _run_true_obs,
-           _true_obs_memory, _true_obs_flops),
+           _true_obs_memory, _true_obs_flops, _true_obs_overhead),
     Method("magnitude", "baseline", "magnitude",
            "prune the blocks of least L2 norm; no compensation",
-           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, lambda K: 0.05,
+           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, _fixed_overhead(0.05),
            uses_damping=False),
     Method("wanda", "baseline", "Wanda",
            "prune the blocks of least |w|·‖x‖ (Wanda's score); no compensation",
-           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, lambda K: 0.05,
+           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, _fixed_overhead(0.05),
            uses_damping=False),
     Method("obd", "baseline", "OBD",
            "Optimal Brain Damage: prune the blocks of least w²/C_cc; no compensation",
-           "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops, lambda K: 0.05),
+           "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops,
+           _fixed_overhead(0.05)),
     Method("sparsegpt", "baseline", "SparseGPT",
            "SparseGPT: sweep the columns left to right, compensating later columns through the "
            "Cholesky factor of C, with lazy batch updates",
-           "#54A24B", (), baselines.sparsegpt, overhead_s=lambda K: 0.1 + 5e-4 * K),
+           "#54A24B", (), baselines.sparsegpt,
+           overhead_model=_sparsegpt_overhead),
 )}
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
