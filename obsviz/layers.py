@@ -893,8 +893,8 @@ def _load_named(reader: _Reader, display: str, layers: dict[str, dict[str, str]]
 
 def save_layers(path: str | os.PathLike, layers: list[Layer]) -> None:
     """Write layers to ``.safetensors`` as ``<name>.weight`` ``(M, K)``, ``<name>.hessian``
-    ``(K, K)`` float32 and ``<name>.nsamples`` ``(1,)`` int64 (the N behind H, when known); order, sources and notes go in the
-    file's metadata."""
+    ``(K, K)`` float32 and ``<name>.nsamples`` ``(1,)`` int64 (the N behind H, when known);
+    order, sources and notes go in the file's metadata."""
     from safetensors.torch import save_file
 
     path = Path(path)

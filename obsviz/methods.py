@@ -142,8 +142,8 @@ N_SPLITS = Option(
     "Hessian restricted to the columns not yet frozen", minimum=1)
 NG = Option(
     "ng", 16, int, "scope steps decided per batch on the batch's small system before each "
-    "row's factor of its pruned set grows once; the result is the same for every ng, only speed changes "
-    "(16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
+    "row's factor of its pruned set grows once; the result is the same for every ng, only "
+    "speed changes (16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
     minimum=1)
 CHUNK_SIZE = Option(
     "chunk_size", 64, int, "rows processed together (each holds its own factor of its pruned "
@@ -157,8 +157,9 @@ SCORING = Option(
     "per block (independent), or the exact joint OBS cost of each subset (joint)",
     choices=("independent", "joint"))
 C_DTYPE = Option(
-    "c_dtype", "auto", str, "dtype of C and of each row's factor: 'auto' is fp16 on CUDA, fp32 on CPU and "
-    "fp64 whenever W is fp64; also 'float16', 'bfloat16', 'float32', 'float64' or a torch dtype",
+    "c_dtype", "auto", str, "dtype of C and of each row's factor: 'auto' is fp16 on CUDA, "
+    "fp32 on CPU and fp64 whenever W is fp64; also 'float16', 'bfloat16', 'float32', "
+    "'float64' or a torch dtype",
     choices=("auto", "float16", "bfloat16", "float32", "float64"), parse=_parse_c_dtype)
 
 

@@ -484,8 +484,8 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
     ``hi`` at the end (no F) only ``L_QQ`` and ``v_Q`` are formed.
 
     Returns the new block row of ``L``, ``(U_Qᵀ, L_QQ)`` ``(B, q, n_u)``, ``(B, q, q)`` (zero
-    rows and an identity diagonal at padding), and ``v_Q`` ``(B, q)``: ``v = L⁻¹ w0_P`` grows by forward substitution,
-    and :func:`refit_from_factor` needs both."""
+    rows and an identity diagonal at padding), and ``v_Q`` ``(B, q)``: ``v = L⁻¹ w0_P`` grows by
+    forward substitution, and :func:`refit_from_factor` needs both."""
     B, q = Q.shape
     N = pi.shape[1]
     ok = Q >= 0

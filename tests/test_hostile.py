@@ -153,7 +153,8 @@ def test_prune_refuses_up_front_when_the_estimate_exceeds_free_memory() -> None:
     g = Geometry.preset("2:4", (4096, 4096))
     need = memory_estimate(g, "true_obs", chunk_size=4096)
     free = available_memory("cpu")
-    assert free is not None and need > free  # 4096 rows of a 32 MiB factor U and an 8 MiB L: 160 GiB
+    # 4096 rows of a 32 MiB factor U and an 8 MiB L: 160 GiB
+    assert free is not None and need > free
     start = time.perf_counter()
     with pytest.raises(ArgumentError, match="free") as e:
         prune(W, H, g, 2, method="true_obs", chunk_size=4096, device="cpu")
