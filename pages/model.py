@@ -57,6 +57,7 @@ from ui.model_runs import (
 )
 from ui.runner import c_dtype_options
 from ui.text import md
+from ui.widgets import limited_uploader
 
 state.require_entrypoint()
 st.set_page_config(page_title="Model · obsviz", page_icon=":material/account_tree:",
@@ -94,7 +95,7 @@ def _text(which: str, shipped: Path) -> tuple[str | None, str]:
     """The chosen text and how to name it: shipped, or an uploaded .txt (size-capped)."""
     if form[which] == "shipped":
         return shipped.read_text(encoding="utf-8"), shipped.name
-    up = st.file_uploader("A .txt file (UTF-8, up to 2 MB)", type=["txt"], key=f"_m_{which}_up")
+    up = limited_uploader("A .txt file (UTF-8)", MAX_UPLOAD, f"_m_{which}_up", type=["txt"])
     if up is None:
         return None, ""
     if up.size > MAX_UPLOAD:

