@@ -424,11 +424,12 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
             if not bool((S >= 0).any()):
                 continue
             U_S = U[:, :n_u, lo:hi]
+            U_St = U_S.transpose(1, 2).contiguous()   # (B, n, n_u): a plain GEMM operand
             if shared:
                 C_SS = C_pi[lo:hi, lo:hi].expand(B, -1, -1)
             else:
                 C_SS = obs.principal(C, S).to(c_dtype)
-            C_SS = torch.baddbmm(C_SS, U_S.transpose(1, 2), U_S, alpha=-1).to(work)
+            C_SS = torch.baddbmm(C_SS, U_St, U_S, alpha=-1).to(work)
             if bi == 0 and first is not None:
                 pruned_S = first[rows]
             else:
@@ -439,7 +440,7 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
                 continue
             Q_cols = obs.gather_masked(pi + 1, Q).long() - 1                # W columns of Q
             obs.zero_at(kept_c, Q_cols)
-            rows_b, v_b = obs.append_factor(U, n_u, wp, C_pi, C, pi, Q, lo, hi)
+            rows_b, v_b = obs.append_factor(U, U_St, n_u, wp, C_pi, C, pi, Q, lo, hi)
             L_rows.append(rows_b)
             v.append(v_b)
             P_cols.append(Q_cols)

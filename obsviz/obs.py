@@ -470,12 +470,14 @@ def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Te
 
 # ---- true_obs: the factor of the pruned set, and the final refit -------------------------------
 
-def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tensor | None,
+def append_factor(U: torch.Tensor, U_St: torch.Tensor, n_u: int, wp: torch.Tensor,
+                  C_pi: torch.Tensor | None,
                   C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int
                   ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Add a batch's pruned positions ``Q`` ``(B, q)`` (-1 padded, in ``[lo, hi)``) to each row's
     factor ``U = L⁻¹ C_P,F`` ``(B, ·, N)`` on the positions still to decide (``hi`` on), in place
-    (rows ``n_u .. n_u + q``); ``wp`` ``(B, N)`` (``w'``) follows.
+    (rows ``n_u .. n_u + q``); ``wp`` ``(B, N)`` (``w'``) follows. ``U_St`` ``(B, hi − lo, n_u)``
+    is U on the batch's positions, transposed (contiguous: its rows at Q are gathered whole).
 
     With ``L_new = [[L, 0], [U_Qᵀ, L_QQ]]``: ``C'_Q,x = C_Q,x − U_Qᵀ U_x`` (x from ``lo`` on),
     ``L_QQ L_QQᵀ = C'_QQ``, the new rows ``L_QQ⁻¹ C'_Q,F`` and ``v_Q = L_QQ⁻¹ w'_Q``, so
@@ -499,9 +501,7 @@ def append_factor(U: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tenso
         C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
         C_Qx = C_Qx * (cols >= 0).unsqueeze(1)
     padded = not bool(ok.all())
-    # U on Q, gathered from the batch's own positions (a few cache lines a row, not the row)
-    U_Qt = U[:, :n_u, lo:hi].gather(2, (Qc - lo).unsqueeze(1).expand(B, n_u, q))
-    U_Qt = U_Qt.transpose(1, 2).contiguous()
+    U_Qt = U_St.gather(1, (Qc - lo).unsqueeze(2).expand(B, q, n_u))    # (B, q, n_u)
     with threads_for(2.0 * B * q * n_u * C_Qx.shape[-1]):   # (B, q, n_u): a plain GEMM operand
         R = torch.baddbmm(C_Qx.to(U.dtype), U_Qt, U[:, :n_u, lo:end], alpha=-1)
     work = torch.promote_types(U.dtype, torch.float32)
