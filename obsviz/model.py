@@ -272,10 +272,11 @@ def resolve_plan(model: nn.Module, plan: Plan) -> list[LayerPlan]:
     for o in plan.overrides:
         if o.method is not None or o.options:
             _check_options(o.method or plan.method, o.options or {}, f"override {o.pattern!r}: ")
-    out, problems = [], []
+    out, problems, names = [], [], []
     for b, block in enumerate(blocks):
         for local, mod in _linear_modules(block).items():
             name = f"{prefix}.{b}.{local}" if prefix else f"{b}.{local}"
+            names.append(name)
             if not _matches(name, plan.include) or _matches(name, plan.exclude):
                 continue
             geometry, nnz, method, options, skip = (plan.geometry, plan.nnz, plan.method,
@@ -305,8 +306,11 @@ def resolve_plan(model: nn.Module, plan: Plan) -> list[LayerPlan]:
         raise ArgumentError("geometry", f"the plan does not fit {len(problems)} layer(s){more}: "
                             + "; ".join(problems[:5]))
     if not out:
+        like = (f": the model's {len(names)} are named like {', '.join(names[:2])} … "
+                f"{names[-1]} (patterns are shell-style, e.g. '{names[0].rsplit('.', 1)[0]}.*' "
+                "or '*.0.*')" if names else "")
         raise ArgumentError("include", "the plan selects no Linear layer of the model's blocks; "
-                            "check include/exclude patterns")
+                            f"check include/exclude patterns{like}")
     return out
 
 

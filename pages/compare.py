@@ -299,13 +299,12 @@ elif len(here) >= 2:
             ta, tb, row_diff = ea.error, eb.error, ea.row_error - eb.row_error
         whole_a = result_maps.maps(a, by_key[a]).row_error
         whole_b = result_maps.maps(b, by_key[b]).row_error
-        worse = rfig.rows_losing_more(whole_a, whole_b)
         la, lb = all_here[a].short, all_here[b].short
         st.plotly_chart(rfig.difference_figure(ta, tb, row_diff, la, lb), config=config,
                         key="_c_fig_diff", theme=None)
         st.caption("Red: A loses error there that B does not; blue: the reverse. The bars on "
                    "the right sum each row.")
-        st.text(f"A = {la}: larger error than B = {lb} in {worse:,} of {M:,} rows.")
+        st.text(rfig.rows_losing_more_text(whole_a, whole_b, la, lb))
 
 # ---- downloads --------------------------------------------------------------------------------
 st.subheader("Downloads")

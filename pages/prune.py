@@ -177,7 +177,8 @@ if methods:
         {"method": [e["method"] for e in table],
          "memory": [format_bytes(e["memory"]) for e in table],
          "time": [runs.reused_text(done_as[e["method"]], active.label)
-                  if done_as[e["method"]] is not None else f"~{e['seconds']:.1f} s"
+                  if done_as[e["method"]] is not None
+                  else f"~{e['seconds']:.1f} s" if e["seconds"] >= 0.05 else "< 0.1 s"
                   for e in table],
          "fits": ["✓" if e["fits"] else "too big: use a row sample" for e in table]},
         hide_index=True, width="stretch")

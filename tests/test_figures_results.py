@@ -296,6 +296,11 @@ def test_pooled_difference_is_the_difference_of_pooled_maps():
     ta, tb = rfig.tiles(a, 2000), rfig.tiles(b, 2000)
     np.testing.assert_allclose(ta.z - tb.z, rfig.tiles(a - b, 2000).z, atol=1e-5)
     assert rfig.rows_losing_more(a.sum(1), b.sum(1)) == int((a.sum(1) > b.sum(1)).sum())
+    # a row sample: rows 2.. untouched (error 0 in both) are not counted as "not worse"
+    ra, rb = np.array([3.0, 1.0, 0, 0, 0]), np.array([1.0, 2.0, 0, 0, 0])
+    assert rfig.rows_losing_more_text(ra, rb, "x", "y") == (
+        "A = x: larger error than B = y in 1 of the 2 rows either pruned (5 in all).")
+    assert rfig.rows_losing_more_text(ra[:2], rb[:2], "x", "y").endswith("in 1 of 2 rows.")
     with pytest.raises(ValueError, match="shape"):
         rfig.rows_losing_more(a.sum(1), b.sum(1)[:4])
 

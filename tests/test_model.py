@@ -296,8 +296,11 @@ def test_a_geometry_that_does_not_fit_is_refused_up_front_naming_the_layers(toke
         resolve_plan(run.dense, Plan("2:4", method="nope"))
     assert err.value.argument == "method"
     with pytest.raises(ArgumentError) as err:
-        resolve_plan(run.dense, Plan(include=("nothing*",)))
+        resolve_plan(run.dense, Plan(include=("layer0.*",)))   # the sample layers' own names
     assert err.value.argument == "include"
+    # the message names the model's layers, so a first guess can be corrected
+    assert "named like encoder.layer.0.attention.self.query" in str(err.value)
+    assert "'*.0.*'" in str(err.value)
 
 
 def test_free_form_and_callable_geometries_are_sized_per_layer(tokenizer):

@@ -619,6 +619,17 @@ def rows_losing_more(row_error_a: np.ndarray, row_error_b: np.ndarray) -> int:
     return int((a > b).sum())
 
 
+def rows_losing_more_text(row_error_a: np.ndarray, row_error_b: np.ndarray, label_a: str,
+                          label_b: str) -> str:
+    """The sentence under the difference view: in how many rows A has more error than B, out of
+    the rows either pruned (a row sample leaves the other rows as they are, error 0 in both)."""
+    worse = rows_losing_more(row_error_a, row_error_b)
+    M = np.asarray(row_error_a).size
+    pruned = int(((np.asarray(row_error_a) > 0) | (np.asarray(row_error_b) > 0)).sum())
+    of = f"{M:,} rows" if pruned == M else f"the {pruned:,} rows either pruned ({M:,} in all)"
+    return f"A = {label_a}: larger error than B = {label_b} in {worse:,} of {of}."
+
+
 def difference_figure(a: Tiles, b: Tiles, row_diff: np.ndarray, label_a: str, label_b: str,
                       max_pixels: int = MAX_CELLS, height: int = 420) -> go.Figure:
     """Where ``label_a`` loses error ``label_b`` does not: the map of ``a - b`` (two error maps
