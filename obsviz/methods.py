@@ -197,10 +197,15 @@ def _sparsity(geometry: Geometry) -> float:
     return 1 - geometry.nnz / max(1, geometry.blocks_per_scope) if geometry.nnz else 0.5
 
 
+def _c_bytes(c_dtype: str, device) -> int:
+    """Bytes of one entry of C (and of each row's factor) in ``true_obs``'s ``c_dtype``."""
+    return torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
+
+
 def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=64, c_dtype="auto", ng=16,
                      **options) -> int:
     K = geometry.weight_shape[1]
-    item = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
+    item = _c_bytes(c_dtype, device)
     # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
     # more than the rows pruned. Per row of a chunk: the factor U of its pruned set (s·K rows
     # over the K positions, in C's dtype), the block rows of L (L Lᵀ = C_PP, (s·K)²/2 in fp32;
@@ -249,7 +254,7 @@ def _true_obs_flops(geometry, rows=None, c_dtype="auto", device="cpu", **options
     # ((1 − s)·K)³/3
     K = geometry.weight_shape[1]
     s = _sparsity(geometry)
-    exact = torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size() >= _F32
+    exact = _c_bytes(c_dtype, device) >= _F32
     per_row = s * s * K ** 3 / 3 + (4 * K * K if exact else ((1 - s) * K) ** 3 / 3)
     return _inverse_flops(geometry) + _rows(geometry, rows) * per_row
 
@@ -335,7 +340,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "select per (row, scope) by exhaustive OBS cost; compensate only the scope's own kept "
            "weights, with the shared fixed C",
            "#72B7B2", (), modes.local, flop_model=_local_flops,
-           overhead_model=lambda g, rows=None, **o: 0.2),
+           overhead_model=_fixed_overhead(0.2)),
     Method("full", "obs_mode", "full OBS",
            "select once with the shared C; then scope by scope, each row's pruned set "
            "compensates every not-yet-pruned column of its row",

@@ -1037,9 +1037,7 @@ def _method_entry(run: ModelRun, plan: Plan, method: str, hessians: str,
 
     pm = run.prune(plan.with_method(method), hessians=hessians, progress=progress, stop=stop,
                    on_report=finished, weights=weights)
-    entry.update({"seconds": pm.seconds, "cpu_seconds": pm.cpu_seconds,
-                  "layers": [lr.to_dict() for lr in pm.layers],
-                  "sparsity": _overall_sparsity(pm.layers)})
+    entry.update(seconds=pm.seconds, cpu_seconds=pm.cpu_seconds)   # layers: filled as they came
     if not pm.stopped:
         if progress is not None:
             progress(1.0, "measuring the pruned model on the held-out text")

@@ -471,9 +471,8 @@ def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Te
 # ---- true_obs: the factor of the pruned set, and the final refit -------------------------------
 
 def append_factor(U: torch.Tensor, U_St: torch.Tensor, n_u: int, wp: torch.Tensor,
-                  C_pi: torch.Tensor | None,
-                  C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int
-                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+                  C_pi: torch.Tensor | None, C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor,
+                  lo: int, hi: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Add a batch's pruned positions ``Q`` ``(B, q)`` (-1 padded, in ``[lo, hi)``) to each row's
     factor ``U = L⁻¹ C_P,F`` ``(B, ·, N)`` on the positions still to decide (``hi`` on), in place
     (rows ``n_u .. n_u + q``); ``wp`` ``(B, N)`` (``w'``) follows. ``U_St`` ``(B, hi − lo, n_u)``
