@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from obsviz import baselines, modes
+from obsviz import baselines, modes, obs
 from obsviz.errors import ArgumentError
 from obsviz.geometry import Geometry
 from obsviz.layout import layout_bytes, layout_shape
@@ -212,15 +212,18 @@ def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=64, c_dtype="
     # with an fp16/bf16 C the refit factors H_KK instead, ((1 − s)·K)² twice), the batch's
     # small system C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes
     # an entry), and the columns of C a batch's update reads and forms (3 × K × n). Shared: C
-    # in C's dtype and in decision order. Measured peaks (resident memory of real runs,
-    # tests/test_hostile.py) are 0.5–1.2 of this.
-    chunk_rows = min(_rows(geometry, rows), max(chunk_size, geometry.rows_per_scope))
+    # in C's dtype and in decision order. On a CPU a chunk's worth per worker thread
+    # (obs.chunk_workers). Measured peaks (resident memory of real runs, tests/test_hostile.py)
+    # are 0.5–1.2 of this.
+    n_rows = _rows(geometry, rows)
+    chunk_rows = min(n_rows, max(chunk_size, geometry.rows_per_scope))
+    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk_rows))
     _, T, gs, Lb = layout_shape(geometry)
     n = min(ng, T) * gs * Lb
     s = _sparsity(geometry)
     refit = (s * K) ** 2 / 2 * _F32 if item >= _F32 else 2 * ((1 - s) * K) ** 2 * _F32
     per_row = s * K * K * item + refit + 12 * n * n + 3 * K * n * max(item, _F32)
-    return int(_obs_memory()(geometry, rows) + 2 * K * K * item + chunk_rows * per_row)
+    return int(_obs_memory()(geometry, rows) + 2 * K * K * item + workers * chunk_rows * per_row)
 
 
 def _inverse_flops(geometry: Geometry) -> float:

@@ -353,14 +353,17 @@ def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
 
 def true_obs(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
              c_dtype: torch.dtype) -> torch.Tensor:
-    """Exact OBS per row (see :func:`true_obs_steps`), on one thread but for the large products
-    (:func:`obs.one_thread`). Plain version: :func:`obsviz.reference.true_obs`."""
+    """Exact OBS per row (see :func:`true_obs_steps`). On a CPU, chunks of rows run side by side,
+    one per torch thread, each on one thread (:func:`obs.chunk_workers`); a run of one chunk
+    runs on one thread but for the large products (:func:`obs.one_thread`). Plain version:
+    :func:`obsviz.reference.true_obs`."""
+    threads = torch.get_num_threads()
     with obs.one_thread():
-        return true_obs_steps(p, ng, chunk_size, order, scoring, c_dtype)
+        return true_obs_steps(p, ng, chunk_size, order, scoring, c_dtype, threads)
 
 
 def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: str,
-                   c_dtype: torch.dtype) -> torch.Tensor:
+                   c_dtype: torch.dtype, threads: int = 1) -> torch.Tensor:
     """Exact OBS per row: each decision sees every earlier one of its row (the row's C is the
     inverse of H_d on the columns it still has).
 
@@ -372,7 +375,8 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
     kept weights are the exact damped refit ``w_K = w0_K − C_KP (C_PP)⁻¹ w0_P``
     (:func:`obs.refit_from_factor`, from the Cholesky factor of ``C_PP`` the batches built; with
     an fp16/bf16 C, from ``H_KK`` instead, :func:`obs.refit_kept`): a sequence of OBS removals
-    composes exactly to it.
+    composes exactly to it. Chunks are independent: up to ``threads`` of them run at a time
+    (:func:`obs.map_chunks`), each worker reusing its own buffers (:class:`obs.Workspace`).
 
     Plain version, one row, one step and one subset at a time: :func:`obsviz.reference.true_obs`
     (the same masks and weights; ``ng`` and ``chunk_size`` only change the speed)."""
@@ -406,14 +410,17 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
     exact_factor = c_dtype == work
     # rows U can get: the pruned elements of every batch but the last (no columns after it)
     cap = (layout.n_steps - (batches[-1].numel() if batches else 0)) * p.n_prune * Lb
-    for ci, rows in enumerate(chunks):
-        p.progress(ci / len(chunks), f"rows chunk {ci + 1}/{len(chunks)} ({rows.numel()} rows)")
+    workers = obs.chunk_workers(p.W.device, threads, len(chunks))
+    spaces = [obs.Workspace(p.W.device) for _ in range(workers)]
+
+    def prune_chunk(rows: torch.Tensor, slot: int) -> None:
+        ws = spaces[slot]
         B = rows.numel()
         pi = pi_all[rows]
         W0 = p.W[rows]
         wp = obs.gather_masked(W0, pi).to(work)                             # w' in decision order
-        # only the rows and positions written are ever read (rows of batch b from its end on)
-        U = torch.empty(B, cap, N, dtype=c_dtype, device=p.W.device)
+        # Uᵀ: only the positions and columns written are ever read (batch b's from its end on)
+        Ut = ws.take("Ut", (B, N, cap), c_dtype)
         n_u = 0
         kept_c = torch.ones_like(W0, dtype=torch.bool)
         scope_c = layout.scope[rows]
@@ -423,13 +430,12 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
             S = pi[:, lo:hi]
             if not bool((S >= 0).any()):
                 continue
-            U_S = U[:, :n_u, lo:hi]
-            U_St = U_S.transpose(1, 2).contiguous()   # (B, n, n_u): a plain GEMM operand
+            U_St = Ut[:, lo:hi, :n_u]                                   # U_Sᵀ (B, n, n_u)
             if shared:
                 C_SS = C_pi[lo:hi, lo:hi].expand(B, -1, -1)
             else:
                 C_SS = obs.principal(C, S).to(c_dtype)
-            C_SS = torch.baddbmm(C_SS, U_St, U_S, alpha=-1).to(work)
+            C_SS = torch.baddbmm(C_SS, U_St, U_St.transpose(1, 2), alpha=-1).to(work)
             if bi == 0 and first is not None:
                 pruned_S = first[rows]
             else:
@@ -440,7 +446,7 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
                 continue
             Q_cols = obs.gather_masked(pi + 1, Q).long() - 1                # W columns of Q
             obs.zero_at(kept_c, Q_cols)
-            rows_b, v_b = obs.append_factor(U, U_St, n_u, wp, C_pi, C, pi, Q, lo, hi)
+            rows_b, v_b = obs.append_factor(Ut, n_u, wp, C_pi, C, pi, Q, lo, hi, ws)
             L_rows.append(rows_b)
             v.append(v_b)
             P_cols.append(Q_cols)
@@ -449,7 +455,10 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
             p.W[rows] = obs.refit_from_factor(p.C, W0, kept_c, L_rows, v, P_cols)
         else:   # a factor in a low-precision C is only that exact: the refit is from H
             p.W[rows] = obs.refit_kept(p.Hd, W0, kept_c)
-        kept[rows] = kept_c
+        kept[rows] = kept_c   # chunks hold disjoint rows: workers never write the same entry
+
+    obs.map_chunks(prune_chunk, chunks, workers, lambda done, total: p.progress(
+        done / total, f"chunks of rows done: {done}/{total}"))
     return kept
 
 

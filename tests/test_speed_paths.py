@@ -8,6 +8,8 @@ and the strided-write geometry maps against a scatter of the element offsets.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -202,3 +204,72 @@ def test_local_grouped_compensation_equals_the_per_entry_solve(preset, monkeypat
     fast = obsviz.prune(W, H, geom, geom.nnz, method="local")
     assert used == [True]
     assert_local_equals_the_per_entry_solve(W, H, geom, fast, monkeypatch)
+
+
+@pytest.mark.parametrize("preset", ["2:4", "coupled-2:4", "block16", "4:8"])
+def test_true_obs_chunks_side_by_side_change_speed_not_result(preset):
+    # chunks of 4 rows (block16: 16): one at a time on one thread, or two and three at a time
+    # on worker threads
+    W, H = ref.random_layer(32, 64, seed=11)
+    geom = Geometry.preset(preset, (32, 64))
+    n = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(obsviz.prune(W, H, geom, geom.nnz, method="true_obs", chunk_size=4))
+    finally:
+        torch.set_num_threads(n)
+    for res in results[1:]:
+        assert torch.equal(res.mask, results[0].mask)
+        assert_close(res.weight, results[0].weight, **TIGHT)
+
+
+def test_map_chunks_keeps_order_and_gives_each_running_call_its_own_slot():
+    busy, seen = set(), []
+
+    def fn(item, slot):
+        assert slot not in busy and 0 <= slot < 2
+        busy.add(slot)
+        seen.append(torch.get_num_threads())
+        x = torch.randn(64, 64) @ torch.randn(64, 64)   # some real work, GIL released
+        busy.discard(slot)
+        return item * 10, x.requires_grad
+
+    reports = []
+    out = obs.map_chunks(fn, list(range(9)), 2, lambda done, total: reports.append((done, total)))
+    assert [o[0] for o in out] == [i * 10 for i in range(9)]
+    assert set(seen) == {1} and not any(o[1] for o in out)
+    assert reports == [(i, 9) for i in range(9)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_chunks_passes_on_the_first_error_and_a_stop_from_progress(workers):
+    def fn(item, slot):
+        if item == 3:
+            raise ValueError("item 3")
+        return item
+
+    with pytest.raises(ValueError, match="item 3"):
+        obs.map_chunks(fn, list(range(6)), workers)
+    started = []
+
+    def stop(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        obs.map_chunks(lambda item, slot: (started.append(item), time.sleep(0.01)), list(range(50)),
+                       workers, stop)
+    assert len(started) < 50
+
+
+def test_workspace_reuses_a_buffer_and_grows_it():
+    ws = obs.Workspace("cpu")
+    a = ws.take("x", (4, 5), torch.float32)
+    b = ws.take("x", (2, 3), torch.float32)
+    assert b.data_ptr() == a.data_ptr() and b.shape == (2, 3) and b.is_contiguous()
+    c = ws.take("x", (10, 10), torch.float32)
+    assert c.shape == (10, 10)
+    assert ws.take("x", (3,), torch.float64).dtype == torch.float64
+    assert ws.take("y", (0, 7), torch.float32).shape == (0, 7)
