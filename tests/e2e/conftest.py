@@ -261,6 +261,11 @@ class AppPage:
         self.page.goto(self.base_url + path, wait_until="domcontentloaded")
         self.page.locator('[data-testid="stApp"]').wait_for(state="attached")
         self.page.locator('[data-testid="stMain"] h1').first.wait_for(state="visible")
+        # widgets can show seconds after the page's text (Streamlit 1.67, a busy 2-core machine:
+        # 7 s then 10 s on /geometry): every page's sidebar has the Device box, so the page is
+        # not ready before it is
+        self.page.locator('[data-testid="stSidebar"]').get_by_role(
+            "combobox", name="Device", exact=True).wait_for(timeout=self.SETTLE_TIMEOUT)
         return self.settle()
 
     def settle(self, pause: float = 0.5) -> AppPage:
