@@ -23,7 +23,7 @@ __all__ = ["memory_estimate", "flop_estimate", "time_estimate", "eta_text", "for
 
 
 def memory_estimate(geometry: Geometry, method: str, rows: int | None = None,
-                    device: str | torch.device = "cpu", chunk_size: int = 64,
+                    device: str | torch.device = "cpu", chunk_size: int = 0,
                     c_dtype: torch.dtype | str | None = None, ng: int | None = None) -> int:
     """Peak working memory in bytes (an estimate within a small factor) to prune ``rows`` rows
     (default all) of a layer with this geometry: the method's model in :mod:`obsviz.methods`

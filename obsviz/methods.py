@@ -29,6 +29,7 @@ that belong to other methods; a name no method declares is an error.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,9 +147,10 @@ NG = Option(
     "speed changes (16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
     minimum=1)
 CHUNK_SIZE = Option(
-    "chunk_size", 64, int, "rows processed together (each holds its own factor of its pruned "
-    "set); row-coupled scopes widen a chunk to whole coupling groups (64: 2.1 s against 5.4 s "
-    "for 16 on a 1536 × 384 layer)", minimum=1)
+    "chunk_size", 0, int, "rows processed together (each holds its own factor of its pruned "
+    "set); 0: chosen from the layer's shape (see chunk_rows: 64 rows when K ≥ 768, 128 for "
+    "K = 384, evened out over the worker threads); row-coupled scopes widen a chunk to whole "
+    "coupling groups", minimum=0)
 ORDER = Option(
     "order", "left_to_right", str, "order in which a row's scope steps are decided: left to "
     "right, or largest pre-scored OBS cost first", choices=("left_to_right", "largest_first"))
@@ -202,12 +204,39 @@ def _c_bytes(c_dtype: str, device) -> int:
     return torch.empty((), dtype=c_dtype_of(c_dtype, device)).element_size()
 
 
-def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=64, c_dtype="auto", ng=16,
+def chunk_rows(K: int, n_rows: int, chunk_size: int = 0, device: torch.device | str = "cpu"
+               ) -> int:
+    """The rows of one ``true_obs`` chunk of a layer with ``K`` inputs (``n_rows`` rows pruned):
+    ``chunk_size``, or for 0 (the default) one from the layer's shape. A chunk's small operations
+    cost the same whatever K, its products grow with K: about 64 · 1024 / K rows (a power of
+    two, 64 to 256), then as many equal chunks as that makes, a multiple of the worker threads
+    (:func:`obsviz.obs.chunk_workers`) so that none waits for the last. (A coupling group larger
+    than this is a chunk of its own, :func:`obsviz.layout.row_chunks`.) Measured with two
+    threads (docs/BENCHMARKS.md): 1536 × 384 2:4 1.7 s with 64 rows, 1.4 s with 128; 384 × 1536
+    3.7 s with 64, 4.8 s with 32, 5.1 s with 128; 384 × 384 0.5–0.7 s with 64, 0.42–0.46 s
+    with 96."""
+    if chunk_size:
+        return min(n_rows, chunk_size)
+    target = min(256, max(64, 2 ** round(math.log2(65536 / K))))
+    n_chunks = -(-n_rows // target)
+    workers = obs.chunk_workers(device, torch.get_num_threads(), n_chunks)
+    n_chunks = -(-n_chunks // workers) * workers
+    return max(1, -(-n_rows // n_chunks))
+
+
+def _chunk(geometry: Geometry, rows: int | None, chunk_size: int, device) -> int:
+    """The rows of a chunk as :func:`chunk_rows` makes them, widened to a coupling group."""
+    n_rows = _rows(geometry, rows)
+    return min(n_rows, max(chunk_rows(geometry.weight_shape[1], n_rows, chunk_size, device),
+                           geometry.rows_per_scope))
+
+
+def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="auto", ng=16,
                      **options) -> int:
     K = geometry.weight_shape[1]
     item = _c_bytes(c_dtype, device)
-    # A chunk is at most chunk_size rows, or one coupling group when that is larger, and never
-    # more than the rows pruned. Per row of a chunk: the factor U of its pruned set (s·K rows
+    # A chunk is chunk_rows rows (or one coupling group when that is larger, and never more
+    # than the rows pruned). Per row of a chunk: the factor U of its pruned set (s·K rows
     # over the K positions, in C's dtype), the block rows of L (L Lᵀ = C_PP, (s·K)²/2 in fp32;
     # with an fp16/bf16 C the refit factors H_KK instead, ((1 − s)·K)² twice), the batch's
     # small system C_SS over n = (ng steps) × gs × Lb columns with its mask and copy (~12 bytes
@@ -216,14 +245,14 @@ def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=64, c_dtype="
     # (obs.chunk_workers). Measured peaks (resident memory of real runs, tests/test_hostile.py)
     # are 0.5–1.2 of this.
     n_rows = _rows(geometry, rows)
-    chunk_rows = min(n_rows, max(chunk_size, geometry.rows_per_scope))
-    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk_rows))
+    rows_c = _chunk(geometry, rows, chunk_size, device)
+    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // rows_c))
     _, T, gs, Lb = layout_shape(geometry)
     n = min(ng, T) * gs * Lb
     s = _sparsity(geometry)
     refit = (s * K) ** 2 / 2 * _F32 if item >= _F32 else 2 * ((1 - s) * K) ** 2 * _F32
     per_row = s * K * K * item + refit + 12 * n * n + 3 * K * n * max(item, _F32)
-    return int(_obs_memory()(geometry, rows) + 2 * K * K * item + workers * chunk_rows * per_row)
+    return int(_obs_memory()(geometry, rows) + 2 * K * K * item + workers * rows_c * per_row)
 
 
 def _inverse_flops(geometry: Geometry) -> float:
@@ -276,11 +305,12 @@ def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
     return 0.03 + 3.2e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
 
 
-def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=64, **options) -> float:
+def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=0, device="cpu",
+                       **options) -> float:
     # about 6 ms of small operations per (chunk of rows, batch of ng steps): 36 of them on
     # 384 × 384 (0.3 s in all), 144 on 1536 × 384 and on 384 × 1536
     _, T, _, _ = layout_shape(geometry)
-    chunk = max(chunk_size, geometry.rows_per_scope)
+    chunk = _chunk(geometry, rows, chunk_size, device)
     return 0.05 + 6e-3 * -(-_rows(geometry, rows) // chunk) * -(-T // ng)
 
 
@@ -290,7 +320,8 @@ def _run_true_obs(p: modes.Problem, ng: int, chunk_size: int, order: str, scorin
                   c_dtype: str) -> torch.Tensor:
     dtype = c_dtype_of(c_dtype, p.W.device, p.C.dtype)
     p.notes["c_dtype"] = str(dtype).removeprefix("torch.")
-    return modes.true_obs(p, ng, chunk_size, order, scoring, dtype)
+    rows = chunk_rows(p.W.shape[1], p.W.shape[0], chunk_size, p.W.device)
+    return modes.true_obs(p, ng, rows, order, scoring, dtype)
 
 
 # ---- the registry -------------------------------------------------------------------------------

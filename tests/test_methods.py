@@ -53,7 +53,7 @@ def test_resolve_options_fills_defaults_and_keeps_only_the_methods_own():
     assert resolve_options("split") == {"n_splits": 4}
     assert resolve_options("interleaved", n_splits=2, ng=8) == {"n_splits": 2}
     assert resolve_options("true_obs", ng=8, c_dtype=torch.float64) == {
-        "ng": 8, "chunk_size": 64, "order": "left_to_right", "scoring": "independent",
+        "ng": 8, "chunk_size": 0, "order": "left_to_right", "scoring": "independent",
         "c_dtype": "float64"}
     assert resolve_options("true_obs", c_dtype="fp16")["c_dtype"] == "float16"
     assert resolve_options("true_obs", c_dtype=None)["c_dtype"] == "auto"
@@ -117,12 +117,34 @@ def test_estimates_read_the_registry():
         memory_estimate(geom, "nope")
 
 
+def test_true_obs_chunk_rows_follow_the_layers_shape_and_even_out_over_the_workers(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # MiniLM's shapes: 384 inputs 128 rows (1536 rows: 12 chunks), 1536 inputs 64 (6 chunks);
+    # 384 × 384 at 128 would make 3 chunks for 2 workers: 4 of 96 instead
+    assert methods.chunk_rows(384, 1536) == 128
+    assert methods.chunk_rows(1536, 384) == 64
+    assert methods.chunk_rows(384, 384) == 96
+    assert methods.chunk_rows(64, 8) == 8            # a toy: every row in one chunk
+    assert methods.chunk_rows(8, 1000) == 250        # 256 at most, 4 equal chunks
+    for K in (8, 100, 384, 1000, 1536, 4096, 16384):
+        for M in (1, 7, 300, 1536, 5000):
+            rows = methods.chunk_rows(K, M)
+            n = -(-M // rows)
+            assert 1 <= rows <= 256 and (n == 1 or n % 2 == 0), (K, M, rows)
+    assert methods.chunk_rows(384, 1536, chunk_size=16) == 16   # given: kept
+    assert methods.chunk_rows(384, 10, chunk_size=16) == 10     # never more than the rows
+    # the memory model counts the chunk the run uses
+    geom = obsviz.Geometry.preset("2:4", (1536, 384))
+    assert memory_estimate(geom, "true_obs") == memory_estimate(geom, "true_obs",
+                                                                chunk_size=128)
+
+
 def test_prune_records_the_resolved_options():
     case = ref.CASES["2:4"]
     W, H = ref.random_layer(*case.shape, seed=3)
     res = obsviz.prune(W, H, case.geometry(), case.nnz, method="true_obs", device="cpu", ng=4)
     assert {k: res.options[k] for k in ("ng", "chunk_size", "order", "scoring", "c_dtype")} == {
-        "ng": 4, "chunk_size": 64, "order": "left_to_right", "scoring": "independent",
+        "ng": 4, "chunk_size": 0, "order": "left_to_right", "scoring": "independent",
         "c_dtype": "float64"}   # W is float64: auto resolves to float64
     res = obsviz.prune(W, H, case.geometry(), case.nnz, method="split", device="cpu", ng=4)
     assert res.options["n_splits"] == 4 and "ng" not in res.options

@@ -162,7 +162,7 @@ def test_true_obs_result_does_not_depend_on_row_chunk_size(case):
     W, H = ref.random_layer(*case.shape, seed=30)
     geom = case.geometry()
     runs = [obsviz.prune(W, H, geom, case.nnz, method="true_obs", ng=2, chunk_size=cs)
-            for cs in (1, 3, 64)]
+            for cs in (1, 3, 64, 0)]   # 0: chosen from the shape
     for other in runs[1:]:
         assert torch.equal(other.mask, runs[0].mask)
         assert_close(other.weight, runs[0].weight, **TIGHT)
