@@ -307,8 +307,8 @@ def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
 
 def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=0, device="cpu",
                        **options) -> float:
-    # about 6 ms of small operations per (chunk of rows, batch of ng steps): 36 of them on
-    # 384 × 384 (0.3 s in all), 144 on 1536 × 384 and on 384 × 1536
+    # about 6 ms of small operations per (chunk of rows, batch of ng steps), fitted with 64-row
+    # chunks: 36 of them on 384 × 384 (0.3 s in all), 144 on 1536 × 384 and on 384 × 1536
     _, T, _, _ = layout_shape(geometry)
     chunk = _chunk(geometry, rows, chunk_size, device)
     return 0.05 + 6e-3 * -(-_rows(geometry, rows) // chunk) * -(-T // ng)

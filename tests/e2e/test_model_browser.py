@@ -67,12 +67,11 @@ def show_tab(app, name: str) -> None:
 def tick_labels_fit(app) -> None:
     """Every y tick label of the visible heatmap lies inside the page and clear of the others."""
     selector = '[data-testid="stPlotlyChart"] .yaxislayer-above .ytick text'
-    ticks = boxes(app, selector)
     for _ in range(60):   # Plotly may take seconds to draw a tab just shown on a busy machine
+        ticks = boxes(app, selector)
         if ticks:
             break
         app.page.wait_for_timeout(500)
-        ticks = boxes(app, selector)
     assert ticks, "the heatmap has no row labels"
     assert min(t["x"] for t in ticks) >= 0, "a layer name is cut at the left edge"
     for a, b in zip(ticks, ticks[1:], strict=False):
