@@ -9,7 +9,9 @@ at each library's own defaults (obsviz: ``obsviz.methods``' ``ng``/``chunk_size`
 default). Runs of
 the two libraries are interleaved and each keeps its best of ``--repeat``. Wall time and CPU time
 (``time.process_time``; with one thread it moves far less than wall time on a shared machine) are
-both recorded. The seed library is installed into ``benchmarks/_seed/`` on first use (see
+both recorded. The seed runs in a child process of its own and is stopped after
+``--seed-timeout`` seconds (it loops on some geometries); the parent's threads are the
+child's. The seed library is installed into ``benchmarks/_seed/`` on first use (see
 ``seed.py``); it is never a dependency of obsviz.
 
 Prints a Markdown table (time ratio obsviz ÷ seed, error ratio, geometric mean of the time ratios)
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -55,6 +58,51 @@ def geometry(preset: str, shape: tuple[int, int]) -> Geometry:
     if preset == "block16-rowwise":   # what the seed's prune() computes for block16
         return Geometry(shape, block=(1, 16), scope=(1, 2), name=preset, nnz=1)
     return Geometry.preset(preset, shape)
+
+
+class SeedProcess:
+    """The seed library in a child process of its own, so that a run of it can be stopped: on
+    some geometries it does not fail but loops (coupled-2:4 with two threads: MKL prints SLASWP
+    errors for many minutes). ``run`` returns what :func:`run_seed` returns, or ``None`` and
+    the reason when the run took more than ``timeout`` seconds (the child is then killed and a
+    fresh one started for the next run)."""
+
+    def __init__(self, threads: int | None, timeout: float):
+        self.threads, self.timeout = threads, timeout
+        self.ctx = multiprocessing.get_context("spawn")
+        self.proc = None
+
+    def start(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=seed_child, args=(child, self.threads), daemon=True)
+        self.proc.start()
+
+    def run(self, layer: str, preset: str, mode: str, device: str):
+        if self.proc is None or not self.proc.is_alive():
+            self.start()
+        self.conn.send((layer, preset, mode, device))
+        if self.conn.poll(self.timeout):
+            return self.conn.recv()
+        self.close()
+        return None, f"stopped after {self.timeout:.0f} s (no result)"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join()
+            self.proc = None
+
+
+def seed_child(conn, threads: int | None) -> None:
+    """The child's loop: one seed run per request, on the same layer data as the parent's."""
+    if threads:
+        torch.set_num_threads(threads)
+    sk = seed.load()
+    while True:
+        layer, preset, mode, device = conn.recv()
+        lay = load_sample_layer(layer)
+        W, H = lay.weight.float(), lay.hessian.float()
+        conn.send(run_seed(sk, W, H, geometry(preset, tuple(W.shape)), mode, device))
 
 
 def run_seed(sk, W: torch.Tensor, H: torch.Tensor, g: Geometry, mode: str, device: str):
@@ -107,11 +155,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed-timeout", type=float, default=120,
+                        help="seconds one seed run may take before it is stopped")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "seed.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sk = seed.load()
+    seed.load()   # installed once, here, before the child imports it
+    seed_proc = SeedProcess(args.threads, args.seed_timeout)
     rows = []
     for name in args.layers:
         layer = load_sample_layer(name)
@@ -122,7 +173,7 @@ def main() -> None:
                 best_s = best_o = (math.inf, math.inf)
                 seed_W = seed_err = ours = None
                 for _ in range(args.repeat):   # interleaved: seed, obsviz, seed, obsviz, ...
-                    s, out = run_seed(sk, W, H, g, mode, args.device)
+                    s, out = seed_proc.run(name, preset, mode, args.device)
                     if s is None:
                         seed_err = out
                     else:
@@ -144,6 +195,7 @@ def main() -> None:
                     row["seed_failed"] = seed_err
                 rows.append(row)
                 print(line(row), flush=True)
+    seed_proc.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"torch": torch.__version__, "device": args.device,
                                     "threads": torch.get_num_threads(), "results": rows},

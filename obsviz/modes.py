@@ -439,14 +439,15 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
             if bi == 0 and first is not None:
                 pruned_S = first[rows]
             else:
-                pruned_S = decide_batch(p, C_SS, wp[:, lo:hi].clone(), S, scope_c[:, ts],
-                                        (gs, Lb), scoring, coupled)
+                pruned_S = decide_batch(p, C_SS.clone(), wp[:, lo:hi].clone(), S,
+                                        scope_c[:, ts], (gs, Lb), scoring, coupled)
             Q = obs.compact(torch.arange(lo, hi, device=S.device).expand(B, -1), pruned_S)
             if Q.shape[1] == 0:
                 continue
             Q_cols = obs.gather_masked(pi + 1, Q).long() - 1                # W columns of Q
             obs.zero_at(kept_c, Q_cols)
-            rows_b, v_b = obs.append_factor(Ut, n_u, wp, C_pi, C, pi, Q, lo, hi, ws)
+            rows_b, v_b = obs.append_factor(Ut, n_u, wp, C_pi, C, pi, Q, lo, hi, C_SS,
+                                                  ws)
             L_rows.append(rows_b)
             v.append(v_b)
             P_cols.append(Q_cols)

@@ -556,15 +556,17 @@ def select(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, scope: torch.Te
 
 def append_factor(Ut: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tensor | None,
                   C: torch.Tensor, pi: torch.Tensor, Q: torch.Tensor, lo: int, hi: int,
-                  ws: Workspace) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+                  C_SS: torch.Tensor, ws: Workspace
+                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Add a batch's pruned positions ``Q`` ``(B, q)`` (-1 padded, in ``[lo, hi)``) to each row's
     factor ``U = L⁻¹ C_P,F`` on the positions still to decide (``hi`` on), in place: ``Ut`` is
     ``Uᵀ`` ``(B, N, ·)``, whose columns ``n_u .. n_u + q`` it writes (a position's factor is
     one contiguous row: the rows at Q are gathered whole, and every product reads plain GEMM
     operands). ``wp`` ``(B, N)`` (``w'``) follows; temporaries live in ``ws``.
 
-    With ``L_new = [[L, 0], [U_Qᵀ, L_QQ]]``: ``C'_x,Q = C_x,Q − U_xᵀ U_Q`` (x from ``lo`` on),
-    ``L_QQ L_QQᵀ = C'_QQ``, the new columns of ``Uᵀ`` ``C'_F,Q L_QQ⁻ᵀ`` and
+    With ``L_new = [[L, 0], [U_Qᵀ, L_QQ]]``: ``L_QQ L_QQᵀ = C'_QQ``, read from the batch's
+    downdated system ``C_SS`` ``(B, hi − lo, hi − lo)`` (``C_SS − U_Sᵀ U_S``, as its decisions
+    saw it); ``C'_F,Q = C_F,Q − U_Fᵀ U_Q``; the new columns of ``Uᵀ`` ``C'_F,Q L_QQ⁻ᵀ`` and
     ``v_Q = L_QQ⁻¹ w'_Q``, so ``w'_F −= C'_F,Q (C'_QQ)⁻¹ w'_Q``. Positions are those of ``pi``
     ``(B, N)`` (W columns, -1 padding); ``C_pi`` is C in that order when every row shares it,
     else ``C`` is gathered per row. With ``hi`` at the end (no F) only ``L_QQ`` and ``v_Q`` are
@@ -576,36 +578,40 @@ def append_factor(Ut: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tens
     B, q = Q.shape
     N = pi.shape[1]
     dtype = Ut.dtype
+    work = torch.promote_types(dtype, torch.float32)
     ok = Q >= 0
+    padded = not bool(ok.all())
     Qc = torch.where(ok, Q, lo)   # padding reads position lo (written in every row of Ut)
-    end = N if hi < N else hi     # the positions C' is needed on: the batch's, and F's
-    width = end - lo
-    if C_pi is not None:          # C's rows at Q, whole: C_x,Q = (C_Q,x)ᵀ
-        C_Q = torch.index_select(C_pi, 0, Qc.reshape(-1), out=ws.take("C_Q", (B * q, N), dtype))
-        C_xQ = C_Q.view(B, q, N)[:, :, lo:end].transpose(1, 2)          # (B, width, q)
-    else:
-        cols = pi[:, lo:end]
-        rows = gather_masked(pi + 1, Q).long() - 1                     # W columns of Q
-        C_Qx = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
-        C_xQ = (C_Qx * (cols >= 0).unsqueeze(1)).to(dtype).transpose(1, 2)
     flat = (torch.arange(B, device=Q.device).unsqueeze(1) * N + Qc).reshape(-1)
     U_Qt = Ut.view(B * N, Ut.shape[2])[:, :n_u].index_select(0, flat).view(B, q, n_u)   # U_Qᵀ
-    with threads_for(2.0 * B * q * n_u * width):
-        R = torch.baddbmm(C_xQ, Ut[:, lo:end, :n_u], U_Qt.transpose(1, 2), alpha=-1,
-                          out=ws.take("R", (B, width, q), dtype))      # C'_x,Q
-    work = torch.promote_types(dtype, torch.float32)
-    R = R.to(work)
-    if not bool(ok.all()):
-        R = R * ok.unsqueeze(1)
+    if padded:
         U_Qt = U_Qt * ok.unsqueeze(-1)
-    L = _cholesky(with_identity(R.gather(1, (Qc - lo).unsqueeze(2).expand(B, q, q)), ok))
-    eye = torch.eye(q, dtype=work, device=R.device)
+    at = (Qc - lo).unsqueeze(2)
+    C_QQ = C_SS.gather(1, at.expand(B, q, C_SS.shape[2])).gather(2, at.transpose(1, 2).expand(
+        B, q, q)).to(work)
+    L = _cholesky(with_identity(C_QQ, ok) if padded else C_QQ)
+    eye = torch.eye(q, dtype=work, device=Q.device)
     L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
     if hi < N:
-        R_F = R[:, hi - lo:]                                            # C'_F,Q (B, |F|, q)
+        width = N - hi
+        if C_pi is not None:      # C's rows at Q on F: C_F,Q = (C_Q,F)ᵀ
+            C_QF = torch.index_select(C_pi[:, hi:], 0, Qc.reshape(-1),
+                                      out=ws.take("C_Q", (B * q, width), dtype))
+            C_FQ = C_QF.view(B, q, width).transpose(1, 2)              # (B, |F|, q)
+        else:
+            cols = pi[:, hi:]
+            rows = gather_masked(pi + 1, Q).long() - 1                 # W columns of Q
+            C_QF = C[rows.clamp(min=0).unsqueeze(-1), cols.clamp(min=0).unsqueeze(1)]
+            C_FQ = (C_QF * (cols >= 0).unsqueeze(1)).to(dtype).transpose(1, 2)
+        with threads_for(2.0 * B * q * n_u * width):
+            R_F = torch.baddbmm(C_FQ, Ut[:, hi:, :n_u], U_Qt.transpose(1, 2), alpha=-1,
+                                out=ws.take("R", (B, width, q), dtype))   # C'_F,Q
+        R_F = R_F.to(work)
+        if padded:
+            R_F = R_F * ok.unsqueeze(1)
         L_inv_t = L_inv.transpose(1, 2)
-        with threads_for(2.0 * B * q * q * (N - hi)):
+        with threads_for(2.0 * B * q * q * width):
             if dtype == work:   # the new columns straight into Ut
                 torch.bmm(R_F, L_inv_t, out=Ut[:, hi:, n_u:n_u + q])
             else:
