@@ -148,10 +148,11 @@ def _flops_per_second(device: str) -> float:
 def time_estimate(geometry: Geometry, method: str, rows: int | None = None,
                   device: str | torch.device = "cpu", n_splits: int = 4) -> float:
     """Seconds, roughly (within a small factor): leading-order flops over this device's measured
-    matmul rate, at a fraction of peak that small batched kernels reach."""
-    rate = _flops_per_second(torch.device(device).type) * 0.25
+    matmul rate, at the fraction of it the method's products reach (``flop_efficiency``)."""
+    m = methods.get(method)
+    rate = _flops_per_second(torch.device(device).type) * m.flop_efficiency
     # plus the Python-side cost of the sequential sweeps (per scope step or per column)
-    overhead = methods.get(method).overhead_s(geometry, rows)
+    overhead = m.overhead_s(geometry, rows)
     return overhead + flop_estimate(geometry, method, rows, n_splits) / rate
 
 

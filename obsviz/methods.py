@@ -295,23 +295,33 @@ def _fixed_overhead(seconds: float) -> Callable[..., float]:
     return lambda geometry, rows=None, **options: seconds
 
 
-# Overheads fitted to the layers of a whole MiniLM run on the 2-core CPU machine
-# (benchmarks/bench_model.py, docs/BENCHMARKS.md), flops counted at a quarter of the measured
-# matmul rate (obsviz.estimate.time_estimate).
+# Overheads fitted to the layers of a whole MiniLM 2:4 run on the 2-core CPU machine with two
+# threads (benchmarks/bench_model.py, docs/BENCHMARKS.md: measured per layer 384 × 384,
+# 1536 × 384, 384 × 1536), the flops counted at the method's fraction of the measured matmul
+# rate (Method.flop_efficiency, obsviz.estimate.time_estimate).
+
+def _sweep_overhead(geometry, rows=None, **options) -> float:
+    # full, split, interleaved: a fixed part and a per-weight part (masks, the sweeps' copies):
+    # 0.12 s on 384 × 384, 0.27 s on 1536 × 384, 0.64 s on 384 × 1536 (interleaved)
+    return 0.07 + 3e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
+
 
 def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
-    # a fixed part and a per-weight part (masks, the lazy-batch copies): 0.07 s on 384 × 384,
-    # 0.2 s on 1536 × 384
-    return 0.03 + 3.2e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
+    # a fixed part and a per-weight part (masks, the lazy-batch copies): 0.12 s on 384 × 384,
+    # 0.31 s on 1536 × 384, 0.63 s on 384 × 1536
+    return 0.05 + 4.5e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
 
 
 def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=0, device="cpu",
                        **options) -> float:
-    # about 6 ms of small operations per (chunk of rows, batch of ng steps), fitted with 64-row
-    # chunks: 36 of them on 384 × 384 (0.3 s in all), 144 on 1536 × 384 and on 384 × 1536
+    # the small operations of the decisions and the factor's gathers: about 0.22 ms per row and
+    # batch of ng steps, spread over the chunk workers (0.36 s on 384 × 384, 1.2 s on
+    # 1536 × 384, 3.6 s on 384 × 1536, flops included, with two workers)
     _, T, _, _ = layout_shape(geometry)
+    n_rows = _rows(geometry, rows)
     chunk = _chunk(geometry, rows, chunk_size, device)
-    return 0.05 + 6e-3 * -(-_rows(geometry, rows) // chunk) * -(-T // ng)
+    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk))
+    return 0.05 + 2.2e-4 * n_rows * -(-T // ng) / workers
 
 
 # ---- run functions ------------------------------------------------------------------------------
@@ -341,7 +351,9 @@ class Method:
     memory_model: Callable[..., int] = _obs_memory()
     flop_model: Callable[..., float] = _sweep_flops()
     # seconds beyond the flops (Python-side steps, memory traffic): (geometry, rows, **options)
-    overhead_model: Callable[..., float] = lambda g, rows=None, **o: 0.2 + 1e-3 * g.weight_shape[1]
+    overhead_model: Callable[..., float] = _sweep_overhead
+    # the fraction of the measured matmul rate its leading-order flops reach
+    flop_efficiency: float = 0.25
     uses_damping: bool = True        # False: the damped H is never read (damp is ignored)
 
     @property
@@ -390,7 +402,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "exact OBS per row: every row keeps its own C (as a factor of its pruned set), "
            "downdated as its weights go, so every decision sees all earlier ones",
            "#E45756", (NG, CHUNK_SIZE, ORDER, SCORING, C_DTYPE), _run_true_obs,
-           _true_obs_memory, _true_obs_flops, _true_obs_overhead),
+           _true_obs_memory, _true_obs_flops, _true_obs_overhead, flop_efficiency=0.35),
     Method("magnitude", "baseline", "magnitude",
            "prune the blocks of least L2 norm; no compensation",
            "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, _fixed_overhead(0.05),

@@ -10,7 +10,7 @@ import torch
 
 import obsviz
 from obsviz import ArgumentError, methods
-from obsviz.estimate import flop_estimate, memory_estimate, time_estimate
+from obsviz.estimate import _flops_per_second, flop_estimate, memory_estimate, time_estimate
 from obsviz.methods import OPTIONS, REGISTRY, Method, Option, get, resolve_options
 
 import reference as ref
@@ -100,7 +100,10 @@ def test_estimates_read_the_registry():
     for name, method in REGISTRY.items():
         assert memory_estimate(geom, name) == method.memory(geom)
         assert flop_estimate(geom, name, n_splits=3) == method.flops(geom, n_splits=3)
-        assert time_estimate(geom, name) > 0
+        rate = _flops_per_second("cpu") * method.flop_efficiency
+        assert time_estimate(geom, name) == pytest.approx(
+            method.overhead_s(geom) + method.flops(geom) / rate)
+        assert 0 < method.flop_efficiency <= 1
     assert flop_estimate(geom, "split", n_splits=8) > flop_estimate(geom, "split", n_splits=2)
     fp16 = memory_estimate(geom, "true_obs", c_dtype="float16")
     fp32 = memory_estimate(geom, "true_obs", c_dtype=torch.float32)
