@@ -446,8 +446,7 @@ def true_obs_steps(p: Problem, ng: int, chunk_size: int, order: str, scoring: st
                 continue
             Q_cols = obs.gather_masked(pi + 1, Q).long() - 1                # W columns of Q
             obs.zero_at(kept_c, Q_cols)
-            rows_b, v_b = obs.append_factor(Ut, n_u, wp, C_pi, C, pi, Q, lo, hi, C_SS,
-                                                  ws)
+            rows_b, v_b = obs.append_factor(Ut, n_u, wp, C_pi, C, pi, Q, lo, hi, C_SS, ws)
             L_rows.append(rows_b)
             v.append(v_b)
             P_cols.append(Q_cols)
