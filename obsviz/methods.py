@@ -224,11 +224,13 @@ def chunk_rows(K: int, n_rows: int, chunk_size: int = 0, device: torch.device | 
     return max(1, -(-n_rows // n_chunks))
 
 
-def _chunk(geometry: Geometry, rows: int | None, chunk_size: int, device) -> int:
-    """The rows of a chunk as :func:`chunk_rows` makes them, widened to a coupling group."""
+def _chunk(geometry: Geometry, rows: int | None, chunk_size: int, device) -> tuple[int, int]:
+    """The rows of a chunk as :func:`chunk_rows` makes them, widened to a coupling group, and
+    the worker threads that share the chunks (:func:`obsviz.obs.chunk_workers`)."""
     n_rows = _rows(geometry, rows)
-    return min(n_rows, max(chunk_rows(geometry.weight_shape[1], n_rows, chunk_size, device),
-                           geometry.rows_per_scope))
+    chunk = min(n_rows, max(chunk_rows(geometry.weight_shape[1], n_rows, chunk_size, device),
+                            geometry.rows_per_scope))
+    return chunk, obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk))
 
 
 def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="auto", ng=16,
@@ -244,9 +246,7 @@ def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="a
     # in C's dtype and in decision order. On a CPU a chunk's worth per worker thread
     # (obs.chunk_workers). Measured peaks (resident memory of real runs, tests/test_hostile.py)
     # are 0.5–1.2 of this.
-    n_rows = _rows(geometry, rows)
-    rows_c = _chunk(geometry, rows, chunk_size, device)
-    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // rows_c))
+    rows_c, workers = _chunk(geometry, rows, chunk_size, device)
     _, T, gs, Lb = layout_shape(geometry)
     n = min(ng, T) * gs * Lb
     s = _sparsity(geometry)
@@ -318,10 +318,8 @@ def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=0, device="cpu",
     # batch of ng steps, spread over the chunk workers (0.36 s on 384 × 384, 1.2 s on
     # 1536 × 384, 3.6 s on 384 × 1536, flops included, with two workers)
     _, T, _, _ = layout_shape(geometry)
-    n_rows = _rows(geometry, rows)
-    chunk = _chunk(geometry, rows, chunk_size, device)
-    workers = obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk))
-    return 0.05 + 2.2e-4 * n_rows * -(-T // ng) / workers
+    _, workers = _chunk(geometry, rows, chunk_size, device)
+    return 0.05 + 2.2e-4 * _rows(geometry, rows) * -(-T // ng) / workers
 
 
 # ---- run functions ------------------------------------------------------------------------------

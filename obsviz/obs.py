@@ -586,10 +586,7 @@ def append_factor(Ut: torch.Tensor, n_u: int, wp: torch.Tensor, C_pi: torch.Tens
     U_Qt = Ut.view(B * N, Ut.shape[2])[:, :n_u].index_select(0, flat).view(B, q, n_u)   # U_Qᵀ
     if padded:
         U_Qt = U_Qt * ok.unsqueeze(-1)
-    at = (Qc - lo).unsqueeze(2)
-    C_QQ = C_SS.gather(1, at.expand(B, q, C_SS.shape[2])).gather(2, at.transpose(1, 2).expand(
-        B, q, q)).to(work)
-    L = _cholesky(with_identity(C_QQ, ok) if padded else C_QQ)
+    L = _cholesky(principal_per_row(C_SS, torch.where(ok, Q - lo, -1)).to(work))   # C'_QQ
     eye = torch.eye(q, dtype=work, device=Q.device)
     L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
     v = torch.bmm(L_inv, (wp.gather(1, Qc) * ok).unsqueeze(-1))         # (B, q, 1)
