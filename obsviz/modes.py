@@ -145,8 +145,7 @@ def local_grouped(p: Problem, e: Entries, pruned: torch.Tensor, max_groups: int 
         return False
     sets, which = groups
     bits = 1 << torch.arange(gs, device=pruned.device)
-    pair, inverse = torch.unique(which * (1 << gs) + (pruned.long() * bits).sum(1),
-                                 return_inverse=True)
+    pair, inverse = obs.unique_ids(which * (1 << gs) + (pruned.long() * bits).sum(1))
     if pair.numel() > max_groups:
         return False
     order = torch.argsort(inverse)
@@ -266,9 +265,11 @@ def chunked(p: Problem, n_splits: int, reselect: bool) -> torch.Tensor:
     # A column is frozen once every step that holds it is behind us.
     valid = layout.cols >= 0
     steps = torch.arange(T, device=p.W.device)[None, :, None, None].expand_as(layout.cols)
-    last_step = torch.full((K,), -1, dtype=torch.long, device=p.W.device)
-    last_step.scatter_reduce_(0, layout.cols[valid], steps[valid], "amax")
     regular = column_regular(layout)
+    if regular:   # every row holds the same columns at each step: row 0 tells
+        valid, steps = valid[:1], steps[:1]
+    last_step = torch.full((K,), -1, dtype=torch.long, device=p.W.device)
+    last_step.scatter_reduce_(0, layout.cols[:valid.shape[0]][valid], steps[valid], "amax")
     alive = None if regular else torch.ones(M, K, dtype=p.W.dtype, device=p.W.device)
     for t0 in range(0, T, per_chunk):
         t1 = min(T, t0 + per_chunk)
@@ -283,6 +284,8 @@ def chunked(p: Problem, n_splits: int, reselect: bool) -> torch.Tensor:
             obs.obs_update_shared(p.W, C, pruned_at_step(layout, kept, t), alive)
             if t % 16 == 0:
                 p.progress(t / T, f"scope step {t + 1}/{T}")
+    if regular:   # later chunks neither read nor (with C zero on frozen columns) move them
+        p.W.mul_(kept)
     return kept
 
 
@@ -301,7 +304,7 @@ def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t
     row removes its pruned elements of the step with the OBS update under the shared ``C``.
 
     A pruned element is only read at its own step, so updates to already-pruned columns need
-    not be masked: they are zeroed at the end (those of these steps only). Steps are taken in
+    not be masked: the caller zeroes them once every step is done. Steps are taken in
     blocks of about ``LAZY_COLUMNS`` columns: inside a block the update touches the block's
     columns alone; the rest of W receives the block's accumulated update in one product."""
     W = p.W
@@ -318,8 +321,17 @@ def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t
         Wb = W[:, Uc] * ok
         pruned_b = ~kept[:, Uc] & ok
         Zb = torch.zeros_like(Wb)
-        for s in range(b1 - b0):
+        nb = b1 - b0
+        Cd = Cb.view(nb, m, nb, m).diagonal(dim1=0, dim2=2).permute(2, 0, 1)   # (nb, m, m)
+        inverses = obs.pattern_inverses(Cd, pruned_b.view(M, nb, m))
+        for s in range(nb):
             sl = slice(s * m, (s + 1) * m)
+            if inverses is not None:
+                G, which = inverses
+                Zs = torch.bmm(G[which[:, s]], Wb[:, sl].unsqueeze(-1)).squeeze(-1)
+                Wb.sub_(Zs @ Cb[sl])
+                Zb[:, sl] = Zs
+                continue
             P = obs.compact(torch.arange(m, device=W.device).expand(M, m), pruned_b[:, sl])
             if P.shape[1] == 0:
                 continue
@@ -336,8 +348,6 @@ def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t
         W.sub_(delta)
         W[:, Uc[ok]] = Wb[:, ok]
         p.progress((t0 + b1) / p.layout.n_steps, f"scope step {t0 + b1}/{p.layout.n_steps}")
-    done = U[U >= 0]
-    W[:, done] *= kept[:, done]   # later steps' pruned weights are still to be read
 
 
 def restricted_inverse(Hd: torch.Tensor, active: torch.Tensor) -> torch.Tensor:

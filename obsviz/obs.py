@@ -207,6 +207,22 @@ def principal(C: torch.Tensor, idx: torch.Tensor, batch: torch.Tensor | None = N
     return torch.where(both, sub, eye)
 
 
+def unique_ids(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(x, return_inverse=True)`` for integer ``x``: by a table over
+    ``[min x, max x]`` (one pass and a cumulative sum) when that range is at most a few times
+    the size of ``x``, as ids of steps, scopes and patterns are; else by the sort."""
+    if x.numel() == 0:
+        return torch.unique(x, return_inverse=True)
+    lo, hi = (int(v) for v in torch.aminmax(x))
+    if hi - lo >= 4 * x.numel() + 4096:
+        return torch.unique(x, return_inverse=True)
+    shifted = x - lo
+    present = torch.zeros(hi - lo + 1, dtype=torch.bool, device=x.device)
+    present[shifted] = True
+    rank = torch.cumsum(present, 0) - 1
+    return torch.nonzero(present).squeeze(1) + lo, rank[shifted]
+
+
 def gather_masked(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x[row, idx]`` for ``x`` ``(R, K)`` and ``idx`` ``(R, ...)``; zero where ``idx`` is -1."""
     flat = idx.reshape(idx.shape[0], -1)
@@ -335,6 +351,41 @@ def with_identity(C_PP: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     return torch.where(both, C_PP, eye)
 
 
+def pattern_inverses(C_steps: torch.Tensor, pruned: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(C_PP)⁻¹`` of every row's pruned set ``P`` at every step of a shared ``C``, each
+    distinct (step, ``P``) inverted once: ``C_steps`` ``(S, m, m)`` the steps' blocks of C,
+    ``pruned`` ``(R, S, m)`` bool. Returns ``(G, which)``: ``G`` ``(D, m, m)`` the inverses
+    embedded in the step's ``m × m`` (zero off ``P``, so ``G @ w`` is the update's ``z``
+    scattered), ``which`` ``(R, S)`` the index into ``G`` of each row's set at each step; or
+    ``None`` when steps are wider than 32 columns or there are more sets than rows (then
+    nothing is shared, and ``G`` would outgrow one step's per-row inverses). Rows share few
+    patterns (an ``n:m`` step has ``C(m, n)``), so this replaces ``R`` small factorizations
+    per step by ``D`` in all."""
+    R, S, m = pruned.shape
+    if m > 32 or m + S.bit_length() > 62:
+        return None
+    dev = pruned.device
+    bits = torch.arange(m, device=dev)
+    code = (pruned.long() << bits).sum(-1) + (torch.arange(S, device=dev) << m)   # (R, S)
+    uniq, which = unique_ids(code)
+    D = uniq.numel()
+    if D > R:
+        return None
+    pattern = ((uniq.unsqueeze(-1) >> bits) & 1).bool()                          # (D, m)
+    P = compact(bits.expand(D, m), pattern)                                        # (D, q)
+    ok = P >= 0
+    Pc = P.clamp(min=0)
+    q = P.shape[1]
+    Cs = C_steps[uniq >> m]                                                        # (D, m, m)
+    C_PP = Cs.gather(1, Pc.unsqueeze(2).expand(D, q, m)).gather(2, Pc.unsqueeze(1).expand(D, q, q))
+    both = ok.unsqueeze(-1) & ok.unsqueeze(-2)
+    G = small_spd_inverse(with_identity(C_PP, ok)) * both
+    out = torch.zeros(D, m * m, dtype=G.dtype, device=dev)
+    out.scatter_add_(1, (Pc.unsqueeze(2) * m + Pc.unsqueeze(1)).reshape(D, -1), G.reshape(D, -1))
+    return out.view(D, m, m), which
+
+
 def obs_remove_small(w: torch.Tensor, C: torch.Tensor, P: torch.Tensor, start: int = 0) -> None:
     """The OBS update and Schur downdate of :func:`obs_update_per_row` on small systems: ``w``
     ``(B, n)``, ``C`` ``(B, n, n)`` (views are fine: both are written in place), ``P`` ``(B, q)``
@@ -423,8 +474,7 @@ def column_sets(cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     # and where the first real one sits (entries of a row-coupled scope hold their own row's
     # blocks and padding for the others', so the first column alone is often -1).
     first_real = (flat >= 0).to(torch.int8).argmax(1)
-    key, which = torch.unique(flat.amax(1) * (flat.shape[1] + 1) + first_real,
-                              return_inverse=True)
+    key, which = unique_ids(flat.amax(1) * (flat.shape[1] + 1) + first_real)
     if 4 * key.numel() > E:
         return None
     first = torch.full((key.numel(),), E, dtype=torch.long, device=cols.device)
@@ -516,7 +566,7 @@ def choose_subsets(costs: torch.Tensor, scope: torch.Tensor, subsets: torch.Tens
     """Per scope, the subset of least total cost over the scope's entries.
 
     ``costs`` ``(E, n_sub)``, ``scope`` ``(E,)`` → pruned-block mask per entry ``(E, gs)``."""
-    local, inverse = torch.unique(scope, return_inverse=True)
+    local, inverse = unique_ids(scope)
     total = torch.zeros(local.numel(), costs.shape[1], dtype=costs.dtype, device=costs.device)
     total.index_add_(0, inverse, costs)
     best = total.argmin(1)
@@ -529,7 +579,7 @@ def choose_blocks(scores: torch.Tensor, scope: torch.Tensor, n_prune: int) -> to
     """Per scope, the ``np`` blocks of least total score (scores add over the scope's entries).
 
     ``scores`` ``(E, gs)``, ``scope`` ``(E,)`` → pruned-block mask per entry ``(E, gs)``."""
-    local, inverse = torch.unique(scope, return_inverse=True)
+    local, inverse = unique_ids(scope)
     total = torch.zeros(local.numel(), scores.shape[1], dtype=scores.dtype, device=scores.device)
     total.index_add_(0, inverse, scores)
     idx = total.topk(n_prune, dim=1, largest=False).indices

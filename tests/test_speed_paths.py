@@ -87,6 +87,51 @@ def test_lazy_column_blocks_equal_the_step_by_step_update(method, preset, monkey
     assert_close(fast.weight, slow.weight, **TIGHT)
 
 
+@pytest.mark.parametrize("values", [
+    [5, 3, 5, 9, 3, 3],                      # a small range: the table
+    [-4, 7, -4, 0],                          # negative ids
+    [0, 10 ** 9, 7, 10 ** 9],                # a range far wider than the ids: the sort
+    []])
+def test_unique_ids_equals_torch_unique(values):
+    x = torch.tensor(values, dtype=torch.long)
+    got_values, got_inverse = obs.unique_ids(x)
+    want_values, want_inverse = torch.unique(x, return_inverse=True)
+    assert torch.equal(got_values, want_values)
+    assert torch.equal(got_inverse, want_inverse)
+
+
+def test_pattern_inverses_embed_each_rows_inverse_and_share_them():
+    S, m, R = 3, 4, 100
+    C_steps = spd(S, m, seed=12)
+    g = torch.Generator().manual_seed(13)
+    pruned = torch.rand(R, S, m, generator=g) < 0.5
+    G, which = obs.pattern_inverses(C_steps, pruned)
+    assert G.shape[0] <= S * 2 ** m and G.shape[0] == torch.unique(which).numel()
+    for r in range(R):
+        for s in range(S):
+            P = torch.nonzero(pruned[r, s]).flatten()
+            want = torch.zeros(m, m, dtype=C_steps.dtype)
+            if P.numel():
+                want[P[:, None], P[None, :]] = torch.linalg.inv(C_steps[s][P][:, P])
+            assert_close(G[which[r, s]], want, **TIGHT)
+    # more distinct sets than rows (two rows, each step its own): nothing gained, declined
+    own = torch.tensor([[[1, 0, 0], [0, 1, 0]], [[0, 0, 1], [1, 1, 0]]], dtype=torch.bool)
+    assert obs.pattern_inverses(spd(2, 3, seed=15), own) is None
+
+
+@pytest.mark.parametrize("method", ["full", "split", "interleaved"])
+@pytest.mark.parametrize("preset", ["2:4", "coupled-2:4", "4:8"])
+def test_shared_pattern_inverses_equal_the_per_row_solves(method, preset, monkeypatch):
+    W, H = ref.random_layer(32, 64, seed=16)
+    geom = Geometry.preset(preset, (32, 64))
+    monkeypatch.setattr(modes, "LAZY_COLUMNS", 16)
+    fast = obsviz.prune(W, H, geom, geom.nnz, method=method, n_splits=3)
+    monkeypatch.setattr(obs, "pattern_inverses", lambda *a: None)
+    slow = obsviz.prune(W, H, geom, geom.nnz, method=method, n_splits=3)
+    assert torch.equal(fast.mask, slow.mask)
+    assert_close(fast.weight, slow.weight, **TIGHT)
+
+
 @pytest.mark.parametrize("sub", [1, 3, 64])
 def test_true_obs_sub_batches_change_speed_not_result(sub, monkeypatch):
     W, H = ref.random_layer(8, 64, seed=6)
