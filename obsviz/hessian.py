@@ -120,7 +120,7 @@ def check_hessian(H: torch.Tensor, damp: float | None = None,
                 "zero diagonal entry (an input that never fires) has an all-zero row")
     if damp is not None:
         limit = torch.finfo(dtype).max
-        lam = damping(H.double(), damp) + float(d.double().max()) if d.numel() else 0.0
+        lam = damping(H, damp) + float(d.double().max()) if d.numel() else 0.0
         if not lam < limit:
             raise ArgumentError(
                 "damp", f"damp={damp!r} is too large: the damped diagonal ({lam:.3g}) overflows "

@@ -317,36 +317,33 @@ def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t
         Ub = U[b0:b1].reshape(-1)
         ok = Ub >= 0
         Uc = Ub.clamp(min=0)
-        Cb = C[Uc][:, Uc] * (ok[:, None] & ok[None, :])                 # (nb, nb)
+        C_rows = C[Uc]                                                  # (nb, K)
+        Cb = C_rows[:, Uc] * (ok[:, None] & ok[None, :])                # (nb, nb)
         Wb = W[:, Uc] * ok
         pruned_b = ~kept[:, Uc] & ok
-        Zb = torch.zeros_like(Wb)
         nb = b1 - b0
+        Z = W.new_zeros(nb, M, m)       # the steps' updates z (zero off P, so at padding too)
         Cd = Cb.view(nb, m, nb, m).diagonal(dim1=0, dim2=2).permute(2, 0, 1)   # (nb, m, m)
         inverses = obs.pattern_inverses(Cd, pruned_b.view(M, nb, m))
         for s in range(nb):
             sl = slice(s * m, (s + 1) * m)
             if inverses is not None:
                 G, which = inverses
-                Zs = torch.bmm(G[which[:, s]], Wb[:, sl].unsqueeze(-1)).squeeze(-1)
-                Wb.sub_(Zs @ Cb[sl])
-                Zb[:, sl] = Zs
-                continue
-            P = obs.compact(torch.arange(m, device=W.device).expand(M, m), pruned_b[:, sl])
-            if P.shape[1] == 0:
-                continue
-            okP = P >= 0
-            Pc = P.clamp(min=0)
-            Cm = Cb[sl, sl]
-            G = obs.small_spd_inverse(obs.with_identity(Cm[Pc[:, :, None], Pc[:, None, :]], okP))
-            z = (G @ (Wb[:, sl].gather(1, Pc) * okP).unsqueeze(-1)).squeeze(-1) * okP
-            Zs = torch.zeros(M, m, dtype=W.dtype, device=W.device).scatter_add_(1, Pc, z)
-            Wb.sub_(Zs @ Cb[sl])
-            Zb[:, sl] = Zs
-        delta = Zb @ (C[Uc] * ok[:, None])                              # the rest of W
-        delta[:, Uc[ok]] = 0
-        W.sub_(delta)
-        W[:, Uc[ok]] = Wb[:, ok]
+                torch.bmm(G[which[:, s]], Wb[:, sl].unsqueeze(-1), out=Z[s].unsqueeze(-1))
+            else:
+                P = obs.compact(torch.arange(m, device=W.device).expand(M, m), pruned_b[:, sl])
+                if P.shape[1] == 0:
+                    continue
+                okP = P >= 0
+                Pc = P.clamp(min=0)
+                Cm = Cb[sl, sl]
+                G = obs.small_spd_inverse(obs.with_identity(Cm[Pc[:, :, None], Pc[:, None, :]],
+                                                            okP))
+                z = (G @ (Wb[:, sl].gather(1, Pc) * okP).unsqueeze(-1)).squeeze(-1) * okP
+                Z[s].scatter_add_(1, Pc, z)
+            Wb.addmm_(Z[s], Cb[sl], alpha=-1)
+        W.sub_(Z.transpose(0, 1).reshape(M, nb * m) @ C_rows)          # the rest of W
+        W[:, Uc[ok]] = Wb[:, ok]                                        # the block's own
         p.progress((t0 + b1) / p.layout.n_steps, f"scope step {t0 + b1}/{p.layout.n_steps}")
 
 

@@ -516,6 +516,22 @@ def subset_costs(cols: torch.Tensor, w: torch.Tensor, C: torch.Tensor, subsets: 
             # product per (set, subset) over all rows.
             wm = (w * (cols >= 0)).view(E // D, D, *cols.shape[1:])
             res = out.view(E // D, D, n_sub)
+            n = cols.shape[1] * cols.shape[2]
+            if n * n <= 4 * n_sub * q:
+                # ε = Σ_ij G_ij w_i w_j over the set's n weights, with each subset's inverse
+                # embedded in n × n: one batched product per set of the weights' pairwise
+                # products and every subset at once (no reduction over a tiny q).
+                pos = (subsets.unsqueeze(-1) * cols.shape[2]
+                       + torch.arange(cols.shape[2], device=cols.device)).reshape(n_sub, q)
+                flat_pos = (pos.unsqueeze(-1) * n + pos.unsqueeze(-2)).reshape(1, n_sub, q * q)
+                Gk = torch.zeros(D, n_sub, n * n, dtype=out.dtype, device=cols.device).scatter_(
+                    2, flat_pos.expand(D, -1, -1), G.reshape(D, n_sub, q * q).to(out.dtype))
+                step = max(1, max_elems // max(1, D * n * n))
+                for r0 in range(0, E // D, step):
+                    w_e = wm[r0:r0 + step].reshape(-1, D, n).transpose(0, 1).to(out.dtype)
+                    pairs = (w_e.unsqueeze(-1) * w_e.unsqueeze(-2)).reshape(D, -1, n * n)
+                    res[r0:r0 + step] = torch.bmm(pairs, Gk.transpose(1, 2)).transpose(0, 1)
+                return out
             step = max(1, max_elems // max(1, D * n_sub * q))
             for r0 in range(0, E // D, step):
                 w_P = wm[r0:r0 + step][:, :, subsets].reshape(-1, D, n_sub, q)

@@ -60,7 +60,7 @@ def prepare(W: torch.Tensor, H: torch.Tensor, damp: float = 0.01,
     check_hessian(H, damp, dtype)  # O(K²): a negated or impossible H, a damping that overflows
     W0 = W.detach().to(device, dtype).contiguous()   # the modes index W as one flat vector
     H0 = H.detach().to(device, dtype)
-    H0 = H0 / 2 + H0.T / 2   # as (H0 + H0ᵀ) / 2, exactly, without overflowing near the top
+    H0 = (H0 * 0.5).add_(H0.T, alpha=0.5)   # (H0 + H0ᵀ) / 2 exactly, not overflowing near the top
     dead = dead_columns(H0)
     Hu = H0.clone()
     torch.diagonal(Hu)[dead] = 1.0
