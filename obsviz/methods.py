@@ -142,10 +142,11 @@ N_SPLITS = Option(
     "n_splits", 4, int, "chunks the scope sequence is cut into; each chunk re-inverts the damped "
     "Hessian restricted to the columns not yet frozen", minimum=1)
 NG = Option(
-    "ng", 16, int, "scope steps decided per batch on the batch's small system before each "
+    "ng", 0, int, "scope steps decided per batch on the batch's small system before each "
     "row's factor of its pruned set grows once; the result is the same for every ng, only "
-    "speed changes (16: the fastest overall of 8/16/32/64 in benchmarks/bench_ng.py)",
-    minimum=1)
+    "speed changes; 0: from the geometry, the steps that prune about 32 weights of a row "
+    "(see batch_steps: 16 for 2:4, 8 for coupled-2:4, 2 for block16)",
+    minimum=0)
 CHUNK_SIZE = Option(
     "chunk_size", 0, int, "rows processed together (each holds its own factor of its pruned "
     "set); 0: chosen from the layer's shape (see chunk_rows: 64 rows when K ≥ 768, 128 for "
@@ -224,6 +225,30 @@ def chunk_rows(K: int, n_rows: int, chunk_size: int = 0, device: torch.device | 
     return max(1, -(-n_rows // n_chunks))
 
 
+#: Weights of a row pruned per true_obs batch that ``ng = 0`` aims at. Measured
+#: (docs/BENCHMARKS.md, benchmarks/bench_ng.py) the fastest ``ng`` prunes about this many
+#: whatever the pattern: 16 steps of 2:4 (2 a step), 8 of coupled-2:4 and 2:4-pairs (4),
+#: 2 of block16 (16): the batch's factor and decisions cost about q³ per row and batch, the
+#: rest a fixed amount per batch.
+BATCH_PRUNED = 32
+
+
+def batch_steps(pruned_per_step: int, ng: int = 0) -> int:
+    """The scope steps of one ``true_obs`` batch: ``ng``, or for 0 (the default) as many as
+    prune about :data:`BATCH_PRUNED` weights of a row, ``pruned_per_step`` at each."""
+    if ng:
+        return ng
+    return max(1, round(BATCH_PRUNED / max(1, pruned_per_step)))
+
+
+def _batch_steps(geometry: Geometry, ng: int) -> int:
+    """:func:`batch_steps` for a geometry at its own nnz (half its blocks when it has none)."""
+    _, _, gs, Lb = layout_shape(geometry)
+    n_prune = (geometry.pruned_per_scope(geometry.nnz) if geometry.nnz
+               else geometry.blocks_per_scope // 2)
+    return batch_steps(n_prune * Lb, ng)
+
+
 def _chunk(geometry: Geometry, rows: int | None, chunk_size: int, device) -> tuple[int, int]:
     """The rows of a chunk as :func:`chunk_rows` makes them, widened to a coupling group, and
     the worker threads that share the chunks (:func:`obsviz.obs.chunk_workers`)."""
@@ -233,7 +258,7 @@ def _chunk(geometry: Geometry, rows: int | None, chunk_size: int, device) -> tup
     return chunk, obs.chunk_workers(device, torch.get_num_threads(), -(-n_rows // chunk))
 
 
-def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="auto", ng=16,
+def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="auto", ng=0,
                      **options) -> int:
     K = geometry.weight_shape[1]
     item = _c_bytes(c_dtype, device)
@@ -248,7 +273,7 @@ def _true_obs_memory(geometry, rows=None, device="cpu", chunk_size=0, c_dtype="a
     # are 0.5–1.2 of this.
     rows_c, workers = _chunk(geometry, rows, chunk_size, device)
     _, T, gs, Lb = layout_shape(geometry)
-    n = min(ng, T) * gs * Lb
+    n = min(_batch_steps(geometry, ng), T) * gs * Lb
     s = _sparsity(geometry)
     refit = (s * K) ** 2 / 2 * _F32 if item >= _F32 else 2 * ((1 - s) * K) ** 2 * _F32
     per_row = s * K * K * item + refit + 12 * n * n + 3 * K * n * max(item, _F32)
@@ -312,14 +337,14 @@ def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
     return 0.05 + 4.5e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
 
 
-def _true_obs_overhead(geometry, rows=None, ng=16, chunk_size=0, device="cpu",
+def _true_obs_overhead(geometry, rows=None, ng=0, chunk_size=0, device="cpu",
                        **options) -> float:
     # the small operations of the decisions and the factor's gathers: about 0.22 ms per row and
     # batch of ng steps, spread over the chunk workers (0.36 s on 384 × 384, 1.2 s on
     # 1536 × 384, 3.6 s on 384 × 1536, flops included, with two workers)
     _, T, _, _ = layout_shape(geometry)
     _, workers = _chunk(geometry, rows, chunk_size, device)
-    return 0.05 + 2.2e-4 * _rows(geometry, rows) * -(-T // ng) / workers
+    return 0.05 + 2.2e-4 * _rows(geometry, rows) * -(-T // _batch_steps(geometry, ng)) / workers
 
 
 # ---- run functions ------------------------------------------------------------------------------
@@ -329,6 +354,7 @@ def _run_true_obs(p: modes.Problem, ng: int, chunk_size: int, order: str, scorin
     dtype = c_dtype_of(c_dtype, p.W.device, p.C.dtype)
     p.notes["c_dtype"] = str(dtype).removeprefix("torch.")
     rows = chunk_rows(p.W.shape[1], p.W.shape[0], chunk_size, p.W.device)
+    ng = batch_steps(p.n_prune * p.layout.cols.shape[3], ng)
     return modes.true_obs(p, ng, rows, order, scoring, dtype)
 
 

@@ -142,6 +142,22 @@ def test_true_obs_chunk_rows_follow_the_layers_shape_and_even_out_over_the_worke
                                                                 chunk_size=128)
 
 
+def test_true_obs_batches_prune_about_32_weights_of_a_row_unless_ng_is_given():
+    assert [methods.batch_steps(q) for q in (1, 2, 4, 16, 64)] == [32, 16, 8, 2, 1]
+    assert methods.batch_steps(4, ng=5) == 5
+    for preset, steps in (("2:4", 16), ("coupled-2:4", 8), ("2:4-pairs", 8), ("block16", 2)):
+        geom = obsviz.Geometry.preset(preset, (64, 128))
+        assert methods._batch_steps(geom, 0) == steps
+        # the models read the same batches as the run: ng = 0 estimates as the explicit value
+        for model in ("memory", "overhead_s"):
+            assert getattr(REGISTRY["true_obs"], model)(geom) == getattr(
+                REGISTRY["true_obs"], model)(geom, ng=steps)
+    W, H = ref.random_layer(16, 64, seed=3)
+    geom = obsviz.Geometry.preset("coupled-2:4", (16, 64))
+    auto, given = (obsviz.prune(W, H, geom, 2, method="true_obs", ng=n) for n in (0, 8))
+    assert torch.equal(auto.mask, given.mask) and torch.equal(auto.weight, given.weight)
+
+
 def test_prune_records_the_resolved_options():
     case = ref.CASES["2:4"]
     W, H = ref.random_layer(*case.shape, seed=3)

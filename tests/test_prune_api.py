@@ -167,7 +167,7 @@ BAD_INPUTS = {
     "bad order": (dict(method="true_obs", order="random"), "order"),
     "bad scoring": (dict(method="true_obs", scoring="best"), "scoring"),
     "n_splits zero": (dict(method="split", n_splits=0), "n_splits"),
-    "ng zero": (dict(method="true_obs", ng=0), "ng"),
+    "ng negative": (dict(method="true_obs", ng=-1), "ng"),
     "chunk_size negative": (dict(method="true_obs", chunk_size=-4), "chunk_size"),
     "damp negative": (dict(damp=-0.1), "damp"),
     "damp not finite": (dict(damp=float("nan")), "damp"),

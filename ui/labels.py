@@ -16,9 +16,9 @@ from ui.runs import DEFAULT_OPTIONS, Job, Run, store
 
 
 def describe(job: Job, method: str) -> str:
-    """``true_obs (ng=16)``: the method and the options that set it apart."""
+    """``true_obs (ng=8)``: the method and the options that set it apart."""
     opts = job.method_options(method)
-    shown = {k: v for k, v in opts.items() if k in ("n_splits", "ng") or v != DEFAULT_OPTIONS[k]}
+    shown = {k: v for k, v in opts.items() if k == "n_splits" or v != DEFAULT_OPTIONS[k]}
     text = method + (f" ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
     return text
 
