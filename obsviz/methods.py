@@ -285,7 +285,9 @@ def _inverse_flops(geometry: Geometry) -> float:
 
 
 def _score_flops(geometry, rows=None, **options) -> float:
-    return 10.0 * _rows(geometry, rows) * geometry.weight_shape[1]
+    # the scores, and the inverse of H_d that prepare forms for every method (a Cholesky
+    # factor, K³/3, and the inverse from it, 2K³/3): most of a 384 × 1536 layer's time
+    return 10.0 * _rows(geometry, rows) * geometry.weight_shape[1] + 3 * _inverse_flops(geometry)
 
 
 def _local_flops(geometry, rows=None, **options) -> float:
@@ -316,19 +318,21 @@ def _true_obs_flops(geometry, rows=None, c_dtype="auto", device="cpu", **options
     return _inverse_flops(geometry) + _rows(geometry, rows) * per_row
 
 
-def _fixed_overhead(seconds: float) -> Callable[..., float]:
-    return lambda geometry, rows=None, **options: seconds
-
-
 # Overheads fitted to the layers of a whole MiniLM 2:4 run on the 2-core CPU machine with two
 # threads (benchmarks/bench_model.py, docs/BENCHMARKS.md: measured per layer 384 × 384,
 # 1536 × 384, 384 × 1536), the flops counted at the method's fraction of the measured matmul
 # rate (Method.flop_efficiency, obsviz.estimate.time_estimate).
 
 def _sweep_overhead(geometry, rows=None, **options) -> float:
-    # full, split, interleaved: a fixed part and a per-weight part (masks, the sweeps' copies):
-    # 0.12 s on 384 × 384, 0.27 s on 1536 × 384, 0.64 s on 384 × 1536 (interleaved)
-    return 0.07 + 3e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
+    # local, full, split, interleaved: a fixed part and a per-weight part (masks, the sweeps'
+    # copies): interleaved 0.055 s on 384 × 384, 0.13 s on 1536 × 384, 0.36 s on 384 × 1536
+    return 0.02 + 1.5e-7 * _rows(geometry, rows) * geometry.weight_shape[1]
+
+
+def _score_overhead(geometry, rows=None, **options) -> float:
+    # magnitude, wanda, obd: 0.012 s on 384 × 384, 0.035 s on 1536 × 384 (the inverse counted
+    # as flops: 0.11 s on 384 × 1536)
+    return 0.01 + 3e-8 * _rows(geometry, rows) * geometry.weight_shape[1]
 
 
 def _sparsegpt_overhead(geometry, rows=None, **options) -> float:
@@ -409,8 +413,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("local", "obs_mode", "local OBS",
            "select per (row, scope) by exhaustive OBS cost; compensate only the scope's own kept "
            "weights, with the shared fixed C",
-           "#72B7B2", (), modes.local, flop_model=_local_flops,
-           overhead_model=_fixed_overhead(0.2)),
+           "#72B7B2", (), modes.local, flop_model=_local_flops),
     Method("full", "obs_mode", "full OBS",
            "select once with the shared C; then scope by scope, each row's pruned set "
            "compensates every not-yet-pruned column of its row",
@@ -429,16 +432,15 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            _true_obs_memory, _true_obs_flops, _true_obs_overhead, flop_efficiency=0.35),
     Method("magnitude", "baseline", "magnitude",
            "prune the blocks of least L2 norm; no compensation",
-           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, _fixed_overhead(0.05),
+           "#8A8FA3", (), baselines.magnitude, _score_memory, _score_flops, _score_overhead,
            uses_damping=False),
     Method("wanda", "baseline", "Wanda",
            "prune the blocks of least |w|·‖x‖ (Wanda's score); no compensation",
-           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, _fixed_overhead(0.05),
+           "#B279A2", (), baselines.wanda, _score_memory, _score_flops, _score_overhead,
            uses_damping=False),
     Method("obd", "baseline", "OBD",
            "Optimal Brain Damage: prune the blocks of least w²/C_cc; no compensation",
-           "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops,
-           _fixed_overhead(0.05)),
+           "#EECA3B", (), baselines.obd, _obs_memory(), _score_flops, _score_overhead),
     Method("sparsegpt", "baseline", "SparseGPT",
            "SparseGPT: sweep the columns left to right, compensating later columns through the "
            "Cholesky factor of C, with lazy batch updates",
