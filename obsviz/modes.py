@@ -306,7 +306,9 @@ def compensate_steps(p: Problem, C: torch.Tensor, kept: torch.Tensor, t0: int, t
     A pruned element is only read at its own step, so updates to already-pruned columns need
     not be masked: the caller zeroes them once every step is done. Steps are taken in
     blocks of about ``LAZY_COLUMNS`` columns: inside a block the update touches the block's
-    columns alone; the rest of W receives the block's accumulated update in one product."""
+    columns alone; the rest of W receives the block's accumulated update in one product. The
+    rows share C, so each distinct pruned set of a step is inverted once
+    (:func:`obs.pattern_inverses`) when few are; else every row's at every step."""
     W = p.W
     M = W.shape[0]
     U = p.layout.cols[0, t0:t1].reshape(t1 - t0, -1)                   # (steps, m)
