@@ -243,7 +243,7 @@ def batch_steps(pruned_per_step: int, ng: int = 0) -> int:
 
 def _batch_steps(geometry: Geometry, ng: int) -> int:
     """:func:`batch_steps` for a geometry at its own nnz (half its blocks when it has none)."""
-    _, _, gs, Lb = layout_shape(geometry)
+    Lb = layout_shape(geometry)[3]
     n_prune = (geometry.pruned_per_scope(geometry.nnz) if geometry.nnz
                else geometry.blocks_per_scope // 2)
     return batch_steps(n_prune * Lb, ng)
