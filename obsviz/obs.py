@@ -421,14 +421,20 @@ def obs_remove_small(w: torch.Tensor, C: torch.Tensor, P: torch.Tensor, start: i
 
 def principal_per_row(C: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``C_r[idx_r, idx_r]`` ``(B, n, n)`` for per-row ``C`` ``(B, K, K)`` and ``idx`` ``(B, n)``
-    (-1 = padding → identity), by two gathers (columns first: only they need be exact, see
-    :func:`obs_update_per_row`); float32 or wider."""
+    (-1 = padding → identity); float32 or wider. Each entry is read at its own row and column
+    (only C's columns need be exact, see :func:`obs_update_per_row`)."""
     B, n = idx.shape
     K = C.shape[-1]
     ok = idx >= 0
     i = idx.clamp(min=0)
-    sub = C.gather(2, i.unsqueeze(1).expand(B, K, n)).gather(1, i.unsqueeze(2).expand(B, n, n))
-    return with_identity(sub.to(torch.promote_types(sub.dtype, torch.float32)), ok)
+    if C.is_contiguous():   # the same entries by one gather of the n × n (the two read B·K·n)
+        flat = (torch.arange(B, device=idx.device).view(B, 1, 1) * (K * K)
+                + i.unsqueeze(2) * K + i.unsqueeze(1))
+        sub = C.view(-1).take(flat)
+    else:
+        sub = C.gather(2, i.unsqueeze(1).expand(B, K, n)).gather(1, i.unsqueeze(2).expand(B, n, n))
+    sub = sub.to(torch.promote_types(sub.dtype, torch.float32))
+    return sub if bool(ok.all()) else with_identity(sub, ok)
 
 
 def zero_at(x: torch.Tensor, idx: torch.Tensor) -> None:

@@ -87,6 +87,22 @@ def test_lazy_column_blocks_equal_the_step_by_step_update(method, preset, monkey
     assert_close(fast.weight, slow.weight, **TIGHT)
 
 
+def test_principal_per_row_reads_each_rows_entries_contiguous_or_not():
+    C = spd(3, 6, seed=18)
+    idx = torch.tensor([[4, 1, 2], [0, 5, -1], [3, -1, -1]])
+    want = torch.eye(3, dtype=C.dtype).repeat(3, 1, 1)
+    for r in range(3):
+        for a in range(3):
+            for b in range(3):
+                if idx[r, a] >= 0 and idx[r, b] >= 0:
+                    want[r, a, b] = C[r, idx[r, a], idx[r, b]]
+    assert torch.equal(obs.principal_per_row(C, idx), want)
+    assert torch.equal(obs.principal_per_row(C.transpose(1, 2), idx), want)   # symmetric C
+    full = idx[:1].expand(3, -1)
+    assert torch.equal(obs.principal_per_row(C, full),
+                       C[torch.arange(3)[:, None, None], full[:, :, None], full[:, None, :]])
+
+
 @pytest.mark.parametrize("values", [
     [5, 3, 5, 9, 3, 3],                      # a small range: the table
     [-4, 7, -4, 0],                          # negative ids
